@@ -1,0 +1,131 @@
+"""The bus interface every stage talks to; embedded.py and kafka.py implement it.
+
+Delivery is at-least-once: a consumer commits only after it has processed what it polled, so a
+crash repeats messages and never loses them; readers de-duplicate by event id.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from drainwatch.errors import DrainwatchError
+
+__all__ = [
+    "AssignCallback",
+    "Bus",
+    "BusError",
+    "Consumer",
+    "Message",
+    "Producer",
+    "TopicPartition",
+    "TopicSpec",
+    "partition_for",
+]
+
+
+class BusError(DrainwatchError):
+    """The bus could not deliver or read a message."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPartition:
+    """One partition of one topic."""
+
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message read from the bus."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str
+    value: bytes
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """How a topic is created when it does not exist yet."""
+
+    name: str
+    partitions: int = 6
+    compacted: bool = False
+    retention_ms: int | None = 14 * 24 * 3600 * 1000
+    """Long enough to rebuild every detector window from the topic (the longest is 24 h)."""
+
+
+AssignCallback = Callable[[list[TopicPartition]], None]
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """A stable partition for a key (the embedded bus's choice; Kafka uses its own hash).
+
+    >>> partition_for("ethereum:0xabc", 6) == partition_for("ethereum:0xabc", 6)
+    True
+    """
+    return zlib.crc32(key.encode()) % partitions
+
+
+class Producer(Protocol):
+    """Sends keyed messages; ``flush`` returns once every sent message is durable."""
+
+    def send(self, topic: str, key: str, value: bytes, timestamp_ms: int | None = None) -> None:
+        """Queue one message (stamped with ``timestamp_ms``, event time, when given)."""
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Block until every queued message is acknowledged; raise BusError on failure."""
+
+    def close(self) -> None:
+        """Flush and release resources."""
+
+
+class Consumer(Protocol):
+    """Reads topics as a member of a consumer group and commits after processing."""
+
+    def poll(self, timeout_s: float = 1.0, max_records: int = 500) -> list[Message]:
+        """Return the next messages (possibly none after ``timeout_s``)."""
+
+    def commit(self) -> None:
+        """Commit the position after everything returned by ``poll`` so far."""
+
+    def position(self, tp: TopicPartition) -> int:
+        """The offset of the next message this consumer will read from an assigned partition."""
+
+    def close(self) -> None:
+        """Leave the group (without committing)."""
+
+
+class Bus(Protocol):
+    """Creates producers and consumers; one per process."""
+
+    def ensure_topics(self, specs: Sequence[TopicSpec]) -> None:
+        """Create the topics that are missing."""
+
+    def producer(self) -> Producer:
+        """A producer (acks from all replicas, idempotent where the bus supports it)."""
+
+    def consumer(
+        self,
+        topics: Sequence[str],
+        group: str,
+        *,
+        on_assign: AssignCallback | None = None,
+        from_beginning: bool = True,
+    ) -> Consumer:
+        """A group member reading ``topics``; ``on_assign`` is told which partitions it got."""
+
+    def offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int:
+        """The first offset whose message timestamp is at or after ``timestamp_ms`` (or the end)."""
+
+    def read_range(self, tp: TopicPartition, start_offset: int, end_offset: int) -> list[Message]:
+        """Messages of one partition in ``[start_offset, end_offset)``: replay for state rebuild."""
+
+    def close(self) -> None:
+        """Release the bus."""

@@ -1,0 +1,249 @@
+"""The TOML config (``drainwatch.toml``): models, loading, and errors that name file, line and key.
+
+Only ``[[wallets]]`` is required; everything else has a default, so a file with nothing but the
+wallet list is enough for a backtest. Secrets are written as ``${ENV_VAR}`` references and resolved
+at load time; a missing variable is an error that names the key.
+
+>>> cfg = loads('''
+... [[wallets]]
+... chain = "nem"
+... address = "NC3BI3DNMR2PGEOOMP2NKXQGSAKMS7GYRKVA5CSZ"
+... label = "nem-hot"
+... opening_balance = "523000010"
+... ''')
+>>> cfg.wallets[0].role, cfg.wallets[0].opening_balance
+('hot', Decimal('523000010'))
+>>> loads('[[wallets]]\\nchain = "nem"\\naddress = "A"\\nrole = "warm"\\n', path="x.toml")
+Traceback (most recent call last):
+...
+drainwatch.config.ConfigError: x.toml:4: wallets[0].role: Input should be 'hot' or 'cold'
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from drainwatch.errors import DrainwatchError
+from drainwatch.events import normalize_address, wallet_key
+
+__all__ = [
+    "AlertsConfig",
+    "BusConfig",
+    "ChainConfig",
+    "Config",
+    "ConfigError",
+    "DetectionConfig",
+    "WalletConfig",
+    "load",
+    "loads",
+]
+
+
+class ConfigError(DrainwatchError):
+    """A config file that cannot be used; the message names the file, the line and the key."""
+
+    def __init__(self, path: str, line: int | None, key: str, reason: str) -> None:
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {key}: {reason}" if key else f"{where}: {reason}")
+        self.path = path
+        self.line = line
+        self.key = key
+        self.reason = reason
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class WalletConfig(_Model):
+    """One watched wallet; the list is shared by every stage."""
+
+    chain: str = Field(min_length=1)
+    address: str = Field(min_length=1)
+    asset: str | None = None
+    label: str | None = None
+    role: Literal["hot", "cold"] = "hot"
+    opening_balance: Decimal | None = Field(default=None, ge=0)
+    known_counterparties: tuple[str, ...] = ()
+    """Addresses this wallet normally pays (a market maker, the exchange's own cold wallet)."""
+
+    @field_validator("address")
+    @classmethod
+    def _normalise(cls, value: str) -> str:
+        return normalize_address(value)
+
+    @property
+    def key(self) -> str:
+        """The bus key of this wallet."""
+        return wallet_key(self.chain, self.address)
+
+    @property
+    def name(self) -> str:
+        """The label, or the key when there is none."""
+        return self.label or self.key
+
+
+class ChainConfig(_Model):
+    """A chain to watch live: its kind, RPC endpoints (tried in order) and finality."""
+
+    kind: Literal["evm", "bitcoin"]
+    rpc: tuple[str, ...] = Field(min_length=1)
+    confirmations: int = Field(default=12, ge=0)
+    chain_id: int | None = None
+    native_symbol: str = "ETH"
+    native_decimals: int = Field(default=18, ge=0)
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    explorer_tx_url: str | None = None
+    """A block-explorer link with ``{tx_hash}`` in it, used by the timeline."""
+
+
+class DetectionConfig(_Model):
+    """Thresholds of the velocity detector (the defaults are tuned; see detectors/velocity.py)."""
+
+    window_s: tuple[int, ...] = (60, 300, 1200, 3600, 86400)
+    freeze_share: Decimal = Decimal("0.10")
+    """Freeze when a hot wallet loses this share of its balance within a window to new addresses."""
+    warn_share: Decimal = Decimal("0.05")
+    shadow: tuple[str, ...] = ()
+    """Detectors that evaluate and alert but never request a freeze."""
+
+
+class BusConfig(_Model):
+    """Which bus connects the stages."""
+
+    kind: Literal["embedded", "kafka"] = "embedded"
+    bootstrap_servers: tuple[str, ...] = ("127.0.0.1:9092",)
+    topic_prefix: str = ""
+    partitions: int = Field(default=6, ge=1)
+    group_prefix: str = "drainwatch"
+
+
+class AlertsConfig(_Model):
+    """Where alerts and the timeline go, and which kill switch to call."""
+
+    timeline_path: str = "drainwatch-timeline.sqlite3"
+    killswitch_url: str | None = None
+    killswitch_token: str | None = None
+    console: bool = True
+
+
+class Config(_Model):
+    """The whole file."""
+
+    wallets: tuple[WalletConfig, ...] = Field(min_length=1)
+    chains: dict[str, ChainConfig] = Field(default_factory=dict)
+    detection: DetectionConfig = DetectionConfig()
+    bus: BusConfig = BusConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    state_dir: str = ".drainwatch"
+
+    @model_validator(mode="after")
+    def _unique_wallets(self) -> Config:
+        seen: set[str] = set()
+        for wallet in self.wallets:
+            if wallet.key in seen:
+                raise ValueError(f"wallet {wallet.key} is listed twice")
+            seen.add(wallet.key)
+        return self
+
+    def wallets_on(self, chain: str) -> tuple[WalletConfig, ...]:
+        """The wallets watched on one chain."""
+        return tuple(w for w in self.wallets if w.chain == chain)
+
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-]+|\"[^\"]*\")\s*=")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _line_index(text: str) -> dict[tuple[str | int, ...], int]:
+    """Map each table and key path (``("wallets", 2, "role")``) to its 1-based line."""
+    index: dict[tuple[str | int, ...], int] = {}
+    counters: dict[tuple[str, ...], int] = {}
+    table: tuple[str | int, ...] = ()
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header:
+            names = tuple(p.strip().strip("\"'") for p in header.group(2).split("."))
+            if header.group(1) == "[[":
+                n = counters.get(names, -1) + 1
+                counters[names] = n
+                table = (*names, n)
+            else:
+                table = names
+            index.setdefault(table, lineno)
+            continue
+        key = _KEY.match(line)
+        if key:
+            index.setdefault((*table, key.group(1).strip('"')), lineno)
+    return index
+
+
+def _locate(index: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> int | None:
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in index:
+            return index[loc[:end]]
+    return None
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _resolve_env(data: Any, loc: tuple[str | int, ...], missing: list[tuple[str | int, ...]]) -> Any:
+    if isinstance(data, dict):
+        return {k: _resolve_env(v, (*loc, k), missing) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_resolve_env(v, (*loc, i), missing) for i, v in enumerate(data)]
+    if isinstance(data, str) and "${" in data:
+
+        def sub(match: re.Match[str]) -> str:
+            value = os.environ.get(match.group(1))
+            if value is None:
+                missing.append(loc)
+                return ""
+            return value
+
+        return _ENV.sub(sub, data)
+    return data
+
+
+def loads(text: str, path: str = "<string>") -> Config:
+    """Parse and validate config text; raise :class:`ConfigError` naming file, line and key."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"line (\d+)", str(exc))
+        raise ConfigError(path, int(match.group(1)) if match else None, "", str(exc)) from exc
+    index = _line_index(text)
+    missing: list[tuple[str | int, ...]] = []
+    data = _resolve_env(raw, (), missing)
+    if missing:
+        loc = missing[0]
+        raise ConfigError(path, _locate(index, loc), _dotted(loc), "environment variable not set")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        raise ConfigError(path, _locate(index, loc) or 1, _dotted(loc), err["msg"]) from exc
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(p), None, "", f"cannot read: {exc.strerror}") from exc
+    return loads(text, str(p))
