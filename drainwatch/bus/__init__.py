@@ -12,6 +12,7 @@ from drainwatch.bus.base import (
     partition_for,
 )
 from drainwatch.bus.embedded import EmbeddedBus
+from drainwatch.bus.kafka import KafkaBus
 
 __all__ = [
     "AssignCallback",
@@ -19,6 +20,7 @@ __all__ = [
     "BusError",
     "Consumer",
     "EmbeddedBus",
+    "KafkaBus",
     "Message",
     "Producer",
     "TopicPartition",

@@ -1,0 +1,285 @@
+"""What only the Kafka bus has to get right: topic settings, broker crashes, group rebalances."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
+
+from drainwatch.bus import BusError, KafkaBus, Message, TopicPartition, TopicSpec
+from drainwatch.bus.kafka import KafkaConsumerAdapter
+from tests.harness.services import KafkaService
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture
+def bus(kafka: KafkaService, kafka_topic_prefix: str) -> Iterator[KafkaBus]:
+    bus = KafkaBus([kafka.bootstrap_servers], client_id=f"{kafka_topic_prefix}test")
+    yield bus
+    bus.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        time.sleep(0.05)
+
+
+def consume_values(bus: KafkaBus, topic: str, group: str, count: int) -> list[bytes]:
+    consumer = bus.consumer([topic], group)
+    got: list[bytes] = []
+    deadline = time.monotonic() + 30
+    while len(got) < count and time.monotonic() < deadline:
+        got.extend(m.value for m in consumer.poll(0.5))
+    got.extend(m.value for m in consumer.poll(0.5))
+    consumer.close()
+    return got
+
+
+def test_created_topics_carry_cleanup_policy_and_retention(
+    bus: KafkaBus, kafka: KafkaService, kafka_topic_prefix: str
+) -> None:
+    freezes = f"{kafka_topic_prefix}freezes"
+    transfers = f"{kafka_topic_prefix}transfers"
+    bus.ensure_topics(
+        [
+            TopicSpec(freezes, partitions=2, compacted=True, retention_ms=None),
+            TopicSpec(transfers, partitions=3, retention_ms=86_400_000),
+        ]
+    )
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    try:
+        described = admin.describe_configs(
+            [
+                ConfigResource(ConfigResourceType.TOPIC, freezes),
+                ConfigResource(ConfigResourceType.TOPIC, transfers),
+            ]
+        )["topic"]
+    finally:
+        admin.close()
+    assert described[freezes]["cleanup.policy"]["value"] == "compact"
+    assert "retention.ms" not in described[freezes]  # only non-default settings are listed
+    assert described[transfers]["cleanup.policy"]["value"] == "delete"
+    assert described[transfers]["retention.ms"]["value"] == "86400000"
+    assert len(bus.partitions(freezes)) == 2
+    assert len(bus.partitions(transfers)) == 3
+
+
+def test_flush_reports_a_message_the_broker_rejects(
+    bus: KafkaBus, kafka: KafkaService, kafka_topic_prefix: str
+) -> None:
+    topic = f"{kafka_topic_prefix}small"
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    try:
+        admin.create_topics(
+            {topic: {"num_partitions": 1, "configs": {"max.message.bytes": "1024"}}},
+            wait_for_metadata=True,
+        )
+    finally:
+        admin.close()
+    producer = bus.producer()
+
+    producer.send(topic, "k", b"x" * 10_000)
+    with pytest.raises(BusError, match="not delivered"):
+        producer.flush()
+
+    producer.send(topic, "k", b"fits")  # the producer stays usable after a failure
+    producer.flush()
+    producer.close()
+    assert consume_values(bus, topic, f"{kafka_topic_prefix}g", 1) == [b"fits"]
+
+
+def test_broker_crash_never_loses_a_flushed_message(
+    bus: KafkaBus, kafka: KafkaService, kafka_topic_prefix: str
+) -> None:
+    topic = f"{kafka_topic_prefix}crash"
+    group = f"{kafka_topic_prefix}g"
+    bus.ensure_topics([TopicSpec(topic, partitions=3)])
+    producer = bus.producer()
+    delivered: list[bytes] = []
+
+    def send_batch(name: str) -> bool:
+        batch = [b"%s-%d" % (name.encode(), i) for i in range(20)]
+        for i, value in enumerate(batch):
+            producer.send(topic, f"wallet-{i % 7}", value)
+        try:
+            producer.flush(timeout_s=45)
+        except BusError:
+            return False
+        delivered.extend(batch)
+        return True
+
+    assert send_batch("before")
+    try:
+        kafka.kill()
+        # Queued while the broker is down: delivered after it is back, or reported; never lost.
+        for i in range(20):
+            producer.send(topic, f"wallet-{i % 7}", b"during-%d" % i)
+        kafka.start()
+        during_ok = True
+        try:
+            producer.flush(timeout_s=45)
+            delivered.extend(b"during-%d" % i for i in range(20))
+        except BusError:
+            during_ok = False
+        assert send_batch("after")
+    finally:
+        if not kafka.running:
+            kafka.start()
+    producer.close()
+
+    got = consume_values(bus, topic, group, len(delivered))
+    assert set(delivered) <= set(got)
+    assert len(got) >= 40 + (20 if during_ok else 0)
+
+
+@dataclass
+class Member:
+    """One consumer of the group, polling and committing in its own thread."""
+
+    consumer: KafkaConsumerAdapter
+    assignments: list[list[TopicPartition]] = field(default_factory=list)
+    positions_at_assign: list[dict[TopicPartition, int]] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    @property
+    def assigned(self) -> set[int]:
+        return {tp.partition for tp in self.assignments[-1]} if self.assignments else set()
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                batch = self.consumer.poll(0.2)
+                self.messages.extend(batch)
+                self.consumer.commit()
+        except BaseException as exc:
+            self.errors.append(exc)
+        finally:
+            self.consumer.close()
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def leave(self) -> None:
+        self.stop.set()
+        assert self.thread is not None
+        self.thread.join(30)
+
+
+def join_group(bus: KafkaBus, topic: str, group: str) -> Member:
+    member: Member
+
+    def on_assign(tps: list[TopicPartition]) -> None:
+        # Called from poll() in the member's thread, so it may use the consumer and the bus.
+        member.assignments.append(tps)
+        member.positions_at_assign.append({tp: member.consumer.position(tp) for tp in tps})
+
+    member = Member(bus.consumer([topic], group, on_assign=on_assign))
+    member.start()
+    return member
+
+
+def test_rebalance_tells_both_members_and_the_group_reads_each_message_once(
+    bus: KafkaBus, kafka_topic_prefix: str
+) -> None:
+    topic = f"{kafka_topic_prefix}rebalance"
+    group = f"{kafka_topic_prefix}detectors"
+    bus.ensure_topics([TopicSpec(topic, partitions=4)])
+    producer = bus.producer()
+
+    first = join_group(bus, topic, group)
+    wait_until(lambda: first.assigned == {0, 1, 2, 3}, what="first member owns everything")
+    second = join_group(bus, topic, group)
+
+    def split() -> bool:
+        a, b = first.assigned, second.assigned
+        return bool(a and b and a | b == {0, 1, 2, 3} and not a & b)
+
+    wait_until(split, what="the partitions split between the two members")
+    for i in range(40):
+        producer.send(topic, f"wallet-{i}", b"a-%d" % i)
+    producer.flush()
+    wait_until(lambda: len(first.messages) + len(second.messages) >= 40, what="40 messages")
+    time.sleep(0.5)  # anything read twice would show up now
+
+    values = sorted(m.value for m in first.messages + second.messages)
+    assert values == sorted(b"a-%d" % i for i in range(40))
+    assert {m.partition for m in first.messages} <= first.assigned
+    assert {m.partition for m in second.messages} <= second.assigned
+
+    # The second member leaves after committing: the first takes over exactly where it stopped.
+    taken_over = second.assigned
+    second.leave()
+    wait_until(lambda: first.assigned == {0, 1, 2, 3}, what="first member owns everything again")
+    ends = {p: bus.end_offset(TopicPartition(topic, p)) for p in taken_over}
+    positions = {tp.partition: pos for tp, pos in first.positions_at_assign[-1].items()}
+    assert {p: positions[p] for p in taken_over} == ends
+    before = len(first.messages)
+    for i in range(20):
+        producer.send(topic, f"wallet-{i}", b"b-%d" % i)
+    producer.close()
+    wait_until(lambda: len(first.messages) - before >= 20, what="20 more messages")
+    time.sleep(0.5)
+    first.leave()
+
+    assert sorted(m.value for m in first.messages[before:]) == sorted(
+        b"b-%d" % i for i in range(20)
+    )
+    assert len(first.assignments) >= 3
+    assert len(second.assignments) >= 1
+    assert first.errors == []
+    assert second.errors == []
+
+
+def test_commit_after_losing_the_group_raises_and_messages_come_again(
+    kafka: KafkaService, kafka_topic_prefix: str
+) -> None:
+    topic = f"{kafka_topic_prefix}slow"
+    group = f"{kafka_topic_prefix}g"
+    # A member that does not poll for max_poll_interval_ms is dropped from the group.
+    bus = KafkaBus(
+        [kafka.bootstrap_servers],
+        max_poll_interval_ms=2000,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=500,
+    )
+    bus.ensure_topics([TopicSpec(topic, partitions=2)])
+    producer = bus.producer()
+    for i in range(10):
+        producer.send(topic, f"k{i}", b"%d" % i)
+    producer.close()
+    assigned: list[list[TopicPartition]] = []
+    consumer = bus.consumer([topic], group, on_assign=assigned.append)
+    got: list[Message] = []
+    deadline = time.monotonic() + 30
+    while len(got) < 10 and time.monotonic() < deadline:
+        got.extend(consumer.poll(0.5))
+
+    time.sleep(3.5)  # a handler far slower than max_poll_interval_ms
+    with pytest.raises(BusError, match="rebalanced"):
+        consumer.commit()
+    assert all(bus.committed(group, tp) is None for tp in bus.partitions(topic))
+
+    again: list[Message] = []
+    deadline = time.monotonic() + 30
+    while len(again) < 10 and time.monotonic() < deadline:
+        again.extend(consumer.poll(0.5))
+    consumer.commit()
+    consumer.close()
+    bus.close()
+
+    assert len(assigned) >= 2  # rejoining the group is a new assignment
+    assert sorted(m.value for m in again) == sorted(m.value for m in got)
