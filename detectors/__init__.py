@@ -1,0 +1,29 @@
+"""The detector stage: per-wallet state, detectors, the engine that turns transfers into alerts,
+and the backtest that replays files through the same engine.
+
+Start with :class:`DetectionEngine` (``process(transfer)`` or ``handle(topic, event)`` for the
+stage loop) and :func:`run_backtest`. Detectors follow :class:`Detector`: ``score_one`` (pure)
+then ``learn_one``.
+"""
+
+from detectors.backtest import BacktestSummary, run_backtest
+from detectors.base import Detector, Finding, LedgerAware, WalletState
+from detectors.engine import DetectionEngine, default_detectors
+from detectors.errors import BacktestInputError, DetectorError
+from detectors.ledger import LedgerReconciliation
+from detectors.velocity import VelocityDetector
+
+__all__ = [
+    "BacktestInputError",
+    "BacktestSummary",
+    "DetectionEngine",
+    "Detector",
+    "DetectorError",
+    "Finding",
+    "LedgerAware",
+    "LedgerReconciliation",
+    "VelocityDetector",
+    "WalletState",
+    "default_detectors",
+    "run_backtest",
+]

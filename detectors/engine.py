@@ -1,0 +1,248 @@
+"""The detection engine: per-wallet state plus detectors, turning transfers into alerts.
+
+For each transfer of a watched wallet: drop duplicates, undo retractions, advance the wallet's
+event time, let every detector score it (pure), count it in the wallet's state, let each detector
+that did not freeze on it learn from it, and turn findings into :class:`~drainwatch.events.Alert`
+events with deterministic ids. Two policies sit between findings and alerts:
+
+* **shadow mode**: a detector named in ``[detection] shadow`` alerts with ``shadow=True`` and
+  never requests a freeze;
+* **de-escalation**: once a (wallet, detector) has requested a freeze, it does not request
+  another within ``cooldown_s``; later critical findings still go out, without freeze, with
+  ``freeze_suppressed`` in their metrics. Warnings are repeated within the cooldown only when
+  their score grew by ``escalation_factor``.
+
+>>> from datetime import UTC, datetime
+>>> from drainwatch.config import loads
+>>> from drainwatch.events import Direction, Transfer
+>>> config = loads('[[wallets]]\\nchain = "nem"\\naddress = "HOT"\\nlabel = "nem-hot"\\n'
+...                'opening_balance = "1000"\\n')
+>>> engine = DetectionEngine(config)
+>>> t = Transfer.create(chain="nem", wallet="HOT", direction=Direction.OUT, counterparty="X",
+...     asset="XEM", amount=300, decimals=0, tx_hash="h", position=0,
+...     time=datetime(2018, 1, 25, 15, 4, tzinfo=UTC))
+>>> [(a.detector, a.severity.value, a.freeze) for a in engine.process(t)]
+[('velocity', 'critical', True)]
+>>> engine.process(t)  # the same transfer again: a duplicate
+[]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from detectors.base import Detector, Finding, LedgerAware, WalletState
+from detectors.ledger import LedgerReconciliation
+from detectors.velocity import VelocityDetector
+from drainwatch.config import Config, WalletConfig
+from drainwatch.events import (
+    ALERTS,
+    LEDGER,
+    TRANSFERS,
+    Alert,
+    ApprovedWithdrawal,
+    Event,
+    Severity,
+    Transfer,
+    TransferStatus,
+    event_id,
+    normalize_address,
+)
+from drainwatch.stage import Output
+
+__all__ = ["DetectionEngine", "default_detectors"]
+
+Clock = Callable[[], datetime]
+
+
+def _wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def default_detectors(config: Config, reconcile: bool = False) -> list[Detector]:
+    """The detectors live mode and the backtest both run, with the config's thresholds."""
+    return [
+        VelocityDetector.from_config(config.detection),
+        LedgerReconciliation(active=reconcile),
+    ]
+
+
+@dataclass(slots=True)
+class _Emitted:
+    """The last alert of one (wallet, detector), for de-escalation."""
+
+    time: float
+    severity: Severity
+    score: float
+    freeze_time: float | None
+
+
+class DetectionEngine:
+    """Per-wallet state and detectors for every wallet in ``config``.
+
+    Args:
+        config: The shared config (wallets, ``[detection]`` thresholds and shadow list).
+        detectors: Detector instances shared by every wallet (default: :func:`default_detectors`).
+        clock: Wall clock for ``Alert.detected_at`` when ``process`` is not given one.
+        cooldown_s: No second freeze for the same wallet and detector within this time.
+        escalation_factor: A repeated non-critical alert needs this much more score.
+        reconcile: Start ledger reconciliation at once (a backtest with a ledger file); by
+            default it starts with the first approved withdrawal seen.
+        new_destination_age_s: How long a destination stays "new" after its first payment.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        detectors: Sequence[Detector] | None = None,
+        clock: Clock = _wall_clock,
+        cooldown_s: int = 3600,
+        escalation_factor: float = 1.5,
+        reconcile: bool = False,
+        new_destination_age_s: int = 86400,
+    ) -> None:
+        self.config = config
+        self.detectors = (
+            list(detectors) if detectors is not None else default_detectors(config, reconcile)
+        )
+        self.clock = clock
+        self.cooldown_s = cooldown_s
+        self.escalation_factor = escalation_factor
+        self.new_destination_age_s = new_destination_age_s
+        self._shadow = frozenset(config.detection.shadow)
+        windows = set(config.detection.window_s)
+        for detector in self.detectors:
+            windows.update(getattr(detector, "windows_s", ()))
+        self._windows_s = tuple(sorted(windows))
+        self._wallets: dict[tuple[str, str], WalletConfig] = {}
+        internal: dict[str, set[str]] = {}
+        for wallet in config.wallets:
+            chain = wallet.chain.casefold()
+            self._wallets[(chain, wallet.address)] = wallet
+            internal.setdefault(chain, set()).add(wallet.address)
+        self._internal = {chain: frozenset(addresses) for chain, addresses in internal.items()}
+        self._states: dict[tuple[str, str, str], WalletState] = {}
+        self._emitted: dict[tuple[str, str], _Emitted] = {}
+
+    def wallet(self, chain: str, address: str) -> WalletConfig | None:
+        """The watched wallet at ``address`` on ``chain`` (chain slugs compare case-blind)."""
+        return self._wallets.get((chain.casefold(), normalize_address(address)))
+
+    def state(self, wallet: WalletConfig, asset: str) -> WalletState:
+        """The state of one (wallet, asset), created on first use."""
+        key = (wallet.chain, wallet.address, asset.casefold())
+        state = self._states.get(key)
+        if state is None:
+            state = WalletState(
+                wallet,
+                asset,
+                windows_s=self._windows_s,
+                internal=self._internal[wallet.chain.casefold()],
+                new_destination_age_s=self.new_destination_age_s,
+            )
+            self._states[key] = state
+        return state
+
+    def process(self, transfer: Transfer, detected_at: datetime | None = None) -> list[Alert]:
+        """Judge one transfer of a watched wallet and count it; return the alerts it raises."""
+        wallet = self._wallets.get((transfer.chain.casefold(), transfer.wallet))
+        if wallet is None:
+            return []
+        if wallet.asset is not None and wallet.asset.casefold() != transfer.asset.casefold():
+            return []
+        state = self.state(wallet, transfer.asset)
+        if transfer.status is TransferStatus.RETRACTED:
+            state.retract(transfer)
+            return []
+        if state.has_applied(transfer.id):
+            return []
+        state.prepare(transfer)
+        findings: list[Finding] = []
+        for detector in self.detectors:
+            finding = detector.score_one(transfer, state)
+            if finding is not None:
+                findings.append(finding)
+        frozen_by = {f.detector for f in findings if f.freeze}
+        state.apply(transfer, learn=not frozen_by)
+        for detector in self.detectors:
+            if detector.name not in frozen_by:
+                detector.learn_one(transfer)
+        if not findings:
+            return []
+        return [
+            alert
+            for finding in findings
+            if (alert := self._alert(wallet, transfer, finding, detected_at)) is not None
+        ]
+
+    def process_approval(self, approval: ApprovedWithdrawal) -> list[Alert]:
+        """Hand an approved withdrawal to the detectors that read the ledger."""
+        for detector in self.detectors:
+            if isinstance(detector, LedgerAware):
+                detector.learn_approval(approval)
+        return []
+
+    def handle(self, topic: str, event: Event) -> list[Output]:
+        """A :data:`drainwatch.stage.Handler`: transfers and approvals in, alerts out."""
+        if topic == TRANSFERS and isinstance(event, Transfer):
+            alerts = self.process(event)
+        elif topic == LEDGER and isinstance(event, ApprovedWithdrawal):
+            alerts = self.process_approval(event)
+        else:
+            return []
+        return [Output(ALERTS, alert) for alert in alerts]
+
+    def _alert(
+        self,
+        wallet: WalletConfig,
+        transfer: Transfer,
+        finding: Finding,
+        detected_at: datetime | None,
+    ) -> Alert | None:
+        now = transfer.time.timestamp()
+        key = (wallet.key, finding.detector)
+        last = self._emitted.get(key)
+        metrics = dict(finding.metrics)
+        freeze = finding.freeze
+        if last is not None and now - last.time < self.cooldown_s:
+            recently_frozen = (
+                last.freeze_time is not None and now - last.freeze_time < self.cooldown_s
+            )
+            if freeze and recently_frozen:
+                assert last.freeze_time is not None
+                freeze = False
+                metrics["freeze_suppressed"] = "1"
+                metrics["cooldown_remaining_s"] = str(
+                    int(self.cooldown_s - (now - last.freeze_time))
+                )
+            elif (
+                not freeze
+                and finding.severity.rank <= last.severity.rank
+                and finding.score < last.score * self.escalation_factor
+            ):
+                return None
+        freeze_time = now if freeze else (last.freeze_time if last is not None else None)
+        self._emitted[key] = _Emitted(now, finding.severity, finding.score, freeze_time)
+        shadow = finding.detector in self._shadow
+        if shadow and freeze:
+            metrics["would_freeze"] = "1"
+            freeze = False
+        return Alert(
+            id=event_id(finding.detector, wallet.key, transfer.id),
+            time=transfer.time,
+            detected_at=detected_at or self.clock(),
+            chain=wallet.chain,
+            wallet=wallet.address,
+            wallet_label=wallet.label,
+            severity=finding.severity,
+            detector=finding.detector,
+            freeze=freeze,
+            summary=finding.summary,
+            metrics=metrics,
+            transfer_ids=finding.transfer_ids,
+            tx_hashes=finding.tx_hashes,
+            shadow=shadow,
+        )

@@ -1,0 +1,164 @@
+"""Ledger reconciliation: a hot-wallet outflow that no approved withdrawal explains.
+
+With the exchange's ledger feed this is the strongest signal there is, so it freezes at the first
+unexplained transfer, even a tiny test. An outflow is explained by an approval on the same chain
+and asset, to the same address, for the same amount give or take ``amount_tolerance`` (fees), made
+at most ``match_window_s`` before it (or by an approval naming its tx hash). Each approval explains
+one transfer. Internal transfers and configured counterparties are never questioned.
+
+The detector is inactive until it has seen an approval (or is built ``active=True``): without a
+ledger feed every outflow would look unexplained.
+
+>>> from datetime import UTC, datetime
+>>> from drainwatch.config import WalletConfig
+>>> from drainwatch.events import Direction, Transfer
+>>> t0 = datetime(2018, 1, 25, 15, 0, tzinfo=UTC)
+>>> rec = LedgerReconciliation()
+>>> rec.learn_approval(ApprovedWithdrawal(id="w1", time=t0, chain="nem", asset="XEM",
+...                                       to="CUSTOMER", amount=Decimal("5")))
+>>> state = WalletState(WalletConfig(chain="nem", address="HOT", label="nem-hot"), "XEM")
+>>> def out(to, amount, tx):
+...     t = Transfer.create(chain="nem", wallet="HOT", direction=Direction.OUT, counterparty=to,
+...         asset="XEM", amount=amount, decimals=0, tx_hash=tx, position=0,
+...         time=t0.replace(minute=2))
+...     state.prepare(t)
+...     return t
+>>> rec.score_one(out("CUSTOMER", 5, "a"), state) is None
+True
+>>> rec.score_one(out("THIEF", 10, "b"), state).summary
+'nem-hot sent 10 XEM to THIEF, which matches no approved withdrawal'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from detectors.base import Finding, WalletState, format_units
+from drainwatch.events import (
+    ApprovedWithdrawal,
+    Direction,
+    Severity,
+    Transfer,
+    TransferStatus,
+    normalize_address,
+)
+
+__all__ = ["LedgerReconciliation"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Approval:
+    time: float
+    amount: Decimal
+    approval_id: str
+    tx_hash: str | None
+
+
+def _match_key(chain: str, asset: str, to: str) -> tuple[str, str, str]:
+    return chain.casefold(), normalize_address(asset).casefold(), normalize_address(to)
+
+
+class LedgerReconciliation:
+    """Freezes a hot wallet on an outflow that matches no approved withdrawal."""
+
+    def __init__(
+        self,
+        *,
+        name: str = "ledger",
+        match_window_s: int = 600,
+        amount_tolerance: Decimal = Decimal("0.02"),
+        active: bool = False,
+    ) -> None:
+        self.name = name
+        self.match_window_s = match_window_s
+        self.amount_tolerance = amount_tolerance
+        self.active = active
+        self._open: dict[tuple[str, str, str], list[_Approval]] = {}
+        self._latest = float("-inf")
+
+    def learn_approval(self, approval: ApprovedWithdrawal) -> None:
+        """Remember an approval until it explains a transfer or grows too old."""
+        self.active = True
+        when = approval.time.timestamp()
+        if when > self._latest + self.match_window_s:
+            self._expire(when)
+        self._latest = max(self._latest, when)
+        key = _match_key(approval.chain, approval.asset, approval.to)
+        self._open.setdefault(key, []).append(
+            _Approval(when, approval.amount, approval.id, approval.tx_hash)
+        )
+
+    def _expire(self, now: float) -> None:
+        horizon = now - 2 * self.match_window_s
+        for key in list(self._open):
+            kept = [a for a in self._open[key] if a.time >= horizon]
+            if kept:
+                self._open[key] = kept
+            else:
+                del self._open[key]
+
+    def _match(self, transfer: Transfer) -> tuple[tuple[str, str, str], int] | None:
+        key = _match_key(transfer.chain, transfer.asset, transfer.counterparty)
+        candidates = self._open.get(key)
+        if not candidates:
+            return None
+        now = transfer.time.timestamp()
+        value = transfer.value
+        tolerance = self.amount_tolerance
+        for index, approval in enumerate(candidates):
+            if approval.tx_hash is not None and approval.tx_hash == transfer.tx_hash:
+                return key, index
+            if (
+                now - self.match_window_s <= approval.time <= now
+                and abs(value - approval.amount) <= approval.amount * tolerance
+            ):
+                return key, index
+        return None
+
+    def _questioned(self, transfer: Transfer, state: WalletState) -> bool:
+        return (
+            self.active
+            and transfer.direction is Direction.OUT
+            and transfer.status is not TransferStatus.RETRACTED
+            and state.role == "hot"
+            and transfer.amount > 0
+            and not state.is_internal(transfer.counterparty)
+            and not state.is_known(transfer.counterparty)
+        )
+
+    def score_one(self, transfer: Transfer, state: WalletState) -> Finding | None:
+        """A critical freeze finding when an outflow matches no open approval."""
+        if not self._questioned(transfer, state) or self._match(transfer) is not None:
+            return None
+        units = state.units_of(transfer)
+        before = state.balance_units()
+        return Finding(
+            detector=self.name,
+            severity=Severity.CRITICAL,
+            freeze=True,
+            score=1.0,
+            summary=(
+                f"{state.label} sent {format_units(units, state.scale)} {transfer.asset} to "
+                f"{transfer.counterparty}, which matches no approved withdrawal"
+            ),
+            metrics={
+                "amount": format_units(units, state.scale),
+                "balance_before": format_units(before, state.scale),
+                "open_approvals": str(sum(len(v) for v in self._open.values())),
+                "rule_unapproved_outflow": "1",
+            },
+            transfer_ids=(transfer.id,),
+            tx_hashes=(transfer.tx_hash,),
+        )
+
+    def learn_one(self, transfer: Transfer) -> None:
+        """Use up the approval that explains this outflow, so it explains no other."""
+        if not self.active or transfer.direction is not Direction.OUT:
+            return
+        match = self._match(transfer)
+        if match is not None:
+            key, index = match
+            del self._open[key][index]
+            if not self._open[key]:
+                del self._open[key]

@@ -1,0 +1,351 @@
+"""The velocity detector: a hot wallet losing a large share of its balance fast, to new places.
+
+Ordinary exchange traffic is many small customer withdrawals (well under 1% of the hot wallet each)
+to many different addresses, sweeps to the exchange's own cold wallet (internal, ignored), and
+regular payouts to familiar counterparties such as a market maker. A drain is a large share going
+to one or a few addresses the wallet has never paid. The rules, all on event-time windows and the
+balance at the window's start, with warning at the lower threshold and critical + freeze at the
+higher one:
+
+* **single destination**: one new address received ``single_*_share`` within
+  ``concentration_window_s`` (default 2.5% / 5% in 1 h);
+* **burst to new addresses**: new addresses received ``warn_share`` / ``freeze_share`` within
+  ``window_s`` (default 5% / 10% in 20 min), when they average at least ``fanout_min_share`` each
+  (customers do not);
+* **total outflow**: everything external that left within ``window_s`` reached
+  ``total_*_share`` (default 15% / 30%), new addresses or not;
+* **test then drain**: a tiny first transfer to a new address, then within ``test_window_s`` a
+  transfer of ``test_drain_share`` to it: freeze;
+* **cold wallet**: a cold wallet paying any address that is neither listed nor a configured
+  counterparty: freeze.
+
+>>> from datetime import UTC, datetime, timedelta
+>>> from drainwatch.config import WalletConfig
+>>> from drainwatch.events import Direction, Transfer
+>>> hot = WalletConfig(chain="nem", address="HOT", label="nem-hot",
+...                    opening_balance=Decimal("523000010"))
+>>> state, detector = WalletState(hot, "XEM"), VelocityDetector()
+>>> t0 = datetime(2018, 1, 25, 15, 2, tzinfo=UTC)
+>>> def send(minute, amount, tx):
+...     t = Transfer.create(chain="nem", wallet="HOT", direction=Direction.OUT,
+...         counterparty="THIEF", asset="XEM", amount=amount, decimals=0, tx_hash=tx,
+...         position=0, time=t0 + timedelta(minutes=minute))
+...     state.prepare(t)
+...     finding = detector.score_one(t, state)
+...     state.apply(t, learn=not (finding and finding.freeze))
+...     return finding
+>>> send(0, 10, "test") is None
+True
+>>> f = send(2, 100_000_000, "big")
+>>> f.severity.value, f.freeze
+('critical', True)
+>>> f.summary.split("; ")
+['19.1% of nem-hot drained in 2 min to 1 new address (after a 10 XEM test)',
+ 'at this rate empty in 9 min']
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Final
+
+from detectors.base import Finding, Outflow, WalletState, format_units, ratio_string
+from drainwatch.config import DetectionConfig
+from drainwatch.events import Direction, Severity, Transfer, TransferStatus
+
+__all__ = ["VelocityDetector", "describe_duration"]
+
+_EVIDENCE_MAX: Final = 100
+
+
+def _fraction(share: Decimal) -> tuple[int, int]:
+    numerator, denominator = share.as_integer_ratio()
+    return numerator, denominator
+
+
+def _reaches(amount: int, reference: int, fraction: tuple[int, int]) -> bool:
+    """Exact ``amount / reference >= fraction``; an unknown (zero) reference counts as reached."""
+    if reference <= 0:
+        return amount > 0
+    return amount * fraction[1] >= reference * fraction[0]
+
+
+def _ratio(amount: int, reference: int, share: float) -> float:
+    if reference <= 0:
+        return float("inf") if amount > 0 else 0.0
+    return amount / reference / share
+
+
+def _percent(amount: int, reference: int) -> str:
+    """Share in percent with one decimal; an unknown (zero) reference reads as 100."""
+    return ratio_string(amount * 100, reference, 1) if reference > 0 else "100"
+
+
+def describe_duration(seconds: float, round_up: bool = False) -> str:
+    """A short human duration.
+
+    >>> describe_duration(120), describe_duration(507.6, round_up=True), describe_duration(42)
+    ('2 min', '9 min', '42 s')
+    >>> describe_duration(5 * 3600), describe_duration(3 * 86400)
+    ('5.0 h', '3.0 d')
+    """
+    if seconds < 60:
+        return f"{int(seconds)} s"
+    if seconds < 2 * 3600:
+        minutes = -(-seconds // 60) if round_up else round(seconds / 60)
+        return f"{int(minutes)} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+class VelocityDetector:
+    """Flags a wallet losing a large share of its balance quickly, above all to new addresses.
+
+    Constructor arguments are the configuration; :meth:`from_config` derives them from the
+    ``[detection]`` table. Shares are of the balance at the start of the window.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "velocity",
+        window_s: int = 1200,
+        concentration_window_s: int = 3600,
+        freeze_share: Decimal = Decimal("0.10"),
+        warn_share: Decimal = Decimal("0.05"),
+        single_freeze_share: Decimal = Decimal("0.05"),
+        single_warn_share: Decimal = Decimal("0.025"),
+        total_freeze_share: Decimal = Decimal("0.30"),
+        total_warn_share: Decimal = Decimal("0.15"),
+        fanout_min_share: Decimal = Decimal("0.01"),
+        test_window_s: int = 3600,
+        test_max_share: Decimal = Decimal("0.001"),
+        test_drain_share: Decimal = Decimal("0.02"),
+        min_rate_span_s: int = 60,
+    ) -> None:
+        self.name = name
+        self.window_s = window_s
+        self.concentration_window_s = concentration_window_s
+        self.freeze_share = freeze_share
+        self.warn_share = warn_share
+        self.single_freeze_share = single_freeze_share
+        self.single_warn_share = single_warn_share
+        self.total_freeze_share = total_freeze_share
+        self.total_warn_share = total_warn_share
+        self.fanout_min_share = fanout_min_share
+        self.test_window_s = test_window_s
+        self.test_max_share = test_max_share
+        self.test_drain_share = test_drain_share
+        self.min_rate_span_s = min_rate_span_s
+        # Exact integer fractions for the decisions; floats only for the score.
+        self._freeze = _fraction(freeze_share)
+        self._warn = _fraction(warn_share)
+        self._single_freeze = _fraction(single_freeze_share)
+        self._single_warn = _fraction(single_warn_share)
+        self._total_freeze = _fraction(total_freeze_share)
+        self._total_warn = _fraction(total_warn_share)
+        self._fanout = _fraction(fanout_min_share)
+        self._test_max = _fraction(test_max_share)
+        self._test_drain = _fraction(test_drain_share)
+
+    @classmethod
+    def from_config(cls, detection: DetectionConfig) -> VelocityDetector:
+        """The detector with the ``[detection]`` thresholds; the other rules scale with them.
+
+        >>> VelocityDetector.from_config(DetectionConfig()).single_freeze_share
+        Decimal('0.050')
+        """
+        half, triple = Decimal("0.5"), Decimal(3)
+        return cls(
+            freeze_share=detection.freeze_share,
+            warn_share=detection.warn_share,
+            single_freeze_share=detection.freeze_share * half,
+            single_warn_share=detection.warn_share * half,
+            total_freeze_share=detection.freeze_share * triple,
+            total_warn_share=detection.warn_share * triple,
+        )
+
+    @property
+    def windows_s(self) -> tuple[int, ...]:
+        """The windows this detector needs the wallet state to keep."""
+        return (self.window_s, self.concentration_window_s)
+
+    def learn_one(self, transfer: Transfer) -> None:
+        """Nothing to learn here: the evidence is the wallet state, which the engine updates."""
+
+    def score_one(self, transfer: Transfer, state: WalletState) -> Finding | None:
+        """Judge an outflow against the wallet's windows; ``None`` when it looks ordinary."""
+        if transfer.direction is not Direction.OUT or transfer.status is TransferStatus.RETRACTED:
+            return None
+        dest = transfer.counterparty
+        if state.is_internal(dest):
+            return None
+        units = state.units_of(transfer)
+        if units <= 0:
+            return None
+        if state.role == "cold" and not state.is_known(dest):
+            return self._cold_outflow(transfer, state, units)
+
+        now = state.now
+        window = state.window(self.window_s)
+        conc = state.window(self.concentration_window_s)
+        ref_w = state.reference_units(window)
+        ref_c = state.reference_units(conc)
+
+        # (level, score, rule) per rule that fired; level 1 = warning, 2 = freeze.
+        fired: list[tuple[int, float, str]] = []
+        total = window.total + units
+        if _reaches(total, ref_w, self._total_warn):
+            level = 2 if _reaches(total, ref_w, self._total_freeze) else 1
+            fired.append((level, _ratio(total, ref_w, float(self.total_freeze_share)), "total"))
+
+        if state.is_new_destination(dest, now):
+            to_dest = conc.new_by_dest.get(dest, 0) + units
+            if _reaches(to_dest, ref_c, self._single_warn):
+                level = 2 if _reaches(to_dest, ref_c, self._single_freeze) else 1
+                score = _ratio(to_dest, ref_c, float(self.single_freeze_share))
+                fired.append((level, score, "single"))
+
+            new_total = window.new_total + units
+            n_new = len(window.new_by_dest) + (dest not in window.new_by_dest)
+            concentrated = ref_w <= 0 or new_total * self._fanout[1] >= (
+                n_new * ref_w * self._fanout[0]
+            )
+            if concentrated and _reaches(new_total, ref_w, self._warn):
+                level = 2 if _reaches(new_total, ref_w, self._freeze) else 1
+                fired.append((level, _ratio(new_total, ref_w, float(self.freeze_share)), "burst"))
+
+            seen = state.first_seen(dest)
+            if (
+                seen is not None
+                and now - seen.time <= self.test_window_s
+                and seen.units * self._test_max[1] <= ref_c * self._test_max[0]
+                and _reaches(units, ref_c, self._test_drain)
+            ):
+                score = max(1.0, _ratio(units, ref_c, float(self.test_drain_share)))
+                fired.append((2, score, "test_then_drain"))
+
+        if not fired:
+            return None
+        return self._finding(transfer, state, units, fired)
+
+    def _finding(
+        self,
+        transfer: Transfer,
+        state: WalletState,
+        units: int,
+        fired: list[tuple[int, float, str]],
+    ) -> Finding:
+        level = max(f[0] for f in fired)
+        score = max(f[1] for f in fired)
+        rules = {f[2] for f in fired}
+        dest = transfer.counterparty
+        now = state.now
+        new = state.is_new_destination(dest, now)
+        window = state.window(self.window_s)
+        conc = state.window(self.concentration_window_s)
+
+        # What the summary talks about: one address when a single-address rule fired.
+        focus: list[Outflow]
+        if rules & {"single", "test_then_drain"}:
+            focus, ref, n_dest, what = (
+                conc.evidence(dest, new_only=True),
+                state.reference_units(conc),
+                1,
+                "new address",
+            )
+        elif "burst" in rules:
+            focus = window.evidence(new_only=True)
+            ref, what = state.reference_units(window), "new address"
+            n_dest = len({o.counterparty for o in focus} | {dest})
+        else:
+            focus = window.evidence()
+            ref, what = state.reference_units(window), "address"
+            n_dest = len({o.counterparty for o in focus} | {dest})
+        drained = sum(o.units for o in focus) + units
+        first = focus[0].time if focus else now
+        span = max(0.0, now - first)
+        rate_span = max(span, float(self.min_rate_span_s))
+        before = state.balance_units()
+        after = max(before - units, 0)
+        empty_s = int(after * rate_span // drained) if drained else 0
+
+        summary = (
+            f"{_percent(drained, ref)}% of {state.label} drained "
+            f"{f'in {describe_duration(span)}' if span >= 1 else 'at once'} "
+            f"to {n_dest} {what}{'es' if n_dest != 1 else ''}"
+        )
+        seen = state.first_seen(dest)
+        if "test_then_drain" in rules and seen is not None:
+            summary += f" (after a {state.to_decimal_string(seen.units)} {state.asset} test)"
+        summary += (
+            f"; at this rate empty in {describe_duration(empty_s, round_up=True)}"
+            if after
+            else "; the wallet is empty"
+        )
+
+        scale = state.scale
+        metrics = {
+            "amount": format_units(units, scale),
+            "balance_before": format_units(before, scale),
+            "balance_after": format_units(after, scale),
+            "balance_known": "1" if state.balance_known else "0",
+            "reference_balance": format_units(ref, scale),
+            "drained": format_units(drained, scale),
+            "share": ratio_string(drained, ref),
+            "span_s": str(int(span)),
+            "rate_per_s": ratio_string(drained, int(rate_span) * 10**scale, max(6, scale)),
+            "projected_empty_s": str(empty_s),
+            "score": ratio_string(int(min(score, 1e12) * 10**6), 10**6),
+        }
+        for rule in sorted(rules):
+            metrics[f"rule_{rule}"] = "1"
+        for span_s in state.windows_s:
+            win = state.window(span_s)
+            out = win.total + units
+            new_out = win.new_total + (units if new else 0)
+            win_ref = state.reference_units(win)
+            n_new = len(win.new_by_dest) + (new and dest not in win.new_by_dest)
+            metrics[f"out_{span_s}s"] = format_units(out, scale)
+            metrics[f"new_out_{span_s}s"] = format_units(new_out, scale)
+            metrics[f"share_out_{span_s}s"] = ratio_string(out, win_ref)
+            metrics[f"share_new_{span_s}s"] = ratio_string(new_out, win_ref)
+            metrics[f"new_destinations_{span_s}s"] = str(n_new)
+
+        evidence = focus[-(_EVIDENCE_MAX - 1) :]
+        return Finding(
+            detector=self.name,
+            severity=Severity.CRITICAL if level == 2 else Severity.WARNING,
+            freeze=level == 2,
+            score=score,
+            summary=summary,
+            metrics=metrics,
+            transfer_ids=(*(o.transfer_id for o in evidence), transfer.id),
+            tx_hashes=tuple(dict.fromkeys((*(o.tx_hash for o in evidence), transfer.tx_hash))),
+        )
+
+    def _cold_outflow(self, transfer: Transfer, state: WalletState, units: int) -> Finding:
+        before = state.balance_units()
+        scale = state.scale
+        share = ratio_string(units, before)
+        return Finding(
+            detector=self.name,
+            severity=Severity.CRITICAL,
+            freeze=True,
+            score=max(1.0, _ratio(units, before, float(self.single_freeze_share))),
+            summary=(
+                f"cold wallet {state.label} sent {format_units(units, scale)} {state.asset} "
+                f"({_percent(units, before)}% of it) to unlisted address "
+                f"{transfer.counterparty}"
+            ),
+            metrics={
+                "amount": format_units(units, scale),
+                "balance_before": format_units(before, scale),
+                "balance_known": "1" if state.balance_known else "0",
+                "share": share,
+                "rule_cold_outflow": "1",
+            },
+            transfer_ids=(transfer.id,),
+            tx_hashes=(transfer.tx_hash,),
+        )

@@ -1,0 +1,186 @@
+"""The detection engine: duplicates, retractions, shadow mode, cooldown, ledger, stage loop."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import detectors
+from detectors.engine import DetectionEngine
+from drainwatch.bus import EmbeddedBus, TopicPartition
+from drainwatch.events import (
+    ALERTS,
+    LEDGER,
+    TRANSFERS,
+    Alert,
+    Direction,
+    Severity,
+    TransferStatus,
+    decode,
+)
+from drainwatch.stage import StageLoop
+from tests.detectors.factories import approval, at, config, transfer, wallet
+
+DETECTED = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def engine(**kwargs: object) -> DetectionEngine:
+    return DetectionEngine(config(), clock=lambda: DETECTED, **kwargs)  # type: ignore[arg-type]
+
+
+def summary(alerts: list[Alert]) -> list[tuple[str, str, bool]]:
+    return [(a.detector, a.severity.value, a.freeze) for a in alerts]
+
+
+def test_public_api_is_pinned() -> None:
+    assert detectors.__all__ == [
+        "BacktestInputError",
+        "BacktestSummary",
+        "DetectionEngine",
+        "Detector",
+        "DetectorError",
+        "Finding",
+        "LedgerAware",
+        "LedgerReconciliation",
+        "VelocityDetector",
+        "WalletState",
+        "default_detectors",
+        "run_backtest",
+    ]
+    assert issubclass(detectors.BacktestInputError, detectors.DetectorError)
+
+
+def test_alert_fields_and_deterministic_id() -> None:
+    t = transfer("THIEF", 300, minutes=4)
+    first, second = engine().process(t), engine().process(t)
+    assert len(first) == 1
+    alert = first[0]
+    assert alert == second[0]
+    assert (alert.time, alert.detected_at) == (at(4), DETECTED)
+    assert (alert.chain, alert.wallet, alert.wallet_label) == ("nem", "HOT", "nem-hot")
+    assert alert.tx_hashes == (t.tx_hash,)
+    assert alert.transfer_ids == (t.id,)
+    assert engine().process(t, detected_at=at(5))[0].detected_at == at(5)
+
+
+def test_duplicate_transfer_is_ignored() -> None:
+    e = engine()
+    t = transfer("FRIEND", 30)
+    assert summary(e.process(t)) == [("velocity", "warning", False)]
+    assert e.process(t) == []
+    state = e.state(e.config.wallets[0], "XEM")
+    assert state.balance_units() == 970
+
+
+def test_retraction_undoes_the_transfer() -> None:
+    e = engine(cooldown_s=0)
+    first = transfer("THIEF", 30, minutes=0)
+    e.process(first)
+    e.process(first.model_copy(update={"status": TransferStatus.RETRACTED}))
+    state = e.state(e.config.wallets[0], "XEM")
+    assert state.balance_units() == 1000
+    assert state.first_seen("THIEF") is None
+    # Had the first stayed, 6% to one new address would freeze; alone it is a warning.
+    assert summary(e.process(transfer("THIEF", 30, minutes=5))) == [("velocity", "warning", False)]
+
+
+def test_late_transfer_is_counted_in_its_window() -> None:
+    e = engine()
+    e.process(transfer("THIEF", 30, minutes=10))
+    alerts = e.process(transfer("THIEF", 30, minutes=9))
+    assert summary(alerts) == [("velocity", "critical", True)]
+    assert alerts[0].metrics["drained"] == "60"
+
+
+def test_internal_transfers_and_unwatched_wallets_are_ignored() -> None:
+    e = engine()
+    assert e.process(transfer("COLD", 900)) == []
+    assert e.process(transfer("X", 900, wallet="STRANGER")) == []
+    assert e.process(transfer("COLD", 100, wallet="COLD", minutes=1)) == []
+    state = e.state(e.config.wallets[0], "XEM")
+    assert state.balance_units() == 100
+
+
+def test_wallet_with_an_asset_sees_only_that_asset() -> None:
+    e = DetectionEngine(config(wallet(asset="XEM")))
+    assert e.process(transfer("THIEF", 900, asset="MOSAIC")) == []
+    assert summary(e.process(transfer("THIEF", 900, asset="xem"))) == [
+        ("velocity", "critical", True)
+    ]
+
+
+def test_cold_wallet_outflow_is_a_critical_freeze() -> None:
+    alerts = engine().process(transfer("ANYONE", 1, wallet="COLD"))
+    assert summary(alerts) == [("velocity", "critical", True)]
+    assert alerts[0].wallet == "COLD"
+
+
+def test_shadow_mode_alerts_but_never_freezes() -> None:
+    e = DetectionEngine(config(wallet(), shadow=("velocity",)))
+    alerts = e.process(transfer("THIEF", 300))
+    assert summary(alerts) == [("velocity", "critical", False)]
+    assert alerts[0].shadow
+    assert alerts[0].metrics["would_freeze"] == "1"
+
+
+def test_cooldown_keeps_one_freeze_per_wallet_and_detector() -> None:
+    e = engine(cooldown_s=3600)
+    first = e.process(transfer("T1", 100, minutes=0))
+    again = e.process(transfer("T2", 100, minutes=10))
+    later = e.process(transfer("T3", 100, minutes=70))
+    assert summary(first) == [("velocity", "critical", True)]
+    assert summary(again) == [("velocity", "critical", False)]
+    assert again[0].metrics["freeze_suppressed"] == "1"
+    assert again[0].metrics["cooldown_remaining_s"] == "3000"
+    assert summary(later) == [("velocity", "critical", True)]
+
+
+def test_repeated_warnings_need_a_higher_score() -> None:
+    e = engine()
+    results = [e.process(transfer(f"W{i}", 30, minutes=i * 20)) for i in range(4)]
+    # Each is 3% to a new address: the same warning, said once per hour of cooldown.
+    assert [summary(r) for r in results] == [
+        [("velocity", "warning", False)],
+        [],
+        [],
+        [("velocity", "warning", False)],
+    ]
+
+
+def test_ledger_reconciliation_starts_with_the_first_approval() -> None:
+    e = engine()
+    e.handle(LEDGER, approval("CUSTOMER", "5", minutes=-1))
+    assert e.process(transfer("CUSTOMER", 5)) == []
+    alerts = e.process(transfer("THIEF", 1, minutes=1))
+    assert summary(alerts) == [("ledger", "critical", True)]
+    # The approval explains one transfer only.
+    assert summary(e.process(transfer("CUSTOMER", 5, minutes=2, tx="again"))) == [
+        ("ledger", "critical", False)  # frozen a minute ago: recorded, not frozen again
+    ]
+
+
+def test_without_a_ledger_feed_reconciliation_stays_silent() -> None:
+    assert engine().process(transfer("THIEF", 1)) == []
+
+
+def test_reconciliation_ignores_inflows_internal_and_stale_approvals() -> None:
+    e = engine(reconcile=True)
+    assert e.process(transfer("SRC", 50, direction=Direction.IN)) == []
+    assert e.process(transfer("COLD", 50, minutes=1)) == []
+    e.process_approval(approval("LATE", "5", minutes=0))
+    assert summary(e.process(transfer("LATE", 5, minutes=11))) == [("ledger", "critical", True)]
+
+
+def test_handle_runs_in_the_stage_loop_over_the_embedded_bus() -> None:
+    e = engine()
+    bus = EmbeddedBus(":memory:")
+    producer = bus.producer()
+    t = transfer("THIEF", 300)
+    producer.send(TRANSFERS, t.key, t.to_json())
+    producer.flush()
+    loop = StageLoop(bus, [TRANSFERS, LEDGER], "detectors", handler=e.handle)
+    assert loop.run_once(timeout_s=0.5) == 1
+    messages = bus.read_range(TopicPartition(ALERTS, 0), 0, 10)
+    assert len(messages) == 1
+    alert = decode(ALERTS, messages[0].value, Alert)
+    assert (alert.severity, alert.freeze, alert.key) == (Severity.CRITICAL, True, t.key)
+    loop.close()

@@ -1,0 +1,233 @@
+"""The velocity detector on hand-made sequences: what it must flag and what it must let pass."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from detectors.base import Finding, WalletState
+from detectors.velocity import VelocityDetector
+from drainwatch.config import DetectionConfig, WalletConfig
+from drainwatch.events import Direction, Severity, Transfer
+from tests.detectors.factories import transfer, wallet
+
+COLD = "COLD"
+
+
+def make_state(w: WalletConfig | None = None) -> WalletState:
+    return WalletState(w or wallet(balance="1000"), "XEM", internal=frozenset({"HOT", COLD}))
+
+
+def judge(state: WalletState, detector: VelocityDetector, t: Transfer) -> Finding | None:
+    """What the engine does for one transfer."""
+    state.prepare(t)
+    finding = detector.score_one(t, state)
+    state.apply(t, learn=not (finding and finding.freeze))
+    return finding
+
+
+def test_many_small_customer_withdrawals_to_fresh_addresses_raise_nothing() -> None:
+    state, detector = make_state(), VelocityDetector()
+    # 0.3% each, one a minute, to 300 different addresses (6% every 20 minutes), while
+    # deposits keep the balance where it was.
+    findings = []
+    for i in range(300):
+        findings.append(judge(state, detector, transfer(f"C{i}", 3, minutes=i)))
+        deposit = transfer(f"D{i}", 3, minutes=i + 0.5, direction=Direction.IN)
+        findings.append(judge(state, detector, deposit))
+    assert findings == [None] * 600
+    assert state.balance_units() == 1000
+
+
+@pytest.mark.parametrize(
+    ("amount", "severity", "freeze"),
+    [(60, Severity.CRITICAL, True), (30, Severity.WARNING, False), (20, None, False)],
+)
+def test_one_transfer_to_a_new_address(
+    amount: int, severity: Severity | None, freeze: bool
+) -> None:
+    finding = judge(make_state(), VelocityDetector(), transfer("THIEF", amount))
+    if severity is None:
+        assert finding is None
+    else:
+        assert finding is not None
+        assert (finding.severity, finding.freeze) == (severity, freeze)
+        assert finding.metrics["rule_single"] == "1"
+
+
+def test_known_counterparty_and_long_known_destination_are_not_new() -> None:
+    state = make_state(wallet(balance="1000", known=("MARKETMAKER",)))
+    detector = VelocityDetector()
+    assert judge(state, detector, transfer("MARKETMAKER", 60)) is None
+    assert judge(state, detector, transfer("FRIEND", 10, minutes=1)) is None
+    # Paid first more than a day ago: no longer new, 6% to it is ordinary.
+    assert judge(state, detector, transfer("FRIEND", 60, minutes=25 * 60)) is None
+
+
+def test_internal_transfer_to_a_listed_wallet_is_never_a_drain() -> None:
+    state = make_state()
+    assert judge(state, VelocityDetector(), transfer(COLD, 900)) is None
+    assert state.window(1200).total == 0
+    assert state.balance_units() == 100
+
+
+def test_cold_wallet_paying_an_unlisted_address_freezes() -> None:
+    cold = wallet(COLD, role="cold", balance="100000", known=("CUSTODIAN",))
+    state = WalletState(cold, "XEM", internal=frozenset({"HOT", COLD}))
+    detector = VelocityDetector()
+    assert judge(state, detector, transfer("HOT", 5000, wallet=COLD)) is None
+    assert judge(state, detector, transfer("CUSTODIAN", 5000, wallet=COLD, minutes=1)) is None
+    finding = judge(state, detector, transfer("ANYONE", 1, wallet=COLD, minutes=2))
+    assert finding is not None
+    assert (finding.severity, finding.freeze) == (Severity.CRITICAL, True)
+    assert finding.metrics["rule_cold_outflow"] == "1"
+    assert "cold wallet" in finding.summary
+
+
+def test_test_then_drain_freezes_below_the_single_address_threshold() -> None:
+    state, detector = make_state(), VelocityDetector()
+    assert judge(state, detector, transfer("THIEF", 0, minutes=0)) is None  # zero is ignored
+    assert judge(state, detector, transfer("THIEF", 1, minutes=1)) is None
+    finding = judge(state, detector, transfer("THIEF", 30, minutes=30))
+    assert finding is not None
+    assert finding.freeze
+    assert finding.metrics["rule_test_then_drain"] == "1"
+    assert "after a 1 XEM test" in finding.summary
+
+
+def test_test_then_drain_needs_the_drain_within_the_hour() -> None:
+    state, detector = make_state(), VelocityDetector()
+    judge(state, detector, transfer("THIEF", 1, minutes=0))
+    finding = judge(state, detector, transfer("THIEF", 30, minutes=90))
+    assert finding is not None
+    assert (finding.severity, finding.freeze) == (Severity.WARNING, False)
+    assert "rule_test_then_drain" not in finding.metrics
+
+
+def test_burst_to_a_few_new_addresses_freezes_but_wide_fanout_does_not() -> None:
+    state, detector = make_state(), VelocityDetector()
+    results = [judge(state, detector, transfer(f"T{i}", 30, minutes=i)) for i in range(4)]
+    assert [r.severity if r else None for r in results[:3]] == [Severity.WARNING] * 3
+    assert results[3] is not None
+    assert results[3].freeze
+    assert results[3].metrics["rule_burst"] == "1"
+    assert results[3].metrics["new_destinations_1200s"] == "4"
+
+    wide, detector = make_state(), VelocityDetector()
+    # 12% in 20 minutes, but 0.5% each to 24 addresses: customers, not a thief.
+    assert [judge(wide, detector, transfer(f"C{i}", 5, minutes=i / 2)) for i in range(24)] == [
+        None
+    ] * 24
+
+
+def test_total_outflow_to_known_addresses_freezes_at_thirty_percent() -> None:
+    state = make_state(wallet(balance="1000", known=("MM1", "MM2", "MM3", "MM4")))
+    detector = VelocityDetector()
+    results = [judge(state, detector, transfer(f"MM{i + 1}", 80, minutes=i)) for i in range(4)]
+    assert results[0] is None
+    assert results[1] is not None
+    assert results[1].severity is Severity.WARNING  # 16% of 1000
+    assert results[3] is not None
+    assert results[3].freeze
+    assert results[3].metrics["rule_total"] == "1"
+
+
+def test_coincheck_first_big_transfer_summary_and_metrics() -> None:
+    state = make_state(wallet(balance="523000010", label="nem-hot"))
+    detector = VelocityDetector()
+    assert judge(state, detector, transfer("NC4C6P", 10, minutes=0)) is None
+    finding = judge(state, detector, transfer("NC4C6P", 100_000_000, minutes=2))
+    assert finding is not None
+    assert finding.freeze
+    assert finding.summary == (
+        "19.1% of nem-hot drained in 2 min to 1 new address (after a 10 XEM test); "
+        "at this rate empty in 9 min"
+    )
+    assert finding.metrics["drained"] == "100000010"
+    assert finding.metrics["balance_after"] == "423000000"
+    assert finding.metrics["share"] == "0.191205"
+    assert finding.metrics["projected_empty_s"] == "507"
+    assert len(finding.transfer_ids) == 2  # the test and the drain
+    for value in finding.metrics.values():
+        assert Decimal(value).is_finite()
+
+
+def test_amounts_beyond_float_precision_stay_exact() -> None:
+    state = WalletState(wallet(chain="ethereum", address="0xhot", balance=None), "ETH")
+    detector = VelocityDetector()
+    deposit = transfer(
+        "0xsource",
+        3 * 10**30 + 7,
+        decimals=18,
+        wallet="0xhot",
+        direction=Direction.IN,
+        chain="ethereum",
+        asset="ETH",
+    )
+    assert judge(state, detector, deposit) is None
+    out = transfer(
+        "0xthief",
+        10**30 + 1,
+        decimals=18,
+        wallet="0xhot",
+        minutes=1,
+        chain="ethereum",
+        asset="ETH",
+    )
+    finding = judge(state, detector, out)
+    assert finding is not None
+    assert finding.metrics["amount"] == "1000000000000.000000000000000001"
+    assert finding.metrics["balance_after"] == "2000000000000.000000000000000006"
+
+
+def test_scale_grows_without_losing_earlier_amounts() -> None:
+    state, detector = make_state(), VelocityDetector()
+    judge(state, detector, transfer("A", 15, decimals=0))
+    judge(state, detector, transfer("B", 1_000001, decimals=6, minutes=1))
+    assert state.to_decimal_string(state.balance_units()) == "983.999999"
+    assert state.to_decimal_string(state.window(60).total) == "1.000001"
+
+
+def test_without_opening_balance_a_first_large_outflow_is_judged_against_itself() -> None:
+    # Nothing is known but what the stream shows: the wallet held at least what it sent.
+    state, detector = make_state(wallet(balance=None)), VelocityDetector()
+    finding = judge(state, detector, transfer("THIEF", 500))
+    assert finding is not None
+    assert finding.freeze
+    assert finding.metrics["balance_known"] == "0"
+
+
+def test_unknown_balance_uses_largest_balance_seen() -> None:
+    state, detector = make_state(wallet(balance=None)), VelocityDetector()
+    judge(state, detector, transfer("SRC", 10_000, direction=Direction.IN))
+    judge(state, detector, transfer("C1", 9_000, minutes=30 * 60))  # known by then? no: new
+    # Balance is now 1000, but the wallet held 10000 earlier: 3% of that is only a warning.
+    finding = judge(state, detector, transfer("C2", 300, minutes=32 * 60))
+    assert finding is not None
+    assert finding.severity is Severity.WARNING
+
+
+def test_from_config_scales_the_other_rules() -> None:
+    detector = VelocityDetector.from_config(
+        DetectionConfig(freeze_share=Decimal("0.2"), warn_share=Decimal("0.1"))
+    )
+    assert (detector.single_freeze_share, detector.total_freeze_share) == (
+        Decimal("0.10"),
+        Decimal("0.6"),
+    )
+    assert judge(make_state(), detector, transfer("THIEF", 60)).severity is Severity.WARNING  # type: ignore[union-attr]
+
+
+def test_balance_read_from_the_chain_replaces_the_tracked_balance() -> None:
+    state, detector = make_state(wallet(balance=None)), VelocityDetector()
+    deposit = transfer("SRC", 5, direction=Direction.IN).model_copy(
+        update={"balance_after": 10_000}
+    )
+    judge(state, detector, deposit)
+    assert state.balance_known
+    assert state.balance_units() == 10_000
+    # 3% of the chain's balance is a warning, not the freeze an unknown balance would give.
+    finding = judge(state, detector, transfer("THIEF", 300, minutes=1))
+    assert finding is not None
+    assert finding.severity is Severity.WARNING
