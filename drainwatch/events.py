@@ -202,6 +202,9 @@ class Transfer(Event):
     block_number: int | None = None
     block_hash: str | None = None
     usd_value: UsdValue | None = None
+    balance_after: BaseUnits | None = None
+    """The wallet's balance of this asset after the block, when the watcher read it from the chain
+    (live mode); detectors prefer it to the balance they track from the stream."""
     counterparties: tuple[str, ...] = ()
     """All counterparties when there are several (a Bitcoin transaction with many outputs)."""
 
@@ -234,8 +237,8 @@ class Transfer(Event):
 
     @property
     def value(self) -> Decimal:
-        """The amount in the asset's units, exactly."""
-        return Decimal(self.amount).scaleb(-self.decimals)
+        """The amount in the asset's units, exactly (no context rounding, however many digits)."""
+        return Decimal(f"{self.amount}E-{self.decimals}")
 
     @property
     def signed_amount(self) -> int:
@@ -363,4 +366,3 @@ def decode(topic: str, payload: bytes, model: type[E] | None = None) -> E:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise DecodeError(topic, f"{where}: {first['msg']}") from exc
-

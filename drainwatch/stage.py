@@ -25,6 +25,7 @@ import orjson
 from prometheus_client import Counter
 
 from drainwatch.bus.base import AssignCallback, Bus, Message, TopicPartition, TopicSpec
+from drainwatch.errors import DrainwatchError
 from drainwatch.events import (
     ALERTS,
     DEADLETTER,
@@ -51,6 +52,9 @@ DEADLETTER_TOTAL = Counter(
     "drainwatch_deadletter_messages_total",
     "Malformed messages moved to the dead-letter topic.",
     ["topic"],
+)
+FAILURES_TOTAL = Counter(
+    "drainwatch_stage_failures_total", "Batches a stage could not finish and will redo.", ["stage"]
 )
 PROCESSED_TOTAL = Counter(
     "drainwatch_stage_messages_total", "Messages processed by a consuming stage.", ["stage"]
@@ -127,6 +131,7 @@ class StageLoop:
         self.prefix = prefix
         self.stage = stage
         self._producer = bus.producer()
+        self._on_assign = on_assign
         self._consumer = bus.consumer(self.topics, group, on_assign=on_assign)
         self._deadletter = topic_name(prefix, DEADLETTER)
 
@@ -156,13 +161,38 @@ class StageLoop:
             PROCESSED_TOTAL.labels(stage=self.stage).inc(len(messages))
         return len(messages)
 
-    def run(self, stop: threading.Event, timeout_s: float = 0.5) -> None:
-        """Loop until ``stop`` is set."""
+    def run(
+        self, stop: threading.Event, timeout_s: float = 0.5, max_backoff_s: float = 30.0
+    ) -> None:
+        """Loop until ``stop`` is set.
+
+        A :class:`DrainwatchError` from the handler (a kill switch that stays down, a broker that
+        refuses a flush) does not commit: the loop waits, rejoins from the committed offsets and
+        handles the same messages again, so nothing is lost; effects are idempotent by event id.
+        """
+        backoff_s = 0.5
         try:
             while not stop.is_set():
-                self.run_once(timeout_s)
+                try:
+                    self.run_once(timeout_s)
+                    backoff_s = 0.5
+                except DrainwatchError as exc:
+                    FAILURES_TOTAL.labels(stage=self.stage).inc()
+                    log.error(
+                        "%s: %s; retrying in %.1f s from the last commit",
+                        self.stage,
+                        exc,
+                        backoff_s,
+                    )
+                    stop.wait(backoff_s)
+                    backoff_s = min(backoff_s * 2, max_backoff_s)
+                    self._rejoin()
         finally:
             self.close()
+
+    def _rejoin(self) -> None:
+        self._consumer.close()
+        self._consumer = self.bus.consumer(self.topics, self.group, on_assign=self._on_assign)
 
     def position(self, tp: TopicPartition) -> int:
         """The consumer's next offset on ``tp``."""

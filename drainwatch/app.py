@@ -1,0 +1,153 @@
+"""Wiring: the only module that imports the stages and connects them to a bus.
+
+``run_pipeline`` runs every stage in one process on the embedded bus (the default), or one stage
+per process on Kafka (``drainwatch run ingest|detect|alert --bus kafka``).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from alerts import Alerter
+from detectors import DetectionEngine
+from drainwatch.bus import Bus, EmbeddedBus, Producer
+from drainwatch.config import Config
+from drainwatch.events import ALERTS, LEDGER, TRANSFERS, Transfer
+from drainwatch.stage import StageLoop, default_topics, topic_name
+from ingest import CursorStore, EvmSource, Watcher, connect_evm
+
+__all__ = [
+    "STAGES",
+    "alert_loop",
+    "build_bus",
+    "build_watchers",
+    "detect_loop",
+    "publisher",
+    "run_pipeline",
+]
+
+log = logging.getLogger(__name__)
+
+STAGES = ("ingest", "detect", "alert")
+
+
+def build_bus(config: Config, kind: str | None = None) -> Bus:
+    """The configured bus, with every topic created."""
+    kind = kind or config.bus.kind
+    bus: Bus
+    if kind == "kafka":
+        from drainwatch.bus.kafka import KafkaBus
+
+        bus = KafkaBus(config.bus.bootstrap_servers)
+    else:
+        state = Path(config.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        bus = EmbeddedBus(str(state / "bus.sqlite3"), default_partitions=1)
+    bus.ensure_topics(default_topics(config.bus.topic_prefix, config.bus.partitions))
+    return bus
+
+
+def publisher(producer: Producer, prefix: str = "") -> Callable[[Sequence[Transfer]], None]:
+    """A watcher's ``publish``: send each transfer keyed by wallet, then wait until durable."""
+    topic = topic_name(prefix, TRANSFERS)
+
+    def publish(transfers: Sequence[Transfer]) -> None:
+        for t in transfers:
+            producer.send(topic, t.key, t.to_json(), int(t.time.timestamp() * 1000))
+        producer.flush()
+
+    return publish
+
+
+def build_watchers(config: Config, producer: Producer) -> list[tuple[Watcher, float]]:
+    """One watcher per configured chain that has wallets, with its poll interval."""
+    cursors = CursorStore(Path(config.state_dir) / "cursors.sqlite3")
+    publish = publisher(producer, config.bus.topic_prefix)
+    watchers = []
+    for name, chain in config.chains.items():
+        wallets = config.wallets_on(name)
+        if not wallets:
+            continue
+        if chain.kind != "evm":
+            raise NotImplementedError(
+                f"chains.{name}: the {chain.kind} watcher is not available yet (issue 3)"
+            )
+        source = EvmSource(
+            connect_evm(chain.rpc), name, wallets, chain.native_symbol, chain.native_decimals
+        )
+        watcher = Watcher(source, publish, cursors, name, confirmations=chain.confirmations)
+        watchers.append((watcher, chain.poll_interval_s))
+    return watchers
+
+
+def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None) -> StageLoop:
+    """The detector stage: transfers and ledger in, alerts out."""
+    engine = engine or DetectionEngine(config)
+    return StageLoop(
+        bus,
+        [TRANSFERS, LEDGER],
+        f"{config.bus.group_prefix}-detect",
+        engine.handle,
+        prefix=config.bus.topic_prefix,
+        stage="detect",
+    )
+
+
+def alert_loop(config: Config, bus: Bus, alerter: Alerter | None = None) -> StageLoop:
+    """The alerts stage: transfers (for the timeline) and alerts in, freeze orders out."""
+    alerter = alerter or Alerter.from_config(config.alerts)
+    return StageLoop(
+        bus,
+        [TRANSFERS, ALERTS],
+        f"{config.bus.group_prefix}-alert",
+        alerter.handle,
+        prefix=config.bus.topic_prefix,
+        stage="alert",
+    )
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+
+
+def run_pipeline(
+    config: Config,
+    stage: str = "all",
+    bus_kind: str | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Run ``stage`` (or all of them) until ``stop`` is set or SIGINT/SIGTERM arrives."""
+    stop = stop or threading.Event()
+    _stop_on_signals(stop)
+    bus = build_bus(config, bus_kind)
+    wanted = STAGES if stage == "all" else (stage,)
+    threads: list[threading.Thread] = []
+    if "ingest" in wanted:
+        producer = bus.producer()
+        for watcher, interval in build_watchers(config, producer):
+            threads.append(
+                threading.Thread(
+                    target=watcher.run, args=(stop, interval), name=f"ingest-{watcher.chain}"
+                )
+            )
+    if "detect" in wanted:
+        threads.append(threading.Thread(target=detect_loop(config, bus).run, args=(stop,)))
+    if "alert" in wanted:
+        threads.append(threading.Thread(target=alert_loop(config, bus).run, args=(stop,)))
+    for thread in threads:
+        thread.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(timeout=0.5)
+            if not all(t.is_alive() for t in threads):
+                stop.set()  # one stage died: stop the others so a supervisor restarts us whole
+    finally:
+        stop.set()
+        bus.close()

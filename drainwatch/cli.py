@@ -1,0 +1,178 @@
+"""The ``drainwatch`` command: demo, backtest, run, kill switch, schemas and config checks."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from drainwatch.config import ConfigError, load
+from drainwatch.errors import DrainwatchError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="Watch exchange wallets on-chain and stop a drain while it is happening.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+killswitch_app = typer.Typer(help="The kill-switch service.", no_args_is_help=True)
+app.add_typer(killswitch_app, name="killswitch")
+
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path, typer.Option("--config", "-c", help="The TOML config file.", show_default=True)
+]
+
+
+class Stage(StrEnum):
+    """Which stage ``drainwatch run`` starts."""
+
+    ALL = "all"
+    INGEST = "ingest"
+    DETECT = "detect"
+    ALERT = "alert"
+
+
+class BusKind(StrEnum):
+    """Which bus connects the stages."""
+
+    EMBEDDED = "embedded"
+    KAFKA = "kafka"
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@app.callback()
+def _setup(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+def demo(
+    workdir: Annotated[
+        Path | None, typer.Option(help="Where to keep the timeline (default: a new temp dir).")
+    ] = None,
+) -> None:
+    """Run the whole pipeline on an in-process chain and drain a hot wallet the Coincheck way."""
+    from drainwatch.demo import run_demo
+
+    result = run_demo(workdir=workdir, console=Console())
+    if not result.frozen:
+        raise _fail("the demo drain was not frozen", 1)
+
+
+@app.command()
+def backtest(
+    transfers: Annotated[Path, typer.Option(help="transfers.jsonl, one transfer per line.")],
+    alerts_out: Annotated[Path, typer.Option("--alerts-out", help="Where to write alerts.jsonl.")],
+    config: ConfigOption = Path("drainwatch.toml"),
+    ledger: Annotated[
+        Path | None, typer.Option(help="ledger.jsonl: the exchange's approved withdrawals.")
+    ] = None,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Default: on a terminal.")
+    ] = None,
+) -> None:
+    """Replay transfers in event time through the live detectors and write the alerts."""
+    from detectors import BacktestInputError, run_backtest
+
+    try:
+        cfg = load(config)
+        show = sys.stderr.isatty() if progress is None else progress
+        summary = run_backtest(cfg, transfers, ledger, alerts_out, progress=show)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from exc
+    except BacktestInputError as exc:
+        raise _fail(str(exc)) from exc
+    err.print(
+        f"{summary.transfers_read} transfers ({summary.watched_transfers} touching watched "
+        f"wallets), {summary.alerts} alerts, {summary.transfers_per_s:,.0f} transfers/s "
+        f"-> {alerts_out}",
+        highlight=False,
+    )
+
+
+@app.command()
+def run(
+    stage: Annotated[Stage, typer.Argument(help="Which stage to run.")] = Stage.ALL,
+    config: ConfigOption = Path("drainwatch.toml"),
+    bus: Annotated[BusKind | None, typer.Option(help="Override the config's [bus] kind.")] = None,
+) -> None:
+    """Run the live pipeline (all stages in one process, or one stage per process on Kafka)."""
+    from drainwatch.app import run_pipeline
+
+    try:
+        cfg = load(config)
+        run_pipeline(cfg, stage=stage.value, bus_kind=bus.value if bus else None)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@killswitch_app.command("serve")
+def killswitch_serve(
+    db: Annotated[Path, typer.Option(help="SQLite file holding freeze state.")] = Path(
+        "killswitch.sqlite3"
+    ),
+    host: str = "127.0.0.1",
+    port: int = 8700,
+    token_env: Annotated[
+        str, typer.Option(help="Environment variable holding the bearer token.")
+    ] = "DRAINWATCH_KILLSWITCH_TOKEN",
+) -> None:
+    """Serve the kill-switch HTTP API."""
+    import os
+
+    import uvicorn
+
+    from alerts import FreezeStore, create_app
+
+    token = os.environ.get(token_env)
+    if not token:
+        raise _fail(f"set {token_env}: the kill switch never runs without credentials")
+    uvicorn.run(create_app(FreezeStore(str(db)), token=token), host=host, port=port)
+
+
+@app.command()
+def schemas(
+    out: Annotated[Path | None, typer.Option(help="Directory (default: the package's).")] = None,
+) -> None:
+    """Write the JSON Schemas of the bus events."""
+    from drainwatch.schema import SCHEMA_DIR, write_schemas
+
+    for path in write_schemas(out or SCHEMA_DIR):
+        typer.echo(path)
+
+
+@app.command("check-config")
+def check_config(config: ConfigOption = Path("drainwatch.toml")) -> None:
+    """Validate a config file and say what it watches."""
+    try:
+        cfg = load(config)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"{config}: ok, {len(cfg.wallets)} wallets on {len(cfg.chains)} live chains")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except DrainwatchError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,22 @@
+"""Every example config in deploy/config/ loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from drainwatch.config import load
+
+EXAMPLES = sorted((Path(__file__).parents[2] / "deploy" / "config").glob("*.toml"))
+
+
+def test_there_are_examples() -> None:
+    assert len(EXAMPLES) >= 2
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_loads(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRAINWATCH_KILLSWITCH_TOKEN", "example")
+    cfg = load(path)
+    assert cfg.wallets
