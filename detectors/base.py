@@ -377,6 +377,15 @@ class WalletState:
         """
         if transfer.decimals > self.scale:
             self._rescale(transfer.decimals)
+        if transfer.balance_after is not None and transfer.id not in self._applied:
+            # The chain's balance after this block, plus what this transfer took, is the balance
+            # it was judged against (several transfers in one block make it a little low, so
+            # their shares a little high: the cautious side).
+            after = transfer.balance_after * _POW10[self.scale - transfer.decimals]
+            units = self.units_of(transfer)
+            self._anchor(
+                max(after + units if transfer.direction is Direction.OUT else after - units, 0)
+            )
         now = transfer.time.timestamp()
         self.now = now
         if now > self.watermark:

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from alerts import Alerter
+from alerts import Alerter, DeliveryWorker
 from detectors import DetectionEngine
 from drainwatch.bus import Bus, EmbeddedBus, Producer
 from drainwatch.config import Config
@@ -26,6 +26,7 @@ __all__ = [
     "build_bus",
     "build_watchers",
     "detect_loop",
+    "explorer_urls",
     "publisher",
     "run_pipeline",
 ]
@@ -65,6 +66,7 @@ def publisher(producer: Producer, prefix: str = "") -> Callable[[Sequence[Transf
 
 def build_watchers(config: Config, producer: Producer) -> list[tuple[Watcher, float]]:
     """One watcher per configured chain that has wallets, with its poll interval."""
+    Path(config.state_dir).mkdir(parents=True, exist_ok=True)
     cursors = CursorStore(Path(config.state_dir) / "cursors.sqlite3")
     publish = publisher(producer, config.bus.topic_prefix)
     watchers = []
@@ -79,7 +81,14 @@ def build_watchers(config: Config, producer: Producer) -> list[tuple[Watcher, fl
         source = EvmSource(
             connect_evm(chain.rpc), name, wallets, chain.native_symbol, chain.native_decimals
         )
-        watcher = Watcher(source, publish, cursors, name, confirmations=chain.confirmations)
+        watcher = Watcher(
+            source,
+            publish,
+            cursors,
+            name,
+            confirmations=chain.confirmations,
+            start_block=chain.start_block,
+        )
         watchers.append((watcher, chain.poll_interval_s))
     return watchers
 
@@ -110,6 +119,11 @@ def alert_loop(config: Config, bus: Bus, alerter: Alerter | None = None) -> Stag
     )
 
 
+def explorer_urls(config: Config) -> dict[str, str]:
+    """Block-explorer link templates (``{tx_hash}``) per chain, from the config."""
+    return {n: c.explorer_tx_url for n, c in config.chains.items() if c.explorer_tx_url}
+
+
 def _stop_on_signals(stop: threading.Event) -> None:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -138,8 +152,15 @@ def run_pipeline(
             )
     if "detect" in wanted:
         threads.append(threading.Thread(target=detect_loop(config, bus).run, args=(stop,)))
+    worker: DeliveryWorker | None = None
     if "alert" in wanted:
-        threads.append(threading.Thread(target=alert_loop(config, bus).run, args=(stop,)))
+        alerter = Alerter.from_config(config.alerts)
+        if alerter.outbox is not None:
+            worker = DeliveryWorker.from_config(
+                config.alerts, alerter.outbox, alerter.timeline, tx_urls=explorer_urls(config)
+            )
+            worker.start()
+        threads.append(threading.Thread(target=alert_loop(config, bus, alerter).run, args=(stop,)))
     for thread in threads:
         thread.start()
     try:
@@ -150,4 +171,6 @@ def run_pipeline(
                 stop.set()  # one stage died: stop the others so a supervisor restarts us whole
     finally:
         stop.set()
+        if worker is not None:
+            worker.close()
         bus.close()

@@ -26,21 +26,35 @@ import re
 import tomllib
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from drainwatch.errors import DrainwatchError
-from drainwatch.events import normalize_address, wallet_key
+from drainwatch.events import Severity, normalize_address, wallet_key
 
 __all__ = [
     "AlertsConfig",
     "BusConfig",
     "ChainConfig",
+    "ChannelConfig",
     "Config",
     "ConfigError",
     "DetectionConfig",
+    "EmailChannelConfig",
+    "PagerDutyChannelConfig",
+    "RouteConfig",
+    "SlackChannelConfig",
     "WalletConfig",
+    "WebhookChannelConfig",
     "load",
     "loads",
 ]
@@ -60,6 +74,15 @@ class ConfigError(DrainwatchError):
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _KeyError(ValueError):
+    """A validator's error about a key below the model it validates; ``loads`` reports that key."""
+
+    def __init__(self, loc: tuple[str | int, ...], reason: str) -> None:
+        super().__init__(reason)
+        self.loc = loc
+        self.reason = reason
 
 
 class WalletConfig(_Model):
@@ -100,6 +123,8 @@ class ChainConfig(_Model):
     native_symbol: str = "ETH"
     native_decimals: int = Field(default=18, ge=0)
     poll_interval_s: float = Field(default=2.0, gt=0)
+    start_block: int | None = Field(default=None, ge=0)
+    """Where a watcher with no cursor yet starts (default: the newest safe block)."""
     explorer_tx_url: str | None = None
     """A block-explorer link with ``{tx_hash}`` in it, used by the timeline."""
 
@@ -125,13 +150,98 @@ class BusConfig(_Model):
     group_prefix: str = "drainwatch"
 
 
+class SlackChannelConfig(_Model):
+    """A Slack incoming webhook (the URL is the secret)."""
+
+    kind: Literal["slack"]
+    url: SecretStr
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class PagerDutyChannelConfig(_Model):
+    """A PagerDuty service, through the Events API v2."""
+
+    kind: Literal["pagerduty"]
+    routing_key: SecretStr
+    url: str = "https://events.pagerduty.com/v2/enqueue"
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class WebhookChannelConfig(_Model):
+    """Any HTTP endpoint: a JSON body signed with HMAC-SHA256 of ``secret``."""
+
+    kind: Literal["webhook"]
+    url: str = Field(min_length=1)
+    secret: SecretStr
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class EmailChannelConfig(_Model):
+    """Mail through an SMTP server."""
+
+    kind: Literal["email"]
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    sender: str = Field(min_length=1)
+    to: tuple[str, ...] = Field(min_length=1)
+    username: str | None = None
+    password: SecretStr | None = None
+    starttls: bool = False
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+ChannelConfig = Annotated[
+    SlackChannelConfig | PagerDutyChannelConfig | WebhookChannelConfig | EmailChannelConfig,
+    Field(discriminator="kind"),
+]
+
+
+class RouteConfig(_Model):
+    """Which channels get an alert: every route that matches adds its channels."""
+
+    min_severity: Severity = Severity.INFO
+    labels: tuple[str, ...] = ()
+    """Globs on the wallet label (``chain:wallet`` when it has none); empty matches every wallet."""
+    channels: tuple[str, ...] = Field(min_length=1)
+    escalate_after_s: float | None = Field(default=None, gt=0)
+    """A critical page not acknowledged this long after it was queued goes to ``escalate_to``."""
+    escalate_to: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _escalation_complete(self) -> RouteConfig:
+        if bool(self.escalate_to) != (self.escalate_after_s is not None):
+            raise ValueError("escalate_after_s and escalate_to go together")
+        return self
+
+
 class AlertsConfig(_Model):
-    """Where alerts and the timeline go, and which kill switch to call."""
+    """Where alerts and the timeline go, which kill switch to call, and how people are paged."""
 
     timeline_path: str = "drainwatch-timeline.sqlite3"
     killswitch_url: str | None = None
     killswitch_token: str | None = None
     console: bool = True
+    channels: dict[str, ChannelConfig] = Field(default_factory=dict)
+    routes: tuple[RouteConfig, ...] = ()
+    cooldown_s: float = Field(default=600.0, ge=0)
+    """Quiet time per (wallet, detector) after a notification, except for a more severe alert."""
+    outbox_path: str = "drainwatch-outbox.sqlite3"
+    retry_backoff_s: float = Field(default=5.0, gt=0)
+    retry_backoff_max_s: float = Field(default=300.0, gt=0)
+    undeliverable_after: int = Field(default=5, ge=1)
+    """Failed attempts before a notification is reported undeliverable (it is still retried)."""
+
+    @model_validator(mode="after")
+    def _known_channels(self) -> AlertsConfig:
+        for i, route in enumerate(self.routes):
+            for field in ("channels", "escalate_to"):
+                for name in getattr(route, field):
+                    if name not in self.channels:
+                        raise _KeyError(
+                            ("routes", i, field),
+                            f"unknown channel {name!r} (not in [alerts.channels])",
+                        )
+        return self
 
 
 class Config(_Model):
@@ -200,7 +310,9 @@ def _dotted(loc: tuple[str | int, ...]) -> str:
     return out
 
 
-def _resolve_env(data: Any, loc: tuple[str | int, ...], missing: list[tuple[str | int, ...]]) -> Any:
+def _resolve_env(
+    data: Any, loc: tuple[str | int, ...], missing: list[tuple[str | int, ...]]
+) -> Any:
     if isinstance(data, dict):
         return {k: _resolve_env(v, (*loc, k), missing) for k, v in data.items()}
     if isinstance(data, list):
@@ -236,7 +348,11 @@ def loads(text: str, path: str = "<string>") -> Config:
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
-        raise ConfigError(path, _locate(index, loc) or 1, _dotted(loc), err["msg"]) from exc
+        msg = err["msg"]
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, _KeyError):
+            loc, msg = (*loc, *cause.loc), cause.reason
+        raise ConfigError(path, _locate(index, loc) or 1, _dotted(loc), msg) from exc
 
 
 def load(path: str | Path) -> Config:

@@ -94,7 +94,8 @@ class _Demo:
         bus.ensure_topics(default_topics(partitions=1))
         self.timeline = Timeline(self.config.alerts.timeline_path)
         alerter = Alerter(self.timeline, self.killswitch, ConsoleNotifier(console.file))
-        source = EvmSource(self.w3, "demo-evm", self.config.wallets)
+        # eth-tester cannot read a balance at a block hash (EIP-1898): track it from the stream
+        source = EvmSource(self.w3, "demo-evm", self.config.wallets, read_balances=False)
         producer = bus.producer()
 
         def publish(transfers: Any) -> None:
@@ -134,7 +135,7 @@ class _Demo:
 
 
 def _eth(wei: int) -> Decimal:
-    return Decimal(wei).scaleb(-18)
+    return Decimal(f"{wei}E-18").normalize()
 
 
 def run_demo(workdir: Path | None = None, console: Console | None = None) -> DemoResult:
@@ -167,21 +168,22 @@ def run_demo(workdir: Path | None = None, console: Console | None = None) -> Dem
             t += 75
             if demo.frozen():
                 result.saved_eth += _eth(amount)
-                say(f"   signer asks the kill switch before sending {_eth(amount)} ETH: "
+                say(f"   signer asks the kill switch before sending {_eth(amount):f} ETH: "
                     "[bold green]refused, wallet frozen[/]")
                 continue
             demo._send(demo.hot, attacker, amount, at=t)
             mined = time.perf_counter()
             result.drained_eth += _eth(amount)
-            say(f"   attacker sent {_eth(amount)} ETH to {attacker[:10]}…")
+            say(f"   attacker sent {_eth(amount):f} ETH to {attacker[:10]}…")
             demo.pump()
             if not result.frozen and demo.frozen():
                 result.frozen = True
                 result.detection_s = time.perf_counter() - mined
                 say(f"   [bold red]FROZEN[/] {result.detection_s * 1000:.0f} ms after that "
                     "transfer was mined")
-        say(f"[bold]3. result[/]: {result.drained_eth} ETH lost, {result.saved_eth} ETH saved "
+        say(f"[bold]3. result[/]: {result.drained_eth:f} ETH lost, {result.saved_eth:f} ETH saved "
             f"({result.saved_eth / (result.saved_eth + result.drained_eth):.0%} of the drain)")
+
         say(f"   timeline: {result.timeline_path} (sqlite3), kill switch state: "
             f"{workdir / 'killswitch.sqlite3'}")
     finally:

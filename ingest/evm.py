@@ -250,7 +250,8 @@ class EvmSource:
             "amount": int(tx["value"]),
             "decimals": self.native_decimals,
             "tx_hash": _hex(tx["hash"]),
-            "position": int(tx["transactionIndex"]),
+            # eth-tester leaves transactionIndex out of full transactions; receipts always have it
+            "position": int(tx.get("transactionIndex", receipt["transactionIndex"])),
             "time": when,
             "block_number": number,
             "block_hash": block_hash,

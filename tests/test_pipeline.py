@@ -1,0 +1,236 @@
+"""End to end: a drain on a real anvil node becomes an alert and a freeze at the kill switch.
+
+Once with every stage in one process on the embedded bus, once with each stage its own process
+(`drainwatch run ingest|detect|alert --bus kafka`) on a real Kafka broker.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from alerts import FreezeStore, Timeline, create_app, serve_in_thread, server_port, stop_server
+from drainwatch.app import run_pipeline
+from drainwatch.bus.kafka import KafkaBus
+from drainwatch.config import Config, load
+from drainwatch.events import FREEZES, FreezeOrder, decode
+from drainwatch.bus import TopicPartition
+from tests.harness.services import AnvilService, KafkaService
+
+pytestmark = pytest.mark.services
+
+ETH = 10**18
+CHAIN = "anvil"
+
+
+class KillSwitch:
+    """A real kill-switch service on loopback for one test."""
+
+    def __init__(self, path: Path) -> None:
+        self.token = secrets.token_hex(8)
+        self.store = FreezeStore(str(path))
+        self.server, self.thread = serve_in_thread(create_app(self.store, token=self.token))
+        self.url = f"http://127.0.0.1:{server_port(self.server)}"
+
+    def close(self) -> None:
+        stop_server(self.server, self.thread)
+
+
+@pytest.fixture
+def killswitch(tmp_path: Path) -> Iterator[KillSwitch]:
+    ks = KillSwitch(tmp_path / "killswitch.sqlite3")
+    yield ks
+    ks.close()
+
+
+def write_config(
+    path: Path, anvil: AnvilService, ks: KillSwitch, hot: str, cold: str, bus: str = ""
+) -> Config:
+    start = int(anvil.rpc("eth_blockNumber", []), 16) + 1
+    path.write_text(
+        f"""
+state_dir = "{path.parent / 'state'}"
+
+[[wallets]]
+chain = "{CHAIN}"
+address = "{hot}"
+label = "eth-hot-1"
+
+[[wallets]]
+chain = "{CHAIN}"
+address = "{cold}"
+label = "eth-cold-1"
+role = "cold"
+
+[chains.{CHAIN}]
+kind = "evm"
+rpc = ["{anvil.url}"]
+confirmations = 0
+poll_interval_s = 0.2
+start_block = {start}
+
+[alerts]
+timeline_path = "{path.parent / 'timeline.sqlite3'}"
+killswitch_url = "{ks.url}"
+killswitch_token = "{ks.token}"
+console = true
+{bus}
+"""
+    )
+    return load(path)
+
+
+def send(anvil: AnvilService, sender: str, to: str, wei: int) -> str:
+    tx: str = anvil.rpc("eth_sendTransaction", [{"from": sender, "to": to, "value": hex(wei)}])
+    anvil.wait_for_receipt(tx)
+    return tx
+
+
+def fresh_address(i: int) -> str:
+    return "0x" + f"{0xC0FFEE0000 + i:040x}"
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def drain(anvil: AnvilService, hot: str) -> tuple[list[str], str]:
+    """Ordinary withdrawals, then a 1-wei test and large transfers to one new address."""
+    ordinary = [send(anvil, hot, fresh_address(i), 5 * ETH) for i in range(6)]
+    attacker = fresh_address(999)
+    send(anvil, hot, attacker, 1)
+    big = send(anvil, hot, attacker, 2_000 * ETH)
+    return ordinary, big
+
+
+def accounts(anvil: AnvilService) -> tuple[str, str]:
+    accts: list[str] = anvil.rpc("eth_accounts", [])
+    return accts[1].lower(), accts[0].lower()
+
+
+def assert_one_freeze(ks: KillSwitch, hot: str, big_tx: str, timeline_path: Path) -> None:
+    assert ks.store.is_frozen(CHAIN, hot)
+    assert len(ks.store.frozen()) == 1
+    timeline = Timeline(str(timeline_path))
+    alerts = [r.alert for r in timeline.alerts()]
+    freezing = [a for a in alerts if a.freeze]
+    assert len(freezing) == 1, alerts
+    assert freezing[0].wallet == hot
+    assert big_tx in freezing[0].tx_hashes
+    assert "eth-hot-1" in freezing[0].summary
+    # ordinary withdrawals raised nothing above info
+    assert all(a.severity.rank < 1 for a in alerts if big_tx not in a.tx_hashes)
+    timeline.close()
+
+
+def test_drain_on_anvil_is_frozen_through_the_embedded_bus(
+    anvil: AnvilService, killswitch: KillSwitch, tmp_path: Path
+) -> None:
+    hot, cold = accounts(anvil)
+    cfg = write_config(tmp_path / "drainwatch.toml", anvil, killswitch, hot, cold)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            run_pipeline(cfg, "all", stop=stop)
+        except BaseException as exc:  # surfaced in the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    try:
+        ordinary, big = drain(anvil, hot)
+        wait_for(lambda: killswitch.store.is_frozen(CHAIN, hot), 30, "the freeze")
+        timeline = Timeline(str(cfg.alerts.timeline_path))
+        wait_for(lambda: len(timeline.transfers()) >= len(ordinary) + 2, 10, "the timeline")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not errors, errors
+    assert_one_freeze(killswitch, hot, big, Path(cfg.alerts.timeline_path))
+    recorded = {t.transfer.tx_hash for t in Timeline(cfg.alerts.timeline_path).transfers()}
+    assert {*ordinary, big} <= recorded
+
+
+def start_stage(stage: str, config: Path, logs: Path) -> subprocess.Popen[bytes]:
+    log = (logs / f"{stage}.log").open("wb")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "drainwatch", "run", stage, "--config", str(config), "--bus", "kafka"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+
+
+def stop_stages(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    for proc in procs.values():
+        proc.terminate()
+    for proc in procs.values():
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_drain_on_anvil_is_frozen_through_kafka_with_one_process_per_stage(
+    anvil: AnvilService,
+    kafka: KafkaService,
+    kafka_topic_prefix: str,
+    killswitch: KillSwitch,
+    tmp_path: Path,
+) -> None:
+    hot, cold = accounts(anvil)
+    bus = f"""
+[bus]
+kind = "kafka"
+bootstrap_servers = ["{kafka.bootstrap_servers}"]
+topic_prefix = "{kafka_topic_prefix}"
+partitions = 3
+group_prefix = "{kafka_topic_prefix}dw"
+"""
+    path = tmp_path / "drainwatch.toml"
+    cfg = write_config(path, anvil, killswitch, hot, cold, bus)
+    procs = {s: start_stage(s, path, tmp_path) for s in ("ingest", "detect", "alert")}
+    logs = lambda: "\n".join(  # noqa: E731
+        f"--- {s}\n" + (tmp_path / f"{s}.log").read_text()[-3000:] for s in procs
+    )
+    try:
+        ordinary, big = drain(anvil, hot)
+        try:
+            wait_for(lambda: killswitch.store.is_frozen(CHAIN, hot), 90, "the freeze")
+        except AssertionError:
+            raise AssertionError(logs()) from None
+        assert all(p.poll() is None for p in procs.values()), logs()
+        # the freeze order is on the compacted freezes topic
+        kbus = KafkaBus(kafka.bootstrap_servers)
+        orders: list[Any] = []
+
+        def read_orders() -> bool:
+            orders.clear()
+            for p in range(3):
+                tp = TopicPartition(f"{kafka_topic_prefix}{FREEZES}", p)
+                for m in kbus.read_range(tp, 0, kbus.end_offset(tp)):
+                    orders.append(decode(FREEZES, m.value, FreezeOrder))
+            return bool(orders)
+
+        wait_for(read_orders, 20, "the freeze order on the freezes topic")
+        kbus.close()
+        assert {(o.chain, o.wallet, o.action.value) for o in orders} == {(CHAIN, hot, "freeze")}
+    finally:
+        stop_stages(procs)
+    assert_one_freeze(killswitch, hot, big, Path(cfg.alerts.timeline_path))
