@@ -22,6 +22,8 @@ demo: install
 
 services:
 	bash scripts/install-services.sh
+	bash scripts/install-postgres.sh
+	bash scripts/install-browser.sh
 
 format:
 	$(BIN)/ruff format .

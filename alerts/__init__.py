@@ -14,26 +14,41 @@ Consume the transfers and alerts topics with :class:`Alerter` as the handler of 
 """
 
 from alerts.alerter import Alerter, FreezeDecision, freeze_decision
+from alerts.channels import ChannelError, ChannelRejectedError, ChannelUnavailableError
 from alerts.console import ConsoleNotifier, format_alert
+from alerts.delivery import DeliveryWorker, Outbox, OutboxEntry
 from alerts.errors import (
     AlertsError,
     KillSwitchError,
     KillSwitchRejectedError,
+    KillSwitchStateError,
     KillSwitchUnavailableError,
     ServerStartError,
+    UnfreezeRequestError,
 )
+from alerts.incidents import Incident, IncidentNotFoundError, incidents_from
 from alerts.killswitch import (
     FreezeStore,
+    HmacCredentials,
     KillSwitchClient,
+    KillSwitchSettings,
+    SignerClient,
+    load_killswitch_settings,
+    open_store,
+    verify_audit,
     create_app,
     serve_in_thread,
     server_port,
     stop_server,
 )
+from alerts.report import render_json, render_markdown
+from alerts.routing import Route, Router
+from alerts.web import create_web_app, incidents_router
 from alerts.timeline import (
     ActionKind,
     ActionRecord,
     AlertRecord,
+    NoteRecord,
     Timeline,
     TimelineEntry,
     TransferRecord,
@@ -46,22 +61,46 @@ __all__ = [
     "AlertRecord",
     "Alerter",
     "AlertsError",
+    "ChannelError",
+    "ChannelRejectedError",
+    "ChannelUnavailableError",
     "ConsoleNotifier",
+    "DeliveryWorker",
     "FreezeDecision",
     "FreezeStore",
+    "HmacCredentials",
+    "Incident",
+    "IncidentNotFoundError",
     "KillSwitchClient",
     "KillSwitchError",
     "KillSwitchRejectedError",
+    "KillSwitchSettings",
+    "KillSwitchStateError",
     "KillSwitchUnavailableError",
+    "NoteRecord",
+    "Outbox",
+    "OutboxEntry",
+    "Route",
+    "Router",
     "ServerStartError",
+    "SignerClient",
     "Timeline",
     "TimelineEntry",
     "TransferRecord",
+    "UnfreezeRequestError",
     "create_app",
+    "create_web_app",
     "format_alert",
     "freeze_decision",
     "incident_of",
+    "incidents_from",
+    "incidents_router",
+    "load_killswitch_settings",
+    "open_store",
+    "render_json",
+    "render_markdown",
     "serve_in_thread",
     "server_port",
     "stop_server",
+    "verify_audit",
 ]

@@ -1,9 +1,11 @@
 """The alerts stage's handler: record, notify, freeze; each alert's effects exactly once in effect.
 
 :meth:`Alerter.handle` is a :data:`drainwatch.stage.Handler`. It records every transfer in the
-timeline. For an alert it prints it on the console, and when the alert asks for a freeze (and is
-not from a shadow detector, and a kill switch is configured) it asks the kill switch to freeze the
-wallet and publishes the kill switch's order on the freezes topic.
+timeline. For an alert it prints it on the console, routes it to the notification outbox (when a
+router and an outbox are given: see :mod:`alerts.routing` and :mod:`alerts.delivery`), and when the
+alert asks for a freeze (and is not from a shadow detector, and a kill switch is configured) it
+asks the kill switch to freeze the wallet and publishes the kill switch's order on the freezes
+topic. Routing comes before the freeze so that people are paged even while the kill switch is down.
 
 How an alert is handled once although it may arrive many times
 ----------------------------------------------------------------
@@ -18,7 +20,8 @@ same deterministic ids. So:
    would drop it, so the wallet would never be frozen.
 2. **Each effect is also guarded on its own**, by the actions recorded in the timeline, so a
    retried alert does not repeat the effects that already happened: the console line is printed
-   once (a ``notified`` action), a skipped freeze is noted once.
+   once (a ``notified`` action), a skipped freeze is noted once. Routing is guarded by the outbox:
+   an alert it already routed is not routed again, so a retry queues no second page.
 3. **The freeze itself may be repeated**, and that is harmless: the kill switch is idempotent (a
    frozen wallet keeps, and returns, the order that froze it). A repeat happens only when the
    earlier attempt may have landed without the stage learning it (a timeout, a crash between the
@@ -63,9 +66,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from alerts.channels.base import Notification
 from alerts.console import ConsoleNotifier
+from alerts.delivery import Outbox
 from alerts.errors import AlertsError, KillSwitchError
-from alerts.killswitch.client import DEFAULT_REQUESTER, KillSwitchClient
+from alerts.killswitch.client import DEFAULT_REQUESTER, HmacCredentials, KillSwitchClient
+from alerts.routing import Router
 from alerts.timeline import ActionKind, Timeline, utc_now
 from drainwatch.config import AlertsConfig
 from drainwatch.events import FREEZES, Alert, Event, FreezeOrder, Transfer
@@ -125,6 +131,8 @@ class Alerter:
         console: Where alerts are printed; None prints nothing.
         clock: The time of actions (aware UTC); a backtest passes its simulated clock.
         requested_by: Who the kill switch is told asked for the freeze.
+        router: Decides which channels hear about an alert; needs ``outbox``.
+        outbox: Where notifications are queued for a :class:`alerts.delivery.DeliveryWorker`.
     """
 
     def __init__(
@@ -135,28 +143,47 @@ class Alerter:
         clock: Callable[[], datetime] = utc_now,
         *,
         requested_by: str = DEFAULT_REQUESTER,
+        router: Router | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
+        if (router is None) != (outbox is None):
+            raise ValueError("router and outbox go together")
         self.timeline = timeline
         self.killswitch = killswitch
         self.console = console
         self.clock = clock
         self.requested_by = requested_by
+        self.router = router
+        self.outbox = outbox
 
     @classmethod
     def from_config(
         cls, config: AlertsConfig, *, console: ConsoleNotifier | None = None
     ) -> Alerter:
         """Build from the ``[alerts]`` config: a timeline file, the kill switch if a URL is set,
-        and ``console`` (standard output by default) if ``config.console`` is true."""
+        ``console`` (standard output by default) if ``config.console`` is true, and a router with
+        its outbox file when routes are configured (deliver them with
+        ``DeliveryWorker.from_config(config, alerter.outbox, alerter.timeline)``)."""
         killswitch = (
-            KillSwitchClient(config.killswitch_url, token=config.killswitch_token)
+            KillSwitchClient(
+                config.killswitch_url,
+                token=config.killswitch_token,
+                credentials=HmacCredentials(
+                    config.killswitch_key_id, config.killswitch_secret.get_secret_value()
+                )
+                if config.killswitch_key_id and config.killswitch_secret
+                else None,
+            )
             if config.killswitch_url
             else None
         )
+        routed = bool(config.routes)
         return cls(
             Timeline(config.timeline_path),
             killswitch,
             (console or ConsoleNotifier()) if config.console else None,
+            router=Router.from_config(config) if routed else None,
+            outbox=Outbox(config.outbox_path) if routed else None,
         )
 
     def handle(self, topic: str, event: Event) -> list[Output]:
@@ -184,10 +211,13 @@ class Alerter:
             self.timeline.record_action(
                 ActionKind.NOTIFIED, alert, time=self.clock(), detail="console"
             )
+        self._route(alert)
         outputs: list[Output] = []
         decision = freeze_decision(alert, kill_switch=self.killswitch is not None)
         if decision is FreezeDecision.SEND:
-            outputs.append(Output(FREEZES, self._freeze(alert)))
+            order = self._freeze(alert)
+            if order is not None:
+                outputs.append(Output(FREEZES, order))
         elif decision is not FreezeDecision.NOT_ASKED and not self.timeline.has_action(
             alert.id, ActionKind.FREEZE_SKIPPED
         ):
@@ -196,6 +226,49 @@ class Alerter:
             )
         self.timeline.mark_processed(alert.id)
         return outputs
+
+    def _route(self, alert: Alert) -> None:
+        """Queue the alert's notifications (once), and note the decision in the timeline (once)."""
+        if self.router is None or self.outbox is None:
+            return
+        routed = self.outbox.routed(alert.id)
+        if routed is None:
+            plan = self.router.plan(alert, self.outbox.history(alert))
+            routed = self.outbox.enqueue(alert, plan, now=self.clock())
+        kind = (
+            ActionKind.NOTIFICATION_QUEUED
+            if routed.notified
+            else ActionKind.NOTIFICATION_SUPPRESSED
+        )
+        if not self.timeline.has_action(alert.id, kind):
+            detail = routed.detail if routed.notified else f"{routed.verdict}: {routed.detail}"
+            self.timeline.record_action(kind, alert, time=self.clock(), detail=detail)
+
+    def acknowledge(self, incident_id: str, *, by: str) -> list[Notification]:
+        """Someone took the incident: no escalation; every channel holding a page is told.
+
+        Returns the notifications queued (none when the page was already acknowledged).
+        """
+        return self._close_page(incident_id, by, ActionKind.PAGE_ACKNOWLEDGED)
+
+    def resolve(self, incident_id: str, *, by: str) -> list[Notification]:
+        """The incident is over: its pages are resolved; a later alert opens a new page."""
+        return self._close_page(incident_id, by, ActionKind.PAGE_RESOLVED)
+
+    def _close_page(self, incident_id: str, by: str, kind: ActionKind) -> list[Notification]:
+        if self.outbox is None:
+            raise ValueError("no outbox: nothing was paged")
+        now = self.clock()
+        close = (
+            self.outbox.acknowledge if kind is ActionKind.PAGE_ACKNOWLEDGED else self.outbox.resolve
+        )
+        queued = close(incident_id, by=by, now=now)
+        if queued:
+            channels = ", ".join(n.channel for n in queued)
+            self.timeline.record_action(
+                kind, queued[0].alert, time=now, detail=f"by {by}; telling {channels}"
+            )
+        return queued
 
     @contextmanager
     def _failures_recorded(self, alert: Alert) -> Iterator[None]:
@@ -208,7 +281,8 @@ class Alerter:
             log.error("freeze for alert %s failed: %s", alert.id, exc)
             raise
 
-    def _freeze(self, alert: Alert) -> FreezeOrder:
+    def _freeze(self, alert: Alert) -> FreezeOrder | None:
+        """Ask the kill switch; None when its policy declined (or only pretended, in dry run)."""
         assert self.killswitch is not None
         self.timeline.record_action(
             ActionKind.FREEZE_REQUESTED, alert, time=self.clock(), detail=self.killswitch.base_url
@@ -220,7 +294,20 @@ class Alerter:
                 reason=alert.summary,
                 alert_id=alert.id,
                 requested_by=self.requested_by,
+                severity=alert.severity.value,
             )
+            if answer.get("applied") is False:
+                detail = "declined by the kill switch's policy"
+                if answer.get("dry_run"):
+                    detail = "dry run: the kill switch's policy would have frozen"
+                if not self.timeline.has_action(alert.id, ActionKind.FREEZE_SKIPPED):
+                    self.timeline.record_action(
+                        ActionKind.FREEZE_SKIPPED,
+                        alert,
+                        time=self.clock(),
+                        detail=f"{detail} ({answer.get('reason', '')})",
+                    )
+                return None
             try:
                 order = _order_from(answer)
             except ValidationError as exc:
@@ -236,7 +323,9 @@ class Alerter:
         return order
 
     def close(self) -> None:
-        """Close the timeline and the kill-switch client."""
+        """Close the timeline, the outbox and the kill-switch client."""
         if self.killswitch is not None:
             self.killswitch.close()
+        if self.outbox is not None:
+            self.outbox.close()
         self.timeline.close()

@@ -6,7 +6,9 @@
     ├── KillSwitchError                 a freeze was not delivered (carries chain and wallet)
     │   ├── KillSwitchUnavailableError  unreachable, or only 5xx, after every retry
     │   └── KillSwitchRejectedError     refused (4xx): carries status and body
-    └── ServerStartError                the built-in kill-switch server did not start
+    ├── ServerStartError                the built-in kill-switch server did not start
+    └── KillSwitchStateError            the kill switch's state forbids an operation
+        └── UnfreezeRequestError        an unfreeze request or approval refused (carries status)
 
 An :class:`AlertsError` raised from :meth:`alerts.Alerter.handle` stops the stage loop before it
 commits, so the alert is delivered again after a restart.
@@ -20,8 +22,10 @@ __all__ = [
     "AlertsError",
     "KillSwitchError",
     "KillSwitchRejectedError",
+    "KillSwitchStateError",
     "KillSwitchUnavailableError",
     "ServerStartError",
+    "UnfreezeRequestError",
 ]
 
 
@@ -62,3 +66,20 @@ class KillSwitchRejectedError(KillSwitchError):
 
 class ServerStartError(AlertsError):
     """The kill-switch HTTP server did not start (port taken, bad host)."""
+
+
+class KillSwitchStateError(AlertsError):
+    """The kill switch's state forbids an operation (unfreezing a wallet that was never frozen)."""
+
+
+class UnfreezeRequestError(KillSwitchStateError):
+    """An unfreeze request or approval was refused; ``status_code`` is the HTTP answer.
+
+    >>> UnfreezeRequestError("the requester cannot approve their own request", 403).status_code
+    403
+    """
+
+    def __init__(self, reason: str, status_code: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status_code = status_code

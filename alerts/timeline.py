@@ -4,6 +4,7 @@ Three append-only tables: the transfers the stage saw, the alerts (one row per a
 replayed alert is recognised), and the actions taken (notifications, freeze requests, kill-switch
 answers and failures). A fourth table marks an alert *processed* once all its effects succeeded;
 :class:`alerts.Alerter` de-duplicates on that mark, not on the alert row (see its docstring).
+A fifth table holds the notes responders add to an incident (``drainwatch incidents note``).
 Rows are never updated or deleted: triggers refuse it.
 
 Every row has an event time (when it happened on chain or, for an action, on the stage's clock) and
@@ -49,6 +50,7 @@ __all__ = [
     "ActionKind",
     "ActionRecord",
     "AlertRecord",
+    "NoteRecord",
     "Timeline",
     "TimelineEntry",
     "TransferRecord",
@@ -81,6 +83,12 @@ CREATE TABLE IF NOT EXISTS actions (
 CREATE INDEX IF NOT EXISTS actions_wallet ON actions (chain, wallet, time);
 CREATE INDEX IF NOT EXISTS actions_alert ON actions (alert_id, kind);
 CREATE TABLE IF NOT EXISTS processed (alert_id TEXT PRIMARY KEY, processed_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS notes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    incident_id TEXT NOT NULL, author TEXT NOT NULL, text TEXT NOT NULL,
+    time TEXT NOT NULL, recorded_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notes_incident ON notes (incident_id, time);
 """
 _APPEND_ONLY = """
 CREATE TRIGGER IF NOT EXISTS {table}_no_update BEFORE UPDATE ON {table}
@@ -140,7 +148,27 @@ class ActionKind(StrEnum):
     FREEZE_FAILED = "freeze_failed"
     """The request did not get through after every retry; it is retried on restart."""
     FREEZE_SKIPPED = "freeze_skipped"
+    HOOK_DELIVERED = "hook_delivered"
+    """The kill switch's hook (webhook, custody freeze API) acknowledged an order."""
+    HOOK_FAILED = "hook_failed"
+    """A hook delivery attempt failed; the kill switch retries it."""
+    HOOK_ESCALATED = "hook_escalated"
+    """A hook stayed unacknowledged past the escalation limit."""
     """The alert asked for a freeze that was not sent (shadow mode, or no kill switch)."""
+    NOTIFICATION_QUEUED = "notification_queued"
+    """Notifications were put in the outbox (``detail`` names the channels and actions)."""
+    NOTIFICATION_SUPPRESSED = "notification_suppressed"
+    """No notification: no route, a duplicate, or the cooldown (``detail`` says which)."""
+    NOTIFICATION_DELIVERED = "notification_delivered"
+    """A channel acknowledged a notification."""
+    NOTIFICATION_FAILED = "notification_failed"
+    """A notification is undeliverable so far; it stays in the outbox and is still retried."""
+    NOTIFICATION_ESCALATED = "notification_escalated"
+    """A critical page was not acknowledged in time; the escalation channels were paged."""
+    PAGE_ACKNOWLEDGED = "page_acknowledged"
+    """Someone acknowledged the incident's page (``detail`` says who)."""
+    PAGE_RESOLVED = "page_resolved"
+    """Someone resolved the incident's page (``detail`` says who)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +220,19 @@ class ActionRecord:
     """The kill switch's order, on ``freeze_accepted``."""
 
 
+@dataclass(frozen=True, slots=True)
+class NoteRecord:
+    """A note a responder added to an incident (append-only: a correction is another note)."""
+
+    kind: ClassVar[str] = "note"
+    seq: int
+    incident_id: str
+    author: str
+    text: str
+    time: datetime
+    recorded_at: datetime
+
+
 TimelineEntry = TransferRecord | AlertRecord | ActionRecord
 
 # Within one instant, causes before effects.
@@ -219,7 +260,7 @@ class Timeline:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
-        for table in ("transfers", "alerts", "actions"):
+        for table in ("transfers", "alerts", "actions", "notes"):
             self._db.executescript(_APPEND_ONLY.format(table=table))
 
     def _insert(self, sql: str, params: Sequence[object]) -> tuple[bool, int]:
@@ -276,6 +317,36 @@ class Timeline:
             ),
         )
         return inserted
+
+    def record_hook_result(
+        self,
+        kind: ActionKind,
+        *,
+        chain: str,
+        wallet: str,
+        alert_id: str | None,
+        time: datetime,
+        detail: str,
+    ) -> None:
+        """Append a kill-switch hook result; it joins the incident of the alert behind the order."""
+        wallet = normalize_address(wallet)
+        rows = self._select("SELECT incident_id FROM alerts WHERE id = ?", (alert_id,))
+        incident = rows[0]["incident_id"] if rows else f"{chain}:{wallet}"
+        self._insert(
+            "INSERT INTO actions (kind, chain, wallet, alert_id, incident_id, time, recorded_at,"
+            " detail, freeze_order) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                kind.value,
+                chain,
+                wallet,
+                alert_id,
+                incident,
+                to_iso(time),
+                to_iso(self.clock()),
+                detail,
+                None,
+            ),
+        )
 
     def record_action(
         self,
@@ -446,6 +517,97 @@ class Timeline:
             *self.actions(wallet, chain=chain),
         ]
         return sorted(entries, key=_order_key)
+
+    def add_note(
+        self, incident_id: str, text: str, *, author: str, time: datetime | None = None
+    ) -> NoteRecord:
+        """Append a responder's note to an incident; ``time`` defaults to the timeline's clock.
+
+        >>> from datetime import UTC, datetime
+        >>> tl = Timeline(":memory:", clock=lambda: datetime(2018, 1, 26, 3, tzinfo=UTC))
+        >>> note = tl.add_note("inc-1", "called the custody provider", author="kenji")
+        >>> [(n.author, n.text) for n in tl.notes("inc-1")], tl.notes("inc-2")
+        ([('kenji', 'called the custody provider')], [])
+        """
+        if not text.strip():
+            raise ValueError("a note needs some text")
+        if not author.strip():
+            raise ValueError("a note needs an author")
+        recorded_at = self.clock()
+        moment = time if time is not None else recorded_at
+        _, seq = self._insert(
+            "INSERT INTO notes (incident_id, author, text, time, recorded_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (incident_id, author.strip(), text, to_iso(moment), to_iso(recorded_at)),
+        )
+        return NoteRecord(
+            seq=seq,
+            incident_id=incident_id,
+            author=author.strip(),
+            text=text,
+            time=moment.astimezone(UTC),
+            recorded_at=recorded_at.astimezone(UTC),
+        )
+
+    def notes(self, incident_id: str | None = None) -> list[NoteRecord]:
+        """Responders' notes, optionally of one incident, in time order."""
+        where = " WHERE incident_id = ?" if incident_id is not None else ""
+        rows = self._select(
+            "SELECT seq, incident_id, author, text, time, recorded_at FROM notes"  # noqa: S608 - fixed clause
+            f"{where} ORDER BY time, seq",
+            (incident_id,) if incident_id is not None else (),
+        )
+        return [
+            NoteRecord(
+                seq=row["seq"],
+                incident_id=row["incident_id"],
+                author=row["author"],
+                text=row["text"],
+                time=_from_iso(row["time"]),
+                recorded_at=_from_iso(row["recorded_at"]),
+            )
+            for row in rows
+        ]
+
+    def transfers_between(
+        self, chain: str, wallet: str, start: datetime, end: datetime
+    ) -> list[TransferRecord]:
+        """One wallet's transfers with ``start <= time <= end``, in event-time order."""
+        rows = self._select(
+            "SELECT seq, recorded_at, payload FROM transfers"
+            " WHERE chain = ? AND wallet = ? AND time >= ? AND time <= ? ORDER BY time, seq",
+            (chain, normalize_address(wallet), to_iso(start), to_iso(end)),
+        )
+        return [
+            TransferRecord(
+                seq=row["seq"],
+                recorded_at=_from_iso(row["recorded_at"]),
+                transfer=decode(TRANSFERS, row["payload"], Transfer),
+            )
+            for row in rows
+        ]
+
+    def transfers_with_ids(self, ids: Sequence[str]) -> list[TransferRecord]:
+        """Every record (each status) of the transfers with these ids, in event-time order."""
+        rows: list[sqlite3.Row] = []
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            marks = ", ".join("?" * len(chunk))
+            rows.extend(
+                self._select(
+                    f"SELECT seq, time, recorded_at, payload FROM transfers WHERE id IN ({marks})",  # noqa: S608 - placeholders only
+                    chunk,
+                )
+            )
+        rows.sort(key=lambda row: (row["time"], row["seq"]))
+        return [
+            TransferRecord(
+                seq=row["seq"],
+                recorded_at=_from_iso(row["recorded_at"]),
+                transfer=decode(TRANSFERS, row["payload"], Transfer),
+            )
+            for row in rows
+        ]
 
     def close(self) -> None:
         """Close the database."""

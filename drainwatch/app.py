@@ -9,14 +9,16 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from datetime import UTC, datetime
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from alerts import Alerter, DeliveryWorker
+from alerts import Alerter, DeliveryWorker, Timeline
 from detectors import DetectionEngine
 from drainwatch.bus import Bus, EmbeddedBus, Producer
 from drainwatch.config import Config
-from drainwatch.events import ALERTS, LEDGER, TRANSFERS, Transfer
+from drainwatch.events import ALERTS, FREEZES, LEDGER, TRANSFERS, FreezeOrder, Transfer
+from drainwatch.metrics import MetricsServer, WalletMetrics, serve_metrics
 from drainwatch.stage import StageLoop, default_topics, topic_name
 from ingest import CursorStore, EvmSource, Watcher, connect_evm
 
@@ -29,6 +31,7 @@ __all__ = [
     "explorer_urls",
     "publisher",
     "run_pipeline",
+    "serve_killswitch",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,14 +55,23 @@ def build_bus(config: Config, kind: str | None = None) -> Bus:
     return bus
 
 
-def publisher(producer: Producer, prefix: str = "") -> Callable[[Sequence[Transfer]], None]:
-    """A watcher's ``publish``: send each transfer keyed by wallet, then wait until durable."""
+def publisher(
+    producer: Producer,
+    prefix: str = "",
+    on_published: Callable[[Sequence[Transfer]], None] | None = None,
+) -> Callable[[Sequence[Transfer]], None]:
+    """A watcher's ``publish``: send each transfer keyed by wallet, then wait until durable.
+
+    ``on_published`` (per-wallet metrics) sees each batch once it is durable.
+    """
     topic = topic_name(prefix, TRANSFERS)
 
     def publish(transfers: Sequence[Transfer]) -> None:
         for t in transfers:
             producer.send(topic, t.key, t.to_json(), int(t.time.timestamp() * 1000))
         producer.flush()
+        if on_published is not None:
+            on_published(transfers)
 
     return publish
 
@@ -68,7 +80,7 @@ def build_watchers(config: Config, producer: Producer) -> list[tuple[Watcher, fl
     """One watcher per configured chain that has wallets, with its poll interval."""
     Path(config.state_dir).mkdir(parents=True, exist_ok=True)
     cursors = CursorStore(Path(config.state_dir) / "cursors.sqlite3")
-    publish = publisher(producer, config.bus.topic_prefix)
+    publish = publisher(producer, config.bus.topic_prefix, WalletMetrics(config.wallets).observe)
     watchers = []
     for name, chain in config.chains.items():
         wallets = config.wallets_on(name)
@@ -119,6 +131,48 @@ def alert_loop(config: Config, bus: Bus, alerter: Alerter | None = None) -> Stag
     )
 
 
+def serve_killswitch(config: Config, path: Path, bus_kind: str | None = None) -> None:
+    """Run the kill-switch service: orders go on the freezes topic, hook results to the timeline."""
+    from alerts import ActionKind
+    from alerts.killswitch import HookRecord, serve
+
+    bus = build_bus(config, bus_kind)
+    producer = bus.producer()
+    freezes = topic_name(config.bus.topic_prefix, FREEZES)
+    timeline = Timeline(config.alerts.timeline_path)
+
+    def publish(order: FreezeOrder) -> None:
+        producer.send(freezes, order.key, order.to_json(), int(order.time.timestamp() * 1000))
+        producer.flush()
+
+    def on_hook_result(record: HookRecord) -> None:
+        kind = (
+            ActionKind.HOOK_DELIVERED
+            if record.delivered_at is not None
+            else ActionKind.HOOK_ESCALATED
+            if record.escalated
+            else ActionKind.HOOK_FAILED
+        )
+        detail = f"{record.target}: {record.status} after {record.attempts} attempt(s)"
+        if record.last_error:
+            detail += f"; {record.last_error}"
+        timeline.record_hook_result(
+            kind,
+            chain=str(record.payload.get("chain", "")),
+            wallet=str(record.payload.get("wallet", "")),
+            alert_id=record.payload.get("alert_id"),
+            time=datetime.now(UTC),
+            detail=detail,
+        )
+
+    try:
+        serve(path, publish=publish, on_hook_result=on_hook_result)
+    finally:
+        producer.close()
+        timeline.close()
+        bus.close()
+
+
 def explorer_urls(config: Config) -> dict[str, str]:
     """Block-explorer link templates (``{tx_hash}``) per chain, from the config."""
     return {n: c.explorer_tx_url for n, c in config.chains.items() if c.explorer_tx_url}
@@ -151,7 +205,9 @@ def run_pipeline(
                 )
             )
     if "detect" in wanted:
-        threads.append(threading.Thread(target=detect_loop(config, bus).run, args=(stop,)))
+        threads.append(
+            threading.Thread(target=detect_loop(config, bus).run, args=(stop,), name="detect")
+        )
     worker: DeliveryWorker | None = None
     if "alert" in wanted:
         alerter = Alerter.from_config(config.alerts)
@@ -160,9 +216,20 @@ def run_pipeline(
                 config.alerts, alerter.outbox, alerter.timeline, tx_urls=explorer_urls(config)
             )
             worker.start()
-        threads.append(threading.Thread(target=alert_loop(config, bus, alerter).run, args=(stop,)))
+        threads.append(
+            threading.Thread(
+                target=alert_loop(config, bus, alerter).run, args=(stop,), name="alert"
+            )
+        )
     for thread in threads:
         thread.start()
+    metrics_server: MetricsServer | None = None
+    if config.metrics.port_for(stage):
+        metrics_server = serve_metrics(
+            config.metrics.host,
+            config.metrics.port_for(stage),
+            health=lambda: {t.name: t.is_alive() for t in threads},
+        )
     try:
         while any(t.is_alive() for t in threads):
             for t in threads:
@@ -173,4 +240,6 @@ def run_pipeline(
         stop.set()
         if worker is not None:
             worker.close()
+        if metrics_server is not None:
+            metrics_server.close()
         bus.close()

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from alerts.cli import incidents_app
 from drainwatch.config import ConfigError, load
 from drainwatch.errors import DrainwatchError
 
@@ -24,6 +25,9 @@ app = typer.Typer(
 )
 killswitch_app = typer.Typer(help="The kill-switch service.", no_args_is_help=True)
 app.add_typer(killswitch_app, name="killswitch")
+app.add_typer(incidents_app, name="incidents")
+audit_app = typer.Typer(help="The kill switch's audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 err = Console(stderr=True)
 
@@ -126,26 +130,33 @@ def run(
 
 @killswitch_app.command("serve")
 def killswitch_serve(
-    db: Annotated[Path, typer.Option(help="SQLite file holding freeze state.")] = Path(
-        "killswitch.sqlite3"
-    ),
-    host: str = "127.0.0.1",
-    port: int = 8700,
-    token_env: Annotated[
-        str, typer.Option(help="Environment variable holding the bearer token.")
-    ] = "DRAINWATCH_KILLSWITCH_TOKEN",
+    config: ConfigOption = Path("drainwatch.toml"),
+    bus: Annotated[
+        BusKind | None, typer.Option(help="Publish orders on this bus (default: the config's).")
+    ] = None,
 ) -> None:
-    """Serve the kill-switch HTTP API."""
-    import os
+    """Serve the kill-switch HTTP API from the config's [killswitch] table."""
+    from drainwatch.app import serve_killswitch
 
-    import uvicorn
+    try:
+        serve_killswitch(load(config), config, bus_kind=bus.value if bus else None)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from exc
 
-    from alerts import FreezeStore, create_app
 
-    token = os.environ.get(token_env)
-    if not token:
-        raise _fail(f"set {token_env}: the kill switch never runs without credentials")
-    uvicorn.run(create_app(FreezeStore(str(db)), token=token), host=host, port=port)
+@audit_app.command("verify")
+def audit_verify(
+    store: Annotated[str, typer.Argument(help="The kill switch's store: SQLite file or DSN.")],
+    expected_head: Annotated[
+        str | None, typer.Option(help="The head hash kept elsewhere (GET /v1/audit/head).")
+    ] = None,
+) -> None:
+    """Verify the kill switch's hash-chained audit log; exit 1 if any entry was altered."""
+    from alerts.killswitch import audit_verify as verify
+
+    code = verify(store, expected_head=expected_head)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -50,6 +50,7 @@ __all__ = [
     "ConfigError",
     "DetectionConfig",
     "EmailChannelConfig",
+    "MetricsConfig",
     "PagerDutyChannelConfig",
     "RouteConfig",
     "SlackChannelConfig",
@@ -220,7 +221,14 @@ class AlertsConfig(_Model):
     timeline_path: str = "drainwatch-timeline.sqlite3"
     killswitch_url: str | None = None
     killswitch_token: str | None = None
+    """A bearer API key for the kill switch (one with ``bearer = true`` and the detector role)."""
+    killswitch_key_id: str | None = None
+    killswitch_secret: SecretStr | None = None
+    """With ``killswitch_key_id``: sign every request with HMAC instead of sending a bearer key."""
     console: bool = True
+    web_port: int | None = Field(default=None, ge=0, le=65535)
+    """Serve the incidents web page from the alerts stage on this port (None: off)."""
+    web_host: str = "127.0.0.1"
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
     routes: tuple[RouteConfig, ...] = ()
     cooldown_s: float = Field(default=600.0, ge=0)
@@ -244,14 +252,42 @@ class AlertsConfig(_Model):
         return self
 
 
+class MetricsConfig(_Model):
+    """Where each process serves ``/metrics`` and ``/healthz`` (port 0: not served).
+
+    ``port`` is for every process (``drainwatch run``, all stages in one process; or one stage per
+    container, each on the same port); ``ports`` overrides it per stage (``ingest``, ``detect``,
+    ``alert``) when several stage processes share one host.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
+    ports: dict[Literal["ingest", "detect", "alert"], Annotated[int, Field(ge=0, le=65535)]] = (
+        Field(default_factory=dict)
+    )
+
+    def port_for(self, stage: str) -> int:
+        """The port of the process that runs ``stage`` (``all``: every stage in one process).
+
+        >>> MetricsConfig(port=9400, ports={"detect": 9402}).port_for("detect")
+        9402
+        >>> MetricsConfig(port=9400, ports={"detect": 9402}).port_for("all")
+        9400
+        """
+        return next((port for name, port in self.ports.items() if name == stage), self.port)
+
+
 class Config(_Model):
     """The whole file."""
 
     wallets: tuple[WalletConfig, ...] = Field(min_length=1)
+    killswitch: dict[str, Any] | None = None
+    """The kill-switch service's own table, validated by ``alerts.killswitch`` when it starts."""
     chains: dict[str, ChainConfig] = Field(default_factory=dict)
     detection: DetectionConfig = DetectionConfig()
     bus: BusConfig = BusConfig()
     alerts: AlertsConfig = AlertsConfig()
+    metrics: MetricsConfig = MetricsConfig()
     state_dir: str = ".drainwatch"
 
     @model_validator(mode="after")

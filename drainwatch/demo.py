@@ -17,11 +17,12 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 from eth_account import Account
 from rich.console import Console
 from web3 import EthereumTesterProvider, Web3
+from web3.types import Wei
 
 from alerts import (
     Alerter,
@@ -68,6 +69,7 @@ class _Demo:
         self.w3 = Web3(EthereumTesterProvider())
         self.tester: Any = self.w3.provider.ethereum_tester  # type: ignore[attr-defined]
         self.treasury = self.w3.eth.accounts[0]
+        self.depositor = list(self.w3.eth.accounts)[3]
         hot = Account.create()
         self.tester.add_account(hot.key.hex())
         self.hot = hot.address
@@ -79,7 +81,9 @@ class _Demo:
                 WalletConfig(
                     chain="demo-evm", address=self.hot, label="eth-hot-1", opening_balance=opening
                 ),
-                WalletConfig(chain="demo-evm", address=self.treasury, label="eth-cold-1", role="cold"),
+                WalletConfig(
+                    chain="demo-evm", address=self.treasury, label="eth-cold-1", role="cold"
+                ),
             ),
             alerts=AlertsConfig(timeline_path=str(workdir / "timeline.sqlite3")),
             state_dir=str(workdir),
@@ -93,7 +97,9 @@ class _Demo:
         bus = EmbeddedBus(str(workdir / "bus.sqlite3"))
         bus.ensure_topics(default_topics(partitions=1))
         self.timeline = Timeline(self.config.alerts.timeline_path)
-        alerter = Alerter(self.timeline, self.killswitch, ConsoleNotifier(console.file))
+        alerter = Alerter(
+            self.timeline, self.killswitch, ConsoleNotifier(cast(TextIO, console.file))
+        )
         # eth-tester cannot read a balance at a block hash (EIP-1898): track it from the stream
         source = EvmSource(self.w3, "demo-evm", self.config.wallets, read_balances=False)
         producer = bus.producer()
@@ -105,8 +111,12 @@ class _Demo:
 
         head = self.w3.eth.block_number
         self.watcher = Watcher(
-            source, publish, CursorStore(workdir / "cursors.sqlite3"), "demo-evm",
-            confirmations=0, start_block=head + 1,
+            source,
+            publish,
+            CursorStore(workdir / "cursors.sqlite3"),
+            "demo-evm",
+            confirmations=0,
+            start_block=head + 1,
         )
         engine = DetectionEngine(self.config)
         self.detect = StageLoop(bus, [TRANSFERS, LEDGER], "detect", engine.handle, stage="detect")
@@ -116,7 +126,7 @@ class _Demo:
         if at is not None and at > self.now:
             self.tester.time_travel(at)
             self.now = at
-        self.w3.eth.send_transaction({"from": sender, "to": to, "value": wei})
+        self.w3.eth.send_transaction({"from": sender, "to": to, "value": Wei(wei)})
 
     def pump(self) -> None:
         """Let every stage catch up, in order (the demo steps the real loops by hand)."""
@@ -156,7 +166,7 @@ def run_demo(workdir: Path | None = None, console: Console | None = None) -> Dem
             amount = rng.randint(5, 400) * WEI // 100  # 0.05 .. 4 ETH to a new customer
             demo._send(demo.hot, Account.create().address, amount, at=t)
             if rng.random() < 0.3:
-                demo._send(demo.w3.eth.accounts[3], demo.hot, rng.randint(1, 20) * WEI, at=t + 5)
+                demo._send(demo.depositor, demo.hot, rng.randint(1, 20) * WEI, at=t + 5)
             demo.pump()
         result.ordinary_alerts = len(demo.timeline.alerts())
         say(f"   20 withdrawals paid, {result.ordinary_alerts} alerts, wallet not frozen")
@@ -168,8 +178,10 @@ def run_demo(workdir: Path | None = None, console: Console | None = None) -> Dem
             t += 75
             if demo.frozen():
                 result.saved_eth += _eth(amount)
-                say(f"   signer asks the kill switch before sending {_eth(amount):f} ETH: "
-                    "[bold green]refused, wallet frozen[/]")
+                say(
+                    f"   signer asks the kill switch before sending {_eth(amount):f} ETH: "
+                    "[bold green]refused, wallet frozen[/]"
+                )
                 continue
             demo._send(demo.hot, attacker, amount, at=t)
             mined = time.perf_counter()
@@ -179,13 +191,19 @@ def run_demo(workdir: Path | None = None, console: Console | None = None) -> Dem
             if not result.frozen and demo.frozen():
                 result.frozen = True
                 result.detection_s = time.perf_counter() - mined
-                say(f"   [bold red]FROZEN[/] {result.detection_s * 1000:.0f} ms after that "
-                    "transfer was mined")
-        say(f"[bold]3. result[/]: {result.drained_eth:f} ETH lost, {result.saved_eth:f} ETH saved "
-            f"({result.saved_eth / (result.saved_eth + result.drained_eth):.0%} of the drain)")
+                say(
+                    f"   [bold red]FROZEN[/] {result.detection_s * 1000:.0f} ms after that "
+                    "transfer was mined"
+                )
+        say(
+            f"[bold]3. result[/]: {result.drained_eth:f} ETH lost, {result.saved_eth:f} ETH saved "
+            f"({result.saved_eth / (result.saved_eth + result.drained_eth):.0%} of the drain)"
+        )
 
-        say(f"   timeline: {result.timeline_path} (sqlite3), kill switch state: "
-            f"{workdir / 'killswitch.sqlite3'}")
+        say(
+            f"   timeline: {result.timeline_path} (sqlite3), kill switch state: "
+            f"{workdir / 'killswitch.sqlite3'}"
+        )
     finally:
         demo.close()
     return result

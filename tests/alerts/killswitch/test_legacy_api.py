@@ -1,4 +1,4 @@
-"""The kill switch: its HTTP API on a real uvicorn server, its store, and its client's retries."""
+"""The kill switch in single-token mode (what the alerter uses), and its client's retries."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from alerts import (
     server_port,
     stop_server,
 )
+from alerts.errors import KillSwitchStateError
 from drainwatch.events import FreezeAction, FreezeOrder
 from tests.alerts.conftest import KillSwitchFactory, KillSwitchService, free_port
 
@@ -125,7 +126,7 @@ def test_the_store_is_append_only_and_unfreeze_makes_a_new_order(tmp_path: Path)
     assert not store.is_frozen("nem", "N2")
     assert len({frozen.id, unfrozen.id, refrozen.id}) == 3
     assert store.frozen() == [refrozen]
-    with pytest.raises(ValueError, match="never frozen"):
+    with pytest.raises(KillSwitchStateError, match="never frozen"):
         store.unfreeze("nem", "N2", "?", requested_by="ops")
     store.close()
     db = sqlite3.connect(path)
