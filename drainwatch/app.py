@@ -9,18 +9,27 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from datetime import UTC, datetime
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from alerts import Alerter, DeliveryWorker, Timeline
+from alerts import (
+    Alerter,
+    DeliveryWorker,
+    Timeline,
+    create_web_app,
+    serve_in_thread,
+    server_port,
+    stop_server,
+)
 from detectors import DetectionEngine
 from drainwatch.bus import Bus, EmbeddedBus, Producer
 from drainwatch.config import Config
 from drainwatch.events import ALERTS, FREEZES, LEDGER, TRANSFERS, FreezeOrder, Transfer
 from drainwatch.metrics import MetricsServer, WalletMetrics, serve_metrics
 from drainwatch.stage import StageLoop, default_topics, topic_name
-from ingest import CursorStore, EvmSource, Watcher, connect_evm
+from ingest import CursorStore, Watcher, bitcoin_watcher, evm_watcher
 
 __all__ = [
     "STAGES",
@@ -86,21 +95,11 @@ def build_watchers(config: Config, producer: Producer) -> list[tuple[Watcher, fl
         wallets = config.wallets_on(name)
         if not wallets:
             continue
-        if chain.kind != "evm":
-            raise NotImplementedError(
-                f"chains.{name}: the {chain.kind} watcher is not available yet (issue 3)"
-            )
-        source = EvmSource(
-            connect_evm(chain.rpc), name, wallets, chain.native_symbol, chain.native_decimals
-        )
-        watcher = Watcher(
-            source,
-            publish,
-            cursors,
-            name,
-            confirmations=chain.confirmations,
-            start_block=chain.start_block,
-        )
+        if chain.kind == "bitcoin":
+            utxo_path = Path(config.state_dir) / f"utxo-{name}.sqlite3"
+            watcher = bitcoin_watcher(name, chain, wallets, publish, cursors, utxo_path=utxo_path)
+        else:
+            watcher = evm_watcher(name, chain, wallets, publish, cursors)
         watchers.append((watcher, chain.poll_interval_s))
     return watchers
 
@@ -209,6 +208,7 @@ def run_pipeline(
             threading.Thread(target=detect_loop(config, bus).run, args=(stop,), name="detect")
         )
     worker: DeliveryWorker | None = None
+    web: tuple[Any, threading.Thread] | None = None
     if "alert" in wanted:
         alerter = Alerter.from_config(config.alerts)
         if alerter.outbox is not None:
@@ -221,6 +221,25 @@ def run_pipeline(
                 target=alert_loop(config, bus, alerter).run, args=(stop,), name="alert"
             )
         )
+        if config.alerts.web_port is not None:
+            web = serve_in_thread(
+                create_web_app(
+                    Timeline(config.alerts.timeline_path),
+                    explorer_urls(config),
+                    opening_balances={
+                        w.key: w.opening_balance
+                        for w in config.wallets
+                        if w.opening_balance is not None
+                    },
+                ),
+                config.alerts.web_host,
+                config.alerts.web_port,
+            )
+            log.warning(
+                "incidents page on http://%s:%d/incidents",
+                config.alerts.web_host,
+                server_port(web[0]),
+            )
     for thread in threads:
         thread.start()
     metrics_server: MetricsServer | None = None
@@ -240,6 +259,8 @@ def run_pipeline(
         stop.set()
         if worker is not None:
             worker.close()
+        if web is not None:
+            stop_server(*web)
         if metrics_server is not None:
             metrics_server.close()
         bus.close()

@@ -38,8 +38,8 @@ from alerts import (
 from detectors import DetectionEngine
 from drainwatch.bus import EmbeddedBus
 from drainwatch.config import AlertsConfig, Config, WalletConfig
-from drainwatch.stage import StageLoop, default_topics
 from drainwatch.events import ALERTS, LEDGER, TRANSFERS
+from drainwatch.stage import StageLoop, default_topics
 from ingest import CursorStore, EvmSource, Watcher
 
 __all__ = ["DemoResult", "run_demo"]
@@ -153,7 +153,7 @@ def run_demo(workdir: Path | None = None, console: Console | None = None) -> Dem
     console = console or Console()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="drainwatch-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(2018)
+    rng = random.Random(2018)  # noqa: S311 - demo traffic, not cryptography
     demo = _Demo(workdir, console)
     result = DemoResult(timeline_path=workdir / "timeline.sqlite3")
     say = console.print

@@ -25,7 +25,7 @@ import hashlib
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Final, TypeVar
+from typing import Annotated, Any, Final, TypeVar, overload
 
 from pydantic import (
     AwareDatetime,
@@ -340,7 +340,11 @@ def encode(event: Event) -> bytes:
     return event.to_json()
 
 
-def decode(topic: str, payload: bytes, model: type[E] | None = None) -> E:
+@overload
+def decode(topic: str, payload: bytes) -> Event: ...
+@overload
+def decode(topic: str, payload: bytes, model: type[E]) -> E: ...
+def decode(topic: str, payload: bytes, model: type[Event] | None = None) -> Event:
     """Parse a message of ``topic``, ignoring unknown fields; raise :class:`DecodeError` if bad.
 
     >>> decode(TRANSFERS, b"not json")
@@ -361,7 +365,7 @@ def decode(topic: str, payload: bytes, model: type[E] | None = None) -> E:
         raise DecodeError(topic, "not a JSON object")
     known = {k: v for k, v in data.items() if k in cls.model_fields}
     try:
-        return cls.model_validate(known)  # type: ignore[return-value]
+        return cls.model_validate(known)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

@@ -20,10 +20,10 @@ import pytest
 
 from alerts import FreezeStore, Timeline, create_app, serve_in_thread, server_port, stop_server
 from drainwatch.app import run_pipeline
+from drainwatch.bus import TopicPartition
 from drainwatch.bus.kafka import KafkaBus
 from drainwatch.config import Config, load
 from drainwatch.events import FREEZES, FreezeOrder, decode
-from drainwatch.bus import TopicPartition
 from tests.harness.services import AnvilService, KafkaService
 
 pytestmark = pytest.mark.services
@@ -58,7 +58,7 @@ def write_config(
     start = int(anvil.rpc("eth_blockNumber", []), 16) + 1
     path.write_text(
         f"""
-state_dir = "{path.parent / 'state'}"
+state_dir = "{path.parent / "state"}"
 
 [[wallets]]
 chain = "{CHAIN}"
@@ -79,7 +79,7 @@ poll_interval_s = 0.2
 start_block = {start}
 
 [alerts]
-timeline_path = "{path.parent / 'timeline.sqlite3'}"
+timeline_path = "{path.parent / "timeline.sqlite3"}"
 killswitch_url = "{ks.url}"
 killswitch_token = "{ks.token}"
 console = true
@@ -170,7 +170,17 @@ def start_stage(stage: str, config: Path, logs: Path) -> subprocess.Popen[bytes]
     log = (logs / f"{stage}.log").open("wb")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "drainwatch", "run", stage, "--config", str(config), "--bus", "kafka"],
+        [
+            sys.executable,
+            "-m",
+            "drainwatch",
+            "run",
+            stage,
+            "--config",
+            str(config),
+            "--bus",
+            "kafka",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
@@ -206,11 +216,12 @@ group_prefix = "{kafka_topic_prefix}dw"
     path = tmp_path / "drainwatch.toml"
     cfg = write_config(path, anvil, killswitch, hot, cold, bus)
     procs = {s: start_stage(s, path, tmp_path) for s in ("ingest", "detect", "alert")}
-    logs = lambda: "\n".join(  # noqa: E731
-        f"--- {s}\n" + (tmp_path / f"{s}.log").read_text()[-3000:] for s in procs
-    )
+
+    def logs() -> str:
+        return "\n".join(f"--- {s}\n" + (tmp_path / f"{s}.log").read_text()[-3000:] for s in procs)
+
     try:
-        ordinary, big = drain(anvil, hot)
+        _, big = drain(anvil, hot)
         try:
             wait_for(lambda: killswitch.store.is_frozen(CHAIN, hot), 90, "the freeze")
         except AssertionError:

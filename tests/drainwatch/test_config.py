@@ -78,7 +78,11 @@ def test_missing_secret_names_the_key_and_line(monkeypatch: pytest.MonkeyPatch) 
         (MINIMAL + 'opening_balance = "-3"\n', 5, "wallets[0].opening_balance"),
         (MINIMAL + "colour = 1\n", 5, "wallets[0].colour"),
         (MINIMAL + "\n[chains.ethereum]\nkind = 'evm'\nrpc = []\n", 8, "chains.ethereum.rpc"),
-        (MINIMAL + "\n[chains.ethereum]\nkind = 'cosmos'\nrpc = ['x']\n", 7, "chains.ethereum.kind"),
+        (
+            MINIMAL + "\n[chains.ethereum]\nkind = 'cosmos'\nrpc = ['x']\n",
+            7,
+            "chains.ethereum.kind",
+        ),
         ("[bus]\nkind = 'embedded'\n", 1, "wallets"),
     ],
 )
