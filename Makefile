@@ -24,6 +24,7 @@ services:
 	bash scripts/install-services.sh
 	bash scripts/install-postgres.sh
 	bash scripts/install-browser.sh
+	bash scripts/install-prometheus.sh
 
 format:
 	$(BIN)/ruff format .

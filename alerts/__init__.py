@@ -33,17 +33,16 @@ from alerts.killswitch import (
     KillSwitchClient,
     KillSwitchSettings,
     SignerClient,
+    create_app,
     load_killswitch_settings,
     open_store,
-    verify_audit,
-    create_app,
     serve_in_thread,
     server_port,
     stop_server,
+    verify_audit,
 )
 from alerts.report import render_json, render_markdown
 from alerts.routing import Route, Router
-from alerts.web import create_web_app, incidents_router
 from alerts.timeline import (
     ActionKind,
     ActionRecord,
@@ -54,6 +53,7 @@ from alerts.timeline import (
     TransferRecord,
     incident_of,
 )
+from alerts.web import create_web_app, incidents_router
 
 __all__ = [
     "ActionKind",

@@ -14,6 +14,7 @@ from rich.console import Console
 from alerts.cli import incidents_app
 from drainwatch.config import ConfigError, load
 from drainwatch.errors import DrainwatchError
+from drainwatch.ops.cli import grafana_app
 
 __all__ = ["app", "main"]
 
@@ -26,6 +27,7 @@ app = typer.Typer(
 killswitch_app = typer.Typer(help="The kill-switch service.", no_args_is_help=True)
 app.add_typer(killswitch_app, name="killswitch")
 app.add_typer(incidents_app, name="incidents")
+app.add_typer(grafana_app, name="grafana")
 audit_app = typer.Typer(help="The kill switch's audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 

@@ -21,6 +21,7 @@ drainwatch.config.ConfigError: x.toml:4: wallets[0].role: Input should be 'hot' 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tomllib
@@ -71,6 +72,64 @@ class ConfigError(DrainwatchError):
         self.line = line
         self.key = key
         self.reason = reason
+
+
+_EVM_ADDRESS = re.compile(r"^0x[0-9a-f]{40}$")
+
+
+# Bitcoin: (P2PKH version, P2SH version, Bech32 prefix, extended public key versions). Regtest
+# keys are tpub/vpub in Bitcoin Core but xpub/zpub in bitcoinlib: both are accepted there.
+_MAIN_EXT = ("0488b21e", "049d7cb2", "04b24746")  # xpub ypub zpub
+_TEST_EXT = ("043587cf", "044a5262", "045f1cf6")  # tpub upub vpub
+_BTC_NETWORKS: dict[str, tuple[int, int, str, tuple[str, ...]]] = {
+    "bitcoin": (0x00, 0x05, "bc", _MAIN_EXT),
+    "testnet": (0x6F, 0xC4, "tb", _TEST_EXT),
+    "regtest": (0x6F, 0xC4, "bcrt", _TEST_EXT + _MAIN_EXT),
+}
+_BASE58 = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
+_BTC_DESCRIPTOR = re.compile(
+    r"^(?:wpkh|pkh|sh\(wpkh)\((?:\[[0-9a-fA-F]{8}(?:/[0-9]+['hH]?)*\])?"
+    r"([1-9A-HJ-NP-Za-km-z]{100,120})(?:/[0-9]+)*/(?:<[0-9]+;[0-9]+>/)?\*\)\)?(?:#[a-z0-9]{8})?$"
+)
+
+
+def _base58check(text: str) -> bytes | None:
+    """The payload of a Base58Check string, or None (bitcoinlib does the base conversion)."""
+    from bitcoinlib.encoding import change_base  # type: ignore[import-untyped,unused-ignore]
+
+    if not text or any(c not in _BASE58 for c in text):
+        return None
+    zeros = len(text) - len(text.lstrip("1"))
+    raw = b"\0" * zeros + bytes(change_base(text, 58, 256)).lstrip(b"\0")
+    payload, check = raw[:-4], raw[-4:]
+    digest = hashlib.sha256(hashlib.sha256(payload).digest()).digest()
+    return payload if len(raw) > 4 and digest[:4] == check else None
+
+
+def _bitcoin_address_problem(address: str, network: str) -> str | None:
+    """Why ``address`` is not an address, extended public key or descriptor of ``network``.
+
+    >>> _bitcoin_address_problem("bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080", "regtest")
+    >>> _bitcoin_address_problem("bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080", "bitcoin")
+    "'bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080' is not a bitcoin address, ..."
+    """
+    from bitcoinlib.encoding import addr_bech32_to_pubkeyhash  # type: ignore[import-untyped,unused-ignore]
+
+    p2pkh, p2sh, hrp, ext = _BTC_NETWORKS[network]
+    match = _BTC_DESCRIPTOR.match(address)
+    payload = _base58check(match.group(1) if match else address)
+    if payload is not None:
+        if len(payload) == 21 and payload[0] in (p2pkh, p2sh) and not match:
+            return None
+        if len(payload) == 78 and payload[:4].hex() in ext and payload[45] in (2, 3):
+            return None
+    elif address[: address.rfind("1")].lower() == hrp:
+        try:
+            addr_bech32_to_pubkeyhash(address, prefix=hrp)
+            return None
+        except Exception as exc:  # bitcoinlib raises several kinds on a bad string
+            return f"{address!r} is not a valid {network} address: {exc}"
+    return f"{address!r} is not a {network} address, extended public key or descriptor"
 
 
 class _Model(BaseModel):
@@ -128,6 +187,18 @@ class ChainConfig(_Model):
     """Where a watcher with no cursor yet starts (default: the newest safe block)."""
     explorer_tx_url: str | None = None
     """A block-explorer link with ``{tx_hash}`` in it, used by the timeline."""
+    ws: tuple[str, ...] = ()
+    """WebSocket endpoints (EVM) for ``newHeads``/``newPendingTransactions``: they wake the
+    watcher early; HTTP polling of ``rpc`` stays the fallback."""
+    traces: Literal["auto", "debug", "trace", "off"] = "auto"
+    """Internal transfers (EVM) from ``debug_traceBlockByNumber`` or ``trace_block``."""
+    pending: Literal["auto", "ws", "txpool", "off"] = "auto"
+    """Early sight of unmined transactions (EVM): ``txpool_content`` polling or the subscription."""
+    batch_blocks: int = Field(default=100, ge=1)
+    """Blocks read per batched fetch (backfill speed)."""
+    rpc_timeout_s: float = Field(default=10.0, gt=0)
+    network: Literal["bitcoin", "testnet", "regtest"] = "bitcoin"
+    """Which Bitcoin network (kind ``bitcoin``): address prefixes and extended-key versions."""
 
 
 class DetectionConfig(_Model):
@@ -297,6 +368,27 @@ class Config(_Model):
             if wallet.key in seen:
                 raise ValueError(f"wallet {wallet.key} is listed twice")
             seen.add(wallet.key)
+        return self
+
+    @model_validator(mode="after")
+    def _evm_addresses(self) -> Config:
+        for i, wallet in enumerate(self.wallets):
+            chain = self.chains.get(wallet.chain)
+            if chain is not None and chain.kind == "evm" and not _EVM_ADDRESS.match(wallet.address):
+                raise _KeyError(
+                    ("wallets", i, "address"),
+                    f"{wallet.address!r} is not an EVM address (0x and 40 hex digits)",
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _bitcoin_addresses(self) -> Config:
+        for i, wallet in enumerate(self.wallets):
+            chain = self.chains.get(wallet.chain)
+            if chain is not None and chain.kind == "bitcoin":
+                reason = _bitcoin_address_problem(wallet.address, chain.network)
+                if reason is not None:
+                    raise _KeyError(("wallets", i, "address"), reason)
         return self
 
     def wallets_on(self, chain: str) -> tuple[WalletConfig, ...]:

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
 from prometheus_client import Counter
 
+from drainwatch import metrics
 from drainwatch.bus.base import AssignCallback, Bus, Message, TopicPartition, TopicSpec
 from drainwatch.errors import DrainwatchError
 from drainwatch.events import (
@@ -134,6 +136,13 @@ class StageLoop:
         self._on_assign = on_assign
         self._consumer = bus.consumer(self.topics, group, on_assign=on_assign)
         self._deadletter = topic_name(prefix, DEADLETTER)
+        self._lag_due_s = 0.0
+        # Create the series up front so dashboards show 0, not "no data", before the first event.
+        FAILURES_TOTAL.labels(stage=stage)
+        PROCESSED_TOTAL.labels(stage=stage)
+        metrics.STAGE_HANDLE_SECONDS.labels(stage=stage)
+        for topic in topics:
+            DEADLETTER_TOTAL.labels(topic=topic)
 
     def _logical(self, topic: str) -> str:
         return topic[len(self.prefix) :] if topic.startswith(self.prefix) else topic
@@ -141,6 +150,8 @@ class StageLoop:
     def run_once(self, timeout_s: float = 1.0) -> int:
         """Process one poll's worth of messages; return how many were read."""
         messages = self._consumer.poll(timeout_s)
+        published: list[Event] = []
+        handle_seconds = metrics.STAGE_HANDLE_SECONDS.labels(stage=self.stage)
         for msg in messages:
             topic = self._logical(msg.topic)
             try:
@@ -150,16 +161,29 @@ class StageLoop:
                 DEADLETTER_TOTAL.labels(topic=topic).inc()
                 self._producer.send(self._deadletter, msg.key, _deadletter_payload(msg, str(exc)))
                 continue
+            metrics.observe_input(event)
+            began = time.perf_counter()
             for out in self.handler(topic, event):
                 ts_ms = int(getattr(out.event, "time").timestamp() * 1000)  # noqa: B009
                 self._producer.send(
                     topic_name(self.prefix, out.topic), out.key, out.event.to_json(), ts_ms
                 )
+                published.append(out.event)
+            handle_seconds.observe(time.perf_counter() - began)
         if messages:
             self._producer.flush()
             self._consumer.commit()
             PROCESSED_TOTAL.labels(stage=self.stage).inc(len(messages))
+            metrics.observe_outputs(published)
+        self._record_lag()
         return len(messages)
+
+    def _record_lag(self, every_s: float = 1.0) -> None:
+        now = time.monotonic()
+        if now < self._lag_due_s or not isinstance(self._consumer, metrics.SupportsLag):
+            return
+        self._lag_due_s = now + every_s
+        metrics.record_lag(self.stage, self._consumer.lag(), self.prefix)
 
     def run(
         self, stop: threading.Event, timeout_s: float = 0.5, max_backoff_s: float = 30.0

@@ -5,6 +5,7 @@
     drainwatch.errors.DrainwatchError
     └── WatcherError                       a chain watcher cannot go on (carries chain and block)
         ├── RpcError                       a node call failed for good, after retries
+        │   ├── RpcCallError               the node answered with a JSON-RPC error object
         │   └── EndpointsUnreachableError  no configured endpoint answered
         └── ReorgTooDeepError              the fork point lies beyond the kept block-hash history
 
@@ -18,10 +19,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from drainwatch.errors import DrainwatchError
 
-__all__ = ["EndpointsUnreachableError", "ReorgTooDeepError", "RpcError", "WatcherError"]
+__all__ = [
+    "EndpointsUnreachableError",
+    "ReorgTooDeepError",
+    "RpcCallError",
+    "RpcError",
+    "WatcherError",
+]
 
 
 class WatcherError(DrainwatchError):
@@ -56,3 +64,19 @@ class ReorgTooDeepError(WatcherError):
     The watcher cannot tell what it published from the replaced blocks; an operator has to choose
     where to resume (reset the cursor or raise the history depth).
     """
+
+
+class RpcCallError(RpcError):
+    """The node answered a call with a JSON-RPC error object (``code``, ``data``)."""
+
+    def __init__(self, method: str, error: Any, *, chain: str | None = None) -> None:
+        error = error if isinstance(error, dict) else {"message": str(error)}
+        self.code: int | None = error.get("code")
+        self.data = error.get("data")
+        super().__init__(f"{method}: {error.get('message')} (code {self.code})", chain=chain)
+
+    @property
+    def unsupported(self) -> bool:
+        """Whether the node does not offer the method (rather than refusing these params)."""
+        text = self.reason.lower()
+        return self.code in (-32601, -32004) or "not supported" in text or "not found" in text

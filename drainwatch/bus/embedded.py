@@ -241,6 +241,16 @@ class EmbeddedConsumer:
                 return out
             self._bus.wait(min(remaining, 0.05))
 
+    def lag(self) -> dict[TopicPartition, int]:
+        """Unread messages per assigned partition.
+
+        >>> bus = EmbeddedBus(":memory:")
+        >>> p = bus.producer(); p.send("t", "k", b"1"); p.send("t", "k", b"2"); p.flush()
+        >>> bus.consumer(["t"], "g").lag()
+        {TopicPartition(topic='t', partition=0): 2}
+        """
+        return {tp: self._bus.end_offset(tp) - self._positions[tp] for tp in self._assigned}
+
     def commit(self) -> None:
         """Commit what poll returned."""
         if self._uncommitted:

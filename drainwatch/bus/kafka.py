@@ -588,6 +588,26 @@ class KafkaConsumerAdapter:
             raise BusError(f"position of {self.group} on {tp} is not known yet")
         return int(pos)
 
+    def lag(self) -> dict[TopicPartition, int]:
+        """Unread messages per assigned partition: the last high-water mark a fetch reported
+        minus the consumer's position, without a request to the broker (call it from the thread
+        that polls). Partitions not fetched yet are left out.
+        """
+        out: dict[TopicPartition, int] = {}
+        try:
+            for ktp in self._client.assignment():
+                highwater = self._client.highwater(ktp)
+                if highwater is None:
+                    continue
+                # A position is known once a fetch returned the high-water mark; timeout 0 keeps
+                # this call from waiting on the coordinator if it is not.
+                position = self._client.position(ktp, timeout_ms=0)
+                if position is not None:
+                    out[_ours(ktp)] = max(0, int(highwater) - int(position))
+        except KafkaError as exc:  # a rebalance in progress: report nothing this time
+            log.debug("lag of %s not available: %s", self.group, exc)
+        return out
+
     def close(self) -> None:
         """Leave the group without committing."""
         self._client.close(autocommit=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import ingest
-from drainwatch.events import Direction, Transfer
+from drainwatch.events import Direction, Transfer, TransferStatus
 from ingest import (
     BlockData,
     ChainSource,
@@ -267,37 +267,118 @@ def test_a_reorg_rewinds_to_the_fork_point_and_reads_the_new_blocks(depth: int) 
     w.poll_once()
     assert w.reorgs == 1
     new = [f"0xtx1-{n}" for n in range(10 - depth, 11)]
-    assert rec.tx_hashes[10:] == new
+    after = rec.transfers[10:]
+    assert [t.tx_hash for t in after if t.status is TransferStatus.CONFIRMED] == new
+    # every transfer of the replaced blocks is retracted, once, with its original id
+    replaced = rec.transfers[10 - depth : 10]
+    retracted = [t for t in after if t.status is TransferStatus.RETRACTED]
+    assert [(t.id, t.block_hash) for t in retracted] == [(t.id, t.block_hash) for t in replaced]
     assert store.get("fake") == (10, chain.blocks[10].hash)
     # The walk back used the stored hashes: blocks below the fork point were not re-read.
     assert min(chain.calls[10:]) >= 10 - depth
 
 
-def test_a_reorg_seen_only_after_the_branch_grows_past_the_cursor() -> None:
+def test_a_rollback_is_seen_at_once_and_retractions_wait_for_the_old_height() -> None:
     chain = FakeChain(6)
     rec = Recorder()
     w = make_watcher(chain, rec)
     w.poll_once()
-    chain.reorg(3, new_length=2)  # the chain got shorter: nothing safe to read yet
-    assert w.poll_once() == 0
-    chain.mine()
-    chain.mine()
-    w.poll_once()
+    chain.reorg(3, new_length=2)  # the chain got shorter: the cursor's block is gone
+    assert w.poll_once() == 2  # noticed without a new block, the two new ones read
     assert w.reorgs == 1
-    assert rec.tx_hashes[6:] == ["0xtx1-3", "0xtx1-4", "0xtx1-5", "0xtx1-6"]
-
-
-def test_a_reorg_deeper_than_the_history_stops_the_watcher() -> None:
-    chain = FakeChain(10)
-    rec = Recorder()
-    w = make_watcher(chain, rec, CursorStore(":memory:", history=3))
-    w.poll_once()
-    chain.reorg(5)
+    after = rec.transfers[6:]
+    assert [t.tx_hash for t in after] == ["0xtx1-3", "0xtx1-4"]
+    assert {t.status for t in after} == {TransferStatus.CONFIRMED}
+    chain.mine()  # block 5 again: the replaced transfers could still have come back by now
     chain.mine()
-    with pytest.raises(ReorgTooDeepError) as info:
-        w.poll_once()
-    assert info.value.chain == "fake"
-    assert info.value.block == 9
+    w.poll_once()
+    after = rec.transfers[8:]
+    assert [(t.tx_hash, t.status.value) for t in after] == [
+        ("0xtx1-5", "confirmed"),
+        ("0xtx0-3", "retracted"),
+        ("0xtx0-4", "retracted"),
+        ("0xtx0-5", "retracted"),
+        ("0xtx1-6", "confirmed"),
+    ]
+
+
+def test_a_transfer_re_included_in_the_new_branch_is_republished_not_retracted() -> None:
+    chain = FakeChain(5)
+    rec = Recorder()
+    store = CursorStore(":memory:")
+    w = make_watcher(chain, rec, store)
+    w.poll_once()
+    kept = chain.blocks[3].transfers[0]
+    chain.reorg(2)
+    # the new block 3 carries the old block 3's transaction again (same id, new block hash)
+    new3 = chain.blocks[3]
+    moved = kept.model_copy(update={"block_hash": new3.hash})
+    chain.blocks[3] = BlockData(3, new3.hash, new3.parent_hash, new3.time, (moved,))
+    w.poll_once()
+    after = rec.transfers[5:]
+    assert [(t.tx_hash, t.status.value, t.block_hash) for t in after] == [
+        ("0xtx0-3", "confirmed", new3.hash),
+        ("0xtx1-4", "confirmed", chain.blocks[4].hash),
+        ("0xtx0-4", "retracted", "0x0-4"),
+    ]
+    assert after[0].id == kept.id
+    assert store.orphans("fake") == []
+
+
+def test_orphans_survive_a_restart_and_are_retracted_by_the_next_process(tmp_path: Path) -> None:
+    path = tmp_path / "cursor.sqlite3"
+    chain = FakeChain(5)
+    rec = Recorder()
+    make_watcher(chain, rec, CursorStore(path)).poll_once()
+    chain.reorg(2, new_length=1)
+    make_watcher(chain, rec, CursorStore(path)).poll_once()  # rewinds; orphans wait for block 4
+    assert len(CursorStore(path).orphans("fake")) == 2
+    chain.mine()
+    make_watcher(chain, rec, CursorStore(path)).poll_once()
+    retracted = [t.tx_hash for t in rec.transfers if t.status is TransferStatus.RETRACTED]
+    assert retracted == ["0xtx0-3", "0xtx0-4"]
+
+
+class FakeMempool:
+    def __init__(self) -> None:
+        self.txs: list[Transfer] = []
+
+    def pending(self) -> Sequence[Transfer]:
+        return list(self.txs)
+
+
+def test_pending_then_confirmed_or_dropped_through_the_watcher() -> None:
+    chain = FakeChain(0)
+    chain.mine(with_transfer=False)
+    chain.mine(with_transfer=False)
+    pool = FakeMempool()
+    rec = Recorder()
+    w = Watcher(
+        chain, rec, CursorStore(":memory:"), "fake", confirmations=1, start_block=0, pending=pool
+    )
+    w.poll_once()
+    block = chain.mine()  # block 2; its transfer was first seen in the mempool
+    unmined = {"status": TransferStatus.PENDING, "block_number": None, "block_hash": None}
+    pool.txs = [
+        block.transfers[0].model_copy(update=unmined),
+        transfer("0xdropped", 0, "-").model_copy(update=unmined),
+    ]
+    w.poll_once()
+    assert [(t.tx_hash, t.status.value) for t in rec.transfers] == [
+        ("0xtx0-2", "pending"),
+        ("0xdropped", "pending"),
+    ]
+    pool.txs = []  # both left the mempool at head 2; block 2 is not confirmed yet
+    w.poll_once()
+    assert len(rec.transfers) == 2
+    chain.mine(with_transfer=False)
+    w.poll_once()  # block 2 confirmed: the mined one is confirmed, the other was dropped
+    assert [(t.tx_hash, t.status.value) for t in rec.transfers[2:]] == [
+        ("0xtx0-2", "confirmed"),
+        ("0xdropped", "retracted"),
+    ]
+    assert rec.transfers[2].id == rec.transfers[0].id
+    assert rec.transfers[3].id == rec.transfers[1].id
 
 
 # -- Watcher.run ---------------------------------------------------------------------------
@@ -341,20 +422,37 @@ def test_fake_chain_satisfies_the_protocol() -> None:
 
 
 def test_public_api_is_pinned() -> None:
-    assert sorted(ingest.__all__) == [
+    evm_and_common = {
+        "BatchSource",
         "BlockData",
         "ChainSource",
         "Cursor",
         "CursorStore",
         "EndpointsUnreachableError",
+        "EvmPending",
         "EvmSource",
+        "HashSource",
+        "PendingMode",
+        "PendingSource",
+        "PendingTracker",
         "Publish",
         "ReorgTooDeepError",
+        "Rpc",
+        "RpcCallError",
+        "RpcClient",
         "RpcError",
+        "Subscriber",
+        "TokenInfo",
+        "TraceMode",
         "Watcher",
         "WatcherError",
-        "connect_evm",
+        "Web3Rpc",
+        "evm_watcher",
+        "follow",
         "next_range",
-    ]
+        "retracted",
+    }
+    bitcoin = {"BitcoinRpc", "BitcoinSource", "UtxoStore", "bitcoin_watcher"}
+    assert set(ingest.__all__) == evm_and_common | bitcoin
     for name in ingest.__all__:
         assert hasattr(ingest, name)

@@ -1,0 +1,236 @@
+"""deploy/ is valid: compose against the Compose Specification schema, Kubernetes manifests against
+the API schemas (kubernetes-validate, offline), Prometheus config and rules with promtool, and the
+pieces agree with each other and with the CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from drainwatch.cli import app
+from drainwatch.config import loads
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+K8S = DEPLOY / "kubernetes"
+MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+ENV = {
+    "DRAINWATCH_KILLSWITCH_TOKEN": "x" * 24,
+    "DRAINWATCH_KILLSWITCH_METRICS_TOKEN": "y" * 24,
+    "DRAINWATCH_ETH_RPC": "http://127.0.0.1:8545",
+}
+
+
+def tool(name: str) -> str:
+    """A console script installed next to this interpreter (the dev extras put them there)."""
+    path = Path(sys.executable).parent / name
+    assert path.exists(), f"{name} is missing: pip install -e '.[dev]'"
+    return str(path)
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    proc = subprocess.run(
+        [
+            tool("check-jsonschema"),
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(DEPLOY / "compose.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_schema_check_rejects_a_broken_compose_file(tmp_path: Path) -> None:
+    broken = tmp_path / "compose.yaml"
+    broken.write_text("services:\n  x:\n    image: busybox\n    replicaz: 2\n")
+    proc = subprocess.run(
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(broken)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode != 0
+
+
+def test_compose_runs_every_stage_and_two_detectors_with_commands_the_cli_knows() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {
+        "kafka",
+        "kafka-topics",
+        "ingest",
+        "detect",
+        "alert",
+        "killswitch",
+        "prometheus",
+        "grafana",
+    } <= set(services)
+    assert services["detect"]["deploy"]["replicas"] == 2
+    for name in ("ingest", "detect", "alert", "killswitch"):
+        command = services[name]["command"]
+        result = CliRunner().invoke(app, [*command, "--help"], env=ENV)
+        assert result.exit_code == 0, (name, result.output)
+    for name in ("ingest", "detect", "alert"):
+        assert services[name]["command"][:2] == ["run", name]
+        assert services[name]["command"][-2:] == ["--bus", "kafka"]
+    # The Prometheus config scrapes services that exist, on the port the config serves.
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = set()
+    for job in prom["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            targets.update(static["targets"])
+        for dns in job.get("dns_sd_configs", []):
+            targets.update(f"{n}:{dns['port']}" for n in dns["names"])
+    assert targets == {"ingest:9400", "detect:9400", "alert:9400", "killswitch:8700"}
+
+
+def test_the_deployed_config_loads_and_the_configmap_carries_it_verbatim() -> None:
+    text = (DEPLOY / "config" / "drainwatch.compose.toml").read_text()
+    env = dict(os.environ)
+    os.environ.update(ENV)
+    try:
+        cfg = loads(text, "drainwatch.compose.toml")
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+    assert cfg.bus.kind == "kafka"
+    assert cfg.metrics.port_for("detect") == 9400
+    assert cfg.metrics.host == "0.0.0.0"
+    from alerts.killswitch.settings import loads_killswitch_settings
+
+    os.environ.update(ENV)
+    try:
+        killswitch = loads_killswitch_settings(text, "drainwatch.compose.toml")
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+    assert (killswitch.host, killswitch.port) == ("0.0.0.0", 8700)
+    assert cfg.alerts.killswitch_url == f"http://killswitch:{killswitch.port}"
+    [configmap] = documents(K8S / "configmap.yaml")
+    assert configmap["data"]["drainwatch.toml"] == text
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)
+def test_kubernetes_manifest_is_valid(manifest: Path) -> None:
+    proc = subprocess.run(
+        [tool("kubernetes-validate"), "--strict", "--quiet", str(manifest)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_kubernetes_validator_rejects_an_unknown_field(tmp_path: Path) -> None:
+    manifest = (K8S / "detect.yaml").read_text().replace("replicas: 2", "replicaz: 2")
+    (tmp_path / "detect.yaml").write_text(manifest)
+    proc = subprocess.run(
+        [tool("kubernetes-validate"), "--strict", "--quiet", str(tmp_path / "detect.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "replicaz" in proc.stdout + proc.stderr
+
+
+def test_kubernetes_has_one_deployment_per_stage_and_scales_detectors_in_one_group() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == sorted(p.name for p in MANIFESTS)
+    deployments = {
+        d["metadata"]["name"]: d
+        for p in MANIFESTS
+        for d in documents(p)
+        if d["kind"] == "Deployment"
+    }
+    assert set(deployments) == {
+        f"drainwatch-{s}" for s in ("ingest", "detect", "alert", "killswitch")
+    }
+    assert deployments["drainwatch-detect"]["spec"]["replicas"] == 2
+    for stage in ("ingest", "detect", "alert"):
+        pod = deployments[f"drainwatch-{stage}"]["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        # Same config (so the same consumer-group prefix) in every replica, secrets by reference.
+        assert container["args"] == [
+            "run",
+            stage,
+            "--config",
+            "/etc/drainwatch/drainwatch.toml",
+            "--bus",
+            "kafka",
+        ]
+        assert container["envFrom"] == [{"secretRef": {"name": "drainwatch-secrets"}}]
+        assert {"name": "config", "configMap": {"name": "drainwatch-config"}} in pod["volumes"]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    kinds = {(d["kind"], d["metadata"]["name"]) for p in MANIFESTS for d in documents(p)}
+    assert ("Service", "killswitch") in kinds
+    assert ("Job", "drainwatch-kafka-topics") in kinds
+    assert not any(kind == "Secret" for kind, _ in kinds)  # created out of band, never committed
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomize_renders_every_resource_into_the_namespace() -> None:
+    proc = subprocess.run(
+        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    rendered = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert len(rendered) == sum(len(documents(p)) for p in MANIFESTS)
+    assert all(
+        d["metadata"].get("namespace") == "drainwatch" for d in rendered if d["kind"] != "Namespace"
+    )
+
+
+def test_prometheus_config_and_rules_pass_promtool() -> None:
+    from tests.harness.prometheus import prometheus_binary
+
+    promtool = str(Path(prometheus_binary()).with_name("promtool"))
+    config = subprocess.run(
+        [
+            promtool,
+            "check",
+            "config",
+            "--syntax-only",
+            str(DEPLOY / "prometheus" / "prometheus.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert config.returncode == 0, config.stdout + config.stderr
+    rules = subprocess.run(
+        [promtool, "check", "rules", *map(str, (DEPLOY / "prometheus" / "rules").glob("*.yml"))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+    assert "SUCCESS: 5 rules found" in rules.stdout
+
+
+def test_dockerfile_installs_the_package_and_runs_as_a_non_root_user() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert text.count("FROM python:3.11-slim") == 2
+    assert "USER 10001:10001" in text
+    assert 'ENTRYPOINT ["drainwatch"]' in text
+    copied = {line.split()[1].rstrip("/") for line in text.splitlines() if line.startswith("COPY ")}
+    assert {
+        "drainwatch",
+        "ingest",
+        "detectors",
+        "alerts",
+    } <= copied  # every package setuptools finds
