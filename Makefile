@@ -15,7 +15,7 @@ install: $(BIN)/activate
 	$(BIN)/pip install --quiet .
 
 install-dev: $(BIN)/activate
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,confluent]'
 
 demo: install
 	$(BIN)/drainwatch demo

@@ -24,9 +24,18 @@ from alerts import (
     stop_server,
 )
 from detectors import DetectionEngine
-from drainwatch.bus import Bus, EmbeddedBus, Producer
+from drainwatch.bus import Bus, EmbeddedBus, Producer, TopicPartition
 from drainwatch.config import Config
-from drainwatch.events import ALERTS, FREEZES, LEDGER, TRANSFERS, FreezeOrder, Transfer
+from drainwatch.events import (
+    ALERTS,
+    FREEZES,
+    LEDGER,
+    TRANSFERS,
+    DecodeError,
+    FreezeOrder,
+    Transfer,
+    decode,
+)
 from drainwatch.metrics import MetricsServer, WalletMetrics, serve_metrics
 from drainwatch.stage import StageLoop, default_topics, topic_name
 from ingest import CursorStore, Watcher, bitcoin_watcher, evm_watcher
@@ -39,6 +48,7 @@ __all__ = [
     "detect_loop",
     "explorer_urls",
     "publisher",
+    "rebuild_state",
     "run_pipeline",
     "serve_killswitch",
 ]
@@ -52,7 +62,11 @@ def build_bus(config: Config, kind: str | None = None) -> Bus:
     """The configured bus, with every topic created."""
     kind = kind or config.bus.kind
     bus: Bus
-    if kind == "kafka":
+    if kind == "kafka" and config.bus.client == "confluent":
+        from drainwatch.bus.confluent import ConfluentBus
+
+        bus = ConfluentBus(config.bus.bootstrap_servers)
+    elif kind == "kafka":
         from drainwatch.bus.kafka import KafkaBus
 
         bus = KafkaBus(config.bus.bootstrap_servers)
@@ -104,17 +118,73 @@ def build_watchers(config: Config, producer: Producer) -> list[tuple[Watcher, fl
     return watchers
 
 
+REBUILD_S = 48 * 3600
+"""How much transfer history a detector replays for a partition it is newly assigned: the
+longest detector window (24 h) with a day's margin for what the detectors learn from it."""
+
+
+def rebuild_state(
+    bus: Bus,
+    engine: DetectionEngine,
+    position: Callable[[TopicPartition], int],
+    tps: Sequence[TopicPartition],
+    rebuild_s: int = REBUILD_S,
+) -> int:
+    """Replay each partition's last ``rebuild_s`` of transfers into ``engine`` without alerting.
+
+    The replay stops where the consumer will resume, so nothing is counted twice; transfers the
+    engine already holds are ignored by id. Returns how many transfers were replayed.
+    """
+    replayed = 0
+    for tp in tps:
+        end = position(tp)
+        if end <= 0:
+            continue
+        last = bus.read_range(tp, end - 1, end)
+        if not last:
+            continue
+        start = bus.offset_for_time(tp, last[-1].timestamp_ms - rebuild_s * 1000)
+        transfers = []
+        for msg in bus.read_range(tp, start, end):
+            try:
+                transfers.append(decode(TRANSFERS, msg.value, Transfer))
+            except DecodeError:
+                continue  # it went to the dead-letter topic when first read
+        replayed += engine.replay(transfers)
+        log.info("rebuilt %s/%d from %d transfers", tp.topic, tp.partition, len(transfers))
+    return replayed
+
+
 def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None) -> StageLoop:
-    """The detector stage: transfers and ledger in, alerts out."""
+    """The detector stage: transfers and ledger in, alerts out.
+
+    On every (re)assignment the partitions it did not hold before are replayed into the engine
+    first, so a detector that took over wallets after a crash or a rebalance judges their next
+    transfers against their real recent history, and does not repeat their alerts.
+    """
     engine = engine or DetectionEngine(config)
-    return StageLoop(
+    transfers = topic_name(config.bus.topic_prefix, TRANSFERS)
+    held: set[TopicPartition] = set()
+    loops: list[StageLoop] = []
+
+    def on_assign(tps: list[TopicPartition]) -> None:
+        new = [tp for tp in tps if tp.topic == transfers and tp not in held]
+        held.clear()
+        held.update(tps)
+        if new:
+            rebuild_state(bus, engine, loops[0].position, new)
+
+    loop = StageLoop(
         bus,
         [TRANSFERS, LEDGER],
         f"{config.bus.group_prefix}-detect",
         engine.handle,
         prefix=config.bus.topic_prefix,
         stage="detect",
+        on_assign=on_assign,
     )
+    loops.append(loop)
+    return loop
 
 
 def alert_loop(config: Config, bus: Bus, alerter: Alerter | None = None) -> StageLoop:

@@ -67,6 +67,8 @@ def _setup(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # kafka-python's DEBUG is its wire protocol: too much even for --verbose
+    logging.getLogger("kafka").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 @app.command()

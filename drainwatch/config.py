@@ -220,6 +220,9 @@ class BusConfig(_Model):
     topic_prefix: str = ""
     partitions: int = Field(default=6, ge=1)
     group_prefix: str = "drainwatch"
+    client: Literal["kafka-python", "confluent"] = "kafka-python"
+    """The Kafka client library (``kind = "kafka"``): confluent-kafka is faster and optional
+    (``pip install 'drainwatch[confluent]'``)."""
 
 
 class SlackChannelConfig(_Model):

@@ -1,4 +1,8 @@
-"""The bus between stages: one interface, an embedded and a Kafka implementation."""
+"""The bus between stages: one interface; an embedded and two Kafka implementations.
+
+:class:`ConfluentBus` needs the optional confluent-kafka (``pip install 'drainwatch[confluent]'``),
+which it imports only when one is created: importing this package never needs it.
+"""
 
 from drainwatch.bus.base import (
     AssignCallback,
@@ -11,6 +15,7 @@ from drainwatch.bus.base import (
     TopicSpec,
     partition_for,
 )
+from drainwatch.bus.confluent import ConfluentBus
 from drainwatch.bus.embedded import EmbeddedBus
 from drainwatch.bus.kafka import KafkaBus
 
@@ -18,6 +23,7 @@ __all__ = [
     "AssignCallback",
     "Bus",
     "BusError",
+    "ConfluentBus",
     "Consumer",
     "EmbeddedBus",
     "KafkaBus",

@@ -119,7 +119,12 @@ class Bus(Protocol):
         on_assign: AssignCallback | None = None,
         from_beginning: bool = True,
     ) -> Consumer:
-        """A group member reading ``topics``; ``on_assign`` is told which partitions it got."""
+        """A group member reading ``topics``.
+
+        ``on_assign`` is told the full current assignment from inside ``poll()``, in the caller's
+        thread, before that poll returns any message; ``position()`` then gives the offset the
+        next message of each partition will come from, so a state rebuild can replay up to it.
+        """
 
     def offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int:
         """The first offset whose message timestamp is at or after ``timestamp_ms`` (or the end)."""

@@ -214,8 +214,9 @@ class EmbeddedConsumer:
             start = 0 if from_beginning else bus.end_offset(tp)
             self._positions[tp] = committed if committed is not None else start
         self._uncommitted: dict[TopicPartition, int] = {}
-        if on_assign is not None:
-            on_assign(list(self._assigned))
+        # Like KafkaBus: the callback runs from the first poll(), in the caller's thread, once the
+        # consumer exists, so it can ask position() while it rebuilds state.
+        self._on_assign = on_assign
 
     def position(self, tp: TopicPartition) -> int:
         """The next offset to read from ``tp``."""
@@ -223,6 +224,9 @@ class EmbeddedConsumer:
 
     def poll(self, timeout_s: float = 1.0, max_records: int = 500) -> list[Message]:
         """Read what is there; wait up to ``timeout_s`` when nothing is."""
+        if self._on_assign is not None:
+            on_assign, self._on_assign = self._on_assign, None
+            on_assign(list(self._assigned))
         deadline = time.monotonic() + timeout_s
         while True:
             out: list[Message] = []

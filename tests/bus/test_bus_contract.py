@@ -1,4 +1,4 @@
-"""One contract for every bus: the embedded bus and Kafka must behave the same to a stage."""
+"""One contract for every bus: the embedded bus and both Kafka clients must behave the same."""
 
 from __future__ import annotations
 
@@ -9,11 +9,20 @@ from typing import Protocol
 
 import pytest
 
-from drainwatch.bus import Bus, Consumer, EmbeddedBus, KafkaBus, Message, TopicPartition, TopicSpec
+from drainwatch.bus import (
+    Bus,
+    ConfluentBus,
+    Consumer,
+    EmbeddedBus,
+    KafkaBus,
+    Message,
+    TopicPartition,
+    TopicSpec,
+)
 
 
 class ContractBus(Bus, Protocol):
-    """What the tests use beyond :class:`Bus`; both implementations offer it."""
+    """What the tests use beyond :class:`Bus`; every implementation offers it."""
 
     def partitions(self, topic: str) -> list[TopicPartition]: ...
 
@@ -40,6 +49,7 @@ class BusUnderTest:
     params=[
         pytest.param("embedded"),
         pytest.param("kafka", marks=pytest.mark.services),
+        pytest.param("confluent", marks=pytest.mark.services),
     ]
 )
 def under_test(request: pytest.FixtureRequest, kafka_topic_prefix: str) -> Iterator[BusUnderTest]:
@@ -47,9 +57,13 @@ def under_test(request: pytest.FixtureRequest, kafka_topic_prefix: str) -> Itera
     if request.param == "embedded":
         bus = EmbeddedBus(":memory:")
     else:
-        # Requested lazily so the embedded half runs without starting a broker.
+        # Requested lazily so the embedded part runs without starting a broker.
         kafka = request.getfixturevalue("kafka")
-        bus = KafkaBus([kafka.bootstrap_servers], client_id=f"{kafka_topic_prefix}contract")
+        client_id = f"{kafka_topic_prefix}contract"
+        if request.param == "kafka":
+            bus = KafkaBus([kafka.bootstrap_servers], client_id=client_id)
+        else:
+            bus = ConfluentBus([kafka.bootstrap_servers], client_id=client_id)
     yield BusUnderTest(bus, kafka_topic_prefix)
     bus.close()
 
