@@ -28,13 +28,13 @@ from enum import StrEnum
 from typing import Annotated, Any, Final, TypeVar, overload
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
     PlainSerializer,
     ValidationError,
-    field_validator,
 )
 
 __all__ = [
@@ -75,6 +75,14 @@ def _digits(value: int) -> str:
 
 BaseUnits = Annotated[int, Field(ge=0), PlainSerializer(_digits, return_type=str, when_used="json")]
 """A non-negative integer amount in base units; a decimal string in JSON."""
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+"""A timezone-aware time, normalised to UTC; a naive time is refused."""
 
 UsdValue = Annotated[Decimal, PlainSerializer(str, return_type=str, when_used="json")]
 
@@ -168,13 +176,6 @@ class Event(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
 
-    @field_validator("*", mode="after")
-    @classmethod
-    def _utc(cls, value: Any) -> Any:
-        if isinstance(value, datetime):
-            return value.astimezone(UTC)
-        return value
-
     def to_json(self) -> bytes:
         """Serialise to compact JSON bytes (amounts as decimal strings)."""
         return self.model_dump_json(exclude_none=False).encode()
@@ -197,7 +198,7 @@ class Transfer(Event):
     decimals: int = Field(ge=0, le=255)
     tx_hash: str
     position: int = Field(ge=0)
-    time: AwareDatetime
+    time: UtcDatetime
     status: TransferStatus = TransferStatus.CONFIRMED
     block_number: int | None = None
     block_hash: str | None = None
@@ -254,9 +255,9 @@ class Alert(Event):
     """
 
     id: str
-    time: AwareDatetime
+    time: UtcDatetime
     """Event time: the time of the transfer that triggered it."""
-    detected_at: AwareDatetime
+    detected_at: UtcDatetime
     """Wall-clock time at which the detector decided."""
     chain: str
     wallet: str
@@ -283,7 +284,7 @@ class FreezeOrder(Event):
     """The latest freeze state asked for a wallet (topic ``FREEZES``, compacted by key)."""
 
     id: str
-    time: AwareDatetime
+    time: UtcDatetime
     chain: str
     wallet: str
     action: FreezeAction
@@ -301,7 +302,7 @@ class ApprovedWithdrawal(Event):
     """A withdrawal the exchange approved, from its own ledger (topic ``LEDGER``)."""
 
     id: str
-    time: AwareDatetime
+    time: UtcDatetime
     chain: str
     asset: str
     to: str
@@ -356,17 +357,12 @@ def decode(topic: str, payload: bytes, model: type[Event] | None = None) -> Even
     if cls is None:
         raise DecodeError(topic, "unknown topic")
     try:
-        import orjson
-
-        data = orjson.loads(payload)
-    except ValueError as exc:
-        raise DecodeError(topic, f"invalid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise DecodeError(topic, "not a JSON object")
-    known = {k: v for k, v in data.items() if k in cls.model_fields}
-    try:
-        return cls.model_validate(known)
+        return cls.model_validate_json(payload, extra="ignore")
     except ValidationError as exc:
         first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            raise DecodeError(topic, f"invalid JSON ({first['msg']})") from exc
+        if first["type"] in ("model_type", "model_attributes_type"):
+            raise DecodeError(topic, "not a JSON object") from exc
         where = ".".join(str(p) for p in first["loc"])
         raise DecodeError(topic, f"{where}: {first['msg']}") from exc
