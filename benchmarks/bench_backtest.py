@@ -17,13 +17,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detectors import run_backtest
-from drainwatch.config import loads
-from tests.detectors.traffic import (
+from detectors.traffic import (
     HotWalletSpec,
     config_toml,
     generate_traffic,
     write_jsonl,
 )
+from drainwatch.config import loads
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 

@@ -7,7 +7,9 @@ then ``learn_one``.
 """
 
 from detectors.backtest import BacktestSummary, run_backtest
-from detectors.base import Detector, Finding, LedgerAware, WalletState
+from detectors.base import Detector, Finding, LedgerAware, StateLearner, WalletState
+from detectors.baseline import BaselineDetector
+from detectors.correlation import IncidentCorrelator
 from detectors.engine import DetectionEngine, default_detectors
 from detectors.errors import BacktestInputError, DetectorError
 from detectors.ledger import LedgerReconciliation
@@ -16,12 +18,15 @@ from detectors.velocity import VelocityDetector
 __all__ = [
     "BacktestInputError",
     "BacktestSummary",
+    "BaselineDetector",
     "DetectionEngine",
     "Detector",
     "DetectorError",
     "Finding",
+    "IncidentCorrelator",
     "LedgerAware",
     "LedgerReconciliation",
+    "StateLearner",
     "VelocityDetector",
     "WalletState",
     "default_detectors",

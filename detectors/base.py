@@ -51,6 +51,7 @@ __all__ = [
     "FirstSeen",
     "LedgerAware",
     "Outflow",
+    "StateLearner",
     "WalletState",
     "Window",
     "format_units",
@@ -140,6 +141,8 @@ class Outflow:
     tx_hash: str
     new: bool
     """Whether the destination counted as new when the outflow happened."""
+    mid: bool = False
+    """A new destination and at least ``midsize_share`` of the balance: not a typical customer."""
 
 
 @dataclass(slots=True)
@@ -167,14 +170,26 @@ class Window:
     ``new_by_dest`` sums the outflows to destinations that were new when paid, per destination.
     """
 
-    __slots__ = ("items", "new_by_dest", "new_total", "span_s", "total")
+    __slots__ = (
+        "items",
+        "mid_count",
+        "mid_total",
+        "new_by_dest",
+        "new_count_by_dest",
+        "new_total",
+        "span_s",
+        "total",
+    )
 
     def __init__(self, span_s: int) -> None:
         self.span_s = span_s
         self.items: deque[Outflow] = deque()
         self.total = 0
         self.new_total = 0
+        self.mid_total = 0
+        self.mid_count = 0
         self.new_by_dest: dict[str, int] = {}
+        self.new_count_by_dest: dict[str, int] = {}
 
     def add(self, outflow: Outflow, watermark: float) -> None:
         """Add an outflow; one that is already older than the window is left out."""
@@ -190,18 +205,31 @@ class Window:
         self.total += outflow.units
         if outflow.new:
             self.new_total += outflow.units
+            dest = outflow.counterparty
             by_dest = self.new_by_dest
-            by_dest[outflow.counterparty] = by_dest.get(outflow.counterparty, 0) + outflow.units
+            by_dest[dest] = by_dest.get(dest, 0) + outflow.units
+            counts = self.new_count_by_dest
+            counts[dest] = counts.get(dest, 0) + 1
+            if outflow.mid:
+                self.mid_total += outflow.units
+                self.mid_count += 1
 
     def _drop(self, outflow: Outflow) -> None:
         self.total -= outflow.units
         if outflow.new:
             self.new_total -= outflow.units
-            left = self.new_by_dest[outflow.counterparty] - outflow.units
-            if left:
-                self.new_by_dest[outflow.counterparty] = left
+            dest = outflow.counterparty
+            left = self.new_by_dest[dest] - outflow.units
+            count = self.new_count_by_dest[dest] - 1
+            if count:
+                self.new_by_dest[dest] = left
+                self.new_count_by_dest[dest] = count
             else:
-                del self.new_by_dest[outflow.counterparty]
+                del self.new_by_dest[dest]
+                del self.new_count_by_dest[dest]
+            if outflow.mid:
+                self.mid_total -= outflow.units
+                self.mid_count -= 1
 
     def evict(self, now: float) -> None:
         """Drop outflows at or before ``now - span_s``."""
@@ -239,6 +267,7 @@ class Window:
         """Rescale the sums; the outflows themselves are shared and rescaled by the state."""
         self.total *= factor
         self.new_total *= factor
+        self.mid_total *= factor
         self.new_by_dest = {k: v * factor for k, v in self.new_by_dest.items()}
 
 
@@ -255,13 +284,16 @@ class WalletState:
             so a test transfer does not make the thief's address familiar.
         reorder_tolerance_s: How late a transfer may arrive; ids are remembered for the longest
             window plus this, to drop duplicates and undo retractions.
+        midsize_share: An outflow to a new destination of at least this share of the balance is
+            "mid-size": larger than nearly every customer withdrawal.
 
     The balance is ``opening_balance`` + inflows - outflows, re-anchored whenever a transfer
     carries ``balance_after`` (read from the chain by a live watcher). Without an opening
     balance (or when the stream shows more leaving than the opening balance allows) the lowest
-    balance that explains the stream is used, and shares are taken against the larger of that
-    balance and the largest balance seen, so one low moment does not make ordinary withdrawals
-    look huge.
+    balance that explains the stream is used, plus a cushion as large as the range the balance
+    has moved over (a hot wallet is topped up long before it is empty), and shares are taken
+    against the larger of that balance and the largest balance seen, so one low moment does not
+    make ordinary withdrawals look huge.
     """
 
     def __init__(
@@ -273,8 +305,11 @@ class WalletState:
         internal: frozenset[str] = frozenset(),
         new_destination_age_s: int = 86400,
         reorder_tolerance_s: int = 300,
+        midsize_share: Decimal = Decimal("0.005"),
     ) -> None:
         self.wallet = wallet
+        self.midsize_share = midsize_share
+        self._mid = midsize_share.as_integer_ratio()
         self.asset = asset
         self.windows_s = tuple(sorted(set(windows_s)))
         self.internal = internal | {wallet.address}
@@ -289,6 +324,7 @@ class WalletState:
         self._min_running = 0
         self._max_running = 0
         self._windows = {span: Window(span) for span in self.windows_s}
+        self._window_list = tuple(self._windows.values())
         self._first_seen: dict[str, FirstSeen] = {}
         self._applied: OrderedDict[str, _Applied] = OrderedDict()
         self._retention_s = max(self.windows_s, default=0) + reorder_tolerance_s
@@ -323,7 +359,10 @@ class WalletState:
         lowest = -self._min_running
         if self._opening is not None and self._opening >= lowest:
             return self._opening
-        return max(lowest, 0)
+        # No opening balance (or one the stream contradicts): the lowest balance that explains
+        # the stream, plus a cushion as large as the range the balance has moved over, since an
+        # exchange tops its hot wallet up long before it is empty.
+        return max(lowest, 0) + self._max_running - self._min_running
 
     def balance_units(self) -> int:
         """The balance now (before the transfer being judged), in units."""
@@ -364,6 +403,10 @@ class WalletState:
         seen = self._first_seen.get(address)
         return seen is None or now - seen.time < self.new_destination_age_s
 
+    def is_midsize(self, units: int) -> bool:
+        """Whether an outflow of ``units`` now is at least ``midsize_share`` of the balance."""
+        return units * self._mid[1] >= self.balance_units() * self._mid[0]
+
     def has_applied(self, transfer_id: str) -> bool:
         """Whether a transfer with this id is already counted."""
         return transfer_id in self._applied
@@ -390,8 +433,10 @@ class WalletState:
         self.now = now
         if now > self.watermark:
             self.watermark = now
-            for window in self._windows.values():
-                window.evict(now)
+            for window in self._window_list:
+                items = window.items
+                if items and items[0].time <= now - window.span_s:
+                    window.evict(now)
             applied = self._applied
             horizon = now - self._retention_s
             while applied and next(iter(applied.values())).time < horizon:
@@ -417,16 +462,19 @@ class WalletState:
             self._max_running = running
         now = self.now
         if external:
+            new = self.is_new_destination(counterparty, now)
+            mid_num, mid_den = self._mid
             outflow = Outflow(
                 now,
                 units,
                 counterparty,
                 transfer.id,
                 transfer.tx_hash,
-                self.is_new_destination(counterparty, now),
+                new,
+                new and units * mid_den >= (self._floor() + running + units) * mid_num,
             )
             watermark = self.watermark
-            for window in self._windows.values():
+            for window in self._window_list:
                 window.add(outflow, watermark)
             if learn and counterparty not in self._first_seen:
                 self._first_seen[counterparty] = FirstSeen(
@@ -508,4 +556,19 @@ class LedgerAware(Protocol):
 
     def learn_approval(self, approval: ApprovedWithdrawal) -> None:
         """Remember an approved withdrawal."""
+        ...
+
+
+@runtime_checkable
+class StateLearner(Protocol):
+    """A detector that learns with the wallet's state at hand (is the destination new?).
+
+    The engine calls ``learn_with_state`` instead of ``learn_one``, before the transfer is counted
+    in the state, unless this detector froze on it.
+    """
+
+    name: str
+
+    def learn_with_state(self, transfer: Transfer, state: WalletState) -> None:
+        """Remember a transfer, judged against the state as it was before it."""
         ...

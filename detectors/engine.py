@@ -8,9 +8,10 @@ events with deterministic ids. Two policies sit between findings and alerts:
 * **shadow mode**: a detector named in ``[detection] shadow`` alerts with ``shadow=True`` and
   never requests a freeze;
 * **de-escalation**: once a (wallet, detector) has requested a freeze, it does not request
-  another within ``cooldown_s``; later critical findings still go out, without freeze, with
-  ``freeze_suppressed`` in their metrics. Warnings are repeated within the cooldown only when
-  their score grew by ``escalation_factor``.
+  another within ``cooldown_s``; later critical findings still go out as evidence, at severity
+  ``info`` (recorded, not paged again), without freeze, with ``freeze_suppressed`` in their
+  metrics. Warnings are repeated within the cooldown only when their score grew by
+  ``escalation_factor``.
 
 >>> from datetime import UTC, datetime
 >>> from drainwatch.config import loads
@@ -29,11 +30,13 @@ events with deterministic ids. Two policies sit between findings and alerts:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from detectors.base import Detector, Finding, LedgerAware, WalletState
+from detectors.base import Detector, Finding, LedgerAware, StateLearner, WalletState, ratio_string
+from detectors.baseline import BaselineDetector
+from detectors.correlation import IncidentCorrelator
 from detectors.ledger import LedgerReconciliation
 from detectors.velocity import VelocityDetector
 from drainwatch.config import Config, WalletConfig
@@ -43,6 +46,7 @@ from drainwatch.events import (
     TRANSFERS,
     Alert,
     ApprovedWithdrawal,
+    Direction,
     Event,
     Severity,
     Transfer,
@@ -65,6 +69,7 @@ def default_detectors(config: Config, reconcile: bool = False) -> list[Detector]
     """The detectors live mode and the backtest both run, with the config's thresholds."""
     return [
         VelocityDetector.from_config(config.detection),
+        BaselineDetector(),
         LedgerReconciliation(active=reconcile),
     ]
 
@@ -91,6 +96,8 @@ class DetectionEngine:
         reconcile: Start ledger reconciliation at once (a backtest with a ledger file); by
             default it starts with the first approved withdrawal seen.
         new_destination_age_s: How long a destination stays "new" after its first payment.
+        correlator: Cross-wallet incident correlation (default: an :class:`IncidentCorrelator`;
+            ``None`` turns it off).
     """
 
     def __init__(
@@ -103,6 +110,7 @@ class DetectionEngine:
         escalation_factor: float = 1.5,
         reconcile: bool = False,
         new_destination_age_s: int = 86400,
+        correlator: IncidentCorrelator | bool | None = True,
     ) -> None:
         self.config = config
         self.detectors = (
@@ -112,20 +120,30 @@ class DetectionEngine:
         self.cooldown_s = cooldown_s
         self.escalation_factor = escalation_factor
         self.new_destination_age_s = new_destination_age_s
+        if correlator is True:
+            correlator = IncidentCorrelator()
+        self.correlator: IncidentCorrelator | None = correlator or None
         self._shadow = frozenset(config.detection.shadow)
         windows = set(config.detection.window_s)
         for detector in self.detectors:
             windows.update(getattr(detector, "windows_s", ()))
         self._windows_s = tuple(sorted(windows))
         self._wallets: dict[tuple[str, str], WalletConfig] = {}
+        self._by_key: dict[str, WalletConfig] = {}
         internal: dict[str, set[str]] = {}
         for wallet in config.wallets:
             chain = wallet.chain.casefold()
             self._wallets[(chain, wallet.address)] = wallet
+            self._by_key[wallet.key] = wallet
             internal.setdefault(chain, set()).add(wallet.address)
         self._internal = {chain: frozenset(addresses) for chain, addresses in internal.items()}
         self._states: dict[tuple[str, str, str], WalletState] = {}
         self._emitted: dict[tuple[str, str], _Emitted] = {}
+        self._ledgers = [d for d in self.detectors if isinstance(d, LedgerReconciliation)]
+        self._state_learners = frozenset(
+            d.name for d in self.detectors if isinstance(d, StateLearner)
+        )
+        self._watch = self.correlator.watch_share.as_integer_ratio() if self.correlator else (1, 1)
 
     def wallet(self, chain: str, address: str) -> WalletConfig | None:
         """The watched wallet at ``address`` on ``chain`` (chain slugs compare case-blind)."""
@@ -146,8 +164,26 @@ class DetectionEngine:
             self._states[key] = state
         return state
 
-    def process(self, transfer: Transfer, detected_at: datetime | None = None) -> list[Alert]:
-        """Judge one transfer of a watched wallet and count it; return the alerts it raises."""
+    def replay(self, transfers: Iterable[Transfer]) -> int:
+        """Rebuild state from past transfers (after a restart) without emitting any alert.
+
+        Detectors learn, windows fill and cooldowns are remembered exactly as if the transfers had
+        been processed live. Returns how many transfers were counted.
+        """
+        counted = 0
+        for transfer in transfers:
+            self.process(transfer, emit=False)
+            counted += 1
+        return counted
+
+    def process(
+        self, transfer: Transfer, detected_at: datetime | None = None, *, emit: bool = True
+    ) -> list[Alert]:
+        """Judge one transfer of a watched wallet and count it; return the alerts it raises.
+
+        With ``emit=False`` (a state rebuild) everything is judged and remembered as usual but no
+        alert is returned.
+        """
         wallet = self._wallets.get((transfer.chain.casefold(), transfer.wallet))
         if wallet is None:
             return []
@@ -165,18 +201,157 @@ class DetectionEngine:
             finding = detector.score_one(transfer, state)
             if finding is not None:
                 findings.append(finding)
+        correlator = self.correlator
+        if correlator is not None and correlator.lowered(state.now):
+            watched = self._watch_finding(transfer, state, findings)
+            if watched is not None:
+                findings.append(watched)
+        if findings and self._explained(transfer, state):
+            # The exchange approved this withdrawal: the ledger vouches for it, so the other
+            # detectors may warn but not freeze (an approved market-maker payout, a whale).
+            findings = [
+                replace(f, freeze=False, severity=Severity.WARNING) if f.freeze else f
+                for f in findings
+            ]
         frozen_by = {f.detector for f in findings if f.freeze}
-        state.apply(transfer, learn=not frozen_by)
+        learners = self._state_learners
         for detector in self.detectors:
-            if detector.name not in frozen_by:
+            if detector.name in learners and detector.name not in frozen_by:
+                detector.learn_with_state(transfer, state)  # type: ignore[attr-defined]
+        # Facts always count, the destination included: a false freeze must not make a market
+        # maker's usual address look new for ever.
+        state.apply(transfer)
+        for detector in self.detectors:
+            if detector.name not in frozen_by and detector.name not in learners:
                 detector.learn_one(transfer)
         if not findings:
             return []
-        return [
+        return self._alerts(wallet, transfer, state, findings, detected_at, emit=emit)
+
+    def _explained(self, transfer: Transfer, state: WalletState) -> bool:
+        return any(ledger.explains(transfer, state) for ledger in self._ledgers)
+
+    def _watch_finding(
+        self, transfer: Transfer, state: WalletState, findings: list[Finding]
+    ) -> Finding | None:
+        """While an incident is open: an outflow of ``watch_share`` to a new address freezes."""
+        if any(f.freeze for f in findings) or transfer.direction is not Direction.OUT:
+            return None
+        dest = transfer.counterparty
+        if state.is_internal(dest) or not state.is_new_destination(dest, state.now):
+            return None
+        units = state.units_of(transfer)
+        ref = state.balance_units()
+        numerator, denominator = self._watch
+        if units <= 0 or units * denominator < ref * numerator:
+            return None
+        return Finding(
+            detector="correlation",
+            severity=Severity.CRITICAL,
+            freeze=True,
+            score=1.0,
+            summary=(
+                f"{ratio_string(units * 100, ref, 1)}% of {state.label} sent to a new address "
+                "while other wallets are being drained"
+            ),
+            metrics={"share": ratio_string(units, ref), "rule_incident_watch": "1"},
+            transfer_ids=(transfer.id,),
+            tx_hashes=(transfer.tx_hash,),
+        )
+
+    def _alerts(
+        self,
+        wallet: WalletConfig,
+        transfer: Transfer,
+        state: WalletState,
+        findings: list[Finding],
+        detected_at: datetime | None,
+        *,
+        emit: bool,
+    ) -> list[Alert]:
+        now = state.now
+        incident_id: str | None = None
+        others: list[str] = []
+        correlator = self.correlator
+        level = max((2 if f.freeze else f.severity.rank) for f in findings)
+        if correlator is not None and level >= 1:
+            incident_id, others = correlator.observe(wallet.key, now, level)
+            if incident_id is not None and level == 1 and correlator.lowered(now):
+                top = max(findings, key=lambda f: (f.severity.rank, f.score))
+                findings = [
+                    replace(
+                        f,
+                        freeze=True,
+                        severity=Severity.CRITICAL,
+                        metrics={**f.metrics, "rule_correlated": "1"},
+                        summary=f.summary + "; other wallets are losing value too",
+                    )
+                    if f is top
+                    else f
+                    for f in findings
+                ]
+        alerts = [
             alert
             for finding in findings
-            if (alert := self._alert(wallet, transfer, finding, detected_at)) is not None
+            if (alert := self._alert(wallet, transfer, finding, detected_at, incident_id))
+            is not None
         ]
+        if correlator is not None:
+            if any(a.freeze for a in alerts):
+                correlator.mark_frozen(wallet.key, now)
+            if correlator.fleet_freeze_due(now):
+                # Several wallets emptied within minutes: freeze the whole hot fleet now rather
+                # than wait for each wallet's own first large transfer.
+                others = sorted(
+                    {
+                        *others,
+                        *(
+                            w.key
+                            for w in self.config.wallets
+                            if w.role == "hot"
+                            and w.key != wallet.key
+                            and not correlator.is_frozen(w.key, now)
+                        ),
+                    }
+                )
+            for key in others:
+                other = self._by_key.get(key)
+                if other is None:
+                    continue
+                correlator.mark_frozen(key, now)
+                alerts.append(self._incident_freeze(other, transfer, incident_id, detected_at))
+        return alerts if emit else []
+
+    def _incident_freeze(
+        self,
+        wallet: WalletConfig,
+        transfer: Transfer,
+        incident_id: str | None,
+        detected_at: datetime | None,
+    ) -> Alert:
+        """Freeze a wallet that had only warned, now that it is part of an incident."""
+        now = transfer.time.timestamp()
+        self._emitted[(wallet.key, "correlation")] = _Emitted(now, Severity.CRITICAL, 1.0, now)
+        return Alert(
+            id=event_id("correlation", wallet.key, transfer.id),
+            time=transfer.time,
+            detected_at=detected_at or self.clock(),
+            chain=wallet.chain,
+            wallet=wallet.address,
+            wallet_label=wallet.label,
+            severity=Severity.CRITICAL,
+            detector="correlation",
+            freeze="correlation" not in self._shadow,
+            summary=(
+                f"freezing {wallet.name} with the incident: other wallets of the exchange are "
+                "being drained"
+            ),
+            metrics={"rule_incident_member": "1"},
+            transfer_ids=(transfer.id,),
+            tx_hashes=(transfer.tx_hash,),
+            incident_id=incident_id,
+            shadow="correlation" in self._shadow,
+        )
 
     def process_approval(self, approval: ApprovedWithdrawal) -> list[Alert]:
         """Hand an approved withdrawal to the detectors that read the ledger."""
@@ -201,12 +376,14 @@ class DetectionEngine:
         transfer: Transfer,
         finding: Finding,
         detected_at: datetime | None,
+        incident_id: str | None = None,
     ) -> Alert | None:
         now = transfer.time.timestamp()
         key = (wallet.key, finding.detector)
         last = self._emitted.get(key)
         metrics = dict(finding.metrics)
         freeze = finding.freeze
+        severity = finding.severity
         if last is not None and now - last.time < self.cooldown_s:
             recently_frozen = (
                 last.freeze_time is not None and now - last.freeze_time < self.cooldown_s
@@ -214,6 +391,8 @@ class DetectionEngine:
             if freeze and recently_frozen:
                 assert last.freeze_time is not None
                 freeze = False
+                # Recorded as evidence, but not paged again: the freeze already went out.
+                severity = Severity.INFO
                 metrics["freeze_suppressed"] = "1"
                 metrics["cooldown_remaining_s"] = str(
                     int(self.cooldown_s - (now - last.freeze_time))
@@ -237,12 +416,13 @@ class DetectionEngine:
             chain=wallet.chain,
             wallet=wallet.address,
             wallet_label=wallet.label,
-            severity=finding.severity,
+            severity=severity,
             detector=finding.detector,
             freeze=freeze,
             summary=finding.summary,
             metrics=metrics,
             transfer_ids=finding.transfer_ids,
             tx_hashes=finding.tx_hashes,
+            incident_id=incident_id,
             shadow=shadow,
         )

@@ -3,7 +3,9 @@
 With the exchange's ledger feed this is the strongest signal there is, so it freezes at the first
 unexplained transfer, even a tiny test. An outflow is explained by an approval on the same chain
 and asset, to the same address, for the same amount give or take ``amount_tolerance`` (fees), made
-at most ``match_window_s`` before it (or by an approval naming its tx hash). Each approval explains
+at most ``match_window_s`` before it or ``late_s`` after it (clocks and queues reorder; in a
+backtest the approvals up to ``late_s`` ahead are read before each transfer), or by an approval
+naming its tx hash. Each approval explains
 one transfer. Internal transfers and configured counterparties are never questioned.
 
 The detector is inactive until it has seen an approval (or is built ``active=True``): without a
@@ -69,8 +71,10 @@ class LedgerReconciliation:
         match_window_s: int = 600,
         amount_tolerance: Decimal = Decimal("0.02"),
         active: bool = False,
+        late_s: int = 120,
     ) -> None:
         self.name = name
+        self.late_s = late_s
         self.match_window_s = match_window_s
         self.amount_tolerance = amount_tolerance
         self.active = active
@@ -110,7 +114,7 @@ class LedgerReconciliation:
             if approval.tx_hash is not None and approval.tx_hash == transfer.tx_hash:
                 return key, index
             if (
-                now - self.match_window_s <= approval.time <= now
+                now - self.match_window_s <= approval.time <= now + self.late_s
                 and abs(value - approval.amount) <= approval.amount * tolerance
             ):
                 return key, index
@@ -126,6 +130,10 @@ class LedgerReconciliation:
             and not state.is_internal(transfer.counterparty)
             and not state.is_known(transfer.counterparty)
         )
+
+    def explains(self, transfer: Transfer, state: WalletState) -> bool:
+        """Whether an open approved withdrawal explains this outflow (pure)."""
+        return self._questioned(transfer, state) and self._match(transfer) is not None
 
     def score_one(self, transfer: Transfer, state: WalletState) -> Finding | None:
         """A critical freeze finding when an outflow matches no open approval."""

@@ -9,11 +9,15 @@ higher one:
 
 * **single destination**: one new address received ``single_*_share`` within
   ``concentration_window_s`` (default 2.5% / 5% in 1 h);
-* **burst to new addresses**: new addresses received ``warn_share`` / ``freeze_share`` within
-  ``window_s`` (default 5% / 10% in 20 min), when they average at least ``fanout_min_share`` each
-  (customers do not);
+* **burst of mid-size transfers**: at least ``burst_min_count`` transfers to new addresses, each at
+  least ``midsize_share`` of the balance (larger than nearly every customer withdrawal), together
+  ``burst_warn_share`` / ``burst_freeze_share`` within ``window_s`` (default 3% / 6% in 20 min);
+* **slow bleed**: one new address paid at least ``bleed_min_count`` times within
+  ``bleed_window_s``, together ``bleed_warn_share`` / ``bleed_freeze_share`` (default 4 times,
+  1.5% / 2.5% in 24 h);
 * **total outflow**: everything external that left within ``window_s`` reached
-  ``total_*_share`` (default 15% / 30%), new addresses or not;
+  ``total_*_share`` (default 20% / 30%), or ``total_long_freeze_share`` within
+  ``concentration_window_s`` (default 40% in 1 h), new addresses or not;
 * **test then drain**: a tiny first transfer to a new address, then within ``test_window_s`` a
   transfer of ``test_drain_share`` to it: freeze;
 * **cold wallet**: a cold wallet paying any address that is neither listed nor a configured
@@ -117,12 +121,20 @@ class VelocityDetector:
         single_freeze_share: Decimal = Decimal("0.05"),
         single_warn_share: Decimal = Decimal("0.025"),
         total_freeze_share: Decimal = Decimal("0.30"),
-        total_warn_share: Decimal = Decimal("0.15"),
+        total_warn_share: Decimal = Decimal("0.20"),
         fanout_min_share: Decimal = Decimal("0.01"),
         test_window_s: int = 3600,
         test_max_share: Decimal = Decimal("0.001"),
-        test_drain_share: Decimal = Decimal("0.02"),
+        test_drain_share: Decimal = Decimal("0.015"),
         min_rate_span_s: int = 60,
+        burst_min_count: int = 3,
+        burst_warn_share: Decimal = Decimal("0.03"),
+        burst_freeze_share: Decimal = Decimal("0.06"),
+        bleed_window_s: int = 86400,
+        bleed_min_count: int = 4,
+        bleed_warn_share: Decimal = Decimal("0.015"),
+        bleed_freeze_share: Decimal = Decimal("0.025"),
+        total_long_freeze_share: Decimal = Decimal("0.40"),
     ) -> None:
         self.name = name
         self.window_s = window_s
@@ -138,6 +150,19 @@ class VelocityDetector:
         self.test_max_share = test_max_share
         self.test_drain_share = test_drain_share
         self.min_rate_span_s = min_rate_span_s
+        self.burst_min_count = burst_min_count
+        self.burst_warn_share = burst_warn_share
+        self.burst_freeze_share = burst_freeze_share
+        self.bleed_window_s = bleed_window_s
+        self.bleed_min_count = bleed_min_count
+        self.bleed_warn_share = bleed_warn_share
+        self.bleed_freeze_share = bleed_freeze_share
+        self.total_long_freeze_share = total_long_freeze_share
+        self._burst_warn = _fraction(burst_warn_share)
+        self._burst_freeze = _fraction(burst_freeze_share)
+        self._bleed_warn = _fraction(bleed_warn_share)
+        self._bleed_freeze = _fraction(bleed_freeze_share)
+        self._total_long = _fraction(total_long_freeze_share)
         # Exact integer fractions for the decisions; floats only for the score.
         self._freeze = _fraction(freeze_share)
         self._warn = _fraction(warn_share)
@@ -163,13 +188,13 @@ class VelocityDetector:
             single_freeze_share=detection.freeze_share * half,
             single_warn_share=detection.warn_share * half,
             total_freeze_share=detection.freeze_share * triple,
-            total_warn_share=detection.warn_share * triple,
+            total_warn_share=detection.warn_share * 4,
         )
 
     @property
     def windows_s(self) -> tuple[int, ...]:
         """The windows this detector needs the wallet state to keep."""
-        return (self.window_s, self.concentration_window_s)
+        return (self.window_s, self.concentration_window_s, self.bleed_window_s)
 
     def learn_one(self, transfer: Transfer) -> None:
         """Nothing to learn here: the evidence is the wallet state, which the engine updates."""
@@ -199,6 +224,9 @@ class VelocityDetector:
         if _reaches(total, ref_w, self._total_warn):
             level = 2 if _reaches(total, ref_w, self._total_freeze) else 1
             fired.append((level, _ratio(total, ref_w, float(self.total_freeze_share)), "total"))
+        total_c = conc.total + units
+        if _reaches(total_c, ref_c, self._total_long):
+            fired.append((2, _ratio(total_c, ref_c, float(self.total_long_freeze_share)), "total"))
 
         if state.is_new_destination(dest, now):
             to_dest = conc.new_by_dest.get(dest, 0) + units
@@ -207,14 +235,23 @@ class VelocityDetector:
                 score = _ratio(to_dest, ref_c, float(self.single_freeze_share))
                 fired.append((level, score, "single"))
 
-            new_total = window.new_total + units
-            n_new = len(window.new_by_dest) + (dest not in window.new_by_dest)
-            concentrated = ref_w <= 0 or new_total * self._fanout[1] >= (
-                n_new * ref_w * self._fanout[0]
-            )
-            if concentrated and _reaches(new_total, ref_w, self._warn):
-                level = 2 if _reaches(new_total, ref_w, self._freeze) else 1
-                fired.append((level, _ratio(new_total, ref_w, float(self.freeze_share)), "burst"))
+            if state.is_midsize(units):
+                mid_total = window.mid_total + units
+                if window.mid_count + 1 >= self.burst_min_count and _reaches(
+                    mid_total, ref_w, self._burst_warn
+                ):
+                    level = 2 if _reaches(mid_total, ref_w, self._burst_freeze) else 1
+                    score = _ratio(mid_total, ref_w, float(self.burst_freeze_share))
+                    fired.append((level, score, "burst"))
+
+            bleed = state.window(self.bleed_window_s)
+            if bleed.new_count_by_dest.get(dest, 0) + 1 >= self.bleed_min_count:
+                to_dest_day = bleed.new_by_dest.get(dest, 0) + units
+                ref_b = state.reference_units(bleed)
+                if _reaches(to_dest_day, ref_b, self._bleed_warn):
+                    level = 2 if _reaches(to_dest_day, ref_b, self._bleed_freeze) else 1
+                    score = _ratio(to_dest_day, ref_b, float(self.bleed_freeze_share))
+                    fired.append((level, score, "slow_bleed"))
 
             seen = state.first_seen(dest)
             if (
@@ -248,7 +285,15 @@ class VelocityDetector:
 
         # What the summary talks about: one address when a single-address rule fired.
         focus: list[Outflow]
-        if rules & {"single", "test_then_drain"}:
+        if "slow_bleed" in rules and not rules & {"single", "test_then_drain"}:
+            bleed = state.window(self.bleed_window_s)
+            focus, ref, n_dest, what = (
+                bleed.evidence(dest, new_only=True),
+                state.reference_units(bleed),
+                1,
+                "new address",
+            )
+        elif rules & {"single", "test_then_drain"}:
             focus, ref, n_dest, what = (
                 conc.evidence(dest, new_only=True),
                 state.reference_units(conc),
@@ -256,7 +301,7 @@ class VelocityDetector:
                 "new address",
             )
         elif "burst" in rules:
-            focus = window.evidence(new_only=True)
+            focus = [o for o in window.evidence(new_only=True) if o.mid]
             ref, what = state.reference_units(window), "new address"
             n_dest = len({o.counterparty for o in focus} | {dest})
         else:

@@ -116,6 +116,20 @@ def backtest(
     )
 
 
+@app.command(
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    }
+)
+def evaluate(ctx: typer.Context) -> None:
+    """Lay drains over generated traffic; score drainwatch against the fixed 5%/20-min rule."""
+    from detectors.evaluate import evaluate_main
+
+    raise typer.Exit(evaluate_main(ctx.args))
+
+
 @app.command()
 def run(
     stage: Annotated[Stage, typer.Argument(help="Which stage to run.")] = Stage.ALL,

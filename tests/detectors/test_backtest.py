@@ -68,7 +68,14 @@ def _ts(alert: dict[str, Any]) -> datetime:
 
 
 def _first_freeze(run: Run) -> datetime:
-    freezes = [_ts(a) for a in run.alerts if a["freeze"] and a["wallet"] == run.scenario.hot_wallet]
+    """The first freeze of the drained wallet once the drain started (DESIGN.md section 5)."""
+    freezes = [
+        _ts(a)
+        for a in run.alerts
+        if a["freeze"]
+        and a["wallet"] == run.scenario.hot_wallet
+        and _ts(a) >= run.scenario.incident_start
+    ]
     assert freezes, "the Coincheck wallet was never frozen"
     return min(freezes)
 

@@ -108,26 +108,27 @@ def test_test_then_drain_needs_the_drain_within_the_hour() -> None:
 def test_burst_to_a_few_new_addresses_freezes_but_wide_fanout_does_not() -> None:
     state, detector = make_state(), VelocityDetector()
     results = [judge(state, detector, transfer(f"T{i}", 30, minutes=i)) for i in range(4)]
-    assert [r.severity if r else None for r in results[:3]] == [Severity.WARNING] * 3
-    assert results[3] is not None
-    assert results[3].freeze
-    assert results[3].metrics["rule_burst"] == "1"
-    assert results[3].metrics["new_destinations_1200s"] == "4"
+    # 3% each to a new address: each one warns; the third mid-size transfer (9%) freezes.
+    assert [r.severity if r else None for r in results[:2]] == [Severity.WARNING] * 2
+    assert results[2] is not None
+    assert results[2].freeze
+    assert results[2].metrics["rule_burst"] == "1"
+    assert results[2].metrics["new_destinations_1200s"] == "3"
 
     wide, detector = make_state(), VelocityDetector()
-    # 12% in 20 minutes, but 0.5% each to 24 addresses: customers, not a thief.
-    assert [judge(wide, detector, transfer(f"C{i}", 5, minutes=i / 2)) for i in range(24)] == [
+    # 12% in 30 minutes, but 0.2% each to 60 addresses: customers, not a thief.
+    assert [judge(wide, detector, transfer(f"C{i}", 2, minutes=i / 2)) for i in range(60)] == [
         None
-    ] * 24
+    ] * 60
 
 
 def test_total_outflow_to_known_addresses_freezes_at_thirty_percent() -> None:
     state = make_state(wallet(balance="1000", known=("MM1", "MM2", "MM3", "MM4")))
     detector = VelocityDetector()
     results = [judge(state, detector, transfer(f"MM{i + 1}", 80, minutes=i)) for i in range(4)]
-    assert results[0] is None
-    assert results[1] is not None
-    assert results[1].severity is Severity.WARNING  # 16% of 1000
+    assert results[:2] == [None, None]  # 8%, 16% of 1000
+    assert results[2] is not None
+    assert results[2].severity is Severity.WARNING  # 24%
     assert results[3] is not None
     assert results[3].freeze
     assert results[3].metrics["rule_total"] == "1"
@@ -178,7 +179,9 @@ def test_amounts_beyond_float_precision_stay_exact() -> None:
     finding = judge(state, detector, out)
     assert finding is not None
     assert finding.metrics["amount"] == "1000000000000.000000000000000001"
-    assert finding.metrics["balance_after"] == "2000000000000.000000000000000006"
+    # No opening balance: the lowest balance that explains the stream (the deposit) plus a
+    # cushion as large as the range seen (the deposit again), minus the outflow.
+    assert finding.metrics["balance_after"] == "5000000000000.000000000000000013"
 
 
 def test_scale_grows_without_losing_earlier_amounts() -> None:
@@ -202,8 +205,9 @@ def test_unknown_balance_uses_largest_balance_seen() -> None:
     state, detector = make_state(wallet(balance=None)), VelocityDetector()
     judge(state, detector, transfer("SRC", 10_000, direction=Direction.IN))
     judge(state, detector, transfer("C1", 9_000, minutes=30 * 60))  # known by then? no: new
-    # Balance is now 1000, but the wallet held 10000 earlier: 3% of that is only a warning.
-    finding = judge(state, detector, transfer("C2", 300, minutes=32 * 60))
+    # The stream shows 1000 left, but the wallet moved over a range of 10000 and held at least
+    # that at its highest, plus the cushion: 600 is 3% of 20000, only a warning.
+    finding = judge(state, detector, transfer("C2", 600, minutes=32 * 60))
     assert finding is not None
     assert finding.severity is Severity.WARNING
 

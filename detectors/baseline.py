@@ -1,0 +1,236 @@
+"""Learned per-wallet baselines: how much leaves this wallet to new addresses at this hour.
+
+For each (wallet, asset) the detector learns, online with river, the value that normally leaves
+per hour to destinations the wallet had not paid in the last day (customers, new whales: not the
+market maker, not the exchange's own wallets), per hour of the day and overall, from completed
+wallet-hours only: river is updated once per wallet-hour, never per transfer. A transfer is judged
+by the value that left to new destinations in the last ``window_s`` against what this hour
+usually sees in that time:
+
+* a **warning** when it is ``warn_ratio`` times the usual and at least ``warn_share`` of the
+  balance;
+* a **freeze** when it is ``freeze_ratio`` times the usual and at least ``freeze_share``.
+
+A withdrawal surge on a panic day (three to six times the usual) stays below the freeze ratio; a
+burst of transfers at ten or more times the usual rate does not. Until a wallet has ``min_hours``
+of history the detector stays silent and the exact velocity rules (which need no history) are
+the wallet's conservative defaults.
+
+>>> from datetime import UTC, datetime, timedelta
+>>> from drainwatch.config import WalletConfig
+>>> from drainwatch.events import Direction, Transfer
+>>> w = WalletConfig(chain="nem", address="HOT", label="nem-hot",
+...                  opening_balance=Decimal("1000000"))
+>>> state, base = WalletState(w, "XEM"), BaselineDetector(min_hours=24)
+>>> t0 = datetime(2024, 1, 1, tzinfo=UTC)
+>>> def send(seconds, amount, to):
+...     t = Transfer.create(chain="nem", wallet="HOT", direction=Direction.OUT, counterparty=to,
+...         asset="XEM", amount=amount, decimals=0, tx_hash=f"{seconds}{to}", position=0,
+...         time=t0 + timedelta(seconds=seconds))
+...     state.prepare(t)
+...     finding = base.score_one(t, state)
+...     base.learn_with_state(t, state)
+...     state.apply(t)
+...     return finding
+>>> quiet = [send(s, 500, f"C{s}") for s in range(0, 3 * 86400, 600)]  # 500 every 10 min
+>>> any(quiet)
+False
+>>> burst = [send(3 * 86400 + s, 5000, f"T{s}") for s in range(0, 1200, 30)]
+>>> first = next(f for f in burst if f is not None and f.freeze)
+>>> first.detector, first.metrics["ratio"] >= "15"
+('baseline', True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Protocol
+
+from river import stats
+
+from detectors.base import Finding, WalletState, format_units, ratio_string
+from drainwatch.events import Direction, Severity, Transfer, TransferStatus
+
+__all__ = ["BaselineDetector", "RunningMean"]
+
+
+class RunningMean(Protocol):
+    """The slice of river's (untyped) ``stats`` univariate statistics used here."""
+
+    def update(self, x: float) -> object:
+        """Learn one value."""
+        ...
+
+    def get(self) -> float:
+        """The current estimate."""
+        ...
+
+
+def _ewmean(fading_factor: float) -> RunningMean:
+    mean: RunningMean = stats.EWMean(fading_factor=fading_factor)
+    return mean
+
+
+@dataclass(slots=True)
+class _Profile:
+    """What one (wallet, asset) has learned, plus the wallet-hour being accumulated."""
+
+    hour_start: float = float("-inf")
+    hour_value: float = 0.0
+    hours: int = 0
+    by_hour: list[RunningMean] = field(default_factory=list)
+    overall: RunningMean | None = None
+    expected: float = 0.0
+    """Usual new-destination outflow per hour for the current hour (cached at rollover)."""
+
+
+class BaselineDetector:
+    """Flags new-destination outflow far above what this wallet usually sees at this hour.
+
+    Args:
+        window_s: The window judged (it must be one the wallet state keeps).
+        warn_ratio / freeze_ratio: Multiples of the usual outflow for a warning / a freeze.
+        warn_share / freeze_share: The least share of the balance that makes either matter.
+        min_hours: History needed before the detector speaks.
+        fading_factor: river ``EWMean`` weight of the newest wallet-hour (per hour of day) .
+        floor_share_per_h: The usual hourly outflow is taken as at least this share of the
+            balance, so a wallet that rarely pays anyone is not flagged for a few withdrawals.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "baseline",
+        window_s: int = 1200,
+        warn_ratio: float = 8.0,
+        freeze_ratio: float = 15.0,
+        warn_share: Decimal = Decimal("0.05"),
+        freeze_share: Decimal = Decimal("0.08"),
+        min_hours: int = 72,
+        fading_factor: float = 0.15,
+        floor_share_per_h: float = 0.002,
+    ) -> None:
+        self.name = name
+        self.window_s = window_s
+        self.warn_ratio = warn_ratio
+        self.freeze_ratio = freeze_ratio
+        self.warn_share = warn_share
+        self.freeze_share = freeze_share
+        self.min_hours = min_hours
+        self.fading_factor = fading_factor
+        self.floor_share_per_h = floor_share_per_h
+        self._warn = warn_share.as_integer_ratio()
+        self._freeze = freeze_share.as_integer_ratio()
+        self._profiles: dict[tuple[str, str, str], _Profile] = {}
+
+    @property
+    def windows_s(self) -> tuple[int, ...]:
+        """The windows this detector needs the wallet state to keep."""
+        return (self.window_s,)
+
+    def _profile(self, transfer: Transfer) -> _Profile:
+        key = (transfer.chain, transfer.wallet, transfer.asset)
+        profile = self._profiles.get(key)
+        if profile is None:
+            profile = _Profile(
+                by_hour=[_ewmean(self.fading_factor) for _ in range(24)],
+                overall=_ewmean(self.fading_factor / 24),
+            )
+            self._profiles[key] = profile
+        return profile
+
+    def score_one(self, transfer: Transfer, state: WalletState) -> Finding | None:
+        """Judge an outflow to a new destination against the learned hourly baseline."""
+        if transfer.direction is not Direction.OUT or transfer.status is TransferStatus.RETRACTED:
+            return None
+        profile = self._profiles.get((transfer.chain, transfer.wallet, transfer.asset))
+        if profile is None or profile.hours < self.min_hours:
+            return None
+        dest = transfer.counterparty
+        if state.is_internal(dest) or not state.is_new_destination(dest, state.now):
+            return None
+        units = state.units_of(transfer)
+        window = state.window(self.window_s)
+        new_total = window.new_total + units
+        ref = state.reference_units(window)
+        wnum, wden = self._warn
+        if ref <= 0 or new_total * wden < ref * wnum:
+            return None
+        # Floats from here on, in the asset's units: features only, never money.
+        unit = 10.0**state.scale
+        ref_f = ref / unit
+        usual = max(profile.expected, self.floor_share_per_h * ref_f) * self.window_s / 3600
+        ratio = new_total / unit / usual if usual > 0 else float("inf")
+        if ratio < self.warn_ratio:
+            return None
+        fnum, fden = self._freeze
+        freeze = ratio >= self.freeze_ratio and new_total * fden >= ref * fnum
+        scale = state.scale
+        minutes = self.window_s // 60
+        share = ratio_string(new_total * 100, ref, 1)
+        return Finding(
+            detector=self.name,
+            severity=Severity.CRITICAL if freeze else Severity.WARNING,
+            freeze=freeze,
+            score=ratio / self.freeze_ratio,
+            summary=(
+                f"{share}% of {state.label} left to new addresses in {minutes} min, "
+                f"{ratio:.0f}x what this hour usually sees"
+            ),
+            metrics={
+                "new_out": format_units(new_total, scale),
+                "reference_balance": format_units(ref, scale),
+                "share": ratio_string(new_total, ref),
+                "usual_per_window": f"{usual:.6f}",
+                "ratio": f"{ratio:.2f}",
+                "history_hours": str(profile.hours),
+                "window_s": str(self.window_s),
+            },
+            transfer_ids=(transfer.id,),
+            tx_hashes=(transfer.tx_hash,),
+        )
+
+    def learn_one(self, transfer: Transfer) -> None:
+        """Count an outflow in its wallet-hour; a completed hour updates the river means."""
+        if transfer.direction is not Direction.OUT:
+            return
+        profile = self._profile(transfer)
+        now = transfer.time.timestamp()
+        if now >= profile.hour_start + 3600:
+            self._roll(profile, now)
+        profile.hour_value += transfer.amount / 10**transfer.decimals
+
+    def learn_with_state(self, transfer: Transfer, state: WalletState) -> None:
+        """Learn one transfer with what the state knows (new destination or not).
+
+        The engine calls this instead of :meth:`learn_one` when it has the state: only outflows
+        to new, external destinations count towards the baseline.
+        """
+        if transfer.direction is not Direction.OUT or state.is_internal(transfer.counterparty):
+            return
+        profile = self._profile(transfer)
+        now = state.now
+        if now >= profile.hour_start + 3600:
+            self._roll(profile, now)
+        if state.is_new_destination(transfer.counterparty, now):
+            profile.hour_value += transfer.amount / 10**transfer.decimals
+
+    def _roll(self, profile: _Profile, now: float) -> None:
+        """Close the hours since the last one (empty hours count as zero) and cache the next."""
+        overall = profile.overall
+        assert overall is not None
+        if profile.hour_start != float("-inf"):
+            missed = min(int((now - profile.hour_start) // 3600), 24 * 7)
+            hour = int(profile.hour_start // 3600)
+            for step in range(missed):
+                value = profile.hour_value if step == 0 else 0.0
+                profile.by_hour[(hour + step) % 24].update(value)
+                overall.update(value)
+                profile.hours += 1
+        profile.hour_start = now - now % 3600
+        profile.hour_value = 0.0
+        this_hour = profile.by_hour[int(profile.hour_start // 3600) % 24].get()
+        # The hour-of-day profile, steadied by the overall mean: a quiet night hour learned from
+        # a few days is not trusted to be quieter than a third of the average hour.
+        profile.expected = max(this_hour, overall.get() / 3)

@@ -1,0 +1,161 @@
+"""Incident correlation: several wallets losing value abnormally at once are one incident.
+
+The engine shows the correlator every finding of every wallet (any chain). When at least
+``min_wallets`` distinct wallets have had a warning or critical finding within ``window_s`` of each
+other, and a detector froze on at least one of them, they form one incident: every alert of its
+members carries the same ``incident_id`` (derived from the first member's key and the time of its
+first finding, so a replay gives the same id), and the bar for freezing drops for every wallet of
+the exchange while it lasts:
+
+once ``min_frozen`` wallets have been frozen on:
+
+* a member's warning becomes a freeze (``rule_correlated`` in its metrics);
+* a wallet that had only warned is frozen at once, by an alert of its own (the scoring, like the
+  kill switch, counts freezes per wallet);
+* an outflow to a new address of at least ``watch_share`` of a wallet's balance, which alone would
+  raise nothing, freezes that wallet too;
+* once ``fleet_frozen`` wallets have been frozen on, every other hot wallet of the exchange is
+  frozen at once, one alert each (the Phemex and KuCoin pattern: dozens of hot wallets
+  across chains emptied within minutes).
+
+>>> c = IncidentCorrelator(window_s=1800)
+>>> c.observe("tron:C", 0.0, level=1)
+(None, [])
+>>> c.observe("btc:B", 300.0, level=1)  # two warnings: a surge, maybe; not an incident
+(None, [])
+>>> incident, others = c.observe("eth:A", 600.0, level=2)
+>>> incident == c.incident_of("btc:B", 700.0), others, c.lowered(700.0)
+(True, [], False)
+>>> c.observe("eth:D", 650.0, level=2)[1]  # a second wallet frozen on: the bar drops
+['btc:B', 'tron:C']
+>>> c.lowered(900.0), c.lowered(650.0 + 1800.0 + 1)
+(True, False)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from drainwatch.events import event_id
+
+__all__ = ["IncidentCorrelator"]
+
+
+@dataclass(slots=True)
+class _Incident:
+    id: str
+    members: set[str] = field(default_factory=set)
+    last: float = float("-inf")
+
+
+class IncidentCorrelator:
+    """Groups abnormal wallets into incidents and lowers the freeze bar while one is open.
+
+    Args:
+        window_s: Findings on different wallets this close in time belong together.
+        min_wallets: Distinct wallets that make an incident.
+        min_frozen: Wallets a detector froze on, within ``window_s``, before the bar drops for
+            the others (one false freeze on a market-wide surge day must not cascade).
+        fleet_frozen: Wallets frozen on within ``window_s`` that freeze every hot wallet of the
+            exchange at once, once per incident (dozens of wallets emptied within minutes).
+        watch_share: While an incident is open, an outflow to a new address of this share of the
+            balance freezes.
+    """
+
+    def __init__(
+        self,
+        *,
+        window_s: int = 1800,
+        min_wallets: int = 2,
+        min_frozen: int = 2,
+        fleet_frozen: int = 3,
+        watch_share: Decimal = Decimal("0.01"),
+    ) -> None:
+        self.window_s = window_s
+        self.min_wallets = min_wallets
+        self.min_frozen = min_frozen
+        self.fleet_frozen = fleet_frozen
+        self._fleet_done: str | None = None
+        self.watch_share = watch_share
+        self._recent: dict[str, tuple[float, float, int]] = {}
+        """wallet key -> (first abnormal time in this spell, last time, highest level)."""
+        self._incident: _Incident | None = None
+        self._frozen: dict[str, float] = {}
+        """wallet key -> when a freeze was last requested for it."""
+
+    def lowered(self, now: float) -> bool:
+        """Whether the bar is lowered at ``now``: an open incident with ``min_frozen`` frozen."""
+        incident = self._incident
+        if incident is None or now - incident.last > self.window_s:
+            return False
+        frozen = sum(
+            1
+            for _, last, level in self._recent.values()
+            if level >= 2 and now - last <= self.window_s
+        )
+        return frozen >= self.min_frozen
+
+    def fleet_freeze_due(self, now: float) -> bool:
+        """True once per incident, when ``fleet_frozen`` wallets have been frozen on."""
+        incident = self._incident
+        if incident is None or now - incident.last > self.window_s:
+            return False
+        if self._fleet_done == incident.id:
+            return False
+        frozen = sum(
+            1
+            for _, last, level in self._recent.values()
+            if level >= 2 and now - last <= self.window_s
+        )
+        if frozen < self.fleet_frozen:
+            return False
+        self._fleet_done = incident.id
+        return True
+
+    def is_frozen(self, wallet_key: str, now: float) -> bool:
+        """Whether a freeze was requested for this wallet within ``window_s`` of ``now``."""
+        return now - self._frozen.get(wallet_key, float("-inf")) <= self.window_s
+
+    def incident_of(self, wallet_key: str, now: float) -> str | None:
+        """The open incident ``wallet_key`` belongs to, if any."""
+        incident = self._incident
+        if incident is None or now - incident.last > self.window_s:
+            return None
+        return incident.id if wallet_key in incident.members else None
+
+    def mark_frozen(self, wallet_key: str, now: float) -> None:
+        """Remember that a freeze was requested for this wallet (no second one from here)."""
+        self._frozen[wallet_key] = now
+
+    def observe(self, wallet_key: str, now: float, level: int) -> tuple[str | None, list[str]]:
+        """Record an abnormal finding (``level`` 1 warning, 2 freeze) on ``wallet_key``.
+
+        Returns the incident id the wallet now belongs to (None when it is alone), and the other
+        wallets that joined an incident just now with only warnings, which should be frozen now.
+        """
+        recent = self._recent
+        for key in [k for k, (_, last, _) in recent.items() if now - last > self.window_s]:
+            del recent[key]
+        first, _, highest = recent.get(wallet_key, (now, now, 0))
+        recent[wallet_key] = (first, now, max(highest, level))
+        incident = self._incident
+        if incident is not None and now - incident.last > self.window_s:
+            incident = self._incident = None
+        if incident is None:
+            # Warnings alone never make an incident: a market-wide withdrawal surge makes every
+            # wallet warn at once. It takes one wallet that a detector froze on.
+            if len(recent) < self.min_wallets or max(v[2] for v in recent.values()) < 2:
+                return None, []
+            leader, (since, _, _) = min(recent.items(), key=lambda item: (item[1][0], item[0]))
+            incident = self._incident = _Incident(event_id("incident", leader, since))
+        incident.last = now
+        incident.members.update(recent)
+        if not self.lowered(now):
+            return incident.id, []
+        to_freeze = sorted(
+            k
+            for k in incident.members
+            if k in recent and k != wallet_key and not self.is_frozen(k, now) and recent[k][2] < 2
+        )
+        return incident.id, to_freeze

@@ -1,0 +1,560 @@
+"""``drainwatch evaluate``: drains laid over weeks of generated traffic, scored per DESIGN.md §5.
+
+Each scenario generates a fleet of hot wallets (several chains, listed cold wallets, customers,
+whales, a market maker, treasury top-ups and sweeps, panic-day surges) with drains inside it,
+writes the backtest files, runs :func:`~detectors.backtest.run_backtest` over them (the same path
+as ``drainwatch backtest``: parsing included), and scores the alerts it wrote:
+
+* **saved**: per drained wallet, the share of the drained value that left *after* the first
+  ``freeze: true`` alert naming that wallet from an hour before its drain started (a transfer at
+  the freeze's own second has left), averaged over the drained wallets of the scenario;
+* **passed**: malicious transfers that left before (or at) that freeze, summed over wallets;
+* **false freezes per wallet-month** and **warnings (warning + critical) per wallet-day** on normal
+  traffic: each hot wallet from the end of the first week until an hour before its drain (or the
+  end), leaving out the incident (an hour either side of the malicious transfers) for all;
+  freezes of one wallet less than an hour apart count as one false freeze (it is still frozen);
+* **events/s**: lines of transfers.jsonl per second of the backtest's wall time.
+
+The fixed rule (freeze when external outflow within 20 minutes reaches 5% of the balance at the
+window's start) runs as a detector through the same engine and the same scoring.
+
+>>> FixedRule().name
+'fixed_rule'
+>>> [s.name for s in scenarios(quick=True)][:3]
+['coincheck-2018', 'normal-traffic', 'fresh-fanout']
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from detectors.backtest import run_backtest
+from detectors.base import Finding, WalletState, format_units, ratio_string
+from detectors.engine import DetectionEngine
+from detectors.traffic import (
+    DrainSpec,
+    HotWalletSpec,
+    Row,
+    coincheck_incident,
+    coincheck_rows,
+    config_toml,
+    generate_traffic,
+    write_jsonl,
+)
+from drainwatch.config import loads
+from drainwatch.events import Direction, Severity, Transfer
+
+__all__ = [
+    "FixedRule",
+    "Scenario",
+    "ScenarioResult",
+    "evaluate_main",
+    "run_scenario",
+    "scenarios",
+]
+
+START: Final = datetime(2024, 3, 4, tzinfo=UTC)  # a Monday
+DAY: Final = 86400
+LEARNING_S: Final = 7 * DAY
+FREEZE_EPISODE_S: Final = 3600
+
+
+class FixedRule:
+    """The baseline: freeze when external outflow in ``window_s`` reaches ``share`` of the balance.
+
+    The balance is the one at the window's start (now plus what left in the window).
+    """
+
+    def __init__(
+        self, *, name: str = "fixed_rule", window_s: int = 1200, share: Decimal = Decimal("0.05")
+    ) -> None:
+        self.name = name
+        self.window_s = window_s
+        self.share = share
+        self._fraction = share.as_integer_ratio()
+
+    @property
+    def windows_s(self) -> tuple[int, ...]:
+        """The window this rule needs the wallet state to keep."""
+        return (self.window_s,)
+
+    def score_one(self, transfer: Transfer, state: WalletState) -> Finding | None:
+        """Freeze when the window's outflow, with this transfer, reaches the share."""
+        if transfer.direction is not Direction.OUT or state.is_internal(transfer.counterparty):
+            return None
+        units = state.units_of(transfer)
+        window = state.window(self.window_s)
+        total = window.total + units
+        ref = state.reference_units(window)
+        numerator, denominator = self._fraction
+        if ref > 0 and total * denominator < ref * numerator:
+            return None
+        return Finding(
+            detector=self.name,
+            severity=Severity.CRITICAL,
+            freeze=True,
+            score=1.0,
+            summary=f"{ratio_string(total * 100, ref, 1)}% of {state.label} left in 20 min",
+            metrics={
+                "drained": format_units(total, state.scale),
+                "share": ratio_string(total, ref),
+            },
+            transfer_ids=(transfer.id,),
+            tx_hashes=(transfer.tx_hash,),
+        )
+
+    def learn_one(self, transfer: Transfer) -> None:
+        """Nothing to learn."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A fleet of wallets, its drains, and how the run is set up."""
+
+    name: str
+    about: str
+    wallets: tuple[HotWalletSpec, ...]
+    days: float
+    panic_days: tuple[int, ...] = ()
+    opening_balance: bool = True
+    ledger: bool = False
+    extra_rows: tuple[Row, ...] = ()
+    """Malicious rows given as they are (the public Coincheck transfers)."""
+    seed: int = 7
+
+
+@dataclass
+class ScenarioResult:
+    """The scores of one scenario for one detector set."""
+
+    scenario: str
+    detectors: str
+    drained_wallets: int
+    saved: float | None
+    """Mean share of drained value saved per drained wallet (None: no drain in the scenario)."""
+    passed: int
+    false_freezes: int
+    wallet_months: float
+    warnings: int
+    wallet_days: float
+    events_per_s: float
+    first_freeze: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def false_freezes_per_wallet_month(self) -> float:
+        """False freezes over the normal wallet-months."""
+        return self.false_freezes / self.wallet_months if self.wallet_months else 0.0
+
+    @property
+    def warnings_per_wallet_day(self) -> float:
+        """Warning and critical alerts over the normal wallet-days."""
+        return self.warnings / self.wallet_days if self.wallet_days else 0.0
+
+
+def _fleet(
+    count: int,
+    *,
+    withdrawals_per_day: float = 600,
+    drains: dict[int, tuple[DrainSpec, ...]] | None = None,
+    market_maker_every_h: float = 36,
+) -> tuple[HotWalletSpec, ...]:
+    """``count`` hot wallets over Ethereum, Bitcoin and Tron, each with its cold wallet."""
+    chains = (
+        ("ethereum", "ETH", 18, Decimal("20000"), Decimal("3000")),
+        ("bitcoin", "BTC", 8, Decimal("400"), Decimal("60000")),
+        ("tron", "USDT", 6, Decimal("30000000"), Decimal("1")),
+    )
+    out: list[HotWalletSpec] = []
+    for index in range(count):
+        chain, asset, decimals, balance, price = chains[index % len(chains)]
+        evm = chain == "ethereum"
+        out.append(
+            HotWalletSpec(
+                chain=chain,
+                asset=asset,
+                address=f"0x{0xA0 + index:040x}" if evm else f"{chain[0].upper()}HOT{index:030d}",
+                cold_address=(
+                    f"0x{0xC0 + index:040x}" if evm else f"{chain[0].upper()}COLD{index:029d}"
+                ),
+                label=f"{chain}-hot-{index}",
+                balance=balance,
+                decimals=decimals,
+                withdrawals_per_day=withdrawals_per_day,
+                deposits_per_day=withdrawals_per_day * 0.75,
+                market_maker_every_h=market_maker_every_h * (1 + 0.5 * (index % 3)),
+                market_maker_share=(0.03, 0.06),
+                address_prefix=chain[0].upper(),
+                usd_price=price,
+                drains=(drains or {}).get(index, ()),
+            )
+        )
+    return tuple(out)
+
+
+def scenarios(quick: bool = False) -> list[Scenario]:
+    """The scenarios ``drainwatch evaluate`` runs; ``quick`` shortens the normal-traffic one."""
+    days = 21.0
+    at = 17.5 * DAY + 3 * 3600  # a weekday, late morning
+    surge_at = 14 * DAY + 12 * 3600  # inside the panic of day 14 (08:00-16:00)
+    one = DrainSpec
+    result = [
+        _coincheck(),
+        Scenario(
+            "normal-traffic",
+            "no drain: surges on days 9 and 16, market makers, whales, no opening balances",
+            _fleet(6 if quick else 12),
+            days=28.0 if quick else 42.0,
+            panic_days=(9, 16, 30),
+            opening_balance=False,
+            seed=11,
+        ),
+        Scenario(
+            "fresh-fanout",
+            "60 transfers of ~0.8% each to fresh addresses, one every ~30 s",
+            _fleet(4, drains={1: (one(at, "fresh_fanout", 0.008, 60, 30),)}),
+            days,
+            panic_days=(9, 14),
+        ),
+        Scenario(
+            "ordinary-sized",
+            "customer-sized transfers (~0.15%) to fresh addresses at ~30x the usual rate",
+            _fleet(4, drains={0: (one(at, "ordinary_sized", 0.0015, 400, 8),)}),
+            days,
+            panic_days=(9, 14),
+        ),
+        Scenario(
+            "slow-bleed",
+            "0.4% of the balance to one address every ~20 min for two days",
+            _fleet(4, drains={2: (one(at, "slow_bleed", 0.004, 144, 1200),)}),
+            days,
+            panic_days=(9, 14),
+        ),
+        Scenario(
+            "test-then-drain",
+            "a tiny test, then 4 transfers of ~25% to the same new address",
+            _fleet(4, drains={1: (one(at, "test_then_drain", 0.25, 4, 120),)}),
+            days,
+            panic_days=(9, 14),
+        ),
+        Scenario(
+            "single-huge",
+            "one transfer of ~85% of the balance on each of two wallets, a day apart",
+            _fleet(
+                4,
+                drains={
+                    0: (one(at, "single", 0.85),),
+                    3: (one(at + DAY, "single", 0.85),),
+                },
+            ),
+            days,
+            panic_days=(9, 14),
+        ),
+        Scenario(
+            "many-wallets",
+            "Phemex/KuCoin pattern: 6 wallets on 3 chains, 3 transfers of ~30% each, minutes apart",
+            _fleet(
+                8,
+                drains={i: (one(at + 150 * i, "burst", 0.3, 3, 90),) for i in range(6)},
+            ),
+            days,
+            panic_days=(9, 14),
+        ),
+        Scenario(
+            "many-wallets-small",
+            "6 wallets drained in 1.5% steps to one address each, within the same half hour",
+            _fleet(
+                8,
+                drains={i: (one(at + 200 * i, "burst", 0.015, 30, 45),) for i in range(6)},
+            ),
+            days,
+            panic_days=(9, 14),
+            opening_balance=False,
+        ),
+        Scenario(
+            "surge-drain",
+            "during a panic-day surge: 40 transfers of ~1.2% to fresh addresses",
+            _fleet(4, drains={0: (one(surge_at, "fresh_fanout", 0.012, 40, 40),)}),
+            days,
+            panic_days=(9, 14),
+        ),
+        Scenario(
+            "fresh-fanout+ledger",
+            "the fresh-fanout drain with the exchange's ledger feed",
+            _fleet(4, drains={1: (one(at, "fresh_fanout", 0.008, 60, 30),)}),
+            days,
+            panic_days=(9, 14),
+            ledger=True,
+        ),
+    ]
+    return result
+
+
+def _coincheck() -> Scenario:
+    incident = coincheck_incident()
+    rows = coincheck_rows(incident)
+    start = datetime.fromisoformat(rows[0]["ts"])
+    history_days = 14
+    nem = HotWalletSpec(
+        chain="nem",
+        asset="XEM",
+        address=incident["source_wallets"][0]["address"],
+        cold_address="NCOLDCOINCHECKEXAMPLEXXXXXXXXXXXXXXXXXXX",
+        label="nem-hot",
+        balance=Decimal(str(incident["pre_drain_balance"]["lower_bound"])),
+        decimals=6,
+        address_prefix="N",
+        stop_at=start,
+    )
+    return Scenario(
+        "coincheck-2018",
+        "the public Coincheck NEM drain (523M XEM, 11 transfers) after 14 days of traffic",
+        (nem, *_fleet(2)),
+        days=history_days + 1,
+        panic_days=(10,),
+        extra_rows=tuple(rows),
+        seed=2018,
+    )
+
+
+def _start(scenario: Scenario) -> datetime:
+    if scenario.extra_rows:
+        first = datetime.fromisoformat(scenario.extra_rows[0]["ts"])
+        return first - timedelta(days=scenario.days - 1)
+    return START
+
+
+def _write(scenario: Scenario, directory: Path) -> tuple[Path, Path | None, list[Row], datetime]:
+    start = _start(scenario)
+    traffic = generate_traffic(
+        scenario.wallets, start, scenario.days, seed=scenario.seed, panic_days=scenario.panic_days
+    )
+    malicious = traffic.malicious + list(scenario.extra_rows)
+    rows = sorted(traffic.transfers + list(scenario.extra_rows), key=lambda row: row["ts"])
+    (directory / "drainwatch.toml").write_text(
+        config_toml(scenario.wallets, opening_balance=scenario.opening_balance), encoding="utf-8"
+    )
+    transfers = write_jsonl(directory / "transfers.jsonl", rows)
+    ledger = write_jsonl(directory / "ledger.jsonl", traffic.ledger) if scenario.ledger else None
+    return transfers, ledger, malicious, start
+
+
+def _seconds(ts: str) -> float:
+    return datetime.fromisoformat(ts).timestamp()
+
+
+def run_scenario(scenario: Scenario, detector_set: str, directory: Path) -> ScenarioResult:
+    """Generate, backtest and score one scenario with ``drainwatch`` or the ``fixed`` rule."""
+    directory.mkdir(parents=True, exist_ok=True)
+    transfers, ledger, malicious, start = _write(scenario, directory)
+    config = loads((directory / "drainwatch.toml").read_text(encoding="utf-8"))
+    # The fixed rule re-arms at once (no cooldown): a freeze it requested before the drain must
+    # not hide the drain from it. False freezes are counted as episodes for both (see score).
+    engine = (
+        DetectionEngine(config, detectors=[FixedRule()], cooldown_s=0, correlator=None)
+        if detector_set == "fixed"
+        else DetectionEngine(config, reconcile=ledger is not None)
+    )
+    out = directory / f"alerts-{detector_set}.jsonl"
+    summary = run_backtest(config, transfers, ledger, out, engine=engine)
+    alerts = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    return score(scenario, detector_set, start, malicious, alerts, summary.transfers_per_s)
+
+
+def score(  # noqa: PLR0917 - the scoring inputs, all required
+    scenario: Scenario,
+    detector_set: str,
+    start: datetime,
+    malicious: Sequence[Row],
+    alerts: Sequence[dict[str, Any]],
+    events_per_s: float,
+) -> ScenarioResult:
+    """Score alerts per DESIGN.md §5 (see the module doc)."""
+    by_wallet: dict[str, list[tuple[float, Decimal]]] = {}
+    for row in malicious:
+        by_wallet.setdefault(row["from"], []).append((_seconds(row["ts"]), Decimal(row["amount"])))
+    drain_start = {wallet: min(t for t, _ in items) for wallet, items in by_wallet.items()}
+    # The freeze that counts is the first one from an hour before the drain started (the wallet
+    # is still frozen then, e.g. frozen with an incident on other wallets): a freeze weeks earlier
+    # (and its unfreeze) does not stop this drain.
+    first_freeze: dict[str, float] = {}
+    for alert in alerts:
+        if alert["freeze"]:
+            when = _seconds(alert["ts"])
+            wallet = alert["wallet"]
+            since = drain_start.get(wallet, -math.inf) - FREEZE_EPISODE_S
+            if since <= when < first_freeze.get(wallet, math.inf):
+                first_freeze[wallet] = when
+    shares: list[float] = []
+    passed = 0
+    for wallet, items in by_wallet.items():
+        freeze = first_freeze.get(wallet, math.inf)
+        total = sum((amount for _, amount in items), Decimal(0))
+        saved = sum((amount for t, amount in items if t > freeze), Decimal(0))
+        passed += sum(1 for t, _ in items if t <= freeze)
+        shares.append(float(saved / total) if total else 1.0)
+    normal_from = start.timestamp() + LEARNING_S
+    end = start.timestamp() + scenario.days * DAY
+    # A drained wallet's normal traffic ends an hour before its drain (a freeze then is still in
+    # force when the drain starts). The incident itself, from an hour before the first malicious
+    # transfer to an hour after the last, is no wallet's normal traffic: freezing an untouched
+    # wallet with the incident is the point of correlation, not a false freeze.
+    times = [t for items in by_wallet.values() for t, _ in items]
+    incident = (
+        (min(times) - FREEZE_EPISODE_S, max(times) + FREEZE_EPISODE_S) if times else (end, end)
+    )
+    normal_until = {
+        spec.address.lower() if spec.address.startswith("0x") else spec.address: min(
+            end,
+            drain_start.get(spec.address, math.inf) - FREEZE_EPISODE_S,
+            spec.stop_at.timestamp() if spec.stop_at else math.inf,
+        )
+        for spec in scenario.wallets
+    }
+
+    def normal(wallet: str, when: float) -> bool:
+        until = normal_until.get(wallet)
+        return (
+            until is not None
+            and normal_from <= when < until
+            and not incident[0] <= when < incident[1]
+        )
+
+    overlap = max(0.0, min(incident[1], end) - max(incident[0], normal_from))
+    wallet_s = sum(
+        max(0.0, until - normal_from) - (overlap if until >= incident[1] else 0.0)
+        for until in normal_until.values()
+    )
+    false_freezes = warnings = 0
+    last_freeze: dict[str, float] = {}
+    for alert in alerts:
+        when = _seconds(alert["ts"])
+        wallet = alert["wallet"]
+        if not normal(wallet, when):
+            continue
+        if alert["freeze"]:
+            # One false freeze per episode: a freeze within the hour after another one of the
+            # same wallet is the same mistake (the wallet is still frozen).
+            false_freezes += when - last_freeze.get(wallet, -math.inf) >= FREEZE_EPISODE_S
+            last_freeze[wallet] = when
+        warnings += alert["severity"] in ("warning", "critical")
+    return ScenarioResult(
+        scenario=scenario.name,
+        detectors=detector_set,
+        drained_wallets=len(by_wallet),
+        saved=sum(shares) / len(shares) if shares else None,
+        passed=passed,
+        false_freezes=false_freezes,
+        wallet_months=wallet_s / (30 * DAY),
+        warnings=warnings,
+        wallet_days=wallet_s / DAY,
+        events_per_s=events_per_s,
+        first_freeze={
+            w: datetime.fromtimestamp(t, UTC).isoformat() for w, t in first_freeze.items()
+        },
+    )
+
+
+def _run_one(job: tuple[Scenario, str, str]) -> ScenarioResult:
+    scenario, detector_set, directory = job
+    return run_scenario(scenario, detector_set, Path(directory))
+
+
+def run_all(
+    chosen: Sequence[Scenario], workers: int = 2, directory: Path | None = None
+) -> list[ScenarioResult]:
+    """Run every scenario with drainwatch and with the fixed rule."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base = directory or Path(tmp)
+        jobs = [
+            (scenario, detector_set, str(base / scenario.name / detector_set))
+            for scenario in chosen
+            for detector_set in ("drainwatch", "fixed")
+        ]
+        if workers <= 1:
+            return [_run_one(job) for job in jobs]
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(_run_one, jobs))
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def table(results: Sequence[ScenarioResult]) -> str:
+    """The results as a Markdown table, with a mean-saved and a pooled normal-traffic row."""
+    lines = [
+        "| scenario | detectors | saved | passed | false freezes / wallet-month "
+        "| warnings / wallet-day | events/s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.scenario} | {r.detectors} | {_percent(r.saved)} | "
+            f"{r.passed if r.saved is not None else '-'} | "
+            f"{r.false_freezes_per_wallet_month:.3f} ({r.false_freezes}/{r.wallet_months:.1f}) | "
+            f"{r.warnings_per_wallet_day:.3f} | {r.events_per_s:,.0f} |"
+        )
+    for detector_set in dict.fromkeys(r.detectors for r in results):
+        mine = [r for r in results if r.detectors == detector_set]
+        drained = [r.saved for r in mine if r.saved is not None]
+        months = sum(r.wallet_months for r in mine)
+        days = sum(r.wallet_days for r in mine)
+        freezes = sum(r.false_freezes for r in mine)
+        lines.append(
+            f"| **all** | {detector_set} | "
+            f"{_percent(sum(drained) / len(drained) if drained else None)} | "
+            f"{sum(r.passed for r in mine if r.saved is not None)} | "
+            f"{freezes / months if months else 0:.3f} ({freezes}/{months:.1f}) | "
+            f"{sum(r.warnings for r in mine) / days if days else 0:.3f} | - |"
+        )
+    return "\n".join(lines)
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    """The ``drainwatch evaluate`` command: run the scenarios and print the table.
+
+    Returns the exit status (0).
+    """
+    parser = argparse.ArgumentParser(prog="drainwatch evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--scenario", action="append", help="run only these (repeatable)")
+    parser.add_argument("--quick", action="store_true", help="a shorter normal-traffic scenario")
+    parser.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    parser.add_argument("--keep", type=Path, help="keep the generated files in this directory")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    chosen = scenarios(quick=args.quick)
+    if args.scenario:
+        chosen = [s for s in chosen if s.name in set(args.scenario)]
+    results = run_all(chosen, workers=args.workers, directory=args.keep)
+    print(table(results))
+    if args.json is not None:
+        args.json.write_bytes(
+            orjson.dumps(
+                [
+                    {
+                        **r.__dict__,
+                        "false_freezes_per_wallet_month": r.false_freezes_per_wallet_month,
+                        "warnings_per_wallet_day": r.warnings_per_wallet_day,
+                    }
+                    for r in results
+                ],
+                option=orjson.OPT_INDENT_2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(evaluate_main())

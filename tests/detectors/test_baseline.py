@@ -1,0 +1,87 @@
+"""The learned per-wallet baseline: silent on the usual, loud on ten times the usual."""
+
+from __future__ import annotations
+
+import pickle
+from datetime import timedelta
+
+from detectors import BaselineDetector, WalletState
+from detectors.base import Finding
+from drainwatch.events import Direction, Transfer
+from tests.detectors.factories import T0, wallet
+
+
+def run(
+    detector: BaselineDetector, state: WalletState, seconds: float, amount: int, to: str
+) -> Finding | None:
+    t = Transfer.create(
+        chain="nem",
+        wallet="HOT",
+        direction=Direction.OUT,
+        counterparty=to,
+        asset="XEM",
+        amount=amount,
+        decimals=0,
+        tx_hash=f"{seconds}-{to}",
+        position=0,
+        time=T0 + timedelta(seconds=seconds),
+    )
+    state.prepare(t)
+    finding = detector.score_one(t, state)
+    if not (finding and finding.freeze):
+        detector.learn_with_state(t, state)
+    state.apply(t)
+    return finding
+
+
+def learned(hours: int = 96) -> tuple[BaselineDetector, WalletState]:
+    detector = BaselineDetector()
+    state = WalletState(wallet(balance="1000000"), "XEM")
+    for i in range(hours * 6):  # 600 every 10 minutes to fresh customers: 0.36% an hour
+        assert run(detector, state, i * 600, 600, f"C{i}") is None
+    return detector, state
+
+
+def test_silent_until_it_has_history() -> None:
+    detector = BaselineDetector()
+    state = WalletState(wallet(balance="1000000"), "XEM")
+    assert [run(detector, state, i, 20_000, f"T{i}") for i in range(5)] == [None] * 5
+
+
+def test_a_surge_of_four_times_the_usual_does_not_freeze() -> None:
+    detector, state = learned()
+    start = 96 * 3600
+    findings = [run(detector, state, start + i * 150, 600, f"S{i}") for i in range(40)]
+    assert not any(f and f.freeze for f in findings)
+
+
+def test_ten_times_the_usual_in_mid_size_transfers_freezes() -> None:
+    detector, state = learned()
+    start = 96 * 3600
+    findings = [run(detector, state, start + i * 30, 5_000, f"T{i}") for i in range(40)]
+    first = next(i for i, f in enumerate(findings) if f is not None and f.freeze)
+    assert first <= 20
+    finding = findings[first]
+    assert finding is not None
+    assert float(finding.metrics["ratio"]) >= detector.freeze_ratio
+
+
+def test_score_one_is_pure_and_the_detector_pickles() -> None:
+    detector, state = learned(80)
+    before = pickle.dumps((detector, state))
+    probe = Transfer.create(
+        chain="nem",
+        wallet="HOT",
+        direction=Direction.OUT,
+        counterparty="Z",
+        asset="XEM",
+        amount=90_000,
+        decimals=0,
+        tx_hash="probe",
+        position=0,
+        time=T0 + timedelta(hours=81),
+    )
+    state.prepare(probe)
+    before = pickle.dumps((detector, state))
+    detector.score_one(probe, state)
+    assert pickle.dumps((detector, state)) == before

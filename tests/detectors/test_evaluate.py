@@ -1,0 +1,72 @@
+"""The evaluation's scoring (DESIGN.md section 5) and the fixed-rule baseline."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from detectors import DetectionEngine
+from detectors.evaluate import FixedRule, Scenario, evaluate_main, score
+from detectors.traffic import HotWalletSpec
+from tests.detectors.factories import config, transfer
+
+START = datetime(2024, 3, 4, tzinfo=UTC)
+HOT = HotWalletSpec(
+    chain="nem",
+    asset="XEM",
+    address="HOT",
+    cold_address="COLD",
+    label="nem-hot",
+    balance=Decimal(1000),
+    decimals=0,
+)
+SCENARIO = Scenario("tiny", "a test", (HOT,), days=15.0)
+
+
+def ts(days: float) -> str:
+    return (START + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def row(days: float, amount: str) -> dict[str, Any]:
+    return {"ts": ts(days), "from": "HOT", "to": "THIEF", "amount": amount}
+
+
+def alert(days: float, *, freeze: bool, severity: str = "critical") -> dict[str, Any]:
+    return {"ts": ts(days), "wallet": "HOT", "freeze": freeze, "severity": severity}
+
+
+def test_funds_saved_count_from_the_first_freeze_after_the_drain_started() -> None:
+    drain = [row(12, "100"), row(12.001, "300"), row(12.002, "600")]
+    alerts = [
+        alert(2, freeze=True),  # the learning week: neither false nor the drain's freeze
+        alert(9, freeze=True),  # normal traffic: a false freeze
+        alert(10, freeze=False, severity="warning"),
+        alert(12.001, freeze=True),  # the second malicious transfer itself has left
+    ]
+    result = score(SCENARIO, "x", START, drain, alerts, 1.0)
+    assert result.saved == pytest.approx(0.6)
+    assert result.passed == 2
+    assert (result.false_freezes, result.warnings) == (1, 2)
+    # From day 7 until an hour before the drain on day 12.
+    assert result.wallet_days == pytest.approx(5.0 - 1 / 24)
+
+
+def test_a_drain_never_frozen_saves_nothing() -> None:
+    result = score(SCENARIO, "x", START, [row(12, "5")], [], 1.0)
+    assert (result.saved, result.passed, result.false_freezes) == (0.0, 1, 0)
+
+
+def test_fixed_rule_freezes_at_five_percent_in_twenty_minutes() -> None:
+    engine = DetectionEngine(config(), detectors=[FixedRule()], correlator=None)
+    assert engine.process(transfer("A", 30, minutes=0)) == []
+    alerts = engine.process(transfer("B", 25, minutes=10))
+    assert [(a.detector, a.freeze) for a in alerts] == [("fixed_rule", True)]
+    assert engine.process(transfer("C", 45, minutes=60)) == []  # 4.8% of 945, alone
+
+
+def test_unknown_scenario_runs_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert evaluate_main(["--scenario", "no-such-scenario", "--workers", "1"]) == 0
+    assert "| scenario |" in capsys.readouterr().out
