@@ -31,14 +31,14 @@ same deterministic ids. So:
    failure is recorded. The stage loop then stops without committing, and the alert is retried
    when the stage restarts. Nothing is marked processed, so the retry goes through steps 2 and 3.
 5. **The freeze order is published from the kill switch's answer**, so its id is the kill switch's
-   deterministic order id: every alert about an already-frozen wallet publishes the same order,
-   which the compacted freezes topic absorbs.
+   deterministic order id, and only by the alert that froze the wallet: a later alert about an
+   already-frozen wallet gets the existing order back and publishes nothing.
 
 What this does not cover: a hard crash after the "processed" mark and before the bus flushes the
 freeze order loses that *message* (never the freeze, which the kill switch holds). Re-publishing on
 a replay would be worse: an old alert replayed after an unfreeze would put a stale freeze back on
-the compacted topic. Making the kill switch the writer of the freezes topic closes this (a later
-issue, with unfreezes).
+the compacted topic. The kill switch publishes every order it makes itself
+(``drainwatch killswitch serve`` wires it to the freezes topic), which closes this gap.
 
 >>> import io
 >>> from datetime import UTC, datetime
@@ -216,7 +216,9 @@ class Alerter:
         decision = freeze_decision(alert, kill_switch=self.killswitch is not None)
         if decision is FreezeDecision.SEND:
             order = self._freeze(alert)
-            if order is not None:
+            # Only the alert that froze the wallet publishes its order: for a wallet already
+            # frozen the kill switch answers with the order already on the compacted topic.
+            if order is not None and order.alert_id == alert.id:
                 outputs.append(Output(FREEZES, order))
         elif decision is not FreezeDecision.NOT_ASKED and not self.timeline.has_action(
             alert.id, ActionKind.FREEZE_SKIPPED

@@ -119,8 +119,8 @@ def test_the_config_names_the_timeline_and_the_explorers(
     (tmp_path / "drainwatch.toml").write_text(
         f"""
 [[wallets]]
-chain = "nem"
-address = "NC3BI3DNMR2PGEOOMP2NKXQGSAKMS7GYRKVA5CSZ"
+chain = "ethereum"
+address = "0x00000000000000000000000000000000000000e1"
 
 [chains.nem]
 kind = "evm"

@@ -25,7 +25,7 @@ def bus(kafka: KafkaService, kafka_topic_prefix: str) -> Iterator[KafkaBus]:
     bus.close()
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "") -> None:
+def wait_until(condition: Callable[[], bool], timeout_s: float = 90.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
