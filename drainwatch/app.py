@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from alerts import (
+    ActionKind,
     Alerter,
     DeliveryWorker,
     Timeline,
@@ -23,6 +24,7 @@ from alerts import (
     server_port,
     stop_server,
 )
+from alerts.killswitch import HookRecord
 from detectors import DetectionEngine
 from drainwatch.bus import Bus, EmbeddedBus, Producer, TopicPartition
 from drainwatch.config import Config
@@ -47,6 +49,7 @@ __all__ = [
     "build_watchers",
     "detect_loop",
     "explorer_urls",
+    "hook_result_recorder",
     "publisher",
     "rebuild_state",
     "run_pipeline",
@@ -200,21 +203,10 @@ def alert_loop(config: Config, bus: Bus, alerter: Alerter | None = None) -> Stag
     )
 
 
-def serve_killswitch(config: Config, path: Path, bus_kind: str | None = None) -> None:
-    """Run the kill-switch service: orders go on the freezes topic, hook results to the timeline."""
-    from alerts import ActionKind
-    from alerts.killswitch import HookRecord, serve
+def hook_result_recorder(timeline: Timeline) -> Callable[[HookRecord], None]:
+    """The kill switch's ``on_hook_result``: every hook attempt joins its incident's timeline."""
 
-    bus = build_bus(config, bus_kind)
-    producer = bus.producer()
-    freezes = topic_name(config.bus.topic_prefix, FREEZES)
-    timeline = Timeline(config.alerts.timeline_path)
-
-    def publish(order: FreezeOrder) -> None:
-        producer.send(freezes, order.key, order.to_json(), int(order.time.timestamp() * 1000))
-        producer.flush()
-
-    def on_hook_result(record: HookRecord) -> None:
+    def record(record: HookRecord) -> None:
         kind = (
             ActionKind.HOOK_DELIVERED
             if record.delivered_at is not None
@@ -234,8 +226,24 @@ def serve_killswitch(config: Config, path: Path, bus_kind: str | None = None) ->
             detail=detail,
         )
 
+    return record
+
+
+def serve_killswitch(config: Config, path: Path, bus_kind: str | None = None) -> None:
+    """Run the kill-switch service: orders go on the freezes topic, hook results to the timeline."""
+    from alerts.killswitch import serve
+
+    bus = build_bus(config, bus_kind)
+    producer = bus.producer()
+    freezes = topic_name(config.bus.topic_prefix, FREEZES)
+    timeline = Timeline(config.alerts.timeline_path)
+
+    def publish(order: FreezeOrder) -> None:
+        producer.send(freezes, order.key, order.to_json(), int(order.time.timestamp() * 1000))
+        producer.flush()
+
     try:
-        serve(path, publish=publish, on_hook_result=on_hook_result)
+        serve(path, publish=publish, on_hook_result=hook_result_recorder(timeline))
     finally:
         producer.close()
         timeline.close()
