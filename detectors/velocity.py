@@ -18,6 +18,16 @@ higher one:
 * **total outflow**: everything external that left within ``window_s`` reached
   ``total_*_share`` (default 20% / 30%), or ``total_long_freeze_share`` within
   ``concentration_window_s`` (default 40% in 1 h), new addresses or not;
+* **repeat**: the ``repeat_min_count``-th payment (default 3) to the same new address within
+  ``concentration_window_s`` that brings it to ``repeat_freeze_share`` (default 1%): freeze;
+* **large fresh**: per wallet, the ``fresh_quantile`` (p99.5) of the shares of the balance paid
+  to first-seen addresses (customers' withdrawals) over the last ``fresh_history_days`` is learned
+  in event time; a payment to a first-seen address of at least
+  ``max(fresh_floor_share, fresh_factor x learned)`` (capped at ``single_freeze_share``) freezes
+  when it is the ``fresh_freeze_count``-th such payment to new addresses within
+  ``concentration_window_s``. Off by default (``fresh_freeze_count = 0``): at 1 or 2 it froze on
+  whales' withdrawals to fresh addresses in the evaluation, at 3 it gained nothing (see
+  docs/detection.md). Silent until ``fresh_min_count`` payments over ``fresh_min_history_s``;
 * **test then drain**: a tiny first transfer to a new address, then within ``test_window_s`` a
   transfer of ``test_drain_share`` to it: freeze;
 * **cold wallet**: a cold wallet paying any address that is neither listed nor a configured
@@ -50,6 +60,8 @@ True
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Final
 
@@ -60,6 +72,37 @@ from drainwatch.events import Direction, Severity, Transfer, TransferStatus
 __all__ = ["VelocityDetector", "describe_duration"]
 
 _EVIDENCE_MAX: Final = 100
+
+
+# Log-spaced bins of per-transfer shares for the learned customer-withdrawal profile.
+_BINS_PER_DECADE: Final = 20
+_LOWEST_SHARE: Final = 1e-6
+_BIN_COUNT: Final = 6 * _BINS_PER_DECADE + 1
+
+
+def _bin(share: float) -> int:
+    if share <= _LOWEST_SHARE:
+        return 0
+    index = int(math.log10(share / _LOWEST_SHARE) * _BINS_PER_DECADE) + 1
+    return min(index, _BIN_COUNT - 1)
+
+
+def _bin_top(index: int) -> float:
+    """The upper edge of bin ``index`` (a cautious, i.e. high, read of the quantile)."""
+    return float(_LOWEST_SHARE * 10 ** (index / _BINS_PER_DECADE))
+
+
+@dataclass(slots=True)
+class _FreshProfile:
+    """Shares of the balance paid to first-seen destinations, one histogram per event-time day."""
+
+    days: dict[int, list[int]] = field(default_factory=dict)
+    total: list[int] = field(default_factory=lambda: [0] * _BIN_COUNT)
+    count: int = 0
+    first_time: float = float("inf")
+    hour: int = -1
+    high: float | None = None
+    """The learned high quantile, recomputed at most once per event-time hour."""
 
 
 def _fraction(share: Decimal) -> tuple[int, int]:
@@ -135,6 +178,15 @@ class VelocityDetector:
         bleed_warn_share: Decimal = Decimal("0.015"),
         bleed_freeze_share: Decimal = Decimal("0.025"),
         total_long_freeze_share: Decimal = Decimal("0.40"),
+        repeat_freeze_share: Decimal = Decimal("0.01"),
+        repeat_min_count: int = 3,
+        fresh_floor_share: Decimal = Decimal("0.01"),
+        fresh_factor: float = 1.5,
+        fresh_quantile: float = 0.995,
+        fresh_history_days: int = 7,
+        fresh_min_count: int = 200,
+        fresh_min_history_s: int = 3 * 86400,
+        fresh_freeze_count: int = 0,
     ) -> None:
         self.name = name
         self.window_s = window_s
@@ -163,6 +215,17 @@ class VelocityDetector:
         self._bleed_warn = _fraction(bleed_warn_share)
         self._bleed_freeze = _fraction(bleed_freeze_share)
         self._total_long = _fraction(total_long_freeze_share)
+        self.repeat_freeze_share = repeat_freeze_share
+        self.repeat_min_count = repeat_min_count
+        self.fresh_floor_share = fresh_floor_share
+        self.fresh_factor = fresh_factor
+        self.fresh_quantile = fresh_quantile
+        self.fresh_history_days = fresh_history_days
+        self.fresh_min_count = fresh_min_count
+        self.fresh_min_history_s = fresh_min_history_s
+        self.fresh_freeze_count = fresh_freeze_count
+        self._repeat = _fraction(repeat_freeze_share)
+        self._fresh: dict[tuple[str, str, str], _FreshProfile] = {}
         # Exact integer fractions for the decisions; floats only for the score.
         self._freeze = _fraction(freeze_share)
         self._warn = _fraction(warn_share)
@@ -197,7 +260,80 @@ class VelocityDetector:
         return (self.window_s, self.concentration_window_s, self.bleed_window_s)
 
     def learn_one(self, transfer: Transfer) -> None:
-        """Nothing to learn here: the evidence is the wallet state, which the engine updates."""
+        """Without the state nothing is learned: the engine calls :meth:`learn_with_state`."""
+
+    def learn_with_state(self, transfer: Transfer, state: WalletState) -> None:
+        """Learn the share of the balance a payment to a first-seen destination took.
+
+        Called before the transfer is counted, and not for a transfer this detector froze on.
+        These are customers' withdrawals to fresh addresses; their high quantile sets how large a
+        payment to a fresh address is out of the ordinary for this wallet.
+        """
+        if (
+            self.fresh_freeze_count <= 0
+            or transfer.direction is not Direction.OUT
+            or transfer.status is TransferStatus.RETRACTED
+        ):
+            return
+        dest = transfer.counterparty
+        if state.is_internal(dest) or state.is_known(dest) or state.first_seen(dest) is not None:
+            return
+        units = state.units_of(transfer)
+        balance = state.balance_units()
+        if units <= 0 or balance <= 0:
+            return
+        key = (transfer.chain, transfer.wallet, transfer.asset)
+        profile = self._fresh.get(key)
+        if profile is None:
+            profile = self._fresh[key] = _FreshProfile()
+        now = state.now
+        day = int(now // 86400)
+        counts = profile.days.get(day)
+        if counts is None:
+            counts = profile.days[day] = [0] * _BIN_COUNT
+            # Forget days older than the history kept (their counts leave the total).
+            for old in [d for d in profile.days if d <= day - self.fresh_history_days]:
+                for index, n in enumerate(profile.days.pop(old)):
+                    profile.total[index] -= n
+                    profile.count -= n
+        index = _bin(units / balance)  # a float feature, never money
+        counts[index] += 1
+        profile.total[index] += 1
+        profile.count += 1
+        profile.first_time = min(profile.first_time, now)
+        hour = int(now // 3600)
+        if hour != profile.hour or profile.high is None:
+            profile.hour = hour
+            profile.high = self._quantile(profile, now)
+
+    def _quantile(self, profile: _FreshProfile, now: float) -> float | None:
+        if (
+            profile.count < self.fresh_min_count
+            or now - profile.first_time < self.fresh_min_history_s
+        ):
+            return None
+        above = int(profile.count * (1 - self.fresh_quantile))
+        for index in range(_BIN_COUNT - 1, -1, -1):
+            above -= profile.total[index]
+            if above < 0:
+                return _bin_top(index)
+        return _bin_top(0)
+
+    def fresh_threshold(self, transfer: Transfer) -> tuple[int, int] | None:
+        """The learned share for one payment to a fresh address, as an exact fraction.
+
+        ``None`` until the wallet has enough history (then only the fixed rules apply).
+        """
+        profile = self._fresh.get((transfer.chain, transfer.wallet, transfer.asset))
+        if profile is None or profile.high is None:
+            return None
+        learned = math.ceil(profile.high * self.fresh_factor * 1_000_000)
+        floor = self.fresh_floor_share
+        if floor * 1_000_000 >= learned:
+            return _fraction(floor)
+        if learned * self._single_freeze[1] >= 1_000_000 * self._single_freeze[0]:
+            return self._single_freeze
+        return learned, 1_000_000
 
     def score_one(self, transfer: Transfer, state: WalletState) -> Finding | None:
         """Judge an outflow against the wallet's windows; ``None`` when it looks ordinary."""
@@ -234,6 +370,7 @@ class VelocityDetector:
                 level = 2 if _reaches(to_dest, ref_c, self._single_freeze) else 1
                 score = _ratio(to_dest, ref_c, float(self.single_freeze_share))
                 fired.append((level, score, "single"))
+            self._fresh_rules(transfer, state, units, fired)
 
             if state.is_midsize(units):
                 mid_total = window.mid_total + units
@@ -267,6 +404,39 @@ class VelocityDetector:
             return None
         return self._finding(transfer, state, units, fired)
 
+    def _fresh_rules(
+        self,
+        transfer: Transfer,
+        state: WalletState,
+        units: int,
+        fired: list[tuple[int, float, str]],
+    ) -> None:
+        """Repeated and unusually large payments to new addresses (the learned threshold)."""
+        dest = transfer.counterparty
+        conc = state.window(self.concentration_window_s)
+        ref_c = state.reference_units(conc)
+        to_dest = conc.new_by_dest.get(dest, 0) + units
+        count = conc.new_count_by_dest.get(dest, 0) + 1
+        if count >= self.repeat_min_count and _reaches(to_dest, ref_c, self._repeat):
+            # The third payment to the same new address within the hour: drains repeat; a
+            # customer (or a whale) paying one fresh address twice in an hour is seen, thrice
+            # that much is not.
+            score = max(1.0, _ratio(to_dest, ref_c, float(self.repeat_freeze_share)))
+            fired.append((2, score, "repeat"))
+
+        fresh = self.fresh_threshold(transfer) if state.first_seen(dest) is None else None
+        if fresh is not None and _reaches(units, ref_c, fresh):
+            # Larger than this wallet's customers' withdrawals to fresh addresses ever are:
+            # frozen once ``fresh_freeze_count`` of them fall within the hour.
+            large = 1 + sum(
+                1
+                for o in conc.items
+                if o.new and o.counterparty != dest and _reaches(o.units, ref_c, fresh)
+            )
+            if large >= self.fresh_freeze_count > 0:
+                score = max(1.0, _ratio(units, ref_c, fresh[0] / fresh[1]))
+                fired.append((2, score, "large_fresh"))
+
     def _finding(
         self,
         transfer: Transfer,
@@ -285,7 +455,8 @@ class VelocityDetector:
 
         # What the summary talks about: one address when a single-address rule fired.
         focus: list[Outflow]
-        if "slow_bleed" in rules and not rules & {"single", "test_then_drain"}:
+        single_rules = {"single", "test_then_drain", "repeat"}
+        if "slow_bleed" in rules and not rules & single_rules:
             bleed = state.window(self.bleed_window_s)
             focus, ref, n_dest, what = (
                 bleed.evidence(dest, new_only=True),
@@ -293,16 +464,17 @@ class VelocityDetector:
                 1,
                 "new address",
             )
-        elif rules & {"single", "test_then_drain"}:
+        elif rules & single_rules:
             focus, ref, n_dest, what = (
                 conc.evidence(dest, new_only=True),
                 state.reference_units(conc),
                 1,
                 "new address",
             )
-        elif "burst" in rules:
-            focus = [o for o in window.evidence(new_only=True) if o.mid]
-            ref, what = state.reference_units(window), "new address"
+        elif rules & {"burst", "large_fresh"}:
+            span_w = window if "burst" in rules else conc
+            focus = [o for o in span_w.evidence(new_only=True) if o.mid]
+            ref, what = state.reference_units(span_w), "new address"
             n_dest = len({o.counterparty for o in focus} | {dest})
         else:
             focus = window.evidence()

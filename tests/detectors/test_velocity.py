@@ -235,3 +235,93 @@ def test_balance_read_from_the_chain_replaces_the_tracked_balance() -> None:
     finding = judge(state, detector, transfer("THIEF", 300, minutes=1))
     assert finding is not None
     assert finding.severity is Severity.WARNING
+
+
+def judge_and_learn(state: WalletState, detector: VelocityDetector, t: Transfer) -> Finding | None:
+    """What the engine does, learning included: learn (unless frozen) before counting."""
+    state.prepare(t)
+    finding = detector.score_one(t, state)
+    frozen = bool(finding and finding.freeze)
+    if not frozen:
+        detector.learn_with_state(t, state)
+    state.apply(t, learn=not frozen)
+    return finding
+
+
+def customer_history(
+    state: WalletState, detector: VelocityDetector, large: int, large_every: int
+) -> float:
+    """Four days of withdrawals to fresh addresses (0.1-0.3%, every ``large_every``-th of
+    ``large`` units), each refilled by a deposit; returns the minute after the last one."""
+    minute = 0.0
+    for i in range(400):
+        amount = large if i % large_every == large_every - 1 else 1000 + 500 * (i % 5)
+        finding = judge_and_learn(state, detector, transfer(f"C{i}", amount, minutes=minute))
+        assert finding is None or not finding.freeze  # 3% to a new address warns
+        deposit = transfer(f"D{i}", amount, minutes=minute + 1, direction=Direction.IN)
+        judge_and_learn(state, detector, deposit)
+        minute += 15
+    return minute
+
+
+def test_learned_threshold_freezes_large_fresh_transfers_at_the_count() -> None:
+    state = make_state(wallet(balance="1000000"))
+    detector = VelocityDetector(fresh_freeze_count=2)
+    minute = customer_history(state, detector, 3000, 10**9)  # customers: at most 0.3%
+    assert detector.fresh_threshold(transfer("T1", minutes=minute)) == (1, 100)  # the 1% floor
+    first = judge_and_learn(state, detector, transfer("T1", 15000, minutes=minute))
+    assert first is None  # 1.5% to a new address: like a whale, once
+    second = judge_and_learn(state, detector, transfer("T2", 15000, minutes=minute + 1))
+    assert second is not None
+    assert second.freeze
+    assert second.metrics["rule_large_fresh"] == "1"
+    # Asking for one such transfer freezes at the first.
+    state, eager = make_state(wallet(balance="1000000")), VelocityDetector(fresh_freeze_count=1)
+    minute = customer_history(state, eager, 3000, 10**9)
+    finding = judge_and_learn(state, eager, transfer("T1", 15000, minutes=minute))
+    assert finding is not None
+    assert finding.freeze
+
+
+def test_customers_who_often_withdraw_three_percent_raise_the_threshold() -> None:
+    state = make_state(wallet(balance="1000000"))
+    detector = VelocityDetector(fresh_freeze_count=1)
+    minute = customer_history(state, detector, 30000, 50)  # one in 50 withdrawals: 3%
+    threshold = detector.fresh_threshold(transfer("T1", minutes=minute))
+    assert threshold is not None
+    assert threshold[0] / threshold[1] > 0.04
+    for i in range(2):
+        # Half an hour apart: a 3% customer withdrawal just came before, and three within
+        # 20 minutes would be a burst.
+        later = minute + 30 + 30 * i
+        finding = judge_and_learn(state, detector, transfer(f"W{i}", 30000, minutes=later))
+        assert finding is None or not finding.freeze
+
+
+def test_no_learned_threshold_before_enough_history() -> None:
+    state, detector = (
+        make_state(wallet(balance="1000000")),
+        VelocityDetector(fresh_min_count=500, fresh_freeze_count=2),
+    )
+    minute = customer_history(state, detector, 3000, 10**9)
+    assert detector.fresh_threshold(transfer("T1", minutes=minute)) is None
+    assert judge_and_learn(state, detector, transfer("T1", 15000, minutes=minute)) is None
+    assert judge_and_learn(state, detector, transfer("T2", 15000, minutes=minute + 1)) is None
+
+
+def test_third_payment_to_the_same_new_address_within_the_hour_freezes() -> None:
+    state, detector = make_state(), VelocityDetector()
+    assert judge(state, detector, transfer("THIEF", 4, minutes=0)) is None
+    assert judge(state, detector, transfer("THIEF", 4, minutes=20)) is None  # twice: ordinary
+    finding = judge(state, detector, transfer("THIEF", 4, minutes=40))
+    assert finding is not None
+    assert finding.freeze
+    assert finding.metrics["rule_repeat"] == "1"
+    # Spread over more than an hour, or below 1% together: ordinary.
+    state = make_state()
+    assert judge(state, detector, transfer("A", 4, minutes=0)) is None
+    assert judge(state, detector, transfer("A", 4, minutes=40)) is None
+    assert judge(state, detector, transfer("A", 4, minutes=61)) is None
+    assert judge(state, detector, transfer("B", 3, minutes=62)) is None
+    assert judge(state, detector, transfer("B", 3, minutes=63)) is None
+    assert judge(state, detector, transfer("B", 3, minutes=64)) is None
