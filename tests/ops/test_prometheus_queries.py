@@ -169,7 +169,9 @@ def test_every_dashboard_expression_returns_data(
         severities = {s["metric"]["severity"] for s in prom.query("drainwatch_alerts_total")}
         assert "critical" in severities
         labels = {s["metric"].get("wallet_label") for s in prom.query("drainwatch_wallet_balance")}
-        assert labels <= {"eth-hot-1", "eth-cold-1"}  # labels, never addresses
+        # labels, never addresses (the registry is process-wide: other tests' wallets show too)
+        assert "eth-hot-1" in labels
+        assert not [label for label in labels if label and label.lower().startswith("0x")]
         assert not any(
             hot in json.dumps(s["metric"]) for s in prom.query('{__name__=~"drainwatch_.*"}')
         )
