@@ -36,6 +36,7 @@ from alerts import (
     stop_server,
 )
 from detectors import DetectionEngine
+from drainwatch.app import publisher
 from drainwatch.bus import EmbeddedBus
 from drainwatch.config import AlertsConfig, Config, WalletConfig
 from drainwatch.events import ALERTS, LEDGER, TRANSFERS
@@ -104,15 +105,10 @@ class _Demo:
         source = EvmSource(self.w3, "demo-evm", self.config.wallets, read_balances=False)
         producer = bus.producer()
 
-        def publish(transfers: Any) -> None:
-            for t in transfers:
-                producer.send(TRANSFERS, t.key, t.to_json(), int(t.time.timestamp() * 1000))
-            producer.flush()
-
         head = self.w3.eth.block_number
         self.watcher = Watcher(
             source,
-            publish,
+            publisher(producer),
             CursorStore(workdir / "cursors.sqlite3"),
             "demo-evm",
             confirmations=0,
