@@ -1,9 +1,9 @@
 """The backtest: replay ``transfers.jsonl`` (and a ledger) through the live detectors.
 
 It runs in event time; the file formats are the contract of DESIGN.md section 4. Each line
-becomes one :class:`~drainwatch.events.Transfer` per watched wallet it touches (an outflow when
-``from`` is the wallet, an inflow when ``to`` is); lines touching no watched wallet are counted
-and skipped.
+becomes one :class:`~detectors.move.Move` (the lean form of a
+:class:`~drainwatch.events.Transfer`) per watched wallet it touches (an outflow when ``from`` is
+the wallet, an inflow when ``to`` is); lines touching no watched wallet are counted and skipped.
 Ledger lines are merged in by time and reach the engine as approved withdrawals. Alerts go out one
 JSON object per line. A malformed line stops the run with :class:`BacktestInputError` naming the
 file and line.
@@ -37,44 +37,46 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from hashlib import sha256
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
+import msgspec
 import orjson
 
 from detectors.base import to_units
 from detectors.engine import DetectionEngine
 from detectors.errors import BacktestInputError
+from detectors.move import Move
 from drainwatch.config import Config, WalletConfig
 from drainwatch.events import (
     Alert,
     ApprovedWithdrawal,
     Direction,
-    Transfer,
     event_id,
     normalize_address,
 )
 
 __all__ = [
     "BacktestSummary",
+    "ProgressBar",
+    "Replay",
     "alert_record",
     "parse_amount",
     "parse_ts",
     "run_backtest",
-    "trusted_transfer",
 ]
 
 _PROGRESS_EVERY: Final = 8192
-_NUMBER_TYPES: Final = (str, int, float, Decimal)
 _ZERO: Final = timedelta(0)
 _HEX: Final = ("0x", "0X")
+_OUT: Final = Direction.OUT
+_IN: Final = Direction.IN
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,22 @@ class BacktestSummary:
     def transfers_per_s(self) -> float:
         """Lines read per second of wall time."""
         return self.transfers_read / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+class _Line(msgspec.Struct):
+    """A transfers.jsonl line as msgspec reads it when every field has its usual type."""
+
+    ts: str
+    chain: str
+    asset: str
+    sender: str = msgspec.field(name="from")
+    to: str
+    amount: str | int
+    tx_hash: str | None = None
+    usd_value: float | None = None
+
+
+_decode_line = msgspec.json.Decoder(_Line).decode
 
 
 class _LineError(ValueError):
@@ -218,35 +236,8 @@ def _usd(value: object) -> Decimal | None:
     return number
 
 
-_TRANSFER_DEFAULTS: Final = {
-    name: info.get_default(call_default_factory=True)
-    for name, info in Transfer.model_fields.items()
-    if not info.is_required()
-}
-
-
-def trusted_transfer(values: dict[str, Any]) -> Transfer:
-    """A Transfer from values already checked here; fields not given take their defaults.
-
-    ``Transfer.model_construct`` does the same but looks up each field's default on every call,
-    which dominated the backtest's profile.
-
-    >>> from datetime import UTC, datetime
-    >>> values = {"id": "i", "chain": "nem", "wallet": "W", "direction": Direction.OUT,
-    ...     "counterparty": "X", "asset": "XEM", "amount": 5, "decimals": 0, "tx_hash": "h",
-    ...     "position": 0, "time": datetime(2018, 1, 25, tzinfo=UTC)}
-    >>> trusted_transfer(dict(values)) == Transfer.model_validate(values)
-    True
-    """
-    transfer = Transfer.__new__(Transfer)
-    object.__setattr__(transfer, "__pydantic_fields_set__", set(values))
-    object.__setattr__(transfer, "__dict__", _TRANSFER_DEFAULTS | values)
-    object.__setattr__(transfer, "__pydantic_extra__", None)
-    object.__setattr__(transfer, "__pydantic_private__", None)
-    return transfer
-
-
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of every non-blank line."""
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if raw.strip():
@@ -254,7 +245,7 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def _approvals(path: Path) -> Iterator[ApprovedWithdrawal]:
-    for number, raw in _lines(path):
+    for number, raw in read_lines(path):
         try:
             data = _load(raw)
             when = parse_ts(data.get("ts"))
@@ -298,60 +289,137 @@ def alert_record(alert: Alert) -> dict[str, Any]:
     }
 
 
-class _Replay:
-    """The state of one run: the engine, the output, the counters."""
+class Replay:
+    """Lines in, moves out, moves judged: one run's reader and engine.
 
-    def __init__(self, config: Config, engine: DetectionEngine, out: IO[bytes]) -> None:
+    Args:
+        config: The wallets.
+        engine: The detection engine the moves go to.
+        only: Judge only these wallets' transfers (``(chain slug case-folded, address)`` keys);
+            by default every configured wallet's.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        engine: DetectionEngine,
+        *,
+        only: set[tuple[str, str]] | None = None,
+    ) -> None:
         self.engine = engine
-        self.out = out
-        self.alerts = 0
-        self.freezes = 0
         self._wallets: dict[tuple[str, str], WalletConfig] = {
-            (w.chain.casefold(), w.address): w for w in config.wallets
+            key: w
+            for w in config.wallets
+            if (key := (w.chain.casefold(), w.address)) in (only if only is not None else {key})
         }
-        self._times: dict[str, datetime] = {}
         self._chains: dict[str, str] = {}
 
-    def parse(  # noqa: PLR0915 - the hot path, kept in one frame on purpose
-        self, number: int, raw: bytes
-    ) -> tuple[datetime, list[Transfer]]:
-        """One transfers.jsonl line: its time and the transfers of watched wallets in it."""
-        data = _load(raw)
-        # The fast path takes well-formed lines as they come; anything unusual goes through the
-        # checking helpers, which also produce the error messages.
-        ts = data.get("ts")
-        if type(ts) is str and len(ts) == 20 and ts[19] == "Z":
-            when = self._times.get(ts)
-            if when is None:
-                when = parse_ts(ts)
-                if len(self._times) > 4096:
-                    self._times.clear()
-                self._times[ts] = when
+    def parse(self, number: int, raw: bytes) -> tuple[float, list[Move]]:
+        """One transfers.jsonl line: its time (epoch seconds) and the watched wallets' moves.
+
+        msgspec reads well-formed lines straight into typed fields; anything unusual (a JSON
+        number as amount, padded addresses, an odd time) goes through :meth:`_parse_checked`,
+        which accepts everything the contract allows and names what is wrong otherwise.
+        """
+        try:
+            line = _decode_line(raw)
+        except msgspec.DecodeError:
+            return self._parse_checked(number, raw)
+        ts = line.ts
+        if ts[-1:] != "Z":
+            return self._parse_checked(number, raw)
+        try:
+            when = datetime.fromisoformat(ts).timestamp()  # "Z": UTC, like parse_ts
+        except ValueError:
+            return self._parse_checked(number, raw)
+        amount = line.amount
+        if isinstance(amount, str):
+            whole, _, frac = amount.partition(".")
+            digits = whole + frac
+            if not (whole and digits.isascii() and digits.isdigit()):
+                return self._parse_checked(number, raw)
+            units, decimals = int(digits), len(frac)
+        elif amount >= 0:
+            units, decimals = amount, 0
         else:
-            when = parse_ts(ts)
+            return self._parse_checked(number, raw)
+        chain, asset, sender, receiver = line.chain, line.asset, line.sender, line.to
+        if not (
+            sender.isalnum()
+            and receiver.isalnum()
+            and chain
+            and not chain.isspace()
+            and asset
+            and not asset.isspace()
+        ):
+            return self._parse_checked(number, raw)
+        if sender[:2] in _HEX:
+            sender = "0x" + sender[2:].lower()
+        if receiver[:2] in _HEX:
+            receiver = "0x" + receiver[2:].lower()
+        return when, self._moves(
+            number, raw, when, chain, asset, sender, receiver, units, decimals, line.tx_hash
+        )
+
+    def _parse_checked(self, number: int, raw: bytes) -> tuple[float, list[Move]]:
+        """:meth:`parse` for any line: every field checked, a :class:`_LineError` when wrong."""
+        data = _load(raw)
+        when = parse_ts(data.get("ts")).timestamp()
         chain = data.get("chain")
         if type(chain) is not str or not chain:
             chain = _text(data, "chain")
         asset = data.get("asset")
         if type(asset) is not str or not asset:
             asset = _text(data, "asset")
+        # Letters and digits only: nothing to strip; an EVM address is lower-cased.
         sender = data.get("from")
-        if type(sender) is not str or not sender or sender[0] == " " or sender[-1] == " ":
-            sender = _text(data, "from")
+        if type(sender) is str and sender.isalnum():
+            if sender[:2] in _HEX:
+                sender = "0x" + sender[2:].lower()
+        else:
+            sender = normalize_address(_text(data, "from"))
         receiver = data.get("to")
-        if type(receiver) is not str or not receiver or receiver[0] == " " or receiver[-1] == " ":
-            receiver = _text(data, "to")
-        if sender[:2] in _HEX or sender[-1:].isspace() or sender[:1].isspace():
-            sender = normalize_address(sender)
-        if receiver[:2] in _HEX or receiver[-1:].isspace() or receiver[:1].isspace():
-            receiver = normalize_address(receiver)
-        if "amount" not in data:
+        if type(receiver) is str and receiver.isalnum():
+            if receiver[:2] in _HEX:
+                receiver = "0x" + receiver[2:].lower()
+        else:
+            receiver = normalize_address(_text(data, "to"))
+        amount = data.get("amount")
+        if type(amount) is str:
+            whole, _, frac = amount.partition(".")
+            digits = whole + frac
+            if whole and digits.isascii() and digits.isdigit():
+                units, decimals = int(digits), len(frac)
+            else:
+                units, decimals = parse_amount(amount)
+        elif "amount" not in data:
             raise _LineError("missing field 'amount'")
-        units, decimals = parse_amount(data["amount"])
+        else:
+            units, decimals = parse_amount(amount)
         usd = data.get("usd_value")
-        if usd is not None and (isinstance(usd, bool) or not isinstance(usd, _NUMBER_TYPES)):
-            raise _LineError(f"usd_value is not a number: {usd!r}")
-        tx_hash = _optional_text(data, "tx_hash")
+        if usd is not None and (type(usd) is not float or not math.isfinite(usd)):
+            _usd(usd)  # raises unless it is a number
+        tx_hash = data.get("tx_hash")
+        if tx_hash is not None and type(tx_hash) is not str:
+            tx_hash = _optional_text(data, "tx_hash")
+        return when, self._moves(
+            number, raw, when, chain, asset, sender, receiver, units, decimals, tx_hash
+        )
+
+    def _moves(  # noqa: PLR0917 - the fields of one line, positional for the hot path
+        self,
+        number: int,
+        raw: bytes,
+        when: float,
+        chain: str,
+        asset: str,
+        sender: str,
+        receiver: str,
+        units: int,
+        decimals: int,
+        tx_hash: str | None,
+    ) -> list[Move]:
+        """The moves of the watched wallets a checked line touches (none, one or two)."""
         chain_key = self._chains.get(chain)
         if chain_key is None:
             chain_key = self._chains[chain] = chain.casefold()
@@ -359,50 +427,30 @@ class _Replay:
         out_wallet = wallets.get((chain_key, sender))
         in_wallet = wallets.get((chain_key, receiver))
         if out_wallet is None and in_wallet is None:
-            return when, []
-        if tx_hash is None:
+            return []
+        if not tx_hash:
             tx_hash = "pseudo:" + event_id("line", number, raw.strip().decode("utf-8", "replace"))
-        # Several outputs of one transaction must stay distinct transfers while an exact repeat
-        # of a line collapses into the same id: derive the position from what the output is.
-        position = zlib.crc32(f"{sender}|{receiver}|{asset}|{units}|{decimals}".encode())
-        usd_value = _usd(usd)
-        transfers = []
-        for wallet, direction, counterparty in (
-            (out_wallet, Direction.OUT, receiver),
-            (in_wallet, Direction.IN, sender),
-        ):
-            if wallet is None:
-                continue
-            # Transfer.make_id, inlined: the same id, without re-normalising the address.
-            transfer_id = sha256(
-                f"{wallet.chain}|{tx_hash}|{position}|{wallet.address}|{direction}".encode()
-            ).hexdigest()[:32]
-            transfers.append(
-                trusted_transfer(
-                    {
-                        "id": transfer_id,
-                        "chain": wallet.chain,
-                        "wallet": wallet.address,
-                        "direction": direction,
-                        "counterparty": counterparty,
-                        "asset": asset,
-                        "amount": units,
-                        "decimals": decimals,
-                        "tx_hash": tx_hash,
-                        "position": position,
-                        "time": when,
-                        "usd_value": usd_value,
-                    }
+        moves = []
+        if out_wallet is not None:
+            moves.append(
+                Move(
+                    out_wallet.chain, sender, _OUT, receiver, asset, units, decimals, tx_hash, when
                 )
             )
-        return when, transfers
+        if in_wallet is not None:
+            moves.append(
+                Move(in_wallet.chain, receiver, _IN, sender, asset, units, decimals, tx_hash, when)
+            )
+        return moves
 
-    def run(self, transfer: Transfer) -> None:
-        """Judge one transfer and write its alerts."""
-        for alert in self.engine.process(transfer, detected_at=transfer.time):
-            self.out.write(orjson.dumps(alert_record(alert)) + b"\n")
-            self.alerts += 1
-            self.freezes += alert.freeze
+    def judge(self, move: Move) -> list[Alert]:
+        """The alerts one move raises, detected at its own (event) time."""
+        return self.engine.process(move, at_event_time=True)
+
+
+def line_error(path: Path, number: int, exc: ValueError) -> BacktestInputError:
+    """The error naming file and line for a reason :meth:`Replay.parse` raised."""
+    return BacktestInputError(str(path), number, str(exc))
 
 
 def run_backtest(
@@ -414,42 +462,90 @@ def run_backtest(
     *,
     engine: DetectionEngine | None = None,
     ledger_lookahead_s: float = 120.0,
+    workers: int | None = None,
 ) -> BacktestSummary:
     """Replay a transfers file (and optionally a ledger) and write the alerts; see the module doc.
+
+    ``workers`` processes split the wallets between them (default: one per CPU core) when the
+    result is certain to be the same as one process's (see :mod:`detectors.partitioned`); with a
+    ledger or a given ``engine`` the run is always one process.
 
     Raises:
         BacktestInputError: a line breaks the contract (the error names file and line).
     """
     started = time.perf_counter()
     transfers_path = Path(transfers_path)
-    if engine is None:
-        engine = DetectionEngine(config, reconcile=ledger_path is not None)
-    approvals = _approvals(Path(ledger_path)) if ledger_path is not None else iter(())
+    count = min(workers or os.cpu_count() or 1, len(config.wallets))
+    if engine is None and ledger_path is None and count > 1:
+        from detectors.partitioned import run_parts
+
+        parts, merged = run_parts(config, transfers_path, count, progress=progress)
+        if merged is not None:
+            with Path(alerts_out).open("wb") as out:
+                out.writelines(line + b"\n" for line, _ in merged)
+            errors = [p.error for p in parts if p.error is not None]
+            if errors:
+                raise min(errors, key=lambda e: e.line_number)
+            return BacktestSummary(
+                transfers_read=parts[0].read,
+                watched_transfers=parts[0].watched,
+                ledger_entries=0,
+                alerts=len(merged),
+                freezes=sum(freeze for _, freeze in merged),
+                elapsed_s=time.perf_counter() - started,
+            )
+        # Wallets alerted together: correlation may have mattered, so judge them in one process.
+    return _run_sequential(
+        config,
+        transfers_path,
+        None if ledger_path is None else Path(ledger_path),
+        Path(alerts_out),
+        progress,
+        engine or DetectionEngine(config, reconcile=ledger_path is not None),
+        ledger_lookahead_s,
+        started,
+    )
+
+
+def _run_sequential(  # noqa: PLR0917
+    config: Config,
+    transfers_path: Path,
+    ledger_path: Path | None,
+    alerts_out: Path,
+    progress: bool,
+    engine: DetectionEngine,
+    ledger_lookahead_s: float,
+    started: float,
+) -> BacktestSummary:
+    approvals = _approvals(ledger_path) if ledger_path is not None else iter(())
     pending = next(approvals, None)
+    pending_at = pending.time.timestamp() if pending is not None else 0.0
     ledger_entries = 0
-    lookahead = timedelta(seconds=ledger_lookahead_s)
-    read = watched = 0
-    bar = _ProgressBar(transfers_path) if progress else None
-    path_text = str(transfers_path)
-    with Path(alerts_out).open("wb") as out:
-        replay = _Replay(config, engine, out)
-        for number, raw in _lines(transfers_path):
+    read = watched = alerts = freezes = 0
+    bar = ProgressBar(transfers_path) if progress else None
+    replay = Replay(config, engine)
+    with alerts_out.open("wb") as out:
+        for number, raw in read_lines(transfers_path):
             read += 1
             try:
-                when, transfers = replay.parse(number, raw)
+                when, moves = replay.parse(number, raw)
             except _LineError as exc:
-                raise BacktestInputError(path_text, number, str(exc)) from None
+                raise line_error(transfers_path, number, exc) from None
             # Approvals precede their transfers, give or take a little clock skew: hand over
             # everything up to shortly after this line's time.
-            horizon = when + lookahead
-            while pending is not None and pending.time <= horizon:
+            horizon = when + ledger_lookahead_s
+            while pending is not None and pending_at <= horizon:
                 engine.process_approval(pending)
                 ledger_entries += 1
                 pending = next(approvals, None)
-            if transfers:
+                pending_at = pending.time.timestamp() if pending is not None else 0.0
+            if moves:
                 watched += 1
-                for transfer in transfers:
-                    replay.run(transfer)
+                for move in moves:
+                    for alert in replay.judge(move):
+                        out.write(orjson.dumps(alert_record(alert)) + b"\n")
+                        alerts += 1
+                        freezes += alert.freeze
             if bar is not None:
                 bar.advance(len(raw))
         if pending is not None:  # read the rest, so a malformed tail is still reported
@@ -460,13 +556,13 @@ def run_backtest(
         transfers_read=read,
         watched_transfers=watched,
         ledger_entries=ledger_entries,
-        alerts=replay.alerts,
-        freezes=replay.freezes,
+        alerts=alerts,
+        freezes=freezes,
         elapsed_s=time.perf_counter() - started,
     )
 
 
-class _ProgressBar:
+class ProgressBar:
     """A rich progress bar over the bytes of the input, updated every few thousand lines."""
 
     def __init__(self, path: Path) -> None:
@@ -479,11 +575,16 @@ class _ProgressBar:
         self._bytes = 0
 
     def advance(self, size: int) -> None:
+        """Count one line of ``size`` bytes."""
         self._lines += 1
         self._bytes += size
         if self._lines % _PROGRESS_EVERY == 0:
             self._progress.advance(self._task, self._bytes)
             self._bytes = 0
+
+    def show(self, completed: int) -> None:
+        """Set the bytes done (a run in worker processes reports them this way)."""
+        self._progress.update(self._task, completed=completed)
 
     def close(self) -> None:
         self._progress.advance(self._task, self._bytes)

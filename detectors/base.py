@@ -29,20 +29,14 @@ True
 from __future__ import annotations
 
 import bisect
-from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Final, Protocol, runtime_checkable
 
+from detectors.move import TransferView
 from drainwatch.config import WalletConfig
-from drainwatch.events import (
-    ApprovedWithdrawal,
-    Direction,
-    Severity,
-    Transfer,
-    normalize_address,
-)
+from drainwatch.events import ApprovedWithdrawal, Direction, Severity, normalize_address
 
 __all__ = [
     "DEFAULT_WINDOWS_S",
@@ -51,6 +45,7 @@ __all__ = [
     "FirstSeen",
     "LedgerAware",
     "Outflow",
+    "Payment",
     "StateLearner",
     "WalletState",
     "Window",
@@ -130,121 +125,250 @@ class Finding:
     tx_hashes: tuple[str, ...] = ()
 
 
-@dataclass(slots=True)
-class Outflow:
+_Applied = tuple[int, str, bool]
+"""What counting a transfer did: signed units (negative out), counterparty, external."""
+
+
+class Payment:
+    """An outflow of the wallet: when, how many units, and the transfer it was."""
+
+    __slots__ = ("source", "time", "units")
+
+    def __init__(self, time: float, units: int, source: TransferView) -> None:
+        self.time = time
+        self.units = units
+        self.source = source
+
+    @property
+    def transfer_id(self) -> str:
+        """The id of the transfer."""
+        return self.source.id
+
+    @property
+    def tx_hash(self) -> str:
+        """The transaction it was in."""
+        return self.source.tx_hash
+
+
+class Outflow(Payment):
     """One external outflow kept in the windows."""
 
-    time: float
-    units: int
-    counterparty: str
-    transfer_id: str
-    tx_hash: str
-    new: bool
-    """Whether the destination counted as new when the outflow happened."""
-    mid: bool = False
-    """A new destination and at least ``midsize_share`` of the balance: not a typical customer."""
+    __slots__ = ("counterparty", "mid", "new")
+
+    def __init__(  # noqa: PLR0917 - the fields, positional for the hot path
+        self,
+        time: float,
+        units: int,
+        counterparty: str,
+        source: TransferView,
+        new: bool,
+        mid: bool = False,
+    ) -> None:
+        super().__init__(time, units, source)
+        self.counterparty = counterparty
+        self.new = new
+        """Whether the destination counted as new when the outflow happened."""
+        self.mid = mid
+        """A new destination and at least ``midsize_share`` of the balance: not a customer's."""
 
 
-@dataclass(slots=True)
-class FirstSeen:
+class FirstSeen(Payment):
     """The first outflow a wallet made to a destination."""
 
-    time: float
-    units: int
-    transfer_id: str
-    tx_hash: str
+    __slots__ = ()
 
 
-@dataclass(slots=True)
-class _Applied:
-    time: float
-    units: int
-    """Signed: negative for an outflow."""
-    counterparty: str
-    external: bool
+class _OutflowLog:
+    """External outflows in event-time order with running sums: every window is a view of it.
+
+    ``cum_*[i]`` sums the first ``i`` items, so a window's total is two lookups and a bisect;
+    ``by_dest`` lists, per destination, the outflows that were to a new destination.
+    """
+
+    __slots__ = ("by_dest", "cum_mid", "cum_mid_n", "cum_new", "cum_total", "items", "times")
+
+    def __init__(self) -> None:
+        self.items: list[Outflow] = []
+        self.times: list[float] = []
+        self.cum_total = [0]
+        self.cum_new = [0]
+        self.cum_mid = [0]
+        self.cum_mid_n = [0]
+        self.by_dest: dict[str, list[Outflow]] = {}
+
+    def add(self, outflow: Outflow) -> None:
+        times = self.times
+        if times and outflow.time < times[-1]:
+            # A late arrival: insert it in time order and redo the sums after it.
+            index = bisect.bisect_right(times, outflow.time)
+            times.insert(index, outflow.time)
+            self.items.insert(index, outflow)
+            self._resum(index)
+        else:
+            times.append(outflow.time)
+            self.items.append(outflow)
+            units = outflow.units
+            self.cum_total.append(self.cum_total[-1] + units)
+            if outflow.new:
+                self.cum_new.append(self.cum_new[-1] + units)
+                if outflow.mid:
+                    self.cum_mid.append(self.cum_mid[-1] + units)
+                    self.cum_mid_n.append(self.cum_mid_n[-1] + 1)
+                else:
+                    self.cum_mid.append(self.cum_mid[-1])
+                    self.cum_mid_n.append(self.cum_mid_n[-1])
+            else:
+                self.cum_new.append(self.cum_new[-1])
+                self.cum_mid.append(self.cum_mid[-1])
+                self.cum_mid_n.append(self.cum_mid_n[-1])
+        if outflow.new:
+            listed = self.by_dest.get(outflow.counterparty)
+            if listed is None:
+                self.by_dest[outflow.counterparty] = [outflow]
+            else:
+                listed.append(outflow)
+                if len(listed) > 1 and outflow.time < listed[-2].time:
+                    listed.sort(key=lambda o: o.time)
+
+    def _resum(self, start: int) -> None:
+        """Recompute the running sums from item ``start`` on."""
+        items = self.items
+        for cum in (self.cum_total, self.cum_new, self.cum_mid, self.cum_mid_n):
+            del cum[start + 1 :]
+        total, new, mid, mid_n = (
+            self.cum_total[start],
+            self.cum_new[start],
+            self.cum_mid[start],
+            self.cum_mid_n[start],
+        )
+        for outflow in items[start:]:
+            total += outflow.units
+            if outflow.new:
+                new += outflow.units
+                if outflow.mid:
+                    mid += outflow.units
+                    mid_n += 1
+            self.cum_total.append(total)
+            self.cum_new.append(new)
+            self.cum_mid.append(mid)
+            self.cum_mid_n.append(mid_n)
+
+    def remove(self, source: TransferView) -> None:
+        """Take out a retracted outflow, if it is here."""
+        for index in range(len(self.items) - 1, -1, -1):
+            outflow = self.items[index]
+            if outflow.source is source or outflow.source.dedup_key == source.dedup_key:
+                del self.items[index]
+                del self.times[index]
+                self._resum(index)
+                listed = self.by_dest.get(outflow.counterparty)
+                if listed is not None and outflow in listed:
+                    listed.remove(outflow)
+                    if not listed:
+                        del self.by_dest[outflow.counterparty]
+                return
+
+    def trim(self, horizon: float) -> None:
+        """Forget outflows at or before ``horizon`` (older than every window)."""
+        count = bisect.bisect_right(self.times, horizon)
+        if not count:
+            return
+        by_dest = self.by_dest
+        for outflow in self.items[:count]:
+            if outflow.new:
+                listed = by_dest.get(outflow.counterparty)
+                if listed is not None:
+                    if listed[0] is outflow:
+                        del listed[0]
+                    elif outflow in listed:
+                        listed.remove(outflow)
+                    if not listed:
+                        del by_dest[outflow.counterparty]
+        del self.items[:count]
+        del self.times[:count]
+        for cum in (self.cum_total, self.cum_new, self.cum_mid, self.cum_mid_n):
+            del cum[:count]
+
+    def rescale(self, factor: int) -> None:
+        for outflow in self.items:
+            outflow.units *= factor
+        for cum in (self.cum_total, self.cum_new, self.cum_mid):
+            cum[:] = [value * factor for value in cum]
 
 
 class Window:
-    """External outflows of the last ``span_s`` seconds of event time, with running sums.
+    """External outflows of the last ``span_s`` seconds of event time, with their sums.
 
-    ``new_by_dest`` sums the outflows to destinations that were new when paid, per destination.
+    A view of the wallet's outflow log as of the latest event time (the state's watermark):
+    an outflow at or before ``watermark - span_s`` is out. Get one from
+    :meth:`WalletState.window`, which brings it up to date.
     """
 
     __slots__ = (
-        "items",
+        "_log",
+        "_start",
+        "horizon",
         "mid_count",
         "mid_total",
-        "new_by_dest",
-        "new_count_by_dest",
         "new_total",
         "span_s",
         "total",
     )
 
-    def __init__(self, span_s: int) -> None:
+    def __init__(self, log: _OutflowLog, span_s: int) -> None:
+        self._log = log
         self.span_s = span_s
-        self.items: deque[Outflow] = deque()
+        self._start = 0
+        self.horizon = float("-inf")
         self.total = 0
+        """Everything external that left in the window."""
         self.new_total = 0
+        """What left to destinations that were new when paid."""
         self.mid_total = 0
         self.mid_count = 0
-        self.new_by_dest: dict[str, int] = {}
-        self.new_count_by_dest: dict[str, int] = {}
+        """Mid-size outflows to new destinations: their sum and count."""
 
-    def add(self, outflow: Outflow, watermark: float) -> None:
-        """Add an outflow; one that is already older than the window is left out."""
-        if outflow.time <= watermark - self.span_s:
-            return
-        items = self.items
-        if items and outflow.time < items[-1].time:
-            # Late arrival: keep the deque in time order so eviction stays a popleft loop.
-            times = [o.time for o in items]
-            items.insert(bisect.bisect_right(times, outflow.time), outflow)
-        else:
-            items.append(outflow)
-        self.total += outflow.units
-        if outflow.new:
-            self.new_total += outflow.units
-            dest = outflow.counterparty
-            by_dest = self.new_by_dest
-            by_dest[dest] = by_dest.get(dest, 0) + outflow.units
-            counts = self.new_count_by_dest
-            counts[dest] = counts.get(dest, 0) + 1
-            if outflow.mid:
-                self.mid_total += outflow.units
-                self.mid_count += 1
+    def __getstate__(self) -> tuple[_OutflowLog, int]:
+        # The sums are a cache of the log: a pickle (a snapshot) carries only the log.
+        return self._log, self.span_s
 
-    def _drop(self, outflow: Outflow) -> None:
-        self.total -= outflow.units
-        if outflow.new:
-            self.new_total -= outflow.units
-            dest = outflow.counterparty
-            left = self.new_by_dest[dest] - outflow.units
-            count = self.new_count_by_dest[dest] - 1
-            if count:
-                self.new_by_dest[dest] = left
-                self.new_count_by_dest[dest] = count
-            else:
-                del self.new_by_dest[dest]
-                del self.new_count_by_dest[dest]
-            if outflow.mid:
-                self.mid_total -= outflow.units
-                self.mid_count -= 1
+    def __setstate__(self, state: tuple[_OutflowLog, int]) -> None:
+        self.__init__(*state)  # type: ignore[misc]
 
-    def evict(self, now: float) -> None:
-        """Drop outflows at or before ``now - span_s``."""
-        horizon = now - self.span_s
-        items = self.items
-        while items and items[0].time <= horizon:
-            self._drop(items.popleft())
+    def sync(self, watermark: float) -> None:
+        """Recompute the view for the latest event time ``watermark``."""
+        log = self._log
+        self.horizon = horizon = watermark - self.span_s
+        start = self._start = bisect.bisect_right(log.times, horizon)
+        self.total = log.cum_total[-1] - log.cum_total[start]
+        self.new_total = log.cum_new[-1] - log.cum_new[start]
+        self.mid_total = log.cum_mid[-1] - log.cum_mid[start]
+        self.mid_count = log.cum_mid_n[-1] - log.cum_mid_n[start]
 
-    def remove(self, transfer_id: str) -> None:
-        """Take out a retracted outflow, if it is here."""
-        for outflow in self.items:
-            if outflow.transfer_id == transfer_id:
-                self.items.remove(outflow)
-                self._drop(outflow)
-                return
+    @property
+    def items(self) -> list[Outflow]:
+        """The outflows in the window, oldest first."""
+        return self._log.items[self._start :]
+
+    def new_to(self, counterparty: str) -> int:
+        """What left in the window to ``counterparty`` while it was a new destination."""
+        listed = self._log.by_dest.get(counterparty)
+        if listed is None:
+            return 0
+        horizon = self.horizon
+        return sum(o.units for o in listed if o.time > horizon)
+
+    def new_count_to(self, counterparty: str) -> int:
+        """How many outflows of the window went to ``counterparty`` while it was new."""
+        listed = self._log.by_dest.get(counterparty)
+        if listed is None:
+            return 0
+        horizon = self.horizon
+        return sum(1 for o in listed if o.time > horizon)
+
+    def new_destinations(self) -> set[str]:
+        """The destinations paid in the window while they were new."""
+        return {o.counterparty for o in self.items if o.new}
 
     def first_time(self, counterparty: str | None = None, new_only: bool = False) -> float | None:
         """Time of the oldest outflow (to ``counterparty``, or to a new destination) here."""
@@ -262,13 +386,6 @@ class Window:
             for o in self.items
             if (counterparty is None or o.counterparty == counterparty) and (o.new or not new_only)
         ]
-
-    def _rescale(self, factor: int) -> None:
-        """Rescale the sums; the outflows themselves are shared and rescaled by the state."""
-        self.total *= factor
-        self.new_total *= factor
-        self.mid_total *= factor
-        self.new_by_dest = {k: v * factor for k, v in self.new_by_dest.items()}
 
 
 class WalletState:
@@ -294,6 +411,10 @@ class WalletState:
     has moved over (a hot wallet is topped up long before it is empty), and shares are taken
     against the larger of that balance and the largest balance seen, so one low moment does not
     make ordinary withdrawals look huge.
+
+    Outflows live in one time-ordered log with running sums; each window is a view of it that
+    :meth:`window` brings up to date, so counting a transfer costs the same however many windows
+    there are.
     """
 
     def __init__(
@@ -308,6 +429,10 @@ class WalletState:
         midsize_share: Decimal = Decimal("0.005"),
     ) -> None:
         self.wallet = wallet
+        self.role = wallet.role
+        """``hot`` or ``cold``."""
+        self.label = wallet.name
+        """The wallet's label, or its key."""
         self.midsize_share = midsize_share
         self._mid = midsize_share.as_integer_ratio()
         self.asset = asset
@@ -323,28 +448,33 @@ class WalletState:
         self._running = 0
         self._min_running = 0
         self._max_running = 0
-        self._windows = {span: Window(span) for span in self.windows_s}
-        self._window_list = tuple(self._windows.values())
+        self._floor_units = self._compute_floor()
+        self._log = _OutflowLog()
+        self._windows = {span: Window(self._log, span) for span in self.windows_s}
+        self._synced: dict[int, tuple[float, int]] = {}
+        self._changes = 0
+        """Counts changes to the log, so a window is recomputed only when something moved."""
+        self._longest = max(self.windows_s, default=0)
+        self._trim_at = float("-inf")
         self._first_seen: dict[str, FirstSeen] = {}
-        self._applied: OrderedDict[str, _Applied] = OrderedDict()
-        self._retention_s = max(self.windows_s, default=0) + reorder_tolerance_s
+        # Transfers counted, in two generations: the older one is dropped whole once the newer
+        # one spans the retention (so each is remembered for one to two retentions).
+        self._applied: dict[Hashable, _Applied] = {}
+        self._applied_before: dict[Hashable, _Applied] = {}
+        self._retention_s = self._longest + reorder_tolerance_s
+        self._rotate_at = float("-inf")
         self.watermark = float("-inf")
         """The latest event time seen."""
         self.now = float("-inf")
         """Event time of the transfer being judged (set by :meth:`prepare`)."""
         self.applied_count = 0
 
+    def __getstate__(self) -> dict[str, object]:
+        # Which windows are up to date is a cache, not state: reading a window must not change
+        # what a snapshot of the state looks like.
+        return {**self.__dict__, "_synced": {}}
+
     # -- reading (what detectors may call) ---------------------------------------------------
-
-    @property
-    def role(self) -> str:
-        """``hot`` or ``cold``."""
-        return self.wallet.role
-
-    @property
-    def label(self) -> str:
-        """The wallet's label, or its key."""
-        return self.wallet.name
 
     @property
     def balance_known(self) -> bool:
@@ -352,10 +482,18 @@ class WalletState:
         return self._opening is not None
 
     def window(self, span_s: int) -> Window:
-        """The window of ``span_s`` seconds (it must be one of ``windows_s``)."""
-        return self._windows[span_s]
+        """The window of ``span_s`` seconds (it must be one of ``windows_s``), up to date."""
+        window = self._windows[span_s]
+        stamp = (self.watermark, self._changes)
+        if self._synced.get(span_s) != stamp:
+            window.sync(self.watermark)
+            self._synced[span_s] = stamp
+        return window
 
     def _floor(self) -> int:
+        return self._floor_units
+
+    def _compute_floor(self) -> int:
         lowest = -self._min_running
         if self._opening is not None and self._opening >= lowest:
             return self._opening
@@ -366,16 +504,16 @@ class WalletState:
 
     def balance_units(self) -> int:
         """The balance now (before the transfer being judged), in units."""
-        return self._floor() + self._running
+        return self._floor_units + self._running
 
     def reference_units(self, window: Window) -> int:
         """The balance at the window's start: now plus what left in the window."""
-        ref = self.balance_units() + window.total
+        ref = self._floor_units + self._running + window.total
         if self._opening is None:
-            ref = max(ref, self._floor() + self._max_running)
+            ref = max(ref, self._floor_units + self._max_running)
         return ref
 
-    def units_of(self, transfer: Transfer) -> int:
+    def units_of(self, transfer: TransferView) -> int:
         """The transfer's amount at this state's scale (call :meth:`prepare` first)."""
         units: int = transfer.amount * _POW10[self.scale - transfer.decimals]
         return units
@@ -403,53 +541,61 @@ class WalletState:
         seen = self._first_seen.get(address)
         return seen is None or now - seen.time < self.new_destination_age_s
 
+    def new_outflows_to(self, address: str) -> list[Outflow] | None:
+        """The outflows still in the longest window that paid ``address`` while it was new."""
+        return self._log.by_dest.get(address)
+
     def is_midsize(self, units: int) -> bool:
         """Whether an outflow of ``units`` now is at least ``midsize_share`` of the balance."""
         return units * self._mid[1] >= self.balance_units() * self._mid[0]
 
-    def has_applied(self, transfer_id: str) -> bool:
-        """Whether a transfer with this id is already counted."""
-        return transfer_id in self._applied
+    def has_applied(self, dedup_key: Hashable) -> bool:
+        """Whether a transfer with this :attr:`~detectors.move.TransferView.dedup_key` counts."""
+        return dedup_key in self._applied or dedup_key in self._applied_before
 
     # -- updating (the engine's job) ---------------------------------------------------------
 
-    def prepare(self, transfer: Transfer) -> None:
-        """Get ready to judge ``transfer``: widen the scale, advance event time, evict.
+    def prepare(self, transfer: TransferView) -> None:
+        """Get ready to judge ``transfer``: widen the scale, advance event time, forget the old.
 
         Passing time is not learning: this runs before ``score_one``.
         """
         if transfer.decimals > self.scale:
             self._rescale(transfer.decimals)
-        if transfer.balance_after is not None and transfer.id not in self._applied:
+        balance_after = transfer.balance_after
+        if balance_after is not None and not self.has_applied(transfer.dedup_key):
             # The chain's balance after this block, plus what this transfer took, is the balance
             # it was judged against (several transfers in one block make it a little low, so
             # their shares a little high: the cautious side).
-            after = transfer.balance_after * _POW10[self.scale - transfer.decimals]
+            after = balance_after * _POW10[self.scale - transfer.decimals]
             units = self.units_of(transfer)
             self._anchor(
                 max(after + units if transfer.direction is Direction.OUT else after - units, 0)
             )
-        now = transfer.time.timestamp()
+        now = transfer.epoch
         self.now = now
         if now > self.watermark:
             self.watermark = now
-            for window in self._window_list:
-                items = window.items
-                if items and items[0].time <= now - window.span_s:
-                    window.evict(now)
-            applied = self._applied
-            horizon = now - self._retention_s
-            while applied and next(iter(applied.values())).time < horizon:
-                applied.popitem(last=False)
+            if now >= self._trim_at:
+                # Now and then (a hundredth of the longest window, at least a minute, of event
+                # time): forget outflows older than every window.
+                self._trim_at = now + max(60, self._longest // 100)
+                self._log.trim(now - self._longest)
+                self._changes += 1
+            if now >= self._rotate_at:
+                self._rotate_at = now + self._retention_s
+                self._applied_before = self._applied
+                self._applied = {}
 
-    def apply(self, transfer: Transfer, learn: bool = True) -> bool:
+    def apply(self, transfer: TransferView, learn: bool = True) -> bool:
         """Count a prepared transfer; ``learn=False`` keeps its destination unfamiliar.
 
-        Returns False for a duplicate (same id), which changes nothing.
+        Returns False for a duplicate (same dedup key), which changes nothing.
         """
-        if transfer.id in self._applied:
+        key = transfer.dedup_key
+        if key in self._applied or key in self._applied_before:
             return False
-        units = self.units_of(transfer)
+        units = transfer.amount * _POW10[self.scale - transfer.decimals]
         counterparty = transfer.counterparty
         out = transfer.direction is Direction.OUT
         external = out and units > 0 and counterparty not in self.internal
@@ -458,29 +604,31 @@ class WalletState:
         self._running = running
         if running < self._min_running:
             self._min_running = running
+            self._floor_units = self._compute_floor()
         elif running > self._max_running:
             self._max_running = running
+            self._floor_units = self._compute_floor()
         now = self.now
         if external:
-            new = self.is_new_destination(counterparty, now)
-            mid_num, mid_den = self._mid
-            outflow = Outflow(
-                now,
-                units,
-                counterparty,
-                transfer.id,
-                transfer.tx_hash,
-                new,
-                new and units * mid_den >= (self._floor() + running + units) * mid_num,
+            seen = self._first_seen.get(counterparty)
+            new = counterparty not in self.known and (
+                seen is None or now - seen.time < self.new_destination_age_s
             )
-            watermark = self.watermark
-            for window in self._window_list:
-                window.add(outflow, watermark)
-            if learn and counterparty not in self._first_seen:
-                self._first_seen[counterparty] = FirstSeen(
-                    now, units, transfer.id, transfer.tx_hash
+            mid_num, mid_den = self._mid
+            self._log.add(
+                Outflow(
+                    now,
+                    units,
+                    counterparty,
+                    transfer,
+                    new,
+                    new and units * mid_den >= (self._floor() + running + units) * mid_num,
                 )
-        self._applied[transfer.id] = _Applied(now, signed, counterparty, external)
+            )
+            self._changes += 1
+            if learn and seen is None:
+                self._first_seen[counterparty] = FirstSeen(now, units, transfer)
+        self._applied[key] = (signed, counterparty, external)
         self.applied_count += 1
         if transfer.balance_after is not None:
             # A balance read from the chain beats the one tracked from the stream.
@@ -490,23 +638,26 @@ class WalletState:
     def _anchor(self, balance: int) -> None:
         self._opening = balance
         self._running = self._min_running = self._max_running = 0
+        self._floor_units = self._compute_floor()
 
-    def retract(self, transfer: Transfer) -> bool:
+    def retract(self, transfer: TransferView) -> bool:
         """Undo a counted transfer (its block was reorganised away or it was dropped).
 
         The lowest and highest running balances are not undone: they only make the balance
         estimate more cautious. Returns False when the transfer was not counted.
         """
-        record = self._applied.pop(transfer.id, None)
+        key = transfer.dedup_key
+        record = self._applied.pop(key, None) or self._applied_before.pop(key, None)
         if record is None:
             return False
-        self._running -= record.units
-        if record.external:
-            for window in self._windows.values():
-                window.remove(transfer.id)
-        seen = self._first_seen.get(record.counterparty)
-        if seen is not None and seen.transfer_id == transfer.id:
-            del self._first_seen[record.counterparty]
+        units, counterparty, external = record
+        self._running -= units
+        if external:
+            self._log.remove(transfer)
+            self._changes += 1
+        seen = self._first_seen.get(counterparty)
+        if seen is not None and seen.source.dedup_key == key:
+            del self._first_seen[counterparty]
         self.applied_count -= 1
         return True
 
@@ -518,16 +669,14 @@ class WalletState:
         self._running *= factor
         self._min_running *= factor
         self._max_running *= factor
-        # Windows share Outflow objects: rescale each once, then every window's sums.
-        shared = {id(o): o for window in self._windows.values() for o in window.items}
-        for outflow in shared.values():
-            outflow.units *= factor
-        for window in self._windows.values():
-            window._rescale(factor)
+        self._floor_units = self._compute_floor()
+        self._log.rescale(factor)
+        self._changes += 1
         for seen in self._first_seen.values():
             seen.units *= factor
-        for record in self._applied.values():
-            record.units *= factor
+        for applied in (self._applied, self._applied_before):
+            for key, (units, counterparty, external) in applied.items():
+                applied[key] = (units * factor, counterparty, external)
 
 
 @runtime_checkable
@@ -541,11 +690,11 @@ class Detector(Protocol):
 
     name: str
 
-    def score_one(self, transfer: Transfer, state: WalletState) -> Finding | None:
+    def score_one(self, transfer: TransferView, state: WalletState) -> Finding | None:
         """Judge ``transfer``; must not change the detector or ``state``."""
         ...
 
-    def learn_one(self, transfer: Transfer) -> None:
+    def learn_one(self, transfer: TransferView) -> None:
         """Update what the detector remembers with a transfer it did not freeze on."""
         ...
 
@@ -569,6 +718,6 @@ class StateLearner(Protocol):
 
     name: str
 
-    def learn_with_state(self, transfer: Transfer, state: WalletState) -> None:
+    def learn_with_state(self, transfer: TransferView, state: WalletState) -> None:
         """Remember a transfer, judged against the state as it was before it."""
         ...

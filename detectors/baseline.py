@@ -45,12 +45,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Protocol
+from typing import Final, Protocol
 
 from river import stats
 
 from detectors.base import Finding, WalletState, format_units, ratio_string
-from drainwatch.events import Direction, Severity, Transfer, TransferStatus
+from detectors.move import TransferView
+from drainwatch.events import Direction, Severity, TransferStatus
 
 __all__ = ["BaselineDetector", "RunningMean"]
 
@@ -98,6 +99,9 @@ class BaselineDetector:
             balance, so a wallet that rarely pays anyone is not flagged for a few withdrawals.
     """
 
+    outflows_only: Final = True
+    """Neither judges nor learns from inflows (the engine skips them)."""
+
     def __init__(
         self,
         *,
@@ -129,7 +133,7 @@ class BaselineDetector:
         """The windows this detector needs the wallet state to keep."""
         return (self.window_s,)
 
-    def _profile(self, transfer: Transfer) -> _Profile:
+    def _profile(self, transfer: TransferView) -> _Profile:
         key = (transfer.chain, transfer.wallet, transfer.asset)
         profile = self._profiles.get(key)
         if profile is None:
@@ -140,7 +144,7 @@ class BaselineDetector:
             self._profiles[key] = profile
         return profile
 
-    def score_one(self, transfer: Transfer, state: WalletState) -> Finding | None:
+    def score_one(self, transfer: TransferView, state: WalletState) -> Finding | None:
         """Judge an outflow to a new destination against the learned hourly baseline."""
         if transfer.direction is not Direction.OUT or transfer.status is TransferStatus.RETRACTED:
             return None
@@ -191,17 +195,17 @@ class BaselineDetector:
             tx_hashes=(transfer.tx_hash,),
         )
 
-    def learn_one(self, transfer: Transfer) -> None:
+    def learn_one(self, transfer: TransferView) -> None:
         """Count an outflow in its wallet-hour; a completed hour updates the river means."""
         if transfer.direction is not Direction.OUT:
             return
         profile = self._profile(transfer)
-        now = transfer.time.timestamp()
+        now = transfer.epoch
         if now >= profile.hour_start + 3600:
             self._roll(profile, now)
         profile.hour_value += transfer.amount / 10**transfer.decimals
 
-    def learn_with_state(self, transfer: Transfer, state: WalletState) -> None:
+    def learn_with_state(self, transfer: TransferView, state: WalletState) -> None:
         """Learn one transfer with what the state knows (new destination or not).
 
         The engine calls this instead of :meth:`learn_one` when it has the state: only outflows

@@ -38,6 +38,7 @@ from detectors.base import Detector, Finding, LedgerAware, StateLearner, WalletS
 from detectors.baseline import BaselineDetector
 from detectors.correlation import IncidentCorrelator
 from detectors.ledger import LedgerReconciliation
+from detectors.move import TransferView
 from detectors.velocity import VelocityDetector
 from drainwatch.config import Config, WalletConfig
 from drainwatch.events import (
@@ -57,6 +58,9 @@ from drainwatch.events import (
 from drainwatch.stage import Output
 
 __all__ = ["DetectionEngine", "default_detectors"]
+
+_ROUTES_MAX = 65536
+"""Distinct (chain, address, asset) routes remembered; beyond it they are looked up each time."""
 
 Clock = Callable[[], datetime]
 
@@ -144,6 +148,16 @@ class DetectionEngine:
             d.name for d in self.detectors if isinstance(d, StateLearner)
         )
         self._watch = self.correlator.watch_share.as_integer_ratio() if self.correlator else (1, 1)
+        # The hot path's view of the detectors: bound methods, looked up once.
+        self._scorers = [d.score_one for d in self.detectors]
+        self._with_state = [
+            d.learn_with_state
+            for d in self.detectors
+            if isinstance(d, StateLearner) and getattr(d, "learns", True)
+        ]
+        self._plain = [d.learn_one for d in self.detectors if not isinstance(d, StateLearner)]
+        self._routes: dict[tuple[str, str, str], WalletState | None] = {}
+        self._outflows_only = all(getattr(d, "outflows_only", False) for d in self.detectors)
 
     def wallet(self, chain: str, address: str) -> WalletConfig | None:
         """The watched wallet at ``address`` on ``chain`` (chain slugs compare case-blind)."""
@@ -164,7 +178,7 @@ class DetectionEngine:
             self._states[key] = state
         return state
 
-    def replay(self, transfers: Iterable[Transfer]) -> int:
+    def replay(self, transfers: Iterable[TransferView]) -> int:
         """Rebuild state from past transfers (after a restart) without emitting any alert.
 
         Detectors learn, windows fill and cooldowns are remembered exactly as if the transfers had
@@ -176,29 +190,53 @@ class DetectionEngine:
             counted += 1
         return counted
 
+    def _route(self, chain: str, address: str, asset: str) -> WalletState | None:
+        """The state a transfer of ``asset`` at ``address`` on ``chain`` counts in, if watched."""
+        route_key = (chain, address, asset)
+        try:
+            return self._routes[route_key]
+        except KeyError:
+            pass
+        wallet = self._wallets.get((chain.casefold(), address))
+        state = None
+        if wallet is not None and (
+            wallet.asset is None or wallet.asset.casefold() == asset.casefold()
+        ):
+            state = self.state(wallet, asset)
+        if len(self._routes) < _ROUTES_MAX:
+            self._routes[route_key] = state
+        return state
+
     def process(
-        self, transfer: Transfer, detected_at: datetime | None = None, *, emit: bool = True
+        self,
+        transfer: TransferView,
+        detected_at: datetime | None = None,
+        *,
+        emit: bool = True,
+        at_event_time: bool = False,
     ) -> list[Alert]:
         """Judge one transfer of a watched wallet and count it; return the alerts it raises.
 
         With ``emit=False`` (a state rebuild) everything is judged and remembered as usual but no
-        alert is returned.
+        alert is returned. ``detected_at`` defaults to the wall clock, or with ``at_event_time``
+        (a backtest) to the transfer's own time.
         """
-        wallet = self._wallets.get((transfer.chain.casefold(), transfer.wallet))
-        if wallet is None:
+        state = self._route(transfer.chain, transfer.wallet, transfer.asset)
+        if state is None:
             return []
-        if wallet.asset is not None and wallet.asset.casefold() != transfer.asset.casefold():
-            return []
-        state = self.state(wallet, transfer.asset)
         if transfer.status is TransferStatus.RETRACTED:
             state.retract(transfer)
             return []
-        if state.has_applied(transfer.id):
+        if state.has_applied(transfer.dedup_key):
             return []
         state.prepare(transfer)
+        if self._outflows_only and transfer.direction is Direction.IN:
+            # No detector reads inflows: they only move the balance.
+            state.apply(transfer)
+            return []
         findings: list[Finding] = []
-        for detector in self.detectors:
-            finding = detector.score_one(transfer, state)
+        for score_one in self._scorers:
+            finding = score_one(transfer, state)
             if finding is not None:
                 findings.append(finding)
         correlator = self.correlator
@@ -206,7 +244,15 @@ class DetectionEngine:
             watched = self._watch_finding(transfer, state, findings)
             if watched is not None:
                 findings.append(watched)
-        if findings and self._explained(transfer, state):
+        if not findings:
+            # The common case: nobody froze, so everyone learns.
+            for learn_with_state in self._with_state:
+                learn_with_state(transfer, state)
+            state.apply(transfer)
+            for learn_one in self._plain:
+                learn_one(transfer)
+            return []
+        if self._explained(transfer, state):
             # The exchange approved this withdrawal: the ledger vouches for it, so the other
             # detectors may warn but not freeze (an approved market-maker payout, a whale).
             findings = [
@@ -224,15 +270,16 @@ class DetectionEngine:
         for detector in self.detectors:
             if detector.name not in frozen_by and detector.name not in learners:
                 detector.learn_one(transfer)
-        if not findings:
-            return []
+        wallet = state.wallet
+        if detected_at is None and at_event_time:
+            detected_at = transfer.time
         return self._alerts(wallet, transfer, state, findings, detected_at, emit=emit)
 
-    def _explained(self, transfer: Transfer, state: WalletState) -> bool:
+    def _explained(self, transfer: TransferView, state: WalletState) -> bool:
         return any(ledger.explains(transfer, state) for ledger in self._ledgers)
 
     def _watch_finding(
-        self, transfer: Transfer, state: WalletState, findings: list[Finding]
+        self, transfer: TransferView, state: WalletState, findings: list[Finding]
     ) -> Finding | None:
         """While an incident is open: an outflow of ``watch_share`` to a new address freezes."""
         if any(f.freeze for f in findings) or transfer.direction is not Direction.OUT:
@@ -262,7 +309,7 @@ class DetectionEngine:
     def _alerts(
         self,
         wallet: WalletConfig,
-        transfer: Transfer,
+        transfer: TransferView,
         state: WalletState,
         findings: list[Finding],
         detected_at: datetime | None,
@@ -325,12 +372,12 @@ class DetectionEngine:
     def _incident_freeze(
         self,
         wallet: WalletConfig,
-        transfer: Transfer,
+        transfer: TransferView,
         incident_id: str | None,
         detected_at: datetime | None,
     ) -> Alert:
         """Freeze a wallet that had only warned, now that it is part of an incident."""
-        now = transfer.time.timestamp()
+        now = transfer.epoch
         self._emitted[(wallet.key, "correlation")] = _Emitted(now, Severity.CRITICAL, 1.0, now)
         return Alert(
             id=event_id("correlation", wallet.key, transfer.id),
@@ -373,12 +420,12 @@ class DetectionEngine:
     def _alert(
         self,
         wallet: WalletConfig,
-        transfer: Transfer,
+        transfer: TransferView,
         finding: Finding,
         detected_at: datetime | None,
         incident_id: str | None = None,
     ) -> Alert | None:
-        now = transfer.time.timestamp()
+        now = transfer.epoch
         key = (wallet.key, finding.detector)
         last = self._emitted.get(key)
         metrics = dict(finding.metrics)

@@ -30,3 +30,7 @@ class BacktestInputError(DetectorError):
         self.path = path
         self.line_number = line_number
         self.reason = reason
+
+    def __reduce__(self) -> tuple[type[BacktestInputError], tuple[str, int, str]]:
+        # Raised in a worker process and re-raised in the parent: pickle the three fields.
+        return type(self), (self.path, self.line_number, self.reason)

@@ -43,6 +43,7 @@ import orjson
 from detectors.backtest import run_backtest
 from detectors.base import Finding, WalletState, format_units, ratio_string
 from detectors.engine import DetectionEngine
+from detectors.move import TransferView
 from detectors.traffic import (
     DrainSpec,
     HotWalletSpec,
@@ -54,7 +55,7 @@ from detectors.traffic import (
     write_jsonl,
 )
 from drainwatch.config import loads
-from drainwatch.events import Direction, Severity, Transfer
+from drainwatch.events import Direction, Severity
 
 __all__ = [
     "FixedRule",
@@ -77,6 +78,9 @@ class FixedRule:
     The balance is the one at the window's start (now plus what left in the window).
     """
 
+    outflows_only: Final = True
+    """Neither judges nor learns from inflows (the engine skips them)."""
+
     def __init__(
         self, *, name: str = "fixed_rule", window_s: int = 1200, share: Decimal = Decimal("0.05")
     ) -> None:
@@ -90,7 +94,7 @@ class FixedRule:
         """The window this rule needs the wallet state to keep."""
         return (self.window_s,)
 
-    def score_one(self, transfer: Transfer, state: WalletState) -> Finding | None:
+    def score_one(self, transfer: TransferView, state: WalletState) -> Finding | None:
         """Freeze when the window's outflow, with this transfer, reaches the share."""
         if transfer.direction is not Direction.OUT or state.is_internal(transfer.counterparty):
             return None
@@ -115,7 +119,7 @@ class FixedRule:
             tx_hashes=(transfer.tx_hash,),
         )
 
-    def learn_one(self, transfer: Transfer) -> None:
+    def learn_one(self, transfer: TransferView) -> None:
         """Nothing to learn."""
 
 

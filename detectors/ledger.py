@@ -35,13 +35,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Final
 
 from detectors.base import Finding, WalletState, format_units
+from detectors.move import TransferView
 from drainwatch.events import (
     ApprovedWithdrawal,
     Direction,
     Severity,
-    Transfer,
     TransferStatus,
     normalize_address,
 )
@@ -63,6 +64,9 @@ def _match_key(chain: str, asset: str, to: str) -> tuple[str, str, str]:
 
 class LedgerReconciliation:
     """Freezes a hot wallet on an outflow that matches no approved withdrawal."""
+
+    outflows_only: Final = True
+    """Neither judges nor learns from inflows (the engine skips them)."""
 
     def __init__(
         self,
@@ -102,13 +106,13 @@ class LedgerReconciliation:
             else:
                 del self._open[key]
 
-    def _match(self, transfer: Transfer) -> tuple[tuple[str, str, str], int] | None:
+    def _match(self, transfer: TransferView) -> tuple[tuple[str, str, str], int] | None:
         key = _match_key(transfer.chain, transfer.asset, transfer.counterparty)
         candidates = self._open.get(key)
         if not candidates:
             return None
-        now = transfer.time.timestamp()
-        value = transfer.value
+        now = transfer.epoch
+        value = Decimal(f"{transfer.amount}E-{transfer.decimals}")
         tolerance = self.amount_tolerance
         for index, approval in enumerate(candidates):
             if approval.tx_hash is not None and approval.tx_hash == transfer.tx_hash:
@@ -120,7 +124,7 @@ class LedgerReconciliation:
                 return key, index
         return None
 
-    def _questioned(self, transfer: Transfer, state: WalletState) -> bool:
+    def _questioned(self, transfer: TransferView, state: WalletState) -> bool:
         return (
             self.active
             and transfer.direction is Direction.OUT
@@ -131,11 +135,11 @@ class LedgerReconciliation:
             and not state.is_known(transfer.counterparty)
         )
 
-    def explains(self, transfer: Transfer, state: WalletState) -> bool:
+    def explains(self, transfer: TransferView, state: WalletState) -> bool:
         """Whether an open approved withdrawal explains this outflow (pure)."""
         return self._questioned(transfer, state) and self._match(transfer) is not None
 
-    def score_one(self, transfer: Transfer, state: WalletState) -> Finding | None:
+    def score_one(self, transfer: TransferView, state: WalletState) -> Finding | None:
         """A critical freeze finding when an outflow matches no open approval."""
         if not self._questioned(transfer, state) or self._match(transfer) is not None:
             return None
@@ -160,7 +164,7 @@ class LedgerReconciliation:
             tx_hashes=(transfer.tx_hash,),
         )
 
-    def learn_one(self, transfer: Transfer) -> None:
+    def learn_one(self, transfer: TransferView) -> None:
         """Use up the approval that explains this outflow, so it explains no other."""
         if not self.active or transfer.direction is not Direction.OUT:
             return

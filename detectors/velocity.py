@@ -65,13 +65,16 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Final
 
-from detectors.base import Finding, Outflow, WalletState, format_units, ratio_string
+from detectors.base import Finding, Outflow, WalletState, Window, format_units, ratio_string
+from detectors.move import TransferView
 from drainwatch.config import DetectionConfig
-from drainwatch.events import Direction, Severity, Transfer, TransferStatus
+from drainwatch.events import Direction, Severity, TransferStatus
 
 __all__ = ["VelocityDetector", "describe_duration"]
 
 _EVIDENCE_MAX: Final = 100
+_OUT: Final = Direction.OUT
+_RETRACTED: Final = TransferStatus.RETRACTED
 
 
 # Log-spaced bins of per-transfer shares for the learned customer-withdrawal profile.
@@ -128,6 +131,25 @@ def _percent(amount: int, reference: int) -> str:
     return ratio_string(amount * 100, reference, 1) if reference > 0 else "100"
 
 
+def _window_metrics(state: WalletState, dest: str, units: int, *, new: bool) -> dict[str, str]:
+    """Every window's outflow, new-destination outflow, shares and new destinations."""
+    scale = state.scale
+    metrics = {}
+    for span_s in state.windows_s:
+        win = state.window(span_s)
+        out = win.total + units
+        new_out = win.new_total + (units if new else 0)
+        win_ref = state.reference_units(win)
+        dests = win.new_destinations()
+        n_new = len(dests) + (new and dest not in dests)
+        metrics[f"out_{span_s}s"] = format_units(out, scale)
+        metrics[f"new_out_{span_s}s"] = format_units(new_out, scale)
+        metrics[f"share_out_{span_s}s"] = ratio_string(out, win_ref)
+        metrics[f"share_new_{span_s}s"] = ratio_string(new_out, win_ref)
+        metrics[f"new_destinations_{span_s}s"] = str(n_new)
+    return metrics
+
+
 def describe_duration(seconds: float, round_up: bool = False) -> str:
     """A short human duration.
 
@@ -152,6 +174,9 @@ class VelocityDetector:
     Constructor arguments are the configuration; :meth:`from_config` derives them from the
     ``[detection]`` table. Shares are of the balance at the start of the window.
     """
+
+    outflows_only: Final = True
+    """Neither judges nor learns from inflows (the engine skips them)."""
 
     def __init__(
         self,
@@ -259,10 +284,15 @@ class VelocityDetector:
         """The windows this detector needs the wallet state to keep."""
         return (self.window_s, self.concentration_window_s, self.bleed_window_s)
 
-    def learn_one(self, transfer: Transfer) -> None:
+    @property
+    def learns(self) -> bool:
+        """Whether :meth:`learn_with_state` remembers anything (only the large-fresh rule does)."""
+        return self.fresh_freeze_count > 0
+
+    def learn_one(self, transfer: TransferView) -> None:
         """Without the state nothing is learned: the engine calls :meth:`learn_with_state`."""
 
-    def learn_with_state(self, transfer: Transfer, state: WalletState) -> None:
+    def learn_with_state(self, transfer: TransferView, state: WalletState) -> None:
         """Learn the share of the balance a payment to a first-seen destination took.
 
         Called before the transfer is counted, and not for a transfer this detector froze on.
@@ -319,7 +349,7 @@ class VelocityDetector:
                 return _bin_top(index)
         return _bin_top(0)
 
-    def fresh_threshold(self, transfer: Transfer) -> tuple[int, int] | None:
+    def fresh_threshold(self, transfer: TransferView) -> tuple[int, int] | None:
         """The learned share for one payment to a fresh address, as an exact fraction.
 
         ``None`` until the wallet has enough history (then only the fixed rules apply).
@@ -335,17 +365,19 @@ class VelocityDetector:
             return self._single_freeze
         return learned, 1_000_000
 
-    def score_one(self, transfer: Transfer, state: WalletState) -> Finding | None:
+    def score_one(  # noqa: PLR0915 - the hot path, kept in one frame on purpose
+        self, transfer: TransferView, state: WalletState
+    ) -> Finding | None:
         """Judge an outflow against the wallet's windows; ``None`` when it looks ordinary."""
-        if transfer.direction is not Direction.OUT or transfer.status is TransferStatus.RETRACTED:
+        if transfer.direction is not _OUT or transfer.status is _RETRACTED:
             return None
         dest = transfer.counterparty
-        if state.is_internal(dest):
+        if dest in state.internal:
             return None
         units = state.units_of(transfer)
         if units <= 0:
             return None
-        if state.role == "cold" and not state.is_known(dest):
+        if state.role == "cold" and dest not in state.known:
             return self._cold_outflow(transfer, state, units)
 
         now = state.now
@@ -364,13 +396,36 @@ class VelocityDetector:
         if _reaches(total_c, ref_c, self._total_long):
             fired.append((2, _ratio(total_c, ref_c, float(self.total_long_freeze_share)), "total"))
 
-        if state.is_new_destination(dest, now):
-            to_dest = conc.new_by_dest.get(dest, 0) + units
+        seen = state.first_seen(dest)
+        if dest not in state.known and (
+            seen is None or now - seen.time < state.new_destination_age_s
+        ):
+            # A new destination. What it received while new, in the hour and in the day:
+            paid = state.new_outflows_to(dest)
+            to_dest, count = units, 1
+            to_dest_day, count_day = units, 1
+            if paid:
+                conc_horizon = conc.horizon
+                bleed_horizon = state.watermark - self.bleed_window_s
+                for outflow in paid:
+                    if outflow.time > conc_horizon:
+                        to_dest += outflow.units
+                        count += 1
+                    if outflow.time > bleed_horizon:
+                        to_dest_day += outflow.units
+                        count_day += 1
             if _reaches(to_dest, ref_c, self._single_warn):
                 level = 2 if _reaches(to_dest, ref_c, self._single_freeze) else 1
                 score = _ratio(to_dest, ref_c, float(self.single_freeze_share))
                 fired.append((level, score, "single"))
-            self._fresh_rules(transfer, state, units, fired)
+            if count >= self.repeat_min_count and _reaches(to_dest, ref_c, self._repeat):
+                # The third payment to the same new address within the hour: drains repeat; a
+                # customer (or a whale) paying one fresh address twice in an hour is seen,
+                # thrice that much is not.
+                score = max(1.0, _ratio(to_dest, ref_c, float(self.repeat_freeze_share)))
+                fired.append((2, score, "repeat"))
+            if self.fresh_freeze_count > 0 and seen is None:
+                self._large_fresh(transfer, conc, ref_c, units, fired)
 
             if state.is_midsize(units):
                 mid_total = window.mid_total + units
@@ -381,16 +436,13 @@ class VelocityDetector:
                     score = _ratio(mid_total, ref_w, float(self.burst_freeze_share))
                     fired.append((level, score, "burst"))
 
-            bleed = state.window(self.bleed_window_s)
-            if bleed.new_count_by_dest.get(dest, 0) + 1 >= self.bleed_min_count:
-                to_dest_day = bleed.new_by_dest.get(dest, 0) + units
-                ref_b = state.reference_units(bleed)
+            if count_day >= self.bleed_min_count:
+                ref_b = state.reference_units(state.window(self.bleed_window_s))
                 if _reaches(to_dest_day, ref_b, self._bleed_warn):
                     level = 2 if _reaches(to_dest_day, ref_b, self._bleed_freeze) else 1
                     score = _ratio(to_dest_day, ref_b, float(self.bleed_freeze_share))
                     fired.append((level, score, "slow_bleed"))
 
-            seen = state.first_seen(dest)
             if (
                 seen is not None
                 and now - seen.time <= self.test_window_s
@@ -404,42 +456,33 @@ class VelocityDetector:
             return None
         return self._finding(transfer, state, units, fired)
 
-    def _fresh_rules(
+    def _large_fresh(
         self,
-        transfer: Transfer,
-        state: WalletState,
+        transfer: TransferView,
+        conc: Window,
+        ref_c: int,
         units: int,
         fired: list[tuple[int, float, str]],
     ) -> None:
-        """Repeated and unusually large payments to new addresses (the learned threshold)."""
+        """A payment to a first-seen address above the learned threshold (off by default)."""
+        fresh = self.fresh_threshold(transfer)
+        if fresh is None or not _reaches(units, ref_c, fresh):
+            return
+        # Larger than this wallet's customers' withdrawals to fresh addresses ever are: frozen
+        # once ``fresh_freeze_count`` of them fall within the hour.
         dest = transfer.counterparty
-        conc = state.window(self.concentration_window_s)
-        ref_c = state.reference_units(conc)
-        to_dest = conc.new_by_dest.get(dest, 0) + units
-        count = conc.new_count_by_dest.get(dest, 0) + 1
-        if count >= self.repeat_min_count and _reaches(to_dest, ref_c, self._repeat):
-            # The third payment to the same new address within the hour: drains repeat; a
-            # customer (or a whale) paying one fresh address twice in an hour is seen, thrice
-            # that much is not.
-            score = max(1.0, _ratio(to_dest, ref_c, float(self.repeat_freeze_share)))
-            fired.append((2, score, "repeat"))
-
-        fresh = self.fresh_threshold(transfer) if state.first_seen(dest) is None else None
-        if fresh is not None and _reaches(units, ref_c, fresh):
-            # Larger than this wallet's customers' withdrawals to fresh addresses ever are:
-            # frozen once ``fresh_freeze_count`` of them fall within the hour.
-            large = 1 + sum(
-                1
-                for o in conc.items
-                if o.new and o.counterparty != dest and _reaches(o.units, ref_c, fresh)
-            )
-            if large >= self.fresh_freeze_count > 0:
-                score = max(1.0, _ratio(units, ref_c, fresh[0] / fresh[1]))
-                fired.append((2, score, "large_fresh"))
+        large = 1 + sum(
+            1
+            for o in conc.items
+            if o.new and o.counterparty != dest and _reaches(o.units, ref_c, fresh)
+        )
+        if large >= self.fresh_freeze_count > 0:
+            score = max(1.0, _ratio(units, ref_c, fresh[0] / fresh[1]))
+            fired.append((2, score, "large_fresh"))
 
     def _finding(
         self,
-        transfer: Transfer,
+        transfer: TransferView,
         state: WalletState,
         units: int,
         fired: list[tuple[int, float, str]],
@@ -518,17 +561,7 @@ class VelocityDetector:
         }
         for rule in sorted(rules):
             metrics[f"rule_{rule}"] = "1"
-        for span_s in state.windows_s:
-            win = state.window(span_s)
-            out = win.total + units
-            new_out = win.new_total + (units if new else 0)
-            win_ref = state.reference_units(win)
-            n_new = len(win.new_by_dest) + (new and dest not in win.new_by_dest)
-            metrics[f"out_{span_s}s"] = format_units(out, scale)
-            metrics[f"new_out_{span_s}s"] = format_units(new_out, scale)
-            metrics[f"share_out_{span_s}s"] = ratio_string(out, win_ref)
-            metrics[f"share_new_{span_s}s"] = ratio_string(new_out, win_ref)
-            metrics[f"new_destinations_{span_s}s"] = str(n_new)
+        metrics.update(_window_metrics(state, dest, units, new=new))
 
         evidence = focus[-(_EVIDENCE_MAX - 1) :]
         return Finding(
@@ -542,7 +575,7 @@ class VelocityDetector:
             tx_hashes=tuple(dict.fromkeys((*(o.tx_hash for o in evidence), transfer.tx_hash))),
         )
 
-    def _cold_outflow(self, transfer: Transfer, state: WalletState, units: int) -> Finding:
+    def _cold_outflow(self, transfer: TransferView, state: WalletState, units: int) -> Finding:
         before = state.balance_units()
         scale = state.scale
         share = ratio_string(units, before)

@@ -86,7 +86,7 @@ def demo(
 
 
 @app.command()
-def backtest(
+def backtest(  # noqa: PLR0917 - typer passes options by position
     transfers: Annotated[Path, typer.Option(help="transfers.jsonl, one transfer per line.")],
     alerts_out: Annotated[Path, typer.Option("--alerts-out", help="Where to write alerts.jsonl.")],
     config: ConfigOption = Path("drainwatch.toml"),
@@ -96,6 +96,14 @@ def backtest(
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="Default: on a terminal.")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Processes splitting the wallets (default: one per core); the alerts are the "
+            "same as with 1.",
+        ),
+    ] = None,
 ) -> None:
     """Replay transfers in event time through the live detectors and write the alerts."""
     from detectors import BacktestInputError, run_backtest
@@ -103,7 +111,7 @@ def backtest(
     try:
         cfg = load(config)
         show = sys.stderr.isatty() if progress is None else progress
-        summary = run_backtest(cfg, transfers, ledger, alerts_out, progress=show)
+        summary = run_backtest(cfg, transfers, ledger, alerts_out, progress=show, workers=workers)
     except ConfigError as exc:
         raise _fail(str(exc)) from exc
     except BacktestInputError as exc:

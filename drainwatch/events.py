@@ -237,6 +237,16 @@ class Transfer(Event):
         return wallet_key(self.chain, self.wallet)
 
     @property
+    def epoch(self) -> float:
+        """The event time in seconds since 1970 (UTC)."""
+        return self.time.timestamp()
+
+    @property
+    def dedup_key(self) -> str:
+        """What identifies this transfer among a wallet's transfers: its id."""
+        return self.id
+
+    @property
     def value(self) -> Decimal:
         """The amount in the asset's units, exactly (no context rounding, however many digits)."""
         return Decimal(f"{self.amount}E-{self.decimals}")

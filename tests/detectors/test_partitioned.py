@@ -1,0 +1,110 @@
+"""The backtest split over worker processes gives exactly the one-process result, or runs as one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import pytest
+
+from detectors import BacktestInputError, run_backtest
+from detectors.partitioned import deal_wallets, run_parts
+from detectors.traffic import DrainSpec, HotWalletSpec, config_toml, generate_traffic, write_jsonl
+from drainwatch.config import Config, loads
+
+START = datetime(2024, 3, 1, tzinfo=UTC)
+DAY = 86400.0
+
+
+def _fleet(drains: Mapping[int, tuple[DrainSpec, ...]] | None = None) -> list[HotWalletSpec]:
+    return [
+        HotWalletSpec(
+            chain="ethereum" if i % 2 == 0 else "tron",
+            asset="ETH" if i % 2 == 0 else "USDT",
+            address=f"0x{0xA0 + i:040x}" if i % 2 == 0 else f"THOT{i:030d}",
+            cold_address=f"0x{0xC0 + i:040x}" if i % 2 == 0 else f"TCOLD{i:029d}",
+            label=f"hot-{i}",
+            balance=Decimal("20000") if i % 2 == 0 else Decimal("30000000"),
+            decimals=18 if i % 2 == 0 else 6,
+            withdrawals_per_day=500,
+            deposits_per_day=350,
+            address_prefix="" if i % 2 == 0 else "T",
+            drains=(drains or {}).get(i, ()),
+        )
+        for i in range(4)
+    ]
+
+
+def _files(tmp_path: Path, wallets: list[HotWalletSpec], days: float) -> tuple[Config, Path]:
+    traffic = generate_traffic(wallets, START, days=days, seed=5, panic_days=(2,))
+    return loads(config_toml(wallets)), write_jsonl(tmp_path / "transfers.jsonl", traffic.transfers)
+
+
+def _both(config: Config, transfers: Path, tmp_path: Path) -> tuple[bytes, bytes]:
+    one = run_backtest(config, transfers, None, tmp_path / "one.jsonl", workers=1)
+    two = run_backtest(config, transfers, None, tmp_path / "two.jsonl", workers=2)
+    assert (one.transfers_read, one.watched_transfers, one.alerts, one.freezes) == (
+        two.transfers_read,
+        two.watched_transfers,
+        two.alerts,
+        two.freezes,
+    )
+    return (tmp_path / "one.jsonl").read_bytes(), (tmp_path / "two.jsonl").read_bytes()
+
+
+def test_wallets_are_dealt_by_how_busy_they_are(tmp_path: Path) -> None:
+    config, transfers = _files(tmp_path, _fleet(), days=1)
+    groups = deal_wallets(config, transfers, 2)
+    keys = [(w.chain.casefold(), w.address) for w in config.wallets]
+    assert sorted(k for g in groups for k in g) == sorted(keys)  # each wallet in one group
+    hot = {(w.chain.casefold(), w.address) for w in config.wallets if w.role == "hot"}
+    assert [len(g & hot) for g in groups] == [2, 2]  # the busy ones are spread
+
+
+def test_normal_traffic_in_two_processes_is_the_one_process_result(tmp_path: Path) -> None:
+    # A single-wallet drain: alerts, but never two wallets together, so the merge stands.
+    drain = DrainSpec(3.5 * DAY, "burst", 0.06, 5, 60)
+    config, transfers = _files(tmp_path, _fleet({1: (drain,)}), days=5)
+    parts, merged = run_parts(config, transfers, 2)
+    assert merged is not None, "no incident: the merged result must be used"
+    assert sum(len(p.alerts) for p in parts) > 0
+    one, two = _both(config, transfers, tmp_path)
+    assert one == two
+    freezes = [orjson.loads(line) for line in one.splitlines() if b'"freeze":true' in line]
+    assert {a["wallet_label"] for a in freezes} == {"hot-1"}
+
+
+def test_wallets_drained_together_are_judged_in_one_process(tmp_path: Path) -> None:
+    at = 3.5 * DAY
+    drains = {i: (DrainSpec(at + 90 * i, "burst", 0.06, 5, 60),) for i in range(4)}
+    config, transfers = _files(tmp_path, _fleet(drains), days=5)
+    _, merged = run_parts(config, transfers, 2)
+    assert merged is None, "an incident across the groups: the merge must be refused"
+    one, two = _both(config, transfers, tmp_path)
+    assert one == two
+    alerts = [orjson.loads(line) for line in one.splitlines()]
+    assert any(a["incident_id"] for a in alerts)  # correlation did act
+
+
+def test_a_malformed_line_is_reported_and_the_alerts_before_it_kept(tmp_path: Path) -> None:
+    drain = DrainSpec(1.5 * DAY, "burst", 0.06, 5, 60)
+    config, transfers = _files(tmp_path, _fleet({2: (drain,)}), days=3)
+    lines = transfers.read_bytes().splitlines()
+    bad = len(lines) - 50
+    lines[bad] = lines[bad].replace(b'"amount":"', b'"amount":"-')
+    transfers.write_bytes(b"\n".join(lines) + b"\n")
+    errors = []
+    outputs = []
+    for workers in (1, 2):
+        out = tmp_path / f"alerts-{workers}.jsonl"
+        with pytest.raises(BacktestInputError) as caught:
+            run_backtest(config, transfers, None, out, workers=workers)
+        errors.append((caught.value.line_number, caught.value.reason))
+        outputs.append(out.read_bytes())
+    assert errors[0] == errors[1] == (bad + 1, errors[0][1])
+    assert "negative" in errors[0][1]
+    assert outputs[0] == outputs[1]
+    assert outputs[0].count(b'"freeze":true') >= 1
