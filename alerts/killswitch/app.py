@@ -77,6 +77,7 @@ from alerts.killswitch.auth import (
     verify_signature,
 )
 from alerts.killswitch.hooks import HookWorker, hook_targets
+from alerts.killswitch.metrics import KillSwitchMetrics
 from alerts.killswitch.policy import auto_freeze_verdict
 from alerts.killswitch.settings import KillSwitchSettings, RetrySettings
 from alerts.killswitch.store import HookRecord, KillSwitchStore, UnfreezeRequestRecord
@@ -457,6 +458,7 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the app's parts
         registry=registry,
         clock=clock,
     )
+    ks_metrics = KillSwitchMetrics.of(registry)
     authenticator = _Authenticator(
         keys, store, cfg.signature_window_s if cfg is not None else 300, clock
     )
@@ -468,6 +470,9 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the app's parts
         return cfg.label_of(chain, wallet) if cfg is not None else None
 
     def announce(orders: list[FreezeOrder]) -> None:
+        # Only newly created orders come here.
+        for order in orders:
+            ks_metrics.order_created(order.action)
         if orders:
             worker.notify()
         if publish is None:
@@ -708,6 +713,7 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the app's parts
         An allowed amount counts against the wallet's budgets from now on. Signers must treat
         anything but ``"allowed": true`` in a 200, including no answer at all, as deny.
         """
+        started = time.perf_counter()
         verdict = store.authorize(
             chain=request.chain,
             wallet=request.wallet,
@@ -720,6 +726,7 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the app's parts
             allow_unknown=cfg.allow_unknown_wallets if cfg is not None else True,
             budgets=cfg.budgets if cfg is not None else (),
         )
+        ks_metrics.authorized(verdict.allowed, time.perf_counter() - started)
         return AuthorizeResponse(
             allowed=verdict.allowed,
             reason=verdict.reason,

@@ -4,7 +4,8 @@ Deliveries live in the store's outbox (written in the same transaction as the or
 restart loses none. :class:`HookWorker` sends what is due, with exponential back-off, until a 2xx;
 after ``escalate_after_attempts`` failures or ``escalate_after_s`` seconds it escalates once (log
 at ERROR, ``drainwatch_hook_escalations_total``, status ``escalated`` at ``GET /v1/hooks``, an
-audit entry) and keeps retrying. Delivery is at least once: receivers de-duplicate on
+audit entry) and keeps retrying; the time from enqueueing to the acknowledgement is observed in
+``drainwatch_hook_delivery_seconds``. Delivery is at least once: receivers de-duplicate on
 ``X-Drainwatch-Delivery`` (webhook) or are idempotent (a custody freeze of a frozen wallet).
 """
 
@@ -21,8 +22,9 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import httpx
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
+from alerts.killswitch.metrics import KillSwitchMetrics
 from alerts.killswitch.settings import HookSettings, RetrySettings
 from alerts.killswitch.store import HookRecord, KillSwitchStore
 from drainwatch.events import FreezeAction
@@ -151,21 +153,6 @@ def should_escalate(attempts: int, age_s: float, retry: RetrySettings) -> bool:
     return attempts >= retry.escalate_after_attempts or age_s >= retry.escalate_after_s
 
 
-def _escalation_counter(registry: CollectorRegistry) -> Counter:
-    # One counter per registry: several apps in one process (tests) each get their own.
-    existing = getattr(registry, "_drainwatch_hook_escalations", None)
-    if isinstance(existing, Counter):
-        return existing
-    counter = Counter(
-        "drainwatch_hook_escalations",
-        "Hook deliveries escalated after repeated failures.",
-        ["target"],
-        registry=registry,
-    )
-    registry._drainwatch_hook_escalations = counter  # type: ignore[attr-defined]
-    return counter
-
-
 class HookWorker:
     """Delivers the outbox from a background thread (or step by step with :meth:`run_once`).
 
@@ -176,7 +163,9 @@ class HookWorker:
         http: The HTTP client (one is made, and closed by :meth:`stop`, when None).
         on_result: Called after each attempt with the updated record (the timeline hooks in
             here); its exceptions are logged, never raised.
-        registry: Where ``drainwatch_hook_escalations_total`` is registered.
+        registry: Where the kill switch's metrics are (see
+            :class:`~alerts.killswitch.metrics.KillSwitchMetrics`); the worker records
+            ``drainwatch_hook_delivery_seconds`` and ``drainwatch_hook_escalations_total``.
         clock: Unix seconds.
     """
 
@@ -197,7 +186,7 @@ class HookWorker:
         self.on_result = on_result
         self.clock = clock
         self.registry = registry or CollectorRegistry()
-        self.escalations = _escalation_counter(self.registry)
+        self.metrics = KillSwitchMetrics.of(self.registry, targets=self.hooks)
         self._owns_http = http is None
         self._http = http or httpx.Client(timeout=retry.timeout_s)
         self._wake = threading.Event()
@@ -238,9 +227,12 @@ class HookWorker:
             escalate=escalate,
         )
         if ok:
+            self.metrics.hook_delivery_seconds.labels(target=record.target).observe(
+                max(now - record.created_at, 0.0)
+            )
             log.info("hook %s delivered order %s to %s", record.id, record.order_id, record.target)
         elif escalate and not record.escalated:
-            self.escalations.labels(target=record.target).inc()
+            self.metrics.hook_escalations.labels(target=record.target).inc()
             log.error(
                 "hook %s to %s ESCALATED after %d attempts (%.0f s): %s; still retrying",
                 record.id,

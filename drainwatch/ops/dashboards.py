@@ -230,7 +230,7 @@ def wallets_dashboard() -> Json:
 
 
 def alerts_dashboard() -> Json:
-    """Alerts by severity and detector, freeze orders; annotations mark each alert and freeze."""
+    """Alerts, freeze orders and the kill switch; annotations mark each alert and freeze."""
     return dashboard(
         "drainwatch-alerts",
         "drainwatch / alerts and freezes",
@@ -267,8 +267,82 @@ def alerts_dashboard() -> Json:
                 "Freeze orders (cumulative)",
                 [("sum by (action) (drainwatch_freeze_orders_total)", "{{action}}")],
             ),
+            *killswitch_panels(),
         ],
     )
+
+
+def killswitch_panels() -> list[Json]:
+    """The kill switch's group of the alerts dashboard: orders, ``/v1/authorize``, hooks."""
+    authorize = [
+        (
+            f"histogram_quantile({q}, sum by (le) "
+            "(rate(drainwatch_killswitch_authorize_seconds_bucket[$__rate_interval])))",
+            f"p{round(q * 100)}",
+        )
+        for q in (0.5, 0.99)
+    ]
+    return [
+        stat(
+            "Kill switch: orders created in range",
+            [
+                (
+                    "sum by (action) (increase(drainwatch_killswitch_orders_total[$__range]))",
+                    "{{action}}",
+                )
+            ],
+            description="Freeze and unfreeze orders the kill switch itself created (manual, "
+            "automatic, freeze-all, approved unfreezes); repeats of a freeze in force are not "
+            "counted.",
+        ),
+        stat(
+            "Kill switch: authorize denials in range",
+            [
+                (
+                    "sum(increase(drainwatch_killswitch_authorize_total"
+                    '{allowed="false"}[$__range]))',
+                    "denied",
+                ),
+                (
+                    "sum(increase(drainwatch_killswitch_authorize_total"
+                    '{allowed="true"}[$__range]))',
+                    "allowed",
+                ),
+            ],
+            description="POST /v1/authorize answers: a signer asked to send from a frozen "
+            "wallet, an unknown one, or over a velocity budget.",
+        ),
+        timeseries(
+            "Kill switch: authorize latency",
+            authorize,
+            unit="s",
+            description="Time POST /v1/authorize took to decide; signers wait for it.",
+        ),
+        timeseries(
+            "Kill switch: hook delivery latency p99 by target",
+            [
+                (
+                    "histogram_quantile(0.99, sum by (le, target) "
+                    "(rate(drainwatch_hook_delivery_seconds_bucket[$__rate_interval])))",
+                    "{{target}}",
+                )
+            ],
+            unit="s",
+            description="From an order's hook delivery being enqueued to the wallet "
+            "infrastructure acknowledging it, retries included.",
+        ),
+        stat(
+            "Kill switch: hook escalations in range by target",
+            [
+                (
+                    "sum by (target) (increase(drainwatch_hook_escalations_total[$__range]))",
+                    "{{target}}",
+                )
+            ],
+            description="Deliveries that kept failing and were escalated (they are still "
+            "retried): see GET /v1/hooks.",
+        ),
+    ]
 
 
 def pipeline_dashboard() -> Json:

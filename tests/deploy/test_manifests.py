@@ -219,7 +219,7 @@ def test_prometheus_config_and_rules_pass_promtool() -> None:
         check=False,
     )
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 5 rules found" in rules.stdout
+    assert "SUCCESS: 6 rules found" in rules.stdout
 
 
 def test_dockerfile_installs_the_package_and_runs_as_a_non_root_user() -> None:

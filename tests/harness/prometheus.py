@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tests.harness.services import REPO_ROOT, Service, ServiceError, free_port
@@ -48,6 +48,8 @@ class PrometheusService(Service):
 
     Args:
         targets: ``{job: ["127.0.0.1:9400", ...]}``.
+        bearer_tokens: ``{job: token}`` for jobs whose ``/metrics`` wants
+            ``Authorization: Bearer <token>`` (the kill switch's does).
         scrape_interval_s: Also the evaluation interval.
     """
 
@@ -57,12 +59,16 @@ class PrometheusService(Service):
         self,
         targets: dict[str, Sequence[str]],
         *,
+        bearer_tokens: Mapping[str, str] | None = None,
         scrape_interval_s: float = 1.0,
         startup_timeout: float = 30.0,
         **kwargs: Any,
     ) -> None:
+        if unknown := set(bearer_tokens or {}) - set(targets):
+            raise ValueError(f"bearer tokens for jobs without targets: {sorted(unknown)}")
         super().__init__(startup_timeout=startup_timeout, **kwargs)
         self.targets = {job: list(t) for job, t in targets.items()}
+        self.bearer_tokens = dict(bearer_tokens or {})
         self.scrape_interval_s = scrape_interval_s
         self.port = 0
         self.config_path = self.workdir / "prometheus.yml"
@@ -78,13 +84,17 @@ class PrometheusService(Service):
         interval = f"{int(self.scrape_interval_s * 1000)}ms"
         config = {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
-            "scrape_configs": [
-                {"job_name": job, "static_configs": [{"targets": targets}]}
-                for job, targets in self.targets.items()
-            ],
+            "scrape_configs": [self._scrape_config(job, t) for job, t in self.targets.items()],
         }
         # JSON is YAML: no YAML writer needed.
         self.config_path.write_text(json.dumps(config, indent=2))
+
+    def _scrape_config(self, job: str, targets: list[str]) -> dict[str, Any]:
+        config: dict[str, Any] = {"job_name": job, "static_configs": [{"targets": targets}]}
+        token = self.bearer_tokens.get(job)
+        if token is not None:
+            config["authorization"] = {"type": "Bearer", "credentials": token}
+        return config
 
     def _command(self) -> list[str]:
         return [

@@ -1,7 +1,8 @@
 """Every PromQL expression of the dashboards returns data from a Prometheus scraping a pipeline.
 
 A real anvil node, the whole pipeline in one process with ``[metrics]`` on, a drain that raises
-alerts and a freeze at a real kill switch; Debian's Prometheus scrapes the pipeline every second
+alerts and a freeze at a real kill switch (whose webhook hook acknowledges it); Debian's
+Prometheus scrapes the pipeline and, with a read-only bearer key, the kill switch every second,
 and each dashboard expression is evaluated through ``/api/v1/query``.
 """
 
@@ -15,12 +16,16 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from pydantic import SecretStr
 
 from alerts import FreezeStore, create_app, serve_in_thread, server_port, stop_server
+from alerts.killswitch import KeySettings, KillSwitchSettings, Role
 from drainwatch.app import run_pipeline
 from drainwatch.config import Config, load
 from drainwatch.ops import build_dashboards, dashboard_expressions, render_expression
+from tests.alerts.killswitch.conftest import HookReceiver, webhook
 from tests.harness.prometheus import PrometheusService
 from tests.harness.services import AnvilService, free_port
 
@@ -30,19 +35,60 @@ ETH = 10**18
 CHAIN = "anvil"
 # What Grafana would put in for the dashboards' variables.
 VARIABLES = {"wallet_label": ".*", "__rate_interval": "30s", "__range": "10m"}
+KS_JOB = "drainwatch-killswitch"
 
 
 class KillSwitch:
-    """A real kill-switch service on loopback for one test."""
+    """A real kill-switch service on loopback for one test, with a webhook hook that acknowledges.
+
+    ``token`` has every role (the alerts stage and the test use it); Prometheus scrapes with
+    ``scrape_token``, a read-only bearer key.
+    """
 
     def __init__(self, path: Path) -> None:
         self.token = secrets.token_hex(8)
+        self.scrape_token = secrets.token_hex(8)
+        self.hook = HookReceiver(failures=0).start()
+        settings = KillSwitchSettings(
+            keys=(
+                KeySettings(
+                    id="prometheus",
+                    secret=SecretStr(self.scrape_token),
+                    roles=(Role.READ_ONLY,),
+                    bearer=True,
+                ),
+            ),
+            hooks=(webhook(self.hook.url),),
+            # As with a token alone: the pipeline's wallets are not listed in these settings.
+            allow_unknown_wallets=True,
+        )
         self.store = FreezeStore(str(path))
-        self.server, self.thread = serve_in_thread(create_app(self.store, token=self.token))
-        self.url = f"http://127.0.0.1:{server_port(self.server)}"
+        self.server, self.thread = serve_in_thread(
+            create_app(self.store, token=self.token, settings=settings)
+        )
+        self.address = f"127.0.0.1:{server_port(self.server)}"
+        self.url = f"http://{self.address}"
+
+    def authorize(self, wallet: str, to: str) -> bool:
+        """Ask ``POST /v1/authorize`` whether ``wallet`` may send 1 ETH to ``to``."""
+        reply = httpx.post(
+            f"{self.url}/v1/authorize",
+            json={"chain": CHAIN, "wallet": wallet, "asset": "ETH", "amount": "1", "to": to},
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=10,
+        )
+        reply.raise_for_status()
+        allowed: bool = reply.json()["allowed"]
+        return allowed
+
+    def hook_delivered(self) -> bool:
+        """Whether every hook delivery has been acknowledged (and there is one)."""
+        hooks = self.store.hooks()
+        return bool(hooks) and all(h.status == "delivered" for h in hooks)
 
     def close(self) -> None:
         stop_server(self.server, self.thread)
+        self.hook.stop()
 
 
 def write_config(
@@ -109,7 +155,7 @@ def killswitch(tmp_path: Path) -> Iterator[KillSwitch]:
 @pytest.fixture
 def pipeline(
     anvil: AnvilService, killswitch: KillSwitch, tmp_path: Path
-) -> Iterator[tuple[Config, str]]:
+) -> Iterator[tuple[Config, str, str]]:
     accounts: list[str] = anvil.rpc("eth_accounts", [])
     hot, cold = accounts[1].lower(), accounts[0].lower()
     cfg = write_config(tmp_path / "drainwatch.toml", anvil, killswitch, hot, cold, free_port())
@@ -125,7 +171,7 @@ def pipeline(
     thread = threading.Thread(target=target)
     thread.start()
     try:
-        yield cfg, hot
+        yield cfg, hot, cold
     finally:
         stop.set()
         thread.join(30)
@@ -133,9 +179,9 @@ def pipeline(
 
 
 def test_every_dashboard_expression_returns_data(
-    pipeline: tuple[Config, str], anvil: AnvilService, killswitch: KillSwitch
+    pipeline: tuple[Config, str, str], anvil: AnvilService, killswitch: KillSwitch
 ) -> None:
-    cfg, hot = pipeline
+    cfg, hot, cold = pipeline
     base = f"http://127.0.0.1:{cfg.metrics.port}"
     wait_for(lambda: _healthy(base), 15, "/healthz")
 
@@ -146,15 +192,25 @@ def test_every_dashboard_expression_returns_data(
     send(anvil, hot, attacker, 1)
     send(anvil, hot, attacker, 2_000 * ETH)
     wait_for(lambda: killswitch.store.is_frozen(CHAIN, hot), 30, "the freeze")
+    wait_for(killswitch.hook_delivered, 30, "the hook to acknowledge the freeze")
 
-    with PrometheusService({"drainwatch-all": [f"127.0.0.1:{cfg.metrics.port}"]}) as prom:
-        prom.wait_for_targets_up()
+    with PrometheusService(
+        {
+            "drainwatch-all": [f"127.0.0.1:{cfg.metrics.port}"],
+            KS_JOB: [killswitch.address],
+        },
+        bearer_tokens={KS_JOB: killswitch.scrape_token},
+    ) as prom:
+        prom.wait_for_targets_up()  # the kill switch's /metrics answers 401 without the key
+        # Signers ask while Prometheus watches: the cold wallet may send, the frozen one may not.
+        assert killswitch.authorize(cold, attacker)
+        assert not killswitch.authorize(hot, attacker)
         expressions = [
             render_expression(expr, VARIABLES)
             for board in build_dashboards().values()
             for expr in dashboard_expressions(board)
         ]
-        assert len(expressions) >= 15
+        assert len(expressions) >= 20
         empty = _evaluate_until_all_return(prom, expressions, timeout_s=45)
         assert not empty, "expressions with no data:\n" + "\n".join(empty)
 
@@ -175,6 +231,24 @@ def test_every_dashboard_expression_returns_data(
         assert not any(
             hot in json.dumps(s["metric"]) for s in prom.query('{__name__=~"drainwatch_.*"}')
         )
+
+        # The kill switch's own metrics: the one freeze it created, both answers to the
+        # signer, the acknowledged hook, no escalation.
+        def scraped(metric: str, **labels: str) -> float:
+            selector = ",".join(f'{k}="{v}"' for k, v in {**labels, "job": KS_JOB}.items())
+            [sample] = prom.query(f"{metric}{{{selector}}}")
+            return float(sample["value"][1])
+
+        wait_for(
+            lambda: scraped("drainwatch_killswitch_authorize_total", allowed="false") >= 1,
+            15,
+            "the denial to be scraped",
+        )
+        assert scraped("drainwatch_killswitch_authorize_total", allowed="true") >= 1
+        assert scraped("drainwatch_killswitch_authorize_seconds_count") >= 2
+        assert scraped("drainwatch_killswitch_orders_total", action="freeze") == 1
+        assert scraped("drainwatch_hook_delivery_seconds_count", target="wallet-infra") == 1
+        assert scraped("drainwatch_hook_escalations_total", target="wallet-infra") == 0
 
 
 def _healthy(base: str) -> bool:
