@@ -38,7 +38,7 @@ from detectors.base import Detector, Finding, LedgerAware, StateLearner, WalletS
 from detectors.baseline import BaselineDetector
 from detectors.correlation import IncidentCorrelator
 from detectors.ledger import LedgerReconciliation
-from detectors.move import TransferView
+from detectors.move import Move, TransferView
 from detectors.velocity import VelocityDetector
 from drainwatch.config import Config, WalletConfig
 from drainwatch.events import (
@@ -48,7 +48,6 @@ from drainwatch.events import (
     Alert,
     ApprovedWithdrawal,
     Direction,
-    Event,
     Severity,
     Transfer,
     TransferStatus,
@@ -407,9 +406,13 @@ class DetectionEngine:
                 detector.learn_approval(approval)
         return []
 
-    def handle(self, topic: str, event: Event) -> list[Output]:
-        """A :data:`drainwatch.stage.Handler`: transfers and approvals in, alerts out."""
-        if topic == TRANSFERS and isinstance(event, Transfer):
+    def handle(self, topic: str, event: object) -> list[Output]:
+        """A :data:`drainwatch.stage.Handler`: transfers and approvals in, alerts out.
+
+        Transfers come as :class:`~drainwatch.events.Transfer` events or as the lean
+        :class:`~detectors.move.Move` records :func:`detectors.wire.read_transfer` makes.
+        """
+        if topic == TRANSFERS and isinstance(event, Transfer | Move):
             alerts = self.process(event)
         elif topic == LEDGER and isinstance(event, ApprovedWithdrawal):
             alerts = self.process_approval(event)

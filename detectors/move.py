@@ -23,7 +23,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Hashable
 from datetime import UTC, datetime
-from typing import ClassVar, Protocol
+from typing import Protocol
 
 from drainwatch.events import Direction, Transfer, TransferStatus
 
@@ -72,20 +72,20 @@ class Move:
 
     __slots__ = (
         "_id",
+        "_time",
         "amount",
         "asset",
+        "balance_after",
         "chain",
         "counterparty",
         "decimals",
         "dedup_key",
         "direction",
         "epoch",
+        "status",
         "tx_hash",
         "wallet",
     )
-
-    status: ClassVar[TransferStatus] = TransferStatus.CONFIRMED
-    balance_after: ClassVar[None] = None
 
     def __init__(  # noqa: PLR0917 - the fields, positional for the hot path
         self,
@@ -98,6 +98,11 @@ class Move:
         decimals: int,
         tx_hash: str,
         epoch: float,
+        *,
+        status: TransferStatus = TransferStatus.CONFIRMED,
+        balance_after: int | None = None,
+        event_id: str | None = None,
+        time: datetime | None = None,
     ) -> None:
         self.chain = chain
         self.wallet = wallet
@@ -108,9 +113,17 @@ class Move:
         self.decimals = decimals
         self.tx_hash = tx_hash
         self.epoch = epoch
-        self._id: str | None = None
-        # Equal for an exact repeat of the same output, distinct for other outputs.
-        self.dedup_key = (tx_hash, counterparty, asset, amount, decimals, direction)
+        self.status = status
+        self.balance_after = balance_after
+        self._id = event_id
+        self._time = time
+        # An event's id when it came with one (a pending transfer and its confirmation share
+        # it); else equal for an exact repeat of the same output, distinct for other outputs.
+        self.dedup_key: Hashable = (
+            event_id
+            if event_id is not None
+            else (tx_hash, counterparty, asset, amount, decimals, direction)
+        )
 
     @property
     def position(self) -> int:
@@ -136,4 +149,4 @@ class Move:
     @property
     def time(self) -> datetime:
         """The event time, aware UTC."""
-        return datetime.fromtimestamp(self.epoch, UTC)
+        return self._time or datetime.fromtimestamp(self.epoch, UTC)

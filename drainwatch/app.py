@@ -26,6 +26,7 @@ from alerts import (
 )
 from alerts.killswitch import HookRecord
 from detectors import DetectionEngine
+from detectors.wire import read_transfer
 from drainwatch.bus import Bus, EmbeddedBus, Producer, TopicPartition
 from drainwatch.config import Config
 from drainwatch.events import (
@@ -36,7 +37,6 @@ from drainwatch.events import (
     DecodeError,
     FreezeOrder,
     Transfer,
-    decode,
 )
 from drainwatch.metrics import MetricsServer, WalletMetrics, serve_metrics
 from drainwatch.stage import StageLoop, default_topics, topic_name
@@ -150,7 +150,7 @@ def rebuild_state(
         transfers = []
         for msg in bus.read_range(tp, start, end):
             try:
-                transfers.append(decode(TRANSFERS, msg.value, Transfer))
+                transfers.append(read_transfer(msg.value))
             except DecodeError:
                 continue  # it went to the dead-letter topic when first read
         replayed += engine.replay(transfers)
@@ -185,6 +185,7 @@ def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None)
         prefix=config.bus.topic_prefix,
         stage="detect",
         on_assign=on_assign,
+        decoders={TRANSFERS: read_transfer},
     )
     loops.append(loop)
     return loop

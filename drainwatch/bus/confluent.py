@@ -701,7 +701,8 @@ class ConfluentConsumerAdapter:
             elif err.code() != KafkaError._PARTITION_EOF:
                 # Transient (a broker down, a topic not there yet): librdkafka retries by itself.
                 log.warning("consumer %s on %s: %s", self.group, self.topics, err)
-        pairs = sorted(((_message(r), r) for r in good), key=lambda pair: _message_order(pair[0]))
+        pairs = [(_message(r), r) for r in good]
+        pairs.sort(key=_pair_order)
         messages = [m for m, _ in pairs]
         if self._reassigned and self._on_assign is not None:
             self._held = {}
@@ -712,8 +713,11 @@ class ConfluentConsumerAdapter:
             finally:
                 self._held = {}
         self._reassigned = False
-        for m, record in pairs:
-            tp = TopicPartition(m.topic, m.partition)
+        last: dict[tuple[str, int], tuple[Message, ck.Message]] = {}
+        for pair in pairs:  # in offset order: the last one per partition stays
+            last[pair[0].topic, pair[0].partition] = pair
+        for (topic, partition), (m, record) in last.items():
+            tp = TopicPartition(topic, partition)
             if tp in self._assigned:  # not one revoked while this batch was fetched
                 self._uncommitted[tp] = (m.offset + 1, record.leader_epoch())
         return messages
@@ -807,7 +811,8 @@ class ConfluentConsumerAdapter:
         self._client.close()
 
 
-def _message_order(m: Message) -> tuple[str, int, int]:
+def _pair_order(pair: tuple[Message, ck.Message]) -> tuple[str, int, int]:
+    m = pair[0]
     return (m.topic, m.partition, m.offset)
 
 

@@ -543,12 +543,16 @@ class KafkaConsumerAdapter:
                 self._on_assign(self.assignment())
             finally:
                 self._held = {}
-        epochs = {_ours(ktp): records[-1].leader_epoch for ktp, records in batch.items() if records}
+        # The next offset per partition: after the highest offset the batch held for it.
         with self._lock:
-            for m in messages:
-                tp = TopicPartition(m.topic, m.partition)
-                epoch = epochs.get(tp)
-                self._uncommitted[tp] = (m.offset + 1, -1 if epoch is None else int(epoch))
+            for ktp, records in batch.items():
+                if records:
+                    newest = max(records, key=_offset)
+                    epoch = newest.leader_epoch
+                    self._uncommitted[_ours(ktp)] = (
+                        int(newest.offset) + 1,
+                        -1 if epoch is None else int(epoch),
+                    )
         return messages
 
     def commit(self) -> None:

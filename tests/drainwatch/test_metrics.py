@@ -24,7 +24,7 @@ from drainwatch.events import (
     Transfer,
 )
 from drainwatch.metrics import serve_metrics
-from drainwatch.stage import Output, StageLoop
+from drainwatch.stage import HANDLE_SAMPLE_EVERY, Output, StageLoop
 from tests.harness.services import KafkaService
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -133,6 +133,15 @@ def test_stage_loop_counts_alerts_freezes_latency_and_lag() -> None:
     assert sample("drainwatch_freeze_orders_total", action="freeze") == before["freezes"] + 1
     latency = sample("drainwatch_pipeline_latency_seconds_sum", point="detected")
     assert latency - before["latency"] == pytest.approx(2.0)
+    # Handle times: every event that raised something, and one quiet event in eight.
+    assert sample("drainwatch_stage_handle_seconds_count", stage="metrics-test") == (
+        before["handled"] + 1
+    )
+    producer = bus.producer()
+    for i in range(3, 3 + 2 * HANDLE_SAMPLE_EVERY):
+        producer.send(TRANSFERS, "anvil:0xab", transfer(i).to_json())
+    producer.flush()
+    assert loop.run_once(0.1) == 2 * HANDLE_SAMPLE_EVERY
     assert sample("drainwatch_stage_handle_seconds_count", stage="metrics-test") == (
         before["handled"] + 3
     )
