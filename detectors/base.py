@@ -45,7 +45,6 @@ __all__ = [
     "FirstSeen",
     "LedgerAware",
     "Outflow",
-    "Payment",
     "StateLearner",
     "WalletState",
     "Window",
@@ -129,31 +128,10 @@ _Applied = tuple[int, str, bool]
 """What counting a transfer did: signed units (negative out), counterparty, external."""
 
 
-class Payment:
-    """An outflow of the wallet: when, how many units, and the transfer it was."""
-
-    __slots__ = ("source", "time", "units")
-
-    def __init__(self, time: float, units: int, source: TransferView) -> None:
-        self.time = time
-        self.units = units
-        self.source = source
-
-    @property
-    def transfer_id(self) -> str:
-        """The id of the transfer."""
-        return self.source.id
-
-    @property
-    def tx_hash(self) -> str:
-        """The transaction it was in."""
-        return self.source.tx_hash
-
-
-class Outflow(Payment):
+class Outflow:
     """One external outflow kept in the windows."""
 
-    __slots__ = ("counterparty", "mid", "new")
+    __slots__ = ("counterparty", "mid", "new", "source", "time", "units")
 
     def __init__(  # noqa: PLR0917 - the fields, positional for the hot path
         self,
@@ -164,18 +142,41 @@ class Outflow(Payment):
         new: bool,
         mid: bool = False,
     ) -> None:
-        super().__init__(time, units, source)
+        self.time = time
+        self.units = units
         self.counterparty = counterparty
+        self.source = source
         self.new = new
         """Whether the destination counted as new when the outflow happened."""
         self.mid = mid
         """A new destination and at least ``midsize_share`` of the balance: not a customer's."""
 
+    @property
+    def transfer_id(self) -> str:
+        """The id of the transfer this outflow is."""
+        return self.source.id
 
-class FirstSeen(Payment):
-    """The first outflow a wallet made to a destination."""
+    @property
+    def tx_hash(self) -> str:
+        """The transaction it was in."""
+        return self.source.tx_hash
 
-    __slots__ = ()
+
+class FirstSeen:
+    """The first outflow a wallet made to a destination, and when it last paid it."""
+
+    __slots__ = ("key", "last", "time", "units")
+
+    def __init__(self, time: float, units: int, key: Hashable) -> None:
+        self.time = time
+        self.units = units
+        self.key = key
+        """The dedup key of that first transfer (a retraction of it forgets the destination)."""
+        self.last = time
+
+
+_FAMILIAR: Final = FirstSeen(float("-inf"), 0, None)
+"""What :meth:`WalletState.first_seen` returns for a destination first paid long ago."""
 
 
 class _OutflowLog:
@@ -427,6 +428,7 @@ class WalletState:
         new_destination_age_s: int = 86400,
         reorder_tolerance_s: int = 300,
         midsize_share: Decimal = Decimal("0.005"),
+        remember_s: int = 90 * 86400,
     ) -> None:
         self.wallet = wallet
         self.role = wallet.role
@@ -457,6 +459,12 @@ class WalletState:
         self._longest = max(self.windows_s, default=0)
         self._trim_at = float("-inf")
         self._first_seen: dict[str, FirstSeen] = {}
+        """Destinations first paid recently (while they may still count as new)."""
+        self._familiar: dict[str, float] = {}
+        """Destinations first paid long ago, with when they were last paid."""
+        self.remember_s = remember_s
+        self._compact_at = float("-inf")
+        self._forget_at = float("-inf")
         # Transfers counted, in two generations: the older one is dropped whole once the newer
         # one spans the retention (so each is remembered for one to two retentions).
         self._applied: dict[Hashable, _Applied] = {}
@@ -531,15 +539,25 @@ class WalletState:
         return address in self.known
 
     def first_seen(self, address: str) -> FirstSeen | None:
-        """The first outflow learned to ``address``, if any."""
-        return self._first_seen.get(address)
+        """The first outflow learned to ``address``, if any.
+
+        A destination first paid more than ``new_destination_age_s`` ago reads as paid at the
+        beginning of time (only that it is familiar is kept), and one not paid for
+        ``remember_s`` is forgotten: it counts as new again.
+        """
+        seen = self._first_seen.get(address)
+        if seen is None and address in self._familiar:
+            return _FAMILIAR
+        return seen
 
     def is_new_destination(self, address: str, now: float) -> bool:
         """Not configured as known, and first paid less than ``new_destination_age_s`` ago."""
         if address in self.known:
             return False
         seen = self._first_seen.get(address)
-        return seen is None or now - seen.time < self.new_destination_age_s
+        if seen is None:
+            return address not in self._familiar
+        return now - seen.time < self.new_destination_age_s
 
     def new_outflows_to(self, address: str) -> list[Outflow] | None:
         """The outflows still in the longest window that paid ``address`` while it was new."""
@@ -582,10 +600,26 @@ class WalletState:
                 self._trim_at = now + max(60, self._longest // 100)
                 self._log.trim(now - self._longest)
                 self._changes += 1
+            if now >= self._compact_at:
+                self._compact_at = now + self.new_destination_age_s / 4
+                self._compact_destinations(now)
             if now >= self._rotate_at:
                 self._rotate_at = now + self._retention_s
                 self._applied_before = self._applied
                 self._applied = {}
+
+    def _compact_destinations(self, now: float) -> None:
+        """Keep only "familiar" for destinations first paid long ago; forget the long unpaid."""
+        old = now - self.new_destination_age_s - self.reorder_tolerance_s
+        first_seen, familiar = self._first_seen, self._familiar
+        for address in [a for a, seen in first_seen.items() if seen.time < old]:
+            familiar[address] = first_seen.pop(address).last
+        if now >= self._forget_at:
+            # A thirtieth of the memory span at a time: the scan is over every familiar address.
+            self._forget_at = now + self.remember_s / 30
+            forget = now - self.remember_s
+            for address in [a for a, last in familiar.items() if last < forget]:
+                del familiar[address]
 
     def apply(self, transfer: TransferView, learn: bool = True) -> bool:
         """Count a prepared transfer; ``learn=False`` keeps its destination unfamiliar.
@@ -611,8 +645,9 @@ class WalletState:
         now = self.now
         if external:
             seen = self._first_seen.get(counterparty)
+            familiar = seen is None and counterparty in self._familiar
             new = counterparty not in self.known and (
-                seen is None or now - seen.time < self.new_destination_age_s
+                now - seen.time < self.new_destination_age_s if seen is not None else not familiar
             )
             mid_num, mid_den = self._mid
             self._log.add(
@@ -626,8 +661,12 @@ class WalletState:
                 )
             )
             self._changes += 1
-            if learn and seen is None:
-                self._first_seen[counterparty] = FirstSeen(now, units, transfer)
+            if seen is not None:
+                seen.last = max(seen.last, now)
+            elif familiar:
+                self._familiar[counterparty] = max(self._familiar[counterparty], now)
+            elif learn:
+                self._first_seen[counterparty] = FirstSeen(now, units, key)
         self._applied[key] = (signed, counterparty, external)
         self.applied_count += 1
         if transfer.balance_after is not None:
@@ -656,7 +695,7 @@ class WalletState:
             self._log.remove(transfer)
             self._changes += 1
         seen = self._first_seen.get(counterparty)
-        if seen is not None and seen.source.dedup_key == key:
+        if seen is not None and seen.key == key:
             del self._first_seen[counterparty]
         self.applied_count -= 1
         return True
