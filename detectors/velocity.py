@@ -178,7 +178,7 @@ class VelocityDetector:
     outflows_only: Final = True
     """Neither judges nor learns from inflows (the engine skips them)."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - one assignment per setting
         self,
         *,
         name: str = "velocity",
@@ -198,6 +198,9 @@ class VelocityDetector:
         burst_min_count: int = 3,
         burst_warn_share: Decimal = Decimal("0.03"),
         burst_freeze_share: Decimal = Decimal("0.06"),
+        fast_window_s: int = 300,
+        large_share: Decimal = Decimal("0.01"),
+        large_pair_count: int = 2,
         bleed_window_s: int = 86400,
         bleed_min_count: int = 4,
         bleed_warn_share: Decimal = Decimal("0.015"),
@@ -230,6 +233,10 @@ class VelocityDetector:
         self.burst_min_count = burst_min_count
         self.burst_warn_share = burst_warn_share
         self.burst_freeze_share = burst_freeze_share
+        self.fast_window_s = fast_window_s
+        self.large_share = large_share
+        self._large = _fraction(large_share)
+        self.large_pair_count = large_pair_count
         self.bleed_window_s = bleed_window_s
         self.bleed_min_count = bleed_min_count
         self.bleed_warn_share = bleed_warn_share
@@ -282,7 +289,12 @@ class VelocityDetector:
     @property
     def windows_s(self) -> tuple[int, ...]:
         """The windows this detector needs the wallet state to keep."""
-        return (self.window_s, self.concentration_window_s, self.bleed_window_s)
+        return (
+            self.window_s,
+            self.concentration_window_s,
+            self.bleed_window_s,
+            self.fast_window_s,
+        )
 
     @property
     def learns(self) -> bool:
@@ -435,6 +447,7 @@ class VelocityDetector:
                     level = 2 if _reaches(mid_total, ref_w, self._burst_freeze) else 1
                     score = _ratio(mid_total, ref_w, float(self.burst_freeze_share))
                     fired.append((level, score, "burst"))
+                self._large_pair(state, units, fired)
 
             if count_day >= self.bleed_min_count:
                 ref_b = state.reference_units(state.window(self.bleed_window_s))
@@ -455,6 +468,24 @@ class VelocityDetector:
         if not fired:
             return None
         return self._finding(transfer, state, units, fired)
+
+    def _large_pair(
+        self, state: WalletState, units: int, fired: list[tuple[int, float, str]]
+    ) -> None:
+        """Large payments to different new addresses minutes apart (a fan-out drain).
+
+        A whale's large withdrawal to a fresh address comes alone; ``large_pair_count`` of at
+        least ``large_share`` each within ``fast_window_s`` do not.
+        """
+        fast = state.window(self.fast_window_s)
+        ref_f = state.reference_units(fast)
+        large = self._large
+        if self.large_pair_count > 0 and _reaches(units, ref_f, large):
+            count = 1 + sum(1 for o in fast.items if o.new and _reaches(o.units, ref_f, large))
+            if count >= self.large_pair_count:
+                fired.append(
+                    (2, max(1.0, _ratio(units, ref_f, float(self.large_share))), "large_pair")
+                )
 
     def _large_fresh(
         self,
@@ -514,8 +545,14 @@ class VelocityDetector:
                 1,
                 "new address",
             )
-        elif rules & {"burst", "large_fresh"}:
-            span_w = window if "burst" in rules else conc
+        elif rules & {"burst", "large_fresh", "large_pair"}:
+            span_w = (
+                window
+                if "burst" in rules
+                else conc
+                if "large_fresh" in rules
+                else state.window(self.fast_window_s)
+            )
             focus = [o for o in span_w.evidence(new_only=True) if o.mid]
             ref, what = state.reference_units(span_w), "new address"
             n_dest = len({o.counterparty for o in focus} | {dest})
