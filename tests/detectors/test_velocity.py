@@ -107,8 +107,9 @@ def test_test_then_drain_needs_the_drain_within_the_hour() -> None:
 
 def test_burst_to_a_few_new_addresses_freezes_but_wide_fanout_does_not() -> None:
     state, detector = make_state(), VelocityDetector()
-    results = [judge(state, detector, transfer(f"T{i}", 30, minutes=i)) for i in range(4)]
-    # 3% each to a new address: each one warns; the third mid-size transfer (9%) freezes.
+    results = [judge(state, detector, transfer(f"T{i}", 30, minutes=6 * i)) for i in range(3)]
+    # 3% each to a new address, 6 minutes apart: each one warns; the third mid-size transfer
+    # within 20 minutes (9%) freezes.
     assert [r.severity if r else None for r in results[:2]] == [Severity.WARNING] * 2
     assert results[2] is not None
     assert results[2].freeze
@@ -120,6 +121,26 @@ def test_burst_to_a_few_new_addresses_freezes_but_wide_fanout_does_not() -> None
     assert [judge(wide, detector, transfer(f"C{i}", 2, minutes=i / 2)) for i in range(60)] == [
         None
     ] * 60
+
+
+def test_a_second_large_payment_to_another_new_address_within_minutes_freezes() -> None:
+    state, detector = make_state(), VelocityDetector()
+    first = judge(state, detector, transfer("A", 12, minutes=0))  # 1.2%: a whale, perhaps
+    assert first is None or not first.freeze
+    second = judge(state, detector, transfer("B", 12, minutes=2))
+    assert second is not None
+    assert second.freeze
+    assert second.metrics["rule_large_pair"] == "1"
+    assert len(second.tx_hashes) == 2  # both payments are the evidence
+
+    # Ten minutes apart, or under 1% each: whales and busy customers, not a fan-out.
+    apart, detector = make_state(), VelocityDetector()
+    assert judge(apart, detector, transfer("A", 12, minutes=0)) is None
+    later = judge(apart, detector, transfer("B", 12, minutes=10))
+    assert later is None or not later.freeze
+    small, detector = make_state(), VelocityDetector()
+    results = [judge(small, detector, transfer(f"S{i}", 8, minutes=i / 2)) for i in range(2)]
+    assert not any(r and r.freeze for r in results)
 
 
 def test_total_outflow_to_known_addresses_freezes_at_thirty_percent() -> None:
@@ -306,7 +327,7 @@ def test_no_learned_threshold_before_enough_history() -> None:
     minute = customer_history(state, detector, 3000, 10**9)
     assert detector.fresh_threshold(transfer("T1", minutes=minute)) is None
     assert judge_and_learn(state, detector, transfer("T1", 15000, minutes=minute)) is None
-    assert judge_and_learn(state, detector, transfer("T2", 15000, minutes=minute + 1)) is None
+    assert judge_and_learn(state, detector, transfer("T2", 15000, minutes=minute + 6)) is None
 
 
 def test_third_payment_to_the_same_new_address_within_the_hour_freezes() -> None:
