@@ -1,6 +1,7 @@
 """Time the backtest on N generated transfers and print transfers per second.
 
-Usage: ``.venv/bin/python benchmarks/bench_backtest.py [-n 200000] [--wallets 2] [--ledger]``
+Usage: ``.venv/bin/python benchmarks/bench_backtest.py [-n 200000] [--wallets 2] [--ledger]
+[--workers N]``
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def main() -> None:
     parser.add_argument("--wallets", type=int, default=2)
     parser.add_argument("--ledger", action="store_true", help="also replay the ledger")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--workers", type=int, default=None, help="backtest processes (default: one per core)"
+    )
     args = parser.parse_args()
 
     wallets = specs(args.wallets)
@@ -69,7 +73,9 @@ def main() -> None:
         best = 0.0
         for _ in range(args.repeat):
             started = time.perf_counter()
-            summary = run_backtest(config, transfers, ledger, directory / "alerts.jsonl")
+            summary = run_backtest(
+                config, transfers, ledger, directory / "alerts.jsonl", workers=args.workers
+            )
             elapsed = time.perf_counter() - started
             best = max(best, summary.transfers_read / elapsed)
         print(

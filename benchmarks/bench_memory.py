@@ -87,7 +87,7 @@ def main() -> None:
                         len(frac),
                         row["tx_hash"],
                         ts.timestamp(),
-                    )  # fmt: skip
+                    )
                 )
                 count += 1
     gc.collect()

@@ -156,6 +156,9 @@ class DetectionEngine:
         ]
         self._plain = [d.learn_one for d in self.detectors if not isinstance(d, StateLearner)]
         self._routes: dict[tuple[str, str, str], WalletState | None] = {}
+        self._approval_readers = [
+            d.learn_approval for d in self.detectors if isinstance(d, LedgerAware)
+        ]
         self._outflows_only = all(getattr(d, "outflows_only", False) for d in self.detectors)
 
     def wallet(self, chain: str, address: str) -> WalletConfig | None:
@@ -401,9 +404,8 @@ class DetectionEngine:
 
     def process_approval(self, approval: ApprovedWithdrawal) -> list[Alert]:
         """Hand an approved withdrawal to the detectors that read the ledger."""
-        for detector in self.detectors:
-            if isinstance(detector, LedgerAware):
-                detector.learn_approval(approval)
+        for learn_approval in self._approval_readers:
+            learn_approval(approval)
         return []
 
     def handle(self, topic: str, event: object) -> list[Output]:
