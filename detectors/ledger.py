@@ -88,6 +88,10 @@ class LedgerReconciliation:
         """The last transfer matched and its match, until the open approvals change."""
         self._latest = float("-inf")
 
+    def __getstate__(self) -> dict[str, object]:
+        # The last match and the key prefixes are caches: judging must not change a snapshot.
+        return {**self.__dict__, "_last_match": None, "_prefixes": {}}
+
     def learn_approval(self, approval: ApprovedWithdrawal) -> None:
         """Remember an approval until it explains a transfer or grows too old."""
         self.active = True
