@@ -44,3 +44,4 @@ ci: install-dev services check
 
 bench: install-dev
 	$(PY) benchmarks/bench_backtest.py
+	$(PY) benchmarks/bench_memory.py
