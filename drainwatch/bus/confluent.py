@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import threading
 import time
 import uuid
@@ -139,12 +140,12 @@ def _message(record: ck.Message) -> Message:
     key = record.key()
     value = record.value()
     return Message(
-        topic=str(record.topic()),
-        partition=int(record.partition() or 0),
-        offset=int(record.offset() or 0),
-        key="" if key is None else bytes(key).decode("utf-8", errors="replace"),
-        value=b"" if value is None else bytes(value),
-        timestamp_ms=int(record.timestamp()[1]),
+        record.topic() or "",
+        record.partition() or 0,
+        record.offset() or 0,
+        "" if key is None else key.decode("utf-8", errors="replace"),
+        value or b"",
+        record.timestamp()[1],
     )
 
 
@@ -701,9 +702,13 @@ class ConfluentConsumerAdapter:
             elif err.code() != KafkaError._PARTITION_EOF:
                 # Transient (a broker down, a topic not there yet): librdkafka retries by itself.
                 log.warning("consumer %s on %s: %s", self.group, self.topics, err)
-        pairs = [(_message(r), r) for r in good]
-        pairs.sort(key=_pair_order)
-        messages = [m for m, _ in pairs]
+        arrived = [_message(r) for r in good]
+        # librdkafka hands each partition's messages over in offset order: the last one seen
+        # per partition is the one to commit after.
+        last: dict[tuple[str, int], tuple[Message, ck.Message]] = {}
+        for m, record in zip(arrived, good, strict=True):
+            last[m.topic, m.partition] = (m, record)
+        messages = sorted(arrived, key=_MESSAGE_ORDER)
         if self._reassigned and self._on_assign is not None:
             self._held = {}
             for m in messages:
@@ -713,9 +718,6 @@ class ConfluentConsumerAdapter:
             finally:
                 self._held = {}
         self._reassigned = False
-        last: dict[tuple[str, int], tuple[Message, ck.Message]] = {}
-        for pair in pairs:  # in offset order: the last one per partition stays
-            last[pair[0].topic, pair[0].partition] = pair
         for (topic, partition), (m, record) in last.items():
             tp = TopicPartition(topic, partition)
             if tp in self._assigned:  # not one revoked while this batch was fetched
@@ -811,9 +813,7 @@ class ConfluentConsumerAdapter:
         self._client.close()
 
 
-def _pair_order(pair: tuple[Message, ck.Message]) -> tuple[str, int, int]:
-    m = pair[0]
-    return (m.topic, m.partition, m.offset)
+_MESSAGE_ORDER = operator.attrgetter("topic", "partition", "offset")
 
 
 def _tp_order(tp: TopicPartition) -> tuple[str, int]:
