@@ -1,15 +1,17 @@
-"""Latency from a drain transaction mined on anvil to the kill switch holding the freeze.
+"""Latency from a drain transaction shown by anvil to the kill switch holding the freeze.
 
 Usage: ``.venv/bin/python benchmarks/bench_latency.py [--iterations 20] [--mode embedded kafka]
-[--poll-interval 0.1]``
+[--poll-interval 0.1] [--since mined mempool]``
 
 Each iteration drains a different hot wallet (anvil accounts created with ``anvil_setBalance``
 and impersonated): one transfer of 30% of its balance to a new address. The clock starts when
-anvil has mined the transaction (its receipt is available: the moment the node shows it) and
-stops when the kill switch's store reports the wallet frozen (polled every 2 ms). Embedded: the
-whole pipeline in this process. Kafka: ``drainwatch run ingest|detect|alert --bus kafka`` as
-three processes on a real broker. The watcher polls the node every ``--poll-interval`` seconds
-with ``confirmations = 0``; that interval bounds the latency from below.
+anvil has mined the transaction (its receipt is available: the moment the node shows it), or,
+with ``--since mempool``, when the transaction sits in anvil's pool with automine off (the
+watcher publishes it as pending and the detector judges it before any block). It stops when the
+kill switch's store reports the wallet frozen (polled every 2 ms). Embedded: the whole pipeline
+in this process. Kafka: ``drainwatch run ingest|detect|alert --bus kafka`` as three processes on
+a real broker. The watcher polls the node every ``--poll-interval`` seconds with
+``confirmations = 0``; that interval bounds the latency from below.
 """
 
 from __future__ import annotations
@@ -81,6 +83,11 @@ def write_config(
         f'killswitch_url = "{ks_url}"',
         f'killswitch_token = "{token}"',
         "console = false",
+        "",
+        # Each iteration is an independent drain of another wallet, minutes apart: incident
+        # correlation would freeze the whole fleet after the third and time nothing after it.
+        "[detection]",
+        'shadow = ["correlation"]',
         bus,
     ]
     path.write_text("\n".join(lines) + "\n")
@@ -93,20 +100,29 @@ def fund(anvil: AnvilService, wallets: int) -> None:
         anvil.rpc("anvil_impersonateAccount", [hot_address(i)])
 
 
-def drain_and_time(anvil: AnvilService, store: FreezeStore, i: int, timeout_s: float = 60) -> float:
+def drain_and_time(
+    anvil: AnvilService, store: FreezeStore, i: int, timeout_s: float = 60, *, mempool: bool = False
+) -> float:
     attacker = f"0x{0xBAD000 + i:040x}"
     tx = anvil.rpc(
         "eth_sendTransaction",
         [{"from": hot_address(i), "to": attacker, "value": hex(BALANCE * 3 // 10)}],
     )
-    anvil.wait_for_receipt(tx)
+    if mempool:
+        # Automine is off: the transaction waits in the pool, where the node already shows it.
+        assert anvil.rpc("eth_getTransactionByHash", [tx]) is not None
+    else:
+        anvil.wait_for_receipt(tx)
     shown = time.perf_counter()
     deadline = shown + timeout_s
     while not store.is_frozen(CHAIN, hot_address(i)):
         if time.perf_counter() > deadline:
             raise RuntimeError(f"wallet {i} was not frozen within {timeout_s}s")
         time.sleep(0.002)
-    return time.perf_counter() - shown
+    elapsed = time.perf_counter() - shown
+    if mempool:
+        anvil.rpc("evm_mine", [])
+    return elapsed
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -114,7 +130,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run_mode(mode: str, iterations: int, poll_s: float, kafka: KafkaService | None) -> list[float]:
+def run_mode(
+    mode: str,
+    iterations: int,
+    poll_s: float,
+    kafka: KafkaService | None,
+    mempool: bool = False,
+) -> list[float]:
     workdir = Path(tempfile.mkdtemp(prefix=f"dw-latency-{mode}-"))
     token = secrets.token_hex(12)
     store = FreezeStore(str(workdir / "killswitch.sqlite3"))
@@ -160,10 +182,12 @@ def run_mode(mode: str, iterations: int, poll_s: float, kafka: KafkaService | No
             ]
         try:
             time.sleep(2.0)
-            warm = drain_and_time(anvil, store, wallets - 1, timeout_s=120)
+            if mempool:
+                anvil.rpc("evm_setAutomine", [False])
+            warm = drain_and_time(anvil, store, wallets - 1, timeout_s=120, mempool=mempool)
             print(f"  {mode}: warm-up {warm * 1000:.0f} ms (not counted)")
             for i in range(iterations):
-                samples.append(drain_and_time(anvil, store, i))
+                samples.append(drain_and_time(anvil, store, i, mempool=mempool))
                 time.sleep(poll_s * 1.37)  # de-phase from the watcher's poll
         finally:
             stop.set()
@@ -182,20 +206,34 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--mode", nargs="+", default=["embedded", "kafka"])
     parser.add_argument("--poll-interval", type=float, default=0.1)
+    parser.add_argument(
+        "--since",
+        nargs="+",
+        default=["mined", "mempool"],
+        choices=["mined", "mempool"],
+        help="start the clock when the node shows the transaction mined, or in its mempool",
+    )
     args = parser.parse_args()
     kafka = KafkaService().start() if "kafka" in args.mode else None
     try:
         for mode in args.mode:
-            samples = run_mode(mode, args.iterations, args.poll_interval, kafka)
-            print(
-                f"{mode}: n={len(samples)} p50 {percentile(samples, 0.5) * 1000:.0f} ms, "
-                f"p99 {percentile(samples, 0.99) * 1000:.0f} ms, "
-                f"max {max(samples) * 1000:.0f} ms, mean {statistics.mean(samples) * 1000:.0f} ms"
-                f" (watcher poll {args.poll_interval * 1000:.0f} ms)"
-            )
+            for since in args.since:
+                samples = run_mode(
+                    mode, args.iterations, args.poll_interval, kafka, mempool=since == "mempool"
+                )
+                _report(f"{mode}, since {since}", samples, args.poll_interval)
     finally:
         if kafka is not None:
             kafka.cleanup()
+
+
+def _report(what: str, samples: list[float], poll_s: float) -> None:
+    print(
+        f"{what}: n={len(samples)} p50 {percentile(samples, 0.5) * 1000:.0f} ms, "
+        f"p99 {percentile(samples, 0.99) * 1000:.0f} ms, "
+        f"max {max(samples) * 1000:.0f} ms, mean {statistics.mean(samples) * 1000:.0f} ms"
+        f" (watcher poll {poll_s * 1000:.0f} ms)"
+    )
 
 
 if __name__ == "__main__":
