@@ -57,8 +57,12 @@ __all__ = [
     "SlackChannelConfig",
     "WalletConfig",
     "WebhookChannelConfig",
+    "dotted_key",
+    "key_lines",
+    "line_of",
     "load",
     "loads",
+    "resolve_env",
 ]
 
 
@@ -404,8 +408,12 @@ _KEY = re.compile(r"^\s*([A-Za-z0-9_\-]+|\"[^\"]*\")\s*=")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _line_index(text: str) -> dict[tuple[str | int, ...], int]:
-    """Map each table and key path (``("wallets", 2, "role")``) to its 1-based line."""
+def key_lines(text: str) -> dict[tuple[str | int, ...], int]:
+    """Map each table and key path (``("wallets", 2, "role")``) to its 1-based line.
+
+    Other TOML readers (the kill switch's settings) use it, with :func:`line_of` and
+    :func:`dotted_key`, to name file, line and key in their errors the same way.
+    """
     index: dict[tuple[str | int, ...], int] = {}
     counters: dict[tuple[str, ...], int] = {}
     table: tuple[str | int, ...] = ()
@@ -427,27 +435,33 @@ def _line_index(text: str) -> dict[tuple[str | int, ...], int]:
     return index
 
 
-def _locate(index: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> int | None:
+def line_of(index: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> int | None:
+    """The line of ``loc``, or of its nearest enclosing table or key that has one."""
     for end in range(len(loc), 0, -1):
         if loc[:end] in index:
             return index[loc[:end]]
     return None
 
 
-def _dotted(loc: tuple[str | int, ...]) -> str:
+def dotted_key(loc: tuple[str | int, ...]) -> str:
+    """A key path as it reads in TOML: ``wallets[2].role``.
+
+    >>> dotted_key(("wallets", 2, "role"))
+    'wallets[2].role'
+    """
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
-def _resolve_env(
-    data: Any, loc: tuple[str | int, ...], missing: list[tuple[str | int, ...]]
-) -> Any:
+def resolve_env(data: Any, loc: tuple[str | int, ...], missing: list[tuple[str | int, ...]]) -> Any:
+    """``data`` with every ``${NAME}`` replaced from the environment; unset names' paths go to
+    ``missing``."""
     if isinstance(data, dict):
-        return {k: _resolve_env(v, (*loc, k), missing) for k, v in data.items()}
+        return {k: resolve_env(v, (*loc, k), missing) for k, v in data.items()}
     if isinstance(data, list):
-        return [_resolve_env(v, (*loc, i), missing) for i, v in enumerate(data)]
+        return [resolve_env(v, (*loc, i), missing) for i, v in enumerate(data)]
     if isinstance(data, str) and "${" in data:
 
         def sub(match: re.Match[str]) -> str:
@@ -468,12 +482,14 @@ def loads(text: str, path: str = "<string>") -> Config:
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"line (\d+)", str(exc))
         raise ConfigError(path, int(match.group(1)) if match else None, "", str(exc)) from exc
-    index = _line_index(text)
+    index = key_lines(text)
     missing: list[tuple[str | int, ...]] = []
-    data = _resolve_env(raw, (), missing)
+    data = resolve_env(raw, (), missing)
     if missing:
         loc = missing[0]
-        raise ConfigError(path, _locate(index, loc), _dotted(loc), "environment variable not set")
+        raise ConfigError(
+            path, line_of(index, loc), dotted_key(loc), "environment variable not set"
+        )
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
@@ -483,7 +499,7 @@ def loads(text: str, path: str = "<string>") -> Config:
         cause = err.get("ctx", {}).get("error")
         if isinstance(cause, _KeyError):
             loc, msg = (*loc, *cause.loc), cause.reason
-        raise ConfigError(path, _locate(index, loc) or 1, _dotted(loc), msg) from exc
+        raise ConfigError(path, line_of(index, loc) or 1, dotted_key(loc), msg) from exc
 
 
 def load(path: str | Path) -> Config:

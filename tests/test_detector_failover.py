@@ -14,9 +14,7 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -29,6 +27,7 @@ from drainwatch.config import load
 from drainwatch.events import ALERTS, TRANSFERS, Alert, Direction, Transfer, decode
 from drainwatch.stage import default_topics, topic_name
 from tests.harness.services import KafkaService
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -106,16 +105,6 @@ def alerts_on_topic(bus: KafkaBus, prefix: str) -> list[Alert]:
     return out
 
 
-def wait_for(
-    predicate: Callable[[], bool], timeout_s: float, what: str, logs: Callable[[], str]
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{logs()}")
-        time.sleep(0.5)
-
-
 def transfer_partitions(log: Path, prefix: str) -> set[int]:
     """The transfers partitions a detector process was last assigned, from kafka-python's log."""
     lines = [
@@ -171,7 +160,8 @@ def test_a_killed_detector_loses_no_drain_and_repeats_no_alert(
             ),
             90,
             "both detectors to share the transfers partitions",
-            logs,
+            every_s=0.5,
+            context=logs,
         )
         # each wallet is drained at its own time, hours apart, so no cross-wallet correlation
         # can stand in for the per-wallet history the restarted detector must rebuild
@@ -185,7 +175,8 @@ def test_a_killed_detector_loses_no_drain_and_repeats_no_alert(
             ),
             90,
             "a warning for every wallet after the first half",
-            logs,
+            every_s=0.5,
+            context=logs,
         )
         assert not [a for a in alerts_on_topic(bus, prefix) if a.freeze], (
             "the first half alone must not freeze: the test would prove nothing"
@@ -205,7 +196,7 @@ def test_a_killed_detector_loses_no_drain_and_repeats_no_alert(
             frozen = {a.wallet for a in alerts_on_topic(bus, prefix) if a.freeze}
             return frozen == {wallet(i) for i in range(WALLETS)}
 
-        wait_for(every_wallet_frozen, 120, "a freeze for every wallet", logs)
+        wait_for(every_wallet_frozen, 120, "a freeze for every wallet", every_s=0.5, context=logs)
         assert procs["d2"].poll() is None, logs()
     finally:
         for proc in procs.values():

@@ -10,8 +10,7 @@ webhook hook (down for its first attempt) → the timeline.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,20 +32,13 @@ from drainwatch.config import WalletConfig, load
 from tests.alerts.channels.receivers import PagerDutyReceiver, pagerduty_receiver
 from tests.alerts.killswitch.conftest import HookReceiver
 from tests.harness.services import AnvilService
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
 CHAIN = "anvil"
 ETH = 10**18
 DETECTOR_SECRET = "detector-secret-0001"
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ import secrets
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from drainwatch.bus.kafka import KafkaBus
 from drainwatch.config import Config, load
 from drainwatch.events import FREEZES, FreezeOrder, decode
 from tests.harness.services import AnvilService, KafkaService
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -97,14 +97,6 @@ def send(anvil: AnvilService, sender: str, to: str, wei: int) -> str:
 
 def fresh_address(i: int) -> str:
     return "0x" + f"{0xC0FFEE0000 + i:040x}"
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def drain(anvil: AnvilService, hot: str) -> tuple[list[str], str]:

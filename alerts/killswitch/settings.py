@@ -74,7 +74,7 @@ from pydantic import (
 )
 
 from alerts.killswitch.auth import ApiKey, Role
-from drainwatch.config import ConfigError, WalletConfig, _dotted, _line_index, _locate, _resolve_env
+from drainwatch.config import ConfigError, WalletConfig, dotted_key, key_lines, line_of, resolve_env
 from drainwatch.events import Severity, normalize_address, wallet_key
 
 __all__ = [
@@ -291,7 +291,7 @@ def loads_killswitch_settings(text: str, path: str = "<string>") -> KillSwitchSe
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"line (\d+)", str(exc))
         raise ConfigError(path, int(match.group(1)) if match else None, "", str(exc)) from exc
-    index = _line_index(text)
+    index = key_lines(text)
     table = raw.get("killswitch")
     if not isinstance(table, dict):
         raise ConfigError(path, None, "killswitch", "no [killswitch] table")
@@ -299,26 +299,28 @@ def loads_killswitch_settings(text: str, path: str = "<string>") -> KillSwitchSe
     if literal is not None:
         raise ConfigError(
             path,
-            _locate(index, literal),
-            _dotted(literal),
+            line_of(index, literal),
+            dotted_key(literal),
             "a secret must be an ${ENV_VAR} reference",
         )
     missing: list[tuple[str | int, ...]] = []
-    data = _resolve_env({"killswitch": table}, (), missing)["killswitch"]
+    data = resolve_env({"killswitch": table}, (), missing)["killswitch"]
     if missing:
         loc = missing[0]
-        raise ConfigError(path, _locate(index, loc), _dotted(loc), "environment variable not set")
+        raise ConfigError(
+            path, line_of(index, loc), dotted_key(loc), "environment variable not set"
+        )
     try:
         wallets = tuple(WalletConfig.model_validate(w) for w in raw.get("wallets") or [])
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise ConfigError(path, _locate(index, ("wallets",)), "wallets", err["msg"]) from exc
+        raise ConfigError(path, line_of(index, ("wallets",)), "wallets", err["msg"]) from exc
     try:
         return KillSwitchSettings.model_validate({**data, "wallets": wallets})
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ("killswitch", *err["loc"])
-        raise ConfigError(path, _locate(index, loc), _dotted(loc), err["msg"]) from exc
+        raise ConfigError(path, line_of(index, loc), dotted_key(loc), err["msg"]) from exc
 
 
 def load_killswitch_settings(path: str | Path) -> KillSwitchSettings:

@@ -13,7 +13,7 @@ import secrets
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -28,6 +28,7 @@ from drainwatch.ops import build_dashboards, dashboard_expressions, render_expre
 from tests.alerts.killswitch.conftest import HookReceiver, webhook
 from tests.harness.prometheus import PrometheusService
 from tests.harness.services import AnvilService, free_port
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -135,14 +136,6 @@ def send(anvil: AnvilService, sender: str, to: str, wei: int) -> str:
     tx: str = anvil.rpc("eth_sendTransaction", [{"from": sender, "to": to, "value": hex(wei)}])
     anvil.wait_for_receipt(tx)
     return tx
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.fixture
