@@ -9,7 +9,11 @@ usually sees in that time:
 
 * a **warning** when it is ``warn_ratio`` times the usual and at least ``warn_share`` of the
   balance;
-* a **freeze** when it is ``freeze_ratio`` times the usual and at least ``freeze_share``.
+* a **freeze** when it is ``freeze_ratio`` times the usual and at least ``freeze_share``;
+* a **freeze**, too, when the last ``fast_window_s`` (5 min) saw ``fast_freeze_ratio`` (20) times
+  what this hour usually sees in that time, at least ``fast_freeze_share`` (2%) of the balance,
+  over at least ``fast_min_count`` (10) payments to new addresses: customer-sized transfers at
+  many times the usual rate, caught in minutes (one whale's withdrawal is not a rate).
 
 A withdrawal surge on a panic day (three to six times the usual) stays below the freeze ratio; a
 burst of transfers at ten or more times the usual rate does not. Until a wallet has ``min_hours``
@@ -114,6 +118,10 @@ class BaselineDetector:
         min_hours: int = 72,
         fading_factor: float = 0.15,
         floor_share_per_h: float = 0.002,
+        fast_window_s: int = 300,
+        fast_freeze_ratio: float = 20.0,
+        fast_freeze_share: Decimal = Decimal("0.02"),
+        fast_min_count: int = 10,
     ) -> None:
         self.name = name
         self.window_s = window_s
@@ -126,12 +134,17 @@ class BaselineDetector:
         self.floor_share_per_h = floor_share_per_h
         self._warn = warn_share.as_integer_ratio()
         self._freeze = freeze_share.as_integer_ratio()
+        self.fast_window_s = fast_window_s
+        self.fast_freeze_ratio = fast_freeze_ratio
+        self.fast_freeze_share = fast_freeze_share
+        self._fast_freeze = fast_freeze_share.as_integer_ratio()
+        self.fast_min_count = fast_min_count
         self._profiles: dict[tuple[str, str, str], _Profile] = {}
 
     @property
     def windows_s(self) -> tuple[int, ...]:
         """The windows this detector needs the wallet state to keep."""
-        return (self.window_s,)
+        return (self.window_s, self.fast_window_s)
 
     def _profile(self, transfer: TransferView) -> _Profile:
         key = (transfer.chain, transfer.wallet, transfer.asset)
@@ -155,29 +168,59 @@ class BaselineDetector:
         if state.is_internal(dest) or not state.is_new_destination(dest, state.now):
             return None
         units = state.units_of(transfer)
-        window = state.window(self.window_s)
+        finding = self._judge(
+            state, transfer, profile, units, self.window_s, (self.warn_ratio, self.freeze_ratio),
+            (self._warn, self._freeze),
+        )  # fmt: skip
+        if finding is not None and finding.freeze:
+            return finding
+        # Minutes, not twenty: customer-sized transfers at many times the usual rate.
+        fast = self._judge(
+            state, transfer, profile, units, self.fast_window_s,
+            (self.fast_freeze_ratio, self.fast_freeze_ratio),
+            (self._fast_freeze, self._fast_freeze),
+        )  # fmt: skip
+        if fast is not None and (
+            1 + sum(1 for o in state.window(self.fast_window_s).items if o.new)
+            < self.fast_min_count
+        ):
+            fast = None  # one large payment (a whale) is not a rate
+        return fast if fast is not None else finding
+
+    def _judge(  # noqa: PLR0917 - one tier's inputs
+        self,
+        state: WalletState,
+        transfer: TransferView,
+        profile: _Profile,
+        units: int,
+        window_s: int,
+        ratios: tuple[float, float],
+        shares: tuple[tuple[int, int], tuple[int, int]],
+    ) -> Finding | None:
+        """One tier: ``window_s`` of new-destination outflow against this hour's usual."""
+        window = state.window(window_s)
         new_total = window.new_total + units
         ref = state.reference_units(window)
-        wnum, wden = self._warn
+        (wnum, wden), (fnum, fden) = shares
         if ref <= 0 or new_total * wden < ref * wnum:
             return None
         # Floats from here on, in the asset's units: features only, never money.
         unit = 10.0**state.scale
         ref_f = ref / unit
-        usual = max(profile.expected, self.floor_share_per_h * ref_f) * self.window_s / 3600
+        usual = max(profile.expected, self.floor_share_per_h * ref_f) * window_s / 3600
         ratio = new_total / unit / usual if usual > 0 else float("inf")
-        if ratio < self.warn_ratio:
+        warn_ratio, freeze_ratio = ratios
+        if ratio < warn_ratio:
             return None
-        fnum, fden = self._freeze
-        freeze = ratio >= self.freeze_ratio and new_total * fden >= ref * fnum
+        freeze = ratio >= freeze_ratio and new_total * fden >= ref * fnum
         scale = state.scale
-        minutes = self.window_s // 60
+        minutes = window_s // 60
         share = ratio_string(new_total * 100, ref, 1)
         return Finding(
             detector=self.name,
             severity=Severity.CRITICAL if freeze else Severity.WARNING,
             freeze=freeze,
-            score=ratio / self.freeze_ratio,
+            score=ratio / freeze_ratio,
             summary=(
                 f"{share}% of {state.label} left to new addresses in {minutes} min, "
                 f"{ratio:.0f}x what this hour usually sees"
@@ -189,7 +232,7 @@ class BaselineDetector:
                 "usual_per_window": f"{usual:.6f}",
                 "ratio": f"{ratio:.2f}",
                 "history_hours": str(profile.hours),
-                "window_s": str(self.window_s),
+                "window_s": str(window_s),
             },
             transfer_ids=(transfer.id,),
             tx_hashes=(transfer.tx_hash,),

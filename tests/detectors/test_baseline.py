@@ -66,6 +66,25 @@ def test_ten_times_the_usual_in_mid_size_transfers_freezes() -> None:
     assert float(finding.metrics["ratio"]) >= detector.freeze_ratio
 
 
+def test_customer_sized_transfers_at_thirty_times_the_rate_freeze_within_minutes() -> None:
+    detector, state = learned()
+    start = 96 * 3600
+    # 0.15% each (customer-sized) every 8 s: about 30 times the usual value per minute.
+    findings = [run(detector, state, start + i * 8, 1_500, f"R{i}") for i in range(60)]
+    first = next(i for i, f in enumerate(findings) if f is not None and f.freeze)
+    finding = findings[first]
+    assert finding is not None
+    assert finding.metrics["window_s"] == str(detector.fast_window_s)
+    assert detector.fast_min_count - 1 <= first <= 20  # a handful is not a rate; 2% in minutes is
+
+
+def test_one_large_payment_is_not_a_rate() -> None:
+    detector, state = learned()
+    # A whale: 3% at once to a new address, far above five minutes' usual value.
+    finding = run(detector, state, 96 * 3600, 30_000, "WHALE")
+    assert finding is None or not finding.freeze
+
+
 def test_score_one_is_pure_and_the_detector_pickles() -> None:
     detector, state = learned(80)
     before = pickle.dumps((detector, state))
