@@ -66,6 +66,7 @@ from alerts.routing import History, Plan, Sent, Verdict, fingerprint
 from alerts.timeline import ActionKind, Timeline, incident_of, to_iso, utc_now
 from drainwatch.config import AlertsConfig
 from drainwatch.events import ALERTS, Alert, Severity, decode, normalize_address
+from drainwatch.metrics import ALERT_DELIVERIES_TOTAL, DELIVERY_OUTCOMES
 
 __all__ = [
     "DeliveryReport",
@@ -683,6 +684,9 @@ class DeliveryWorker:
         self.batch = batch
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        for name in self.channels:  # series at 0 from the start, not "no data"
+            for outcome in DELIVERY_OUTCOMES:
+                ALERT_DELIVERIES_TOTAL.labels(channel=name, outcome=outcome)
 
     @classmethod
     def from_config(
@@ -740,6 +744,11 @@ class DeliveryWorker:
                 retry_at=now + timedelta(seconds=delay),
                 undeliverable=undeliverable,
             )
+            ALERT_DELIVERIES_TOTAL.labels(channel=notification.channel, outcome="failed").inc()
+            if newly:
+                ALERT_DELIVERIES_TOTAL.labels(
+                    channel=notification.channel, outcome="undeliverable"
+                ).inc()
             log.warning(
                 "notification %s (%s) failed, attempt %d: %s",
                 notification.id,
@@ -768,6 +777,7 @@ class DeliveryWorker:
                     self.on_undeliverable(reported)
             return False, newly
         self.outbox.mark_delivered(notification.id, now=now, receipt=receipt)
+        ALERT_DELIVERIES_TOTAL.labels(channel=notification.channel, outcome="delivered").inc()
         self._record(ActionKind.NOTIFICATION_DELIVERED, notification, now, f"{what}: {receipt}")
         return True, False
 

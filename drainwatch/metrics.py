@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from socketserver import ThreadingMixIn
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import orjson
@@ -38,7 +38,9 @@ from drainwatch.events import Alert, Direction, FreezeOrder, Transfer, wallet_ke
 
 __all__ = [
     "ALERTS_TOTAL",
+    "ALERT_DELIVERIES_TOTAL",
     "CONSUMER_LAG_MESSAGES",
+    "DELIVERY_OUTCOMES",
     "FREEZE_ORDERS_TOTAL",
     "PIPELINE_LATENCY_SECONDS",
     "STAGE_HANDLE_SECONDS",
@@ -79,6 +81,14 @@ ALERTS_TOTAL = Counter(
     "Alerts the detectors published.",
     ["severity", "detector"],
 )
+ALERT_DELIVERIES_TOTAL = Counter(
+    "drainwatch_alert_deliveries",
+    "Notification attempts of the alerts stage by channel name and outcome: delivered, failed "
+    "(retried), undeliverable (reported; still retried at the longest interval).",
+    ["channel", "outcome"],
+)
+DELIVERY_OUTCOMES: Final = ("delivered", "failed", "undeliverable")
+
 FREEZE_ORDERS_TOTAL = Counter(
     "drainwatch_freeze_orders_total",
     "Freeze orders the alerts stage published on the freezes topic.",

@@ -267,6 +267,28 @@ def alerts_dashboard() -> Json:
                 "Freeze orders (cumulative)",
                 [("sum by (action) (drainwatch_freeze_orders_total)", "{{action}}")],
             ),
+            stat(
+                "Notifications in range by channel and outcome",
+                [
+                    (
+                        "sum by (channel, outcome) "
+                        "(increase(drainwatch_alert_deliveries_total[$__range]))",
+                        "{{channel}} {{outcome}}",
+                    )
+                ],
+                description="Pages and messages sent to Slack, PagerDuty, webhooks and email: "
+                "delivered, failed (retried), undeliverable (reported, still retried).",
+            ),
+            timeseries(
+                "Failed notifications per minute by channel",
+                [
+                    (
+                        "sum by (channel) (rate(drainwatch_alert_deliveries_total"
+                        '{outcome="failed"}[$__rate_interval])) * 60',
+                        "{{channel}}",
+                    )
+                ],
+            ),
             *killswitch_panels(),
         ],
     )

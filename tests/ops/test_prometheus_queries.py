@@ -93,7 +93,13 @@ class KillSwitch:
 
 
 def write_config(
-    path: Path, anvil: AnvilService, ks: KillSwitch, hot: str, cold: str, metrics_port: int
+    path: Path,
+    anvil: AnvilService,
+    ks: KillSwitch,
+    siem: HookReceiver,
+    hot: str,
+    cold: str,
+    metrics_port: int,
 ) -> Config:
     start = int(anvil.rpc("eth_blockNumber", []), 16) + 1
     path.write_text(
@@ -123,6 +129,15 @@ timeline_path = "{path.parent / "timeline.sqlite3"}"
 killswitch_url = "{ks.url}"
 killswitch_token = "{ks.token}"
 console = false
+retry_backoff_s = 0.2
+
+[alerts.channels.siem]
+kind = "webhook"
+url = "{siem.url}/drainwatch"
+secret = "{"s" * 16}"
+
+[[alerts.routes]]
+channels = ["siem"]
 
 [metrics]
 host = "127.0.0.1"
@@ -146,12 +161,21 @@ def killswitch(tmp_path: Path) -> Iterator[KillSwitch]:
 
 
 @pytest.fixture
+def siem() -> Iterator[HookReceiver]:
+    receiver = HookReceiver(failures=1).start()  # the first notification fails, then all land
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
 def pipeline(
-    anvil: AnvilService, killswitch: KillSwitch, tmp_path: Path
+    anvil: AnvilService, killswitch: KillSwitch, siem: HookReceiver, tmp_path: Path
 ) -> Iterator[tuple[Config, str, str]]:
     accounts: list[str] = anvil.rpc("eth_accounts", [])
     hot, cold = accounts[1].lower(), accounts[0].lower()
-    cfg = write_config(tmp_path / "drainwatch.toml", anvil, killswitch, hot, cold, free_port())
+    cfg = write_config(
+        tmp_path / "drainwatch.toml", anvil, killswitch, siem, hot, cold, free_port()
+    )
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -172,7 +196,10 @@ def pipeline(
 
 
 def test_every_dashboard_expression_returns_data(
-    pipeline: tuple[Config, str, str], anvil: AnvilService, killswitch: KillSwitch
+    pipeline: tuple[Config, str, str],
+    anvil: AnvilService,
+    killswitch: KillSwitch,
+    siem: HookReceiver,
 ) -> None:
     cfg, hot, cold = pipeline
     base = f"http://127.0.0.1:{cfg.metrics.port}"
@@ -186,6 +213,7 @@ def test_every_dashboard_expression_returns_data(
     send(anvil, hot, attacker, 2_000 * ETH)
     wait_for(lambda: killswitch.store.is_frozen(CHAIN, hot), 30, "the freeze")
     wait_for(killswitch.hook_delivered, 30, "the hook to acknowledge the freeze")
+    wait_for(siem.arrived.is_set, 30, "a notification on the webhook channel")
 
     with PrometheusService(
         {
@@ -217,6 +245,14 @@ def test_every_dashboard_expression_returns_data(
         assert float(outflow[0]["value"][1]) >= 2_000
         severities = {s["metric"]["severity"] for s in prom.query("drainwatch_alerts_total")}
         assert "critical" in severities
+        # Notifications: the webhook's first answer was a 503, then it acknowledged.
+        deliveries = {
+            s["metric"]["outcome"]: float(s["value"][1])
+            for s in prom.query('drainwatch_alert_deliveries_total{channel="siem"}')
+        }
+        assert deliveries["failed"] >= 1
+        assert deliveries["delivered"] >= 1
+        assert deliveries["undeliverable"] == 0
         labels = {s["metric"].get("wallet_label") for s in prom.query("drainwatch_wallet_balance")}
         # labels, never addresses (the registry is process-wide: other tests' wallets show too)
         assert "eth-hot-1" in labels
