@@ -7,10 +7,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -19,9 +17,9 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from drainwatch.app import build_bus
 from drainwatch.bus import BusError, ConfluentBus, KafkaBus, Message, TopicPartition, TopicSpec
-from drainwatch.bus.confluent import ConfluentConsumerAdapter
 from drainwatch.config import loads
 from drainwatch.stage import default_topics
+from tests.bus.group import join_group
 from tests.harness.services import KafkaService
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -194,58 +192,6 @@ def test_broker_crash_never_loses_a_flushed_message(
     got = [m.value for m in consume(bus, topic, group, len(delivered))]
     assert set(delivered) <= set(got)
     assert len(got) >= 40 + (20 if during_ok else 0)
-
-
-@dataclass
-class Member:
-    """One consumer of the group, polling and committing in its own thread."""
-
-    consumer: ConfluentConsumerAdapter
-    assignments: list[list[TopicPartition]] = field(default_factory=list)
-    positions_at_assign: list[dict[TopicPartition, int]] = field(default_factory=list)
-    threads_at_assign: list[int] = field(default_factory=list)
-    messages: list[Message] = field(default_factory=list)
-    errors: list[BaseException] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-
-    @property
-    def assigned(self) -> set[int]:
-        return {tp.partition for tp in self.assignments[-1]} if self.assignments else set()
-
-    def run(self) -> None:
-        try:
-            while not self.stop.is_set():
-                batch = self.consumer.poll(0.2)
-                self.messages.extend(batch)
-                self.consumer.commit()
-        except BaseException as exc:
-            self.errors.append(exc)
-        finally:
-            self.consumer.close()
-
-    def start(self) -> None:
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def leave(self) -> None:
-        self.stop.set()
-        assert self.thread is not None
-        self.thread.join(30)
-
-
-def join_group(bus: ConfluentBus, topic: str, group: str) -> Member:
-    member: Member
-
-    def on_assign(tps: list[TopicPartition]) -> None:
-        # Called from poll() in the member's thread, so it may use the consumer and the bus.
-        member.threads_at_assign.append(threading.get_ident())
-        member.assignments.append(tps)
-        member.positions_at_assign.append({tp: member.consumer.position(tp) for tp in tps})
-
-    member = Member(bus.consumer([topic], group, on_assign=on_assign))
-    member.start()
-    return member
 
 
 @pytest.mark.services
