@@ -74,7 +74,6 @@ __all__ = [
 
 _PROGRESS_EVERY: Final = 8192
 _ZERO: Final = timedelta(0)
-_HEX: Final = ("0x", "0X")
 _OUT: Final = Direction.OUT
 _IN: Final = Direction.IN
 
@@ -353,12 +352,17 @@ class Replay:
             and not asset.isspace()
         ):
             return self._parse_checked(number, raw)
-        if sender[:2] in _HEX:
-            sender = "0x" + sender[2:].lower()
-        if receiver[:2] in _HEX:
-            receiver = "0x" + receiver[2:].lower()
         return when, self._moves(
-            number, raw, when, chain, asset, sender, receiver, units, decimals, line.tx_hash
+            number,
+            raw,
+            when,
+            chain,
+            asset,
+            normalize_address(sender),
+            normalize_address(receiver),
+            units,
+            decimals,
+            line.tx_hash,
         )
 
     def _parse_checked(self, number: int, raw: bytes) -> tuple[float, list[Move]]:
@@ -372,18 +376,8 @@ class Replay:
         if type(asset) is not str or not asset:
             asset = _text(data, "asset")
         # Letters and digits only: nothing to strip; an EVM address is lower-cased.
-        sender = data.get("from")
-        if type(sender) is str and sender.isalnum():
-            if sender[:2] in _HEX:
-                sender = "0x" + sender[2:].lower()
-        else:
-            sender = normalize_address(_text(data, "from"))
-        receiver = data.get("to")
-        if type(receiver) is str and receiver.isalnum():
-            if receiver[:2] in _HEX:
-                receiver = "0x" + receiver[2:].lower()
-        else:
-            receiver = normalize_address(_text(data, "to"))
+        sender = normalize_address(_text(data, "from"))
+        receiver = normalize_address(_text(data, "to"))
         amount = data.get("amount")
         if type(amount) is str:
             whole, _, frac = amount.partition(".")

@@ -58,6 +58,7 @@ from drainwatch.stage import Output
 
 __all__ = ["DetectionEngine", "default_detectors"]
 
+_NOBODY: frozenset[str] = frozenset()
 _ROUTES_MAX = 65536
 """Distinct (chain, address, asset) routes remembered; beyond it they are looked up each time."""
 
@@ -143,18 +144,19 @@ class DetectionEngine:
         self._states: dict[tuple[str, str, str], WalletState] = {}
         self._emitted: dict[tuple[str, str], _Emitted] = {}
         self._ledgers = [d for d in self.detectors if isinstance(d, LedgerReconciliation)]
-        self._state_learners = frozenset(
-            d.name for d in self.detectors if isinstance(d, StateLearner)
-        )
         self._watch = self.correlator.watch_share.as_integer_ratio() if self.correlator else (1, 1)
-        # The hot path's view of the detectors: bound methods, looked up once.
+        # The hot path's view of the detectors: bound methods, looked up once. A detector that
+        # learns with the state is not also given learn_one; one that says it learns nothing
+        # (``learns = False``) is left out.
         self._scorers = [d.score_one for d in self.detectors]
         self._with_state = [
-            d.learn_with_state
+            (d.name, d.learn_with_state)
             for d in self.detectors
             if isinstance(d, StateLearner) and getattr(d, "learns", True)
         ]
-        self._plain = [d.learn_one for d in self.detectors if not isinstance(d, StateLearner)]
+        self._plain = [
+            (d.name, d.learn_one) for d in self.detectors if not isinstance(d, StateLearner)
+        ]
         self._routes: dict[tuple[str, str, str], WalletState | None] = {}
         self._approval_readers = [
             d.learn_approval for d in self.detectors if isinstance(d, LedgerAware)
@@ -246,32 +248,26 @@ class DetectionEngine:
             watched = self._watch_finding(transfer, state, findings)
             if watched is not None:
                 findings.append(watched)
-        if not findings:
-            # The common case: nobody froze, so everyone learns.
-            for learn_with_state in self._with_state:
-                learn_with_state(transfer, state)
-            state.apply(transfer)
-            for learn_one in self._plain:
-                learn_one(transfer)
-            return []
-        if self._explained(transfer, state):
+        if findings and self._explained(transfer, state):
             # The exchange approved this withdrawal: the ledger vouches for it, so the other
             # detectors may warn but not freeze (an approved market-maker payout, a whale).
             findings = [
                 replace(f, freeze=False, severity=Severity.WARNING) if f.freeze else f
                 for f in findings
             ]
-        frozen_by = {f.detector for f in findings if f.freeze}
-        learners = self._state_learners
-        for detector in self.detectors:
-            if detector.name in learners and detector.name not in frozen_by:
-                detector.learn_with_state(transfer, state)  # type: ignore[attr-defined]
+        # A detector does not learn from what it froze on.
+        frozen_by = {f.detector for f in findings if f.freeze} if findings else _NOBODY
+        for name, learn_with_state in self._with_state:
+            if name not in frozen_by:
+                learn_with_state(transfer, state)
         # Facts always count, the destination included: a false freeze must not make a market
         # maker's usual address look new for ever.
         state.apply(transfer)
-        for detector in self.detectors:
-            if detector.name not in frozen_by and detector.name not in learners:
-                detector.learn_one(transfer)
+        for name, learn_one in self._plain:
+            if name not in frozen_by:
+                learn_one(transfer)
+        if not findings:
+            return []
         wallet = state.wallet
         if detected_at is None and at_event_time:
             detected_at = transfer.time

@@ -83,19 +83,11 @@ class LedgerReconciliation:
         self.amount_tolerance = amount_tolerance
         self.active = active
         self._open: dict[tuple[str, str, str], list[_Approval]] = {}
-        self._prefixes: dict[tuple[str, str], tuple[str, str]] = {}
-        self._last_match: tuple[TransferView, tuple[tuple[str, str, str], int] | None] | None = None
-        """The last transfer matched and its match, until the open approvals change."""
         self._latest = float("-inf")
-
-    def __getstate__(self) -> dict[str, object]:
-        # The last match and the key prefixes are caches: judging must not change a snapshot.
-        return {**self.__dict__, "_last_match": None, "_prefixes": {}}
 
     def learn_approval(self, approval: ApprovedWithdrawal) -> None:
         """Remember an approval until it explains a transfer or grows too old."""
         self.active = True
-        self._last_match = None
         when = approval.time.timestamp()
         if when > self._latest + self.match_window_s:
             self._expire(when)
@@ -106,7 +98,6 @@ class LedgerReconciliation:
         )
 
     def _expire(self, now: float) -> None:
-        self._last_match = None
         horizon = now - 2 * self.match_window_s
         for key in list(self._open):
             kept = [a for a in self._open[key] if a.time >= horizon]
@@ -116,19 +107,7 @@ class LedgerReconciliation:
                 del self._open[key]
 
     def _match(self, transfer: TransferView) -> tuple[tuple[str, str, str], int] | None:
-        last = self._last_match
-        if last is not None and last[0] is transfer:
-            return last[1]  # score_one, then learn_one, ask about the same transfer
-        found = self._find(transfer)
-        self._last_match = (transfer, found)
-        return found
-
-    def _find(self, transfer: TransferView) -> tuple[tuple[str, str, str], int] | None:
-        prefix = self._prefixes.get((transfer.chain, transfer.asset))
-        if prefix is None:
-            chain, asset, _ = _match_key(transfer.chain, transfer.asset, "")
-            prefix = self._prefixes[transfer.chain, transfer.asset] = (chain, asset)
-        key = (*prefix, normalize_address(transfer.counterparty))
+        key = _match_key(transfer.chain, transfer.asset, transfer.counterparty)
         candidates = self._open.get(key)
         if not candidates:
             return None
@@ -195,4 +174,3 @@ class LedgerReconciliation:
             del self._open[key][index]
             if not self._open[key]:
                 del self._open[key]
-            self._last_match = None

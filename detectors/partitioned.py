@@ -89,12 +89,6 @@ class PartResult:
     error: BacktestInputError | None = None
 
 
-def _route_address(address: str) -> str:
-    if address.isalnum():
-        return "0x" + address[2:].lower() if address[:2] in ("0x", "0X") else address
-    return normalize_address(address)
-
-
 def deal_wallets(config: Config, path: Path, count: int) -> list[set[_Key]]:
     """Split the wallets into ``count`` groups with about as many transfers each.
 
@@ -112,7 +106,7 @@ def deal_wallets(config: Config, path: Path, count: int) -> list[set[_Key]]:
             continue
         chain = route.chain.casefold()
         for address in (route.sender, route.to):
-            key = (chain, _route_address(address))
+            key = (chain, normalize_address(address))
             if key in load:
                 load[key] += 1
     groups: list[set[_Key]] = [set() for _ in range(count)]
@@ -145,8 +139,8 @@ def run_part(config: Config, path: Path, index: int, groups: list[set[_Key]]) ->
             touches = False
         else:
             chain = route.chain.casefold()
-            sender = (chain, _route_address(route.sender))
-            receiver = (chain, _route_address(route.to))
+            sender = (chain, normalize_address(route.sender))
+            receiver = (chain, normalize_address(route.to))
             judge = sender in mine or receiver in mine
             touches = sender in watched_keys or receiver in watched_keys
             if not touches and number % count == index:

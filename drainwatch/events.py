@@ -134,6 +134,9 @@ class FreezeAction(StrEnum):
     UNFREEZE = "unfreeze"
 
 
+_HEX_PREFIXES: Final = ("0x", "0X")
+
+
 def normalize_address(address: str) -> str:
     """Normalise an address the one way every stage agrees on.
 
@@ -145,8 +148,9 @@ def normalize_address(address: str) -> str:
     >>> normalize_address(" 1BoatSLRHtKNngkdXEeobR76b53LETtpyT ")
     '1BoatSLRHtKNngkdXEeobR76b53LETtpyT'
     """
-    address = address.strip()
-    if address[:2] in ("0x", "0X"):
+    if not address.isalnum():  # letters and digits only (the usual case): nothing to strip
+        address = address.strip()
+    if address[:2] in _HEX_PREFIXES:
         return "0x" + address[2:].lower()
     return address
 
