@@ -615,8 +615,9 @@ class WalletState:
         for address in [a for a, seen in first_seen.items() if seen.time < old]:
             familiar[address] = first_seen.pop(address).last
         if now >= self._forget_at:
-            # A thirtieth of the memory span at a time: the scan is over every familiar address.
-            self._forget_at = now + self.remember_s / 30
+            # A sixth of the memory span at a time (the scan is over every familiar address): a
+            # destination is forgotten between 90 and 105 days after it was last paid.
+            self._forget_at = now + self.remember_s / 6
             forget = now - self.remember_s
             for address in [a for a, last in familiar.items() if last < forget]:
                 del familiar[address]

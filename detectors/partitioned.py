@@ -26,9 +26,11 @@ import msgspec
 import orjson
 
 from detectors.backtest import (
+    AddressCache,
     ProgressBar,
     Replay,
     alert_record,
+    collector_paused,
     line_error,
     read_lines,
 )
@@ -126,6 +128,7 @@ def run_part(config: Config, path: Path, index: int, groups: list[set[_Key]]) ->
     correlator = _RecordingCorrelator()
     engine = DetectionEngine(config, correlator=correlator)
     replay = Replay(config, engine, only=mine)
+    addresses = AddressCache()
     result = PartResult()
     done = _bytes_done if index == 0 else None
     for number, raw in read_lines(path):
@@ -139,8 +142,8 @@ def run_part(config: Config, path: Path, index: int, groups: list[set[_Key]]) ->
             touches = False
         else:
             chain = route.chain.casefold()
-            sender = (chain, normalize_address(route.sender))
-            receiver = (chain, normalize_address(route.to))
+            sender = (chain, addresses[route.sender])
+            receiver = (chain, addresses[route.to])
             judge = sender in mine or receiver in mine
             touches = sender in watched_keys or receiver in watched_keys
             if not touches and number % count == index:
@@ -165,7 +168,8 @@ def run_part(config: Config, path: Path, index: int, groups: list[set[_Key]]) ->
 
 
 def _run_part_job(job: tuple[Config, Path, int, list[set[_Key]]]) -> PartResult:
-    return run_part(*job)
+    with collector_paused():
+        return run_part(*job)
 
 
 def merge_parts(parts: list[PartResult]) -> list[tuple[bytes, bool]] | None:

@@ -1,8 +1,13 @@
 """The bus between stages: one interface; an embedded and two Kafka implementations.
 
 :class:`ConfluentBus` needs the optional confluent-kafka (``pip install 'drainwatch[confluent]'``),
-which it imports only when one is created: importing this package never needs it.
+which it imports only when one is created: importing this package never needs it. The three
+buses are loaded on first use (PEP 562): a stage that only needs the interface (the backtest, the
+detector engine) does not import a Kafka client.
 """
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from drainwatch.bus.base import (
     AssignCallback,
@@ -15,9 +20,17 @@ from drainwatch.bus.base import (
     TopicSpec,
     partition_for,
 )
-from drainwatch.bus.confluent import ConfluentBus
-from drainwatch.bus.embedded import EmbeddedBus
-from drainwatch.bus.kafka import KafkaBus
+
+if TYPE_CHECKING:
+    from drainwatch.bus.confluent import ConfluentBus
+    from drainwatch.bus.embedded import EmbeddedBus
+    from drainwatch.bus.kafka import KafkaBus
+
+_LAZY = {
+    "ConfluentBus": "drainwatch.bus.confluent",
+    "EmbeddedBus": "drainwatch.bus.embedded",
+    "KafkaBus": "drainwatch.bus.kafka",
+}
 
 __all__ = [
     "AssignCallback",
@@ -33,3 +46,12 @@ __all__ = [
     "TopicSpec",
     "partition_for",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'drainwatch.bus' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
