@@ -13,7 +13,13 @@ usually sees in that time:
 * a **freeze**, too, when the last ``fast_window_s`` (5 min) saw ``fast_freeze_ratio`` (20) times
   what this hour usually sees in that time, at least ``fast_freeze_share`` (2%) of the balance,
   over at least ``fast_min_count`` (10) payments to new addresses: customer-sized transfers at
-  many times the usual rate, caught in minutes (one whale's withdrawal is not a rate).
+  many times the usual rate, caught in minutes (one whale's withdrawal is not a rate, and the
+  ratio must hold with every payment counted at most ``fast_clip`` (5) times the wallet's mean
+  payment to a new address: a surge's few outsized withdrawals are not a rate either).
+
+Its freezes stand for their own wallet (``drives_incidents = False``): rate findings on several
+wallets at once are what a market-wide panic looks like, so they do not open an incident or lower
+the bar for other wallets (the engine's correlation acts on the exact rules' freezes).
 
 A withdrawal surge on a panic day (three to six times the usual) stays below the freeze ratio; a
 burst of transfers at ten or more times the usual rate does not. Until a wallet has ``min_hours``
@@ -88,6 +94,11 @@ class _Profile:
     overall: RunningMean | None = None
     expected: float = 0.0
     """Usual new-destination outflow per hour for the current hour (cached at rollover)."""
+    hour_count: int = 0
+    size: RunningMean | None = None
+    """The mean payment to a new destination, learned per wallet-hour."""
+    typical_size: float = 0.0
+    """``size`` as of the last rollover (0: nothing learned yet)."""
 
 
 class BaselineDetector:
@@ -101,10 +112,19 @@ class BaselineDetector:
         fading_factor: river ``EWMean`` weight of the newest wallet-hour (per hour of day) .
         floor_share_per_h: The usual hourly outflow is taken as at least this share of the
             balance, so a wallet that rarely pays anyone is not flagged for a few withdrawals.
+        fast_window_s / fast_freeze_ratio / fast_freeze_share / fast_min_count: The 5-minute
+            tier (see the module doc).
+        fast_clip: In the 5-minute tier, each payment counts at most this many times the
+            learned mean payment to a new address (0: no clipping).
     """
 
     outflows_only: Final = True
     """Neither judges nor learns from inflows (the engine skips them)."""
+    drives_incidents: Final = False
+    """Its freezes stand for their own wallet: they neither open an incident nor lower the bar
+    for other wallets. A market-wide withdrawal surge raises every wallet's rate at once, so rate
+    findings on several wallets together are what a panic looks like; a drain across wallets
+    shows in the exact rules (large shares to new addresses), which do drive incidents."""
 
     def __init__(
         self,
@@ -122,6 +142,9 @@ class BaselineDetector:
         fast_freeze_ratio: float = 20.0,
         fast_freeze_share: Decimal = Decimal("0.02"),
         fast_min_count: int = 10,
+        fast_clip: float = 5.0,
+        sudden_ratio: float = 3.0,
+        recent_window_s: int = 3600,
     ) -> None:
         self.name = name
         self.window_s = window_s
@@ -139,12 +162,15 @@ class BaselineDetector:
         self.fast_freeze_share = fast_freeze_share
         self._fast_freeze = fast_freeze_share.as_integer_ratio()
         self.fast_min_count = fast_min_count
+        self.fast_clip = fast_clip
+        self.sudden_ratio = sudden_ratio
+        self.recent_window_s = recent_window_s
         self._profiles: dict[tuple[str, str, str], _Profile] = {}
 
     @property
     def windows_s(self) -> tuple[int, ...]:
         """The windows this detector needs the wallet state to keep."""
-        return (self.window_s, self.fast_window_s)
+        return (self.window_s, self.fast_window_s, self.recent_window_s)
 
     def _profile(self, transfer: TransferView) -> _Profile:
         key = (transfer.chain, transfer.wallet, transfer.asset)
@@ -153,6 +179,7 @@ class BaselineDetector:
             profile = _Profile(
                 by_hour=[_ewmean(self.fading_factor) for _ in range(24)],
                 overall=_ewmean(self.fading_factor / 24),
+                size=_ewmean(self.fading_factor / 24),
             )
             self._profiles[key] = profile
         return profile
@@ -172,7 +199,11 @@ class BaselineDetector:
             state, transfer, profile, units, self.window_s, (self.warn_ratio, self.freeze_ratio),
             (self._warn, self._freeze),
         )  # fmt: skip
-        if finding is not None and finding.freeze:
+        if finding is not None and not self._is_sudden(state, self.window_s, units):
+            # Twenty busy minutes in an hours-long surge: what a panic looks like, every hour of
+            # it on every wallet; the dashboards show it, a page would be noise.
+            finding = None
+        elif finding is not None and finding.freeze:
             return finding
         # Minutes, not twenty: customer-sized transfers at many times the usual rate.
         fast = self._judge(
@@ -183,9 +214,46 @@ class BaselineDetector:
         if fast is not None and (
             1 + sum(1 for o in state.window(self.fast_window_s).items if o.new)
             < self.fast_min_count
+            or not self._fast_without_outliers(state, profile, units)
+            or not self._is_sudden(state, self.fast_window_s, units)
         ):
-            fast = None  # one large payment (a whale) is not a rate
+            # One large payment (a whale) is not a rate, nor are a surge's few outsized ones,
+            # nor is an hour-long surge that has merely had a busy five minutes.
+            fast = None
         return fast if fast is not None else finding
+
+    def _is_sudden(self, state: WalletState, window_s: int, units: int) -> bool:
+        """Whether the last ``window_s`` saw ``sudden_ratio`` times the new-address outflow of
+        an equal stretch of the ``recent_window_s`` before them.
+
+        A withdrawal surge builds up and lasts for hours: once it has run for a while, a busy
+        stretch is like the stretches before it. A drain starts from ordinary traffic.
+        """
+        if self.sudden_ratio <= 0 or window_s >= self.recent_window_s:
+            return True
+        window = state.window(window_s)
+        before = state.window(self.recent_window_s).new_total - window.new_total
+        stretches = (self.recent_window_s - window_s) / window_s
+        return window.new_total + units >= self.sudden_ratio * before / stretches
+
+    def _fast_without_outliers(self, state: WalletState, profile: _Profile, units: int) -> bool:
+        """Whether the fast tier still holds with every payment counted at most ``fast_clip``
+        times this wallet's mean payment to a new address.
+
+        In a withdrawal surge the payments are the customers' own, several times as many; the
+        few largest of them (a tail that reaches ten times the mean) can push five minutes'
+        sum past the ratio by themselves. Customer-sized transfers at many times the usual
+        rate still pass: none of them is clipped much.
+        """
+        if profile.typical_size <= 0 or self.fast_clip <= 0:
+            return True
+        unit = 10.0**state.scale
+        cap = int(profile.typical_size * self.fast_clip * unit)
+        window = state.window(self.fast_window_s)
+        clipped = min(units, cap) + sum(min(o.units, cap) for o in window.items if o.new)
+        ref_f = state.reference_units(window) / unit
+        usual = max(profile.expected, self.floor_share_per_h * ref_f) * self.fast_window_s / 3600
+        return usual > 0 and clipped / unit / usual >= self.fast_freeze_ratio
 
     def _judge(  # noqa: PLR0917 - one tier's inputs
         self,
@@ -247,6 +315,7 @@ class BaselineDetector:
         if now >= profile.hour_start + 3600:
             self._roll(profile, now)
         profile.hour_value += transfer.amount / 10**transfer.decimals
+        profile.hour_count += 1
 
     def learn_with_state(self, transfer: TransferView, state: WalletState) -> None:
         """Learn one transfer with what the state knows (new destination or not).
@@ -262,11 +331,16 @@ class BaselineDetector:
             self._roll(profile, now)
         if state.is_new_destination(transfer.counterparty, now):
             profile.hour_value += transfer.amount / 10**transfer.decimals
+            profile.hour_count += 1
 
     def _roll(self, profile: _Profile, now: float) -> None:
         """Close the hours since the last one (empty hours count as zero) and cache the next."""
-        overall = profile.overall
+        overall, size = profile.overall, profile.size
         assert overall is not None
+        assert size is not None
+        if profile.hour_count:
+            size.update(profile.hour_value / profile.hour_count)
+            profile.typical_size = size.get()
         if profile.hour_start != float("-inf"):
             missed = min(int((now - profile.hour_start) // 3600), 24 * 7)
             hour = int(profile.hour_start // 3600)
@@ -277,6 +351,7 @@ class BaselineDetector:
                 profile.hours += 1
         profile.hour_start = now - now % 3600
         profile.hour_value = 0.0
+        profile.hour_count = 0
         this_hour = profile.by_hour[int(profile.hour_start // 3600) % 24].get()
         # The hour-of-day profile, steadied by the overall mean: a quiet night hour learned from
         # a few days is not trusted to be quieter than a third of the average hour.

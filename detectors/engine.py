@@ -162,6 +162,11 @@ class DetectionEngine:
             d.learn_approval for d in self.detectors if isinstance(d, LedgerAware)
         ]
         self._outflows_only = all(getattr(d, "outflows_only", False) for d in self.detectors)
+        # Detectors whose freezes stand for their own wallet only: they do not open an incident
+        # or lower the bar for the others (see BaselineDetector.drives_incidents).
+        self._local = frozenset(
+            d.name for d in self.detectors if not getattr(d, "drives_incidents", True)
+        )
 
     def wallet(self, chain: str, address: str) -> WalletConfig | None:
         """The watched wallet at ``address`` on ``chain`` (chain slugs compare case-blind)."""
@@ -318,7 +323,10 @@ class DetectionEngine:
         incident_id: str | None = None
         others: list[str] = []
         correlator = self.correlator
-        level = max((2 if f.freeze else f.severity.rank) for f in findings)
+        local = self._local
+        level = max(
+            (1 if f.detector in local else 2) if f.freeze else f.severity.rank for f in findings
+        )
         if correlator is not None and level >= 1:
             incident_id, others = correlator.observe(wallet.key, now, level)
             if incident_id is not None and level == 1 and correlator.lowered(now):
@@ -342,7 +350,7 @@ class DetectionEngine:
             is not None
         ]
         if correlator is not None:
-            if any(a.freeze for a in alerts):
+            if any(a.freeze and a.detector not in local for a in alerts):
                 correlator.mark_frozen(wallet.key, now)
             if correlator.fleet_freeze_due(now):
                 # Several wallets emptied within minutes: freeze the whole hot fleet now rather

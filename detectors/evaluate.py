@@ -32,7 +32,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -223,6 +223,24 @@ def scenarios(quick: bool = False) -> list[Scenario]:
             panic_days=(9, 16, 30),
             opening_balance=False,
             seed=11,
+        ),
+        Scenario(
+            "panic-8x",
+            "no drain: panic days with 8x the withdrawals (twice the others'), no opening balances",
+            tuple(replace(w, surge_multiplier=8.0) for w in _fleet(6)),
+            days=28.0,
+            panic_days=(9, 16, 23),
+            opening_balance=False,
+            seed=21,
+        ),
+        Scenario(
+            "busy-panic",
+            "no drain: twice the customers of the others, panic days at 4x, no opening balances",
+            _fleet(6, withdrawals_per_day=1200),
+            days=28.0,
+            panic_days=(9, 16, 23),
+            opening_balance=False,
+            seed=23,
         ),
         Scenario(
             "fresh-fanout",

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from detectors import DetectionEngine, IncidentCorrelator
+from typing import Final
+
+import pytest
+
+from detectors import BaselineDetector, DetectionEngine, IncidentCorrelator, VelocityDetector
+from detectors.evaluate import FixedRule
 from drainwatch.config import Config, DetectionConfig
 from drainwatch.events import Direction
-from tests.detectors.factories import transfer, wallet
+from tests.detectors.factories import T0, transfer, wallet
 
 
 def fleet() -> Config:
@@ -99,3 +104,35 @@ def test_three_wallets_frozen_within_minutes_freeze_the_whole_hot_fleet() -> Non
     # Once per incident: the next drain transfer does not freeze the fleet again.
     again = engine.process(transfer("T4", 300, wallet="HOT3", minutes=5))
     assert not any(a.freeze and a.wallet == "HOT2" for a in again)
+
+
+class _RateRule(FixedRule):
+    """The fixed rule, marked as a rate detector whose freezes stand for their wallet only."""
+
+    drives_incidents: Final = False
+
+
+@pytest.mark.parametrize("drives", [True, False])
+def test_rate_freezes_on_several_wallets_do_not_freeze_the_fleet(drives: bool) -> None:
+    # A market-wide withdrawal surge lifts every wallet's rate at once: freezes of a detector
+    # that only judges rates (the learned baseline) must not cascade into an incident.
+    rule = FixedRule() if drives else _RateRule()
+    engine = DetectionEngine(fleet(), detectors=[rule])
+    frozen = set()
+    for minute, hot in enumerate(("HOT1", "0xE0", "HOT3")):
+        chain, asset = ("ethereum", "ETH") if hot.startswith("0x") else ("nem", "XEM")
+        alerts = engine.process(
+            transfer(f"T{hot}", 400, wallet=hot, chain=chain, asset=asset, minutes=minute)
+        )
+        frozen |= {a.wallet for a in alerts if a.freeze}
+    if drives:
+        assert "HOT2" in frozen  # the fleet freeze: HOT2 sent nothing
+    else:
+        assert frozen == {"HOT1", "0xe0", "HOT3"}  # each wallet for itself, HOT2 untouched
+        assert engine.correlator is not None
+        assert not engine.correlator.lowered(T0.timestamp() + 300)
+
+
+def test_the_learned_baseline_does_not_drive_incidents_and_the_exact_rules_do() -> None:
+    assert BaselineDetector.drives_incidents is False
+    assert getattr(VelocityDetector(), "drives_incidents", True) is True
