@@ -13,8 +13,9 @@ Consume the transfers and alerts topics with :class:`Alerter` as the handler of 
 0
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from drainwatch.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from alerts.alerter import Alerter, FreezeDecision, freeze_decision
@@ -162,13 +163,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'alerts' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:

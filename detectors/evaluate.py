@@ -224,23 +224,30 @@ def scenarios(quick: bool = False) -> list[Scenario]:
             opening_balance=False,
             seed=11,
         ),
-        Scenario(
-            "panic-8x",
-            "no drain: panic days with 8x the withdrawals (twice the others'), no opening balances",
-            tuple(replace(w, surge_multiplier=8.0) for w in _fleet(6)),
-            days=28.0,
-            panic_days=(9, 16, 23),
-            opening_balance=False,
-            seed=21,
-        ),
-        Scenario(
-            "busy-panic",
-            "no drain: twice the customers of the others, panic days at 4x, no opening balances",
-            _fleet(6, withdrawals_per_day=1200),
-            days=28.0,
-            panic_days=(9, 16, 23),
-            opening_balance=False,
-            seed=23,
+        *(
+            Scenario(
+                name,
+                f"no drain: {about}, panic days 9, 16 and 23, no opening balances",
+                wallets,
+                days=28.0,
+                panic_days=(9, 16, 23),
+                opening_balance=False,
+                seed=seed,
+            )
+            for name, about, wallets, seed in (
+                (
+                    "panic-8x",
+                    "8x the withdrawals on panic days (twice the others')",
+                    tuple(replace(w, surge_multiplier=8.0) for w in _fleet(6)),
+                    21,
+                ),
+                (
+                    "busy-panic",
+                    "twice the customers of the others, panics at 4x",
+                    _fleet(6, withdrawals_per_day=1200),
+                    23,
+                ),
+            )
         ),
         Scenario(
             "fresh-fanout",

@@ -6,8 +6,7 @@ buses are loaded on first use (PEP 562): a stage that only needs the interface (
 detector engine) does not import a Kafka client.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from drainwatch.bus.base import (
     AssignCallback,
@@ -20,6 +19,7 @@ from drainwatch.bus.base import (
     TopicSpec,
     partition_for,
 )
+from drainwatch.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from drainwatch.bus.confluent import ConfluentBus
@@ -48,10 +48,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'drainwatch.bus' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY)
