@@ -1,7 +1,10 @@
 """Time the backtest on N generated transfers and print transfers per second.
 
 Usage: ``.venv/bin/python benchmarks/bench_backtest.py [-n 200000] [--wallets 2] [--ledger]
-[--workers N]``
+[--workers N] [--incident]``
+
+``--incident`` drains every wallet within minutes at 90% of the file (the Phemex pattern): the
+split run hands over to one process for the round the incident forms in and the rest.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detectors import run_backtest
 from detectors.traffic import (
+    DrainSpec,
     HotWalletSpec,
     config_toml,
     generate_traffic,
@@ -29,7 +33,7 @@ from drainwatch.config import loads
 START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-def specs(count: int) -> list[HotWalletSpec]:
+def specs(count: int, drain_at_s: float | None = None) -> list[HotWalletSpec]:
     """``count`` hot wallets, alternating an 18-decimal EVM asset and a 6-decimal one."""
     out = []
     for i in range(count):
@@ -44,6 +48,9 @@ def specs(count: int) -> list[HotWalletSpec]:
                 balance=Decimal("20000") if evm else Decimal("500000000"),
                 decimals=18 if evm else 6,
                 address_prefix="" if evm else "N",
+                drains=()
+                if drain_at_s is None
+                else (DrainSpec(drain_at_s + 120 * i, "burst", 0.2, 4, 60),),
             )
         )
     return out
@@ -58,11 +65,14 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=None, help="backtest processes (default: one per core)"
     )
+    parser.add_argument(
+        "--incident", action="store_true", help="drain every wallet at 90%% of the file"
+    )
     args = parser.parse_args()
 
-    wallets = specs(args.wallets)
     # About 1,400 lines per wallet-day with the default rates; generate a little more, then cut.
-    days = max(1.0, 1.1 * args.transfers / (1400 * len(wallets)))
+    days = max(1.0, 1.1 * args.transfers / (1400 * args.wallets))
+    wallets = specs(args.wallets, 0.9 * days / 1.1 * 86400 if args.incident else None)
     traffic = generate_traffic(wallets, START, days=days, seed=1, panic_day=None)
     rows = traffic.transfers[: args.transfers]
     config = loads(config_toml(wallets))
@@ -80,7 +90,8 @@ def main() -> None:
             best = max(best, summary.transfers_read / elapsed)
         print(
             f"{summary.transfers_read} transfers, {len(wallets)} wallets, "
-            f"ledger={'yes' if ledger else 'no'}: {summary.alerts} alerts, "
+            f"ledger={'yes' if ledger else 'no'}, incident={'yes' if args.incident else 'no'}: "
+            f"{summary.alerts} alerts, "
             f"best of {args.repeat}: {best:,.0f} transfers/s"
         )
 

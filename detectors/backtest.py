@@ -520,22 +520,34 @@ def run_backtest(
     if engine is None and ledger_path is None and count > 1:
         from detectors.partitioned import run_parts
 
-        parts, merged = run_parts(config, transfers_path, count, progress=progress)
-        if merged is not None:
+        split = run_parts(config, transfers_path, count, progress=progress)
+        if split.resume_line is None:
             with Path(alerts_out).open("wb") as out:
-                out.writelines(line + b"\n" for line, _ in merged)
-            errors = [p.error for p in parts if p.error is not None]
-            if errors:
-                raise min(errors, key=lambda e: e.line_number)
+                out.writelines(line + b"\n" for line, _ in split.alerts)
+            if split.error is not None:
+                raise split.error
             return BacktestSummary(
-                transfers_read=parts[0].read,
-                watched_transfers=parts[0].watched,
+                transfers_read=split.read,
+                watched_transfers=split.watched,
                 ledger_entries=0,
-                alerts=len(merged),
-                freezes=sum(freeze for _, freeze in merged),
+                alerts=len(split.alerts),
+                freezes=sum(freeze for _, freeze in split.alerts),
                 elapsed_s=time.perf_counter() - started,
             )
-        # Wallets alerted together: correlation may have mattered, so judge them in one process.
+        # Wallets alerted together from this round on: correlation may matter, so the rest of
+        # the file is judged in one process, from the joined state of the round's start.
+        assert split.engine is not None
+        return _run_sequential(
+            config,
+            transfers_path,
+            None,
+            Path(alerts_out),
+            progress,
+            split.engine,
+            ledger_lookahead_s,
+            started,
+            settled=_Settled(split.resume_line, split.alerts, split.read, split.watched),
+        )
     return _run_sequential(
         config,
         transfers_path,
@@ -548,6 +560,16 @@ def run_backtest(
     )
 
 
+@dataclass(frozen=True)
+class _Settled:
+    """What a split run settled before handing over: lines before ``line`` and their alerts."""
+
+    line: int
+    alerts: list[tuple[bytes, bool]]
+    read: int
+    watched: int
+
+
 def _run_sequential(  # noqa: PLR0917
     config: Config,
     transfers_path: Path,
@@ -557,16 +579,25 @@ def _run_sequential(  # noqa: PLR0917
     engine: DetectionEngine,
     ledger_lookahead_s: float,
     started: float,
+    *,
+    settled: _Settled | None = None,
 ) -> BacktestSummary:
     approvals = _approvals(ledger_path) if ledger_path is not None else iter(())
     pending = next(approvals, None)
     pending_at = pending.time.timestamp() if pending is not None else 0.0
     ledger_entries = 0
     read = watched = alerts = freezes = 0
+    first = 1
     bar = ProgressBar(transfers_path) if progress else None
     replay = Replay(config, engine)
     with alerts_out.open("wb") as out, collector_paused():
+        if settled is not None:
+            first, read, watched = settled.line, settled.read, settled.watched
+            out.writelines(line + b"\n" for line, _ in settled.alerts)
+            alerts, freezes = len(settled.alerts), sum(f for _, f in settled.alerts)
         for number, raw in read_lines(transfers_path):
+            if number < first:
+                continue
             read += 1
             try:
                 when, moves = replay.parse(number, raw)

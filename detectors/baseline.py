@@ -306,6 +306,10 @@ class BaselineDetector:
             tx_hashes=(transfer.tx_hash,),
         )
 
+    def adopt(self, other: BaselineDetector) -> None:
+        """Take over what ``other`` learned of its wallets (none of them ours)."""
+        self._profiles.update(other._profiles)
+
     def learn_one(self, transfer: TransferView) -> None:
         """Count an outflow in its wallet-hour; a completed hour updates the river means."""
         if transfer.direction is not Direction.OUT:

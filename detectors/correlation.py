@@ -124,6 +124,10 @@ class IncidentCorrelator:
             return None
         return incident.id if wallet_key in incident.members else None
 
+    def adopt_frozen(self, other: IncidentCorrelator) -> None:
+        """Also remember the freezes ``other`` was told of (its wallets, none of them ours)."""
+        self._frozen.update(other._frozen)
+
     def mark_frozen(self, wallet_key: str, now: float) -> None:
         """Remember that a freeze was requested for this wallet (no second one from here)."""
         self._frozen[wallet_key] = now

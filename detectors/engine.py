@@ -187,6 +187,24 @@ class DetectionEngine:
             self._states[key] = state
         return state
 
+    def adopt(self, other: DetectionEngine) -> None:
+        """Take over the wallets ``other`` judged (same config and detectors, no wallet in common).
+
+        The backtest split over processes joins its workers' engines this way when it must go on
+        in one process: states, cooldowns, what each detector learned per wallet, and the
+        correlator's memory of freezes. Raises TypeError for a detector that cannot do this.
+        """
+        self._states.update(other._states)
+        self._emitted.update(other._emitted)
+        self._routes.clear()
+        for mine, theirs in zip(self.detectors, other.detectors, strict=True):
+            adopt = getattr(mine, "adopt", None)
+            if adopt is None or type(mine) is not type(theirs):
+                raise TypeError(f"detector {mine.name!r} cannot take over another engine's wallets")
+            adopt(theirs)
+        if self.correlator is not None and other.correlator is not None:
+            self.correlator.adopt_frozen(other.correlator)
+
     def replay(self, transfers: Iterable[TransferView]) -> int:
         """Rebuild state from past transfers (after a restart) without emitting any alert.
 

@@ -85,6 +85,15 @@ class LedgerReconciliation:
         self._open: dict[tuple[str, str, str], list[_Approval]] = {}
         self._latest = float("-inf")
 
+    def adopt(self, other: LedgerReconciliation) -> None:
+        """Join another engine's wallets: only while neither has seen an approval.
+
+        Approvals are shared by every wallet (any of them may use one up), so a run with a ledger
+        is never split between engines.
+        """
+        if self.active or other.active or self._open or other._open:
+            raise ValueError("ledger reconciliation state cannot be split between engines")
+
     def learn_approval(self, approval: ApprovedWithdrawal) -> None:
         """Remember an approval until it explains a transfer or grows too old."""
         self.active = True

@@ -301,6 +301,10 @@ class VelocityDetector:
         """Whether :meth:`learn_with_state` remembers anything (only the large-fresh rule does)."""
         return self.fresh_freeze_count > 0
 
+    def adopt(self, other: VelocityDetector) -> None:
+        """Take over what ``other`` learned of its wallets (none of them ours)."""
+        self._fresh.update(other._fresh)
+
     def learn_one(self, transfer: TransferView) -> None:
         """Without the state nothing is learned: the engine calls :meth:`learn_with_state`."""
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from detectors import BacktestInputError, run_backtest
+from detectors import BacktestInputError, DetectionEngine, partitioned, run_backtest
+from detectors.evaluate import FixedRule
 from detectors.partitioned import deal_wallets, run_parts
 from detectors.traffic import DrainSpec, HotWalletSpec, config_toml, generate_traffic, write_jsonl
 from drainwatch.config import Config, loads
@@ -36,6 +37,13 @@ def _fleet(drains: Mapping[int, tuple[DrainSpec, ...]] | None = None) -> list[Ho
         )
         for i in range(4)
     ]
+
+
+@pytest.fixture(autouse=True)
+def _small_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A few thousand lines per round: every test here goes through several rounds.
+    monkeypatch.setattr(partitioned, "ROUND_LINES", 2000)
+    monkeypatch.setattr(partitioned, "MAX_ROUND_LINES", 2000)
 
 
 def _files(tmp_path: Path, wallets: list[HotWalletSpec], days: float) -> tuple[Config, Path]:
@@ -68,25 +76,34 @@ def test_normal_traffic_in_two_processes_is_the_one_process_result(tmp_path: Pat
     # A single-wallet drain: alerts, but never two wallets together, so the merge stands.
     drain = DrainSpec(3.5 * DAY, "burst", 0.06, 5, 60)
     config, transfers = _files(tmp_path, _fleet({1: (drain,)}), days=5)
-    parts, merged = run_parts(config, transfers, 2)
-    assert merged is not None, "no incident: the merged result must be used"
-    assert sum(len(p.alerts) for p in parts) > 0
+    split = run_parts(config, transfers, 2)
+    assert split.resume_line is None, "no incident: the split result must be used"
+    assert split.alerts
     one, two = _both(config, transfers, tmp_path)
     assert one == two
     freezes = [orjson.loads(line) for line in one.splitlines() if b'"freeze":true' in line]
     assert {a["wallet_label"] for a in freezes} == {"hot-1"}
 
 
-def test_wallets_drained_together_are_judged_in_one_process(tmp_path: Path) -> None:
+def test_wallets_drained_together_are_judged_in_one_process_from_that_round_on(
+    tmp_path: Path,
+) -> None:
     at = 3.5 * DAY
     drains = {i: (DrainSpec(at + 90 * i, "burst", 0.06, 5, 60),) for i in range(4)}
     config, transfers = _files(tmp_path, _fleet(drains), days=5)
-    _, merged = run_parts(config, transfers, 2)
-    assert merged is None, "an incident across the groups: the merge must be refused"
+    lines = len(transfers.read_bytes().splitlines())
+    split = run_parts(config, transfers, 2, round_lines=2000)
+    assert split.resume_line is not None, "an incident across the groups: one process from it"
+    # The rounds before the drain were settled in two processes, and their alerts kept.
+    assert lines // 2 < split.resume_line < lines
+    assert split.engine is not None
+    assert split.read == split.resume_line - 1
+    # Exactly the one-process alerts: the joined engine goes on as the sequential one would.
     one, two = _both(config, transfers, tmp_path)
     assert one == two
     alerts = [orjson.loads(line) for line in one.splitlines()]
     assert any(a["incident_id"] for a in alerts)  # correlation did act
+    assert sum(a["detector"] == "correlation" for a in alerts) >= 1
 
 
 def test_a_malformed_line_is_reported_and_the_alerts_before_it_kept(tmp_path: Path) -> None:
@@ -108,3 +125,37 @@ def test_a_malformed_line_is_reported_and_the_alerts_before_it_kept(tmp_path: Pa
     assert "negative" in errors[0][1]
     assert outputs[0] == outputs[1]
     assert outputs[0].count(b'"freeze":true') >= 1
+
+
+def test_the_hand_over_carries_cooldowns_and_the_correlators_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The round ends just before the incident forms: the wallets frozen before it, their
+    # cooldowns and the correlator's recent findings must all reach the joined engine.
+    at = 3.5 * DAY
+    drains = {i: (DrainSpec(at + 240 * i, "burst", 0.06, 5, 60),) for i in range(4)}
+    config, transfers = _files(tmp_path, _fleet(drains), days=5)
+    rows = [orjson.loads(line) for line in transfers.read_bytes().splitlines()]
+    line_of = {row["tx_hash"]: number for number, row in enumerate(rows, start=1)}
+    run_backtest(config, transfers, None, tmp_path / "one.jsonl", workers=1)
+    one = (tmp_path / "one.jsonl").read_bytes()
+    alerts = [orjson.loads(line) for line in one.splitlines()]
+    first = next(i for i, a in enumerate(alerts) if a["incident_id"])
+    incident_line = line_of[alerts[first]["tx_hashes"][0]]
+    assert any(a["freeze"] for a in alerts[:first]), "a wallet frozen before the incident"
+    split = run_parts(config, transfers, 2, round_lines=incident_line - 1)
+    assert split.resume_line == incident_line
+    monkeypatch.setattr(partitioned, "ROUND_LINES", incident_line - 1)
+    run_backtest(config, transfers, None, tmp_path / "two.jsonl", workers=2)
+    assert (tmp_path / "two.jsonl").read_bytes() == one
+
+
+def test_an_engine_refuses_to_adopt_what_it_cannot_join(tmp_path: Path) -> None:
+    config, _ = _files(tmp_path, _fleet(), days=0.1)
+    with pytest.raises(TypeError, match="fixed_rule"):
+        DetectionEngine(config, detectors=[FixedRule()]).adopt(
+            DetectionEngine(config, detectors=[FixedRule()])
+        )
+    # Approvals are shared by every wallet: a ledger run is never split between engines.
+    with pytest.raises(ValueError, match="ledger"):
+        DetectionEngine(config, reconcile=True).adopt(DetectionEngine(config))
