@@ -368,7 +368,8 @@ class DetectionEngine:
             is not None
         ]
         if correlator is not None:
-            if any(a.freeze and a.detector not in local for a in alerts):
+            if any(a.freeze for a in alerts):
+                # Any freeze, a local one too: no second freeze request for this wallet.
                 correlator.mark_frozen(wallet.key, now)
             if correlator.fleet_freeze_due(now):
                 # Several wallets emptied within minutes: freeze the whole hot fleet now rather
