@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Final
 
 import pytest
@@ -136,3 +137,15 @@ def test_rate_freezes_on_several_wallets_do_not_freeze_the_fleet(drives: bool) -
 def test_the_learned_baseline_does_not_drive_incidents_and_the_exact_rules_do() -> None:
     assert BaselineDetector.drives_incidents is False
     assert getattr(VelocityDetector(), "drives_incidents", True) is True
+
+
+def test_a_wallet_frozen_by_a_rate_rule_is_not_frozen_again_by_the_incident() -> None:
+    engine = DetectionEngine(
+        fleet(), detectors=[_RateRule(), FixedRule(name="big", share=Decimal("0.3"))]
+    )
+    first = engine.process(transfer("A", 100, wallet="HOT1", minutes=0))
+    assert [(a.detector, a.freeze) for a in first] == [("fixed_rule", True)]  # local only
+    engine.process(transfer("B", 400, wallet="HOT2", minutes=1))
+    alerts = engine.process(transfer("C", 400, wallet="HOT3", minutes=2))
+    assert alerts, "two wallets frozen on by a driving rule: the incident acts"
+    assert "HOT1" not in {a.wallet for a in alerts}  # already frozen: no second request
