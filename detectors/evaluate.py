@@ -20,8 +20,8 @@ window's start) runs as a detector through the same engine and the same scoring.
 
 >>> FixedRule().name
 'fixed_rule'
->>> [s.name for s in scenarios(quick=True)][:3]
-['coincheck-2018', 'normal-traffic', 'fresh-fanout']
+>>> [s.name for s in scenarios(quick=True)][:5]
+['coincheck-2018', 'normal-traffic', 'panic-8x', 'busy-panic', 'fresh-fanout']
 """
 
 from __future__ import annotations

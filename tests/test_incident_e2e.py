@@ -31,6 +31,7 @@ from drainwatch.app import hook_result_recorder, run_pipeline
 from drainwatch.config import WalletConfig, load
 from tests.alerts.channels.receivers import PagerDutyReceiver, pagerduty_receiver
 from tests.alerts.killswitch.conftest import HookReceiver
+from tests.harness.configs import anvil_wallets_toml
 from tests.harness.services import AnvilService
 from tests.harness.waiting import wait_for
 
@@ -80,31 +81,10 @@ def test_a_drain_gives_one_page_a_hooked_freeze_a_full_timeline_and_a_sound_audi
     server, thread = serve_in_thread(
         create_app(store, settings=settings, on_hook_result=hook_result_recorder(ks_timeline))
     )
-    start = int(anvil.rpc("eth_blockNumber", []), 16) + 1
     path = tmp_path / "drainwatch.toml"
     path.write_text(
-        f"""
-state_dir = "{tmp_path / "state"}"
-
-[[wallets]]
-chain = "{CHAIN}"
-address = "{hot}"
-label = "eth-hot-1"
-
-[[wallets]]
-chain = "{CHAIN}"
-address = "{cold}"
-label = "eth-cold-1"
-role = "cold"
-
-[chains.{CHAIN}]
-kind = "evm"
-rpc = ["{anvil.url}"]
-confirmations = 0
-poll_interval_s = 0.2
-start_block = {start}
-pending = "off"
-
+        anvil_wallets_toml(tmp_path, anvil, hot, cold, chain=CHAIN, pending=False)
+        + f"""
 [alerts]
 timeline_path = "{timeline_path}"
 killswitch_url = "http://127.0.0.1:{server_port(server)}"

@@ -23,6 +23,7 @@ from drainwatch.bus import TopicPartition
 from drainwatch.bus.kafka import KafkaBus
 from drainwatch.config import Config, load
 from drainwatch.events import FREEZES, FreezeOrder, decode
+from tests.harness.configs import anvil_wallets_toml
 from tests.harness.services import AnvilService, KafkaService
 from tests.harness.waiting import wait_for
 
@@ -55,29 +56,9 @@ def killswitch(tmp_path: Path) -> Iterator[KillSwitch]:
 def write_config(
     path: Path, anvil: AnvilService, ks: KillSwitch, hot: str, cold: str, bus: str = ""
 ) -> Config:
-    start = int(anvil.rpc("eth_blockNumber", []), 16) + 1
     path.write_text(
-        f"""
-state_dir = "{path.parent / "state"}"
-
-[[wallets]]
-chain = "{CHAIN}"
-address = "{hot}"
-label = "eth-hot-1"
-
-[[wallets]]
-chain = "{CHAIN}"
-address = "{cold}"
-label = "eth-cold-1"
-role = "cold"
-
-[chains.{CHAIN}]
-kind = "evm"
-rpc = ["{anvil.url}"]
-confirmations = 0
-poll_interval_s = 0.2
-start_block = {start}
-
+        anvil_wallets_toml(path.parent, anvil, hot, cold, chain=CHAIN)
+        + f"""
 [alerts]
 timeline_path = "{path.parent / "timeline.sqlite3"}"
 killswitch_url = "{ks.url}"

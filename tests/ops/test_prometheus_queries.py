@@ -26,6 +26,7 @@ from drainwatch.app import run_pipeline
 from drainwatch.config import Config, load
 from drainwatch.ops import build_dashboards, dashboard_expressions, render_expression
 from tests.alerts.killswitch.conftest import HookReceiver, webhook
+from tests.harness.configs import anvil_wallets_toml
 from tests.harness.prometheus import PrometheusService
 from tests.harness.services import AnvilService, free_port
 from tests.harness.waiting import wait_for
@@ -101,35 +102,16 @@ def write_config(
     cold: str,
     metrics_port: int,
 ) -> Config:
-    start = int(anvil.rpc("eth_blockNumber", []), 16) + 1
     path.write_text(
-        f"""
-state_dir = "{path.parent / "state"}"
-
-[[wallets]]
-chain = "{CHAIN}"
-address = "{hot}"
-label = "eth-hot-1"
-
-[[wallets]]
-chain = "{CHAIN}"
-address = "{cold}"
-label = "eth-cold-1"
-role = "cold"
-
-[chains.{CHAIN}]
-kind = "evm"
-rpc = ["{anvil.url}"]
-confirmations = 0
-poll_interval_s = 0.2
-start_block = {start}
-
+        anvil_wallets_toml(path.parent, anvil, hot, cold, chain=CHAIN)
+        + f"""
 [alerts]
 timeline_path = "{path.parent / "timeline.sqlite3"}"
 killswitch_url = "{ks.url}"
 killswitch_token = "{ks.token}"
 console = false
 retry_backoff_s = 0.2
+outbox_path = "{path.parent / "outbox.sqlite3"}"
 
 [alerts.channels.siem]
 kind = "webhook"
