@@ -159,3 +159,26 @@ def test_an_engine_refuses_to_adopt_what_it_cannot_join(tmp_path: Path) -> None:
     # Approvals are shared by every wallet: a ledger run is never split between engines.
     with pytest.raises(ValueError, match="ledger"):
         DetectionEngine(config, reconcile=True).adopt(DetectionEngine(config))
+
+
+def test_rounds_that_grow_still_give_the_one_process_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rounds of 300 lines cost more in snapshots than 5% of their time: they double as they go.
+    monkeypatch.setattr(partitioned, "ROUND_LINES", 300)
+    monkeypatch.setattr(partitioned, "MAX_ROUND_LINES", 50_000)
+    asked: list[int] = []
+    ask = partitioned._Rounds.ask
+
+    def recording(self: partitioned._Rounds, length: int) -> None:
+        asked.append(length)
+        ask(self, length)
+
+    monkeypatch.setattr(partitioned._Rounds, "ask", recording)
+    drain = DrainSpec(1.5 * DAY, "burst", 0.06, 5, 60)
+    config, transfers = _files(tmp_path, _fleet({2: (drain,)}), days=3)
+    one, two = _both(config, transfers, tmp_path)
+    assert one == two
+    assert asked[0] == 300
+    assert max(asked) > 300  # grown
+    assert asked == sorted(asked)  # never shrinks
