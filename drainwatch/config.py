@@ -296,7 +296,8 @@ class RouteConfig(_Model):
 class AlertsConfig(_Model):
     """Where alerts and the timeline go, which kill switch to call, and how people are paged."""
 
-    timeline_path: str = "drainwatch-timeline.sqlite3"
+    timeline_path: str = ".drainwatch/timeline.sqlite3"
+    """Unset in a whole config file: ``timeline.sqlite3`` in its ``state_dir``."""
     killswitch_url: str | None = None
     killswitch_token: str | None = None
     """A bearer API key for the kill switch (one with ``bearer = true`` and the detector role)."""
@@ -311,7 +312,8 @@ class AlertsConfig(_Model):
     routes: tuple[RouteConfig, ...] = ()
     cooldown_s: float = Field(default=600.0, ge=0)
     """Quiet time per (wallet, detector) after a notification, except for a more severe alert."""
-    outbox_path: str = "drainwatch-outbox.sqlite3"
+    outbox_path: str = ".drainwatch/outbox.sqlite3"
+    """Unset in a whole config file: ``outbox.sqlite3`` in its ``state_dir``."""
     retry_backoff_s: float = Field(default=5.0, gt=0)
     retry_backoff_max_s: float = Field(default=300.0, gt=0)
     undeliverable_after: int = Field(default=5, ge=1)
@@ -367,6 +369,18 @@ class Config(_Model):
     alerts: AlertsConfig = AlertsConfig()
     metrics: MetricsConfig = MetricsConfig()
     state_dir: str = ".drainwatch"
+
+    @model_validator(mode="after")
+    def _alert_files_in_state_dir(self) -> Config:
+        # The timeline (the incident record) and the outbox (undelivered pages) live with the
+        # rest of the state unless the file names them: never in whatever directory the stage
+        # happened to start in.
+        unset = {"timeline_path", "outbox_path"} - self.alerts.model_fields_set
+        if unset:
+            names = {"timeline_path": "timeline.sqlite3", "outbox_path": "outbox.sqlite3"}
+            paths = {field: str(Path(self.state_dir) / names[field]) for field in unset}
+            object.__setattr__(self, "alerts", self.alerts.model_copy(update=paths))
+        return self
 
     @model_validator(mode="after")
     def _unique_wallets(self) -> Config:

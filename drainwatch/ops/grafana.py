@@ -12,7 +12,7 @@ Example (needs a Grafana, so not run as a doctest)::
     from grafana_client import GrafanaApi
     client = GrafanaApi.from_url("http://127.0.0.1:3000", credential=os.environ["GRAFANA_TOKEN"])
     push_dashboards(client, build_dashboards().values(), folder_uid="drainwatch")
-    annotate(client, annotations_from_timeline("drainwatch-timeline.sqlite3"))
+    annotate(client, annotations_from_timeline(".drainwatch/timeline.sqlite3"))
 """
 
 from __future__ import annotations

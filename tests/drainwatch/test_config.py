@@ -115,3 +115,13 @@ def test_unreadable_file() -> None:
 def test_duplicate_wallets_are_refused() -> None:
     with pytest.raises(ConfigError, match="listed twice"):
         loads(MINIMAL + MINIMAL.replace("0xAbCd", "0xABCD"))
+
+
+def test_the_timeline_and_the_outbox_live_in_the_state_dir_unless_named(tmp_path: Path) -> None:
+    base = '[[wallets]]\nchain = "nem"\naddress = "HOT"\nlabel = "h"\n'
+    config = loads(f'state_dir = "{tmp_path / "state"}"\n' + base)
+    assert config.alerts.timeline_path == str(tmp_path / "state" / "timeline.sqlite3")
+    assert config.alerts.outbox_path == str(tmp_path / "state" / "outbox.sqlite3")
+    named = loads(base + '[alerts]\ntimeline_path = "/srv/tl.sqlite3"\n')
+    assert named.alerts.timeline_path == "/srv/tl.sqlite3"  # as written
+    assert named.alerts.outbox_path == str(Path(".drainwatch") / "outbox.sqlite3")
