@@ -17,6 +17,9 @@ usually sees in that time:
   ratio must hold with every payment counted at most ``fast_clip`` (5) times the wallet's mean
   payment to a new address: a surge's few outsized withdrawals are not a rate either).
 
+Both tiers speak only when the window stands out from the rest of the last hour too
+(``sudden_ratio``, 3x): a surge lasts for hours, a drain starts from ordinary traffic.
+
 Its freezes stand for their own wallet (``drives_incidents = False``): rate findings on several
 wallets at once are what a market-wide panic looks like, so they do not open an incident or lower
 the bar for other wallets (the engine's correlation acts on the exact rules' freezes).
@@ -116,6 +119,9 @@ class BaselineDetector:
             tier (see the module doc).
         fast_clip: In the 5-minute tier, each payment counts at most this many times the
             learned mean payment to a new address (0: no clipping).
+        sudden_ratio / recent_window_s: Either tier speaks only when its window saw this many
+            times the new-address outflow of an equal stretch of the rest of
+            ``recent_window_s`` (0: always).
     """
 
     outflows_only: Final = True
