@@ -13,9 +13,7 @@ usually sees in that time:
 * a **freeze**, too, when the last ``fast_window_s`` (5 min) saw ``fast_freeze_ratio`` (20) times
   what this hour usually sees in that time, at least ``fast_freeze_share`` (2%) of the balance,
   over at least ``fast_min_count`` (10) payments to new addresses: customer-sized transfers at
-  many times the usual rate, caught in minutes (one whale's withdrawal is not a rate, and the
-  ratio must hold with every payment counted at most ``fast_clip`` (5) times the wallet's mean
-  payment to a new address: a surge's few outsized withdrawals are not a rate either).
+  many times the usual rate, caught in minutes (one whale's withdrawal is not a rate).
 
 Both tiers speak only when the window stands out from the rest of the last hour too
 (``sudden_ratio``, 3x): a surge lasts for hours, a drain starts from ordinary traffic.
@@ -97,11 +95,6 @@ class _Profile:
     overall: RunningMean | None = None
     expected: float = 0.0
     """Usual new-destination outflow per hour for the current hour (cached at rollover)."""
-    hour_count: int = 0
-    size: RunningMean | None = None
-    """The mean payment to a new destination, learned per wallet-hour."""
-    typical_size: float = 0.0
-    """``size`` as of the last rollover (0: nothing learned yet)."""
 
 
 class BaselineDetector:
@@ -117,8 +110,6 @@ class BaselineDetector:
             balance, so a wallet that rarely pays anyone is not flagged for a few withdrawals.
         fast_window_s / fast_freeze_ratio / fast_freeze_share / fast_min_count: The 5-minute
             tier (see the module doc).
-        fast_clip: In the 5-minute tier, each payment counts at most this many times the
-            learned mean payment to a new address (0: no clipping).
         sudden_ratio / recent_window_s: Either tier speaks only when its window saw this many
             times the new-address outflow of an equal stretch of the rest of
             ``recent_window_s`` (0: always).
@@ -148,7 +139,6 @@ class BaselineDetector:
         fast_freeze_ratio: float = 20.0,
         fast_freeze_share: Decimal = Decimal("0.02"),
         fast_min_count: int = 10,
-        fast_clip: float = 5.0,
         sudden_ratio: float = 3.0,
         recent_window_s: int = 3600,
     ) -> None:
@@ -168,7 +158,6 @@ class BaselineDetector:
         self.fast_freeze_share = fast_freeze_share
         self._fast_freeze = fast_freeze_share.as_integer_ratio()
         self.fast_min_count = fast_min_count
-        self.fast_clip = fast_clip
         self.sudden_ratio = sudden_ratio
         self.recent_window_s = recent_window_s
         self._profiles: dict[tuple[str, str, str], _Profile] = {}
@@ -185,7 +174,6 @@ class BaselineDetector:
             profile = _Profile(
                 by_hour=[_ewmean(self.fading_factor) for _ in range(24)],
                 overall=_ewmean(self.fading_factor / 24),
-                size=_ewmean(self.fading_factor / 24),
             )
             self._profiles[key] = profile
         return profile
@@ -220,11 +208,10 @@ class BaselineDetector:
         if fast is not None and (
             1 + sum(1 for o in state.window(self.fast_window_s).items if o.new)
             < self.fast_min_count
-            or not self._fast_without_outliers(state, profile, units)
             or not self._is_sudden(state, self.fast_window_s, units)
         ):
-            # One large payment (a whale) is not a rate, nor are a surge's few outsized ones,
-            # nor is an hour-long surge that has merely had a busy five minutes.
+            # One large payment (a whale) is not a rate, nor is an hour-long surge that has
+            # merely had a busy five minutes.
             fast = None
         return fast if fast is not None else finding
 
@@ -241,25 +228,6 @@ class BaselineDetector:
         before = state.window(self.recent_window_s).new_total - window.new_total
         stretches = (self.recent_window_s - window_s) / window_s
         return window.new_total + units >= self.sudden_ratio * before / stretches
-
-    def _fast_without_outliers(self, state: WalletState, profile: _Profile, units: int) -> bool:
-        """Whether the fast tier still holds with every payment counted at most ``fast_clip``
-        times this wallet's mean payment to a new address.
-
-        In a withdrawal surge the payments are the customers' own, several times as many; the
-        few largest of them (a tail that reaches ten times the mean) can push five minutes'
-        sum past the ratio by themselves. Customer-sized transfers at many times the usual
-        rate still pass: none of them is clipped much.
-        """
-        if profile.typical_size <= 0 or self.fast_clip <= 0:
-            return True
-        unit = 10.0**state.scale
-        cap = int(profile.typical_size * self.fast_clip * unit)
-        window = state.window(self.fast_window_s)
-        clipped = min(units, cap) + sum(min(o.units, cap) for o in window.items if o.new)
-        ref_f = state.reference_units(window) / unit
-        usual = max(profile.expected, self.floor_share_per_h * ref_f) * self.fast_window_s / 3600
-        return usual > 0 and clipped / unit / usual >= self.fast_freeze_ratio
 
     def _judge(  # noqa: PLR0917 - one tier's inputs
         self,
@@ -325,7 +293,6 @@ class BaselineDetector:
         if now >= profile.hour_start + 3600:
             self._roll(profile, now)
         profile.hour_value += transfer.amount / 10**transfer.decimals
-        profile.hour_count += 1
 
     def learn_with_state(self, transfer: TransferView, state: WalletState) -> None:
         """Learn one transfer with what the state knows (new destination or not).
@@ -341,16 +308,11 @@ class BaselineDetector:
             self._roll(profile, now)
         if state.is_new_destination(transfer.counterparty, now):
             profile.hour_value += transfer.amount / 10**transfer.decimals
-            profile.hour_count += 1
 
     def _roll(self, profile: _Profile, now: float) -> None:
         """Close the hours since the last one (empty hours count as zero) and cache the next."""
-        overall, size = profile.overall, profile.size
+        overall = profile.overall
         assert overall is not None
-        assert size is not None
-        if profile.hour_count:
-            size.update(profile.hour_value / profile.hour_count)
-            profile.typical_size = size.get()
         if profile.hour_start != float("-inf"):
             missed = min(int((now - profile.hour_start) // 3600), 24 * 7)
             hour = int(profile.hour_start // 3600)
@@ -361,7 +323,6 @@ class BaselineDetector:
                 profile.hours += 1
         profile.hour_start = now - now % 3600
         profile.hour_value = 0.0
-        profile.hour_count = 0
         this_hour = profile.by_hour[int(profile.hour_start // 3600) % 24].get()
         # The hour-of-day profile, steadied by the overall mean: a quiet night hour learned from
         # a few days is not trusted to be quieter than a third of the average hour.
