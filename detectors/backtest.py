@@ -357,7 +357,8 @@ class Replay:
             if (key := (w.chain.casefold(), w.address)) in (only if only is not None else {key})
         }
         self._chains: dict[str, str] = {}
-        self._addresses = AddressCache()
+        self.addresses = AddressCache()
+        """Addresses as read, normalised; a caller routing lines itself may share it."""
 
     def parse(self, number: int, raw: bytes) -> tuple[float, list[Move]]:
         """One transfers.jsonl line: its time (epoch seconds) and the watched wallets' moves.
@@ -398,7 +399,7 @@ class Replay:
             and not asset.isspace()
         ):
             return self._parse_checked(number, raw)
-        addresses = self._addresses
+        addresses = self.addresses
         return when, self._moves(
             number,
             raw,

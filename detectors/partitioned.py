@@ -40,7 +40,6 @@ import msgspec
 import orjson
 
 from detectors.backtest import (
-    AddressCache,
     ProgressBar,
     Replay,
     alert_record,
@@ -177,7 +176,7 @@ class _Worker:
         self.correlator = _RecordingCorrelator()
         self.engine = DetectionEngine(config, correlator=self.correlator)
         self.replay = Replay(config, self.engine, only=self.mine)
-        self.addresses = AddressCache()
+        self.addresses = self.replay.addresses  # routing and parsing share one cache
         self.lines: Iterator[tuple[int, bytes]] = read_lines(path)
         self.pending: tuple[int, bytes] | None = None
         self.snapshots: dict[int, bytes] = {}
