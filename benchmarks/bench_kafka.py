@@ -29,29 +29,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detectors.traffic import HotWalletSpec, config_toml, generate_traffic
+from detectors.traffic import HotWalletSpec, config_toml, evm_hot_wallets, generate_traffic
 from drainwatch.bus import BusError, ConfluentBus, KafkaBus, TopicPartition
 from drainwatch.events import ALERTS, TRANSFERS, Transfer
 from drainwatch.stage import default_topics
 from tests.harness.services import KafkaService
 
 PARTITIONS = 6
-
-
-def wallets(count: int) -> list[HotWalletSpec]:
-    return [
-        HotWalletSpec(
-            chain="ethereum",
-            asset="ETH",
-            address=f"0x{i + 1:040x}",
-            cold_address=f"0x{i + 5000:040x}",
-            label=f"hot-{i}",
-            balance=Decimal("20000"),
-            decimals=18,
-            address_prefix="",
-        )
-        for i in range(count)
-    ]
 
 
 def transfers(specs: list[HotWalletSpec], n: int) -> list[tuple[str, bytes, int]]:
@@ -269,7 +253,7 @@ def main() -> None:
     parser.add_argument("--skip-raw", action="store_true")
     args = parser.parse_args()
 
-    specs = wallets(args.wallets)
+    specs = evm_hot_wallets(args.wallets, cold_offset=5000)
     msgs = transfers(specs, args.transfers)
     size = sum(len(v) for _, v, _ in msgs) / len(msgs)
     print(f"{len(msgs)} transfers of {len(specs)} wallets, {size:.0f} bytes each on average")

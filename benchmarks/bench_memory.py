@@ -15,34 +15,17 @@ import gc
 import sys
 import tracemalloc
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detectors import DetectionEngine
 from detectors.move import Move
-from detectors.traffic import HotWalletSpec, config_toml, generate_traffic
+from detectors.traffic import config_toml, evm_hot_wallets, generate_traffic
 from drainwatch.config import loads
 from drainwatch.events import Direction
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
-
-
-def specs(count: int) -> list[HotWalletSpec]:
-    """``count`` EVM hot wallets with 18-decimal amounts."""
-    return [
-        HotWalletSpec(
-            chain="ethereum",
-            asset="ETH",
-            address=f"0x{i + 1:040x}",
-            cold_address=f"0x{i + 100_000:040x}",
-            label=f"hot-{i}",
-            balance=Decimal("20000"),
-            decimals=18,
-        )
-        for i in range(count)
-    ]
 
 
 def main() -> None:
@@ -50,7 +33,7 @@ def main() -> None:
     parser.add_argument("--wallets", type=int, default=40)
     parser.add_argument("--days", type=int, default=3)
     args = parser.parse_args()
-    wallets = specs(args.wallets)
+    wallets = evm_hot_wallets(args.wallets)
     config = loads(config_toml(wallets))
     watched = {w.address for w in config.wallets}
     traffic = generate_traffic(wallets, START, days=args.days, seed=3)

@@ -46,6 +46,7 @@ __all__ = [
     "coincheck_incident",
     "coincheck_scenario",
     "config_toml",
+    "evm_hot_wallets",
     "generate_traffic",
     "write_jsonl",
 ]
@@ -154,6 +155,28 @@ def _address(rng: random.Random, spec: HotWalletSpec) -> str:
     if spec.address.startswith("0x"):
         return f"0x{rng.getrandbits(160):040x}"
     return f"{spec.address_prefix}{rng.getrandbits(160):040X}"
+
+
+def evm_hot_wallets(count: int, *, cold_offset: int = 100_000) -> list[HotWalletSpec]:
+    """``count`` Ethereum hot wallets of 20,000 ETH (18 decimals) with the default habits.
+
+    Hot wallet ``i`` is ``0x…(i + 1)``, its cold wallet ``0x…(i + cold_offset)``.
+
+    >>> [(w.label, w.address[-3:], w.cold_address[-3:]) for w in evm_hot_wallets(2, cold_offset=9)]
+    [('hot-0', '001', '009'), ('hot-1', '002', '00a')]
+    """
+    return [
+        HotWalletSpec(
+            chain="ethereum",
+            asset="ETH",
+            address=f"0x{i + 1:040x}",
+            cold_address=f"0x{i + cold_offset:040x}",
+            label=f"hot-{i}",
+            balance=Decimal("20000"),
+            decimals=18,
+        )
+        for i in range(count)
+    ]
 
 
 def generate_traffic(
