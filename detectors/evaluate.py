@@ -9,6 +9,9 @@ as ``drainwatch backtest``: parsing included), and scores the alerts it wrote:
   ``freeze: true`` alert naming that wallet from an hour before its drain started (a transfer at
   the freeze's own second has left), averaged over the drained wallets of the scenario;
 * **passed**: malicious transfers that left before (or at) that freeze, summed over wallets;
+* **late**: drained wallets whose freeze came after their first malicious transfer of more than
+  1% of the balance it left (the issue's target: no later than that transfer), of those wallets
+  that had one (balances replayed from the scenario's opening balances);
 * **false freezes per wallet-month** and **warnings (warning + critical) per wallet-day** on normal
   traffic: each hot wallet from the end of the first week until an hour before its drain (or the
   end), leaving out the incident (an hour either side of the malicious transfers) for all;
@@ -21,7 +24,7 @@ window's start) runs as a detector through the same engine and the same scoring.
 >>> FixedRule().name
 'fixed_rule'
 >>> [s.name for s in scenarios(quick=True)][:5]
-['coincheck-2018', 'normal-traffic', 'panic-8x', 'busy-panic', 'fresh-fanout']
+['coincheck-2018', 'normal-traffic', 'no-whales', 'panic-8x', 'busy-panic']
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import argparse
 import math
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -62,6 +65,7 @@ __all__ = [
     "Scenario",
     "ScenarioResult",
     "evaluate_main",
+    "first_large",
     "run_scenario",
     "scenarios",
 ]
@@ -70,6 +74,7 @@ START: Final = datetime(2024, 3, 4, tzinfo=UTC)  # a Monday
 DAY: Final = 86400
 LEARNING_S: Final = 7 * DAY
 FREEZE_EPISODE_S: Final = 3600
+LARGE_SHARE: Final = Decimal("0.01")
 
 
 class FixedRule:
@@ -155,6 +160,10 @@ class ScenarioResult:
     wallet_days: float
     events_per_s: float
     first_freeze: dict[str, str] = field(default_factory=dict)
+    late: int = 0
+    """Drained wallets frozen after (or never by) their first malicious transfer of > 1%."""
+    large_drains: int = 0
+    """Drained wallets with a malicious transfer of more than 1% of the balance."""
 
     @property
     def false_freezes_per_wallet_month(self) -> float:
@@ -173,6 +182,7 @@ def _fleet(
     withdrawals_per_day: float = 600,
     drains: dict[int, tuple[DrainSpec, ...]] | None = None,
     market_maker_every_h: float = 36,
+    whales_per_week: float = 3.0,
 ) -> tuple[HotWalletSpec, ...]:
     """``count`` hot wallets over Ethereum, Bitcoin and Tron, each with its cold wallet."""
     chains = (
@@ -199,6 +209,7 @@ def _fleet(
                 deposits_per_day=withdrawals_per_day * 0.75,
                 market_maker_every_h=market_maker_every_h * (1 + 0.5 * (index % 3)),
                 market_maker_share=(0.03, 0.06),
+                whales_per_week=whales_per_week,
                 address_prefix=chain[0].upper(),
                 usd_price=price,
                 drains=(drains or {}).get(index, ()),
@@ -236,6 +247,12 @@ def scenarios(quick: bool = False) -> list[Scenario]:
             )
             for name, about, wallets, seed in (
                 (
+                    "no-whales",
+                    "wallets whose customers all withdraw under 0.5% (no whales)",
+                    _fleet(6, whales_per_week=0),
+                    31,
+                ),
+                (
                     "panic-8x",
                     "8x the withdrawals on panic days (twice the others')",
                     tuple(replace(w, surge_multiplier=8.0) for w in _fleet(6)),
@@ -253,6 +270,17 @@ def scenarios(quick: bool = False) -> list[Scenario]:
             "fresh-fanout",
             "60 transfers of ~0.8% each to fresh addresses, one every ~30 s",
             _fleet(4, drains={1: (one(at, "fresh_fanout", 0.008, 60, 30),)}),
+            days,
+            panic_days=(9, 14),
+        ),
+        Scenario(
+            "spaced-fresh",
+            "no whales: 20 transfers of ~1.5% to fresh addresses, one every ~8 min",
+            _fleet(
+                4,
+                whales_per_week=0,
+                drains={2: (one(at, "fresh_fanout", 0.015, 20, 480),)},
+            ),
             days,
             panic_days=(9, 14),
         ),
@@ -364,7 +392,39 @@ def _start(scenario: Scenario) -> datetime:
     return START
 
 
-def _write(scenario: Scenario, directory: Path) -> tuple[Path, Path | None, list[Row], datetime]:
+def first_large(
+    wallets: Sequence[HotWalletSpec], rows: Sequence[Row], malicious: Sequence[Row]
+) -> dict[str, float]:
+    """Per drained wallet, when its first malicious transfer of > 1% of its balance left.
+
+    Balances are replayed over ``rows`` (time-ordered) from each wallet's opening balance.
+
+    >>> spec = HotWalletSpec(chain="nem", asset="XEM", address="HOT", cold_address="COLD",
+    ...                      label="nem-hot", balance=Decimal(1000), decimals=0)
+    >>> rows = [{"ts": "2024-03-04T00:00:00Z", "from": "HOT", "to": "X", "amount": "9"},
+    ...         {"ts": "2024-03-04T00:01:00Z", "from": "HOT", "to": "X", "amount": "10"},
+    ...         {"ts": "2024-03-04T00:02:00Z", "from": "HOT", "to": "Y", "amount": "11"}]
+    >>> first_large([spec], rows, rows) == {"HOT": _seconds("2024-03-04T00:01:00Z")}
+    True
+    """
+    bad = {id(row) for row in malicious}
+    balance = {spec.address: spec.balance for spec in wallets}
+    found: dict[str, float] = {}
+    for row in rows:
+        amount = Decimal(row["amount"])
+        sender = row["from"]
+        if sender in balance:
+            if id(row) in bad and sender not in found and amount > balance[sender] * LARGE_SHARE:
+                found[sender] = _seconds(row["ts"])
+            balance[sender] -= amount
+        if row["to"] in balance:
+            balance[row["to"]] += amount
+    return found
+
+
+def _write(
+    scenario: Scenario, directory: Path
+) -> tuple[Path, Path | None, list[Row], datetime, dict[str, float]]:
     start = _start(scenario)
     traffic = generate_traffic(
         scenario.wallets, start, scenario.days, seed=scenario.seed, panic_days=scenario.panic_days
@@ -376,7 +436,7 @@ def _write(scenario: Scenario, directory: Path) -> tuple[Path, Path | None, list
     )
     transfers = write_jsonl(directory / "transfers.jsonl", rows)
     ledger = write_jsonl(directory / "ledger.jsonl", traffic.ledger) if scenario.ledger else None
-    return transfers, ledger, malicious, start
+    return transfers, ledger, malicious, start, first_large(scenario.wallets, rows, malicious)
 
 
 def _seconds(ts: str) -> float:
@@ -386,7 +446,7 @@ def _seconds(ts: str) -> float:
 def run_scenario(scenario: Scenario, detector_set: str, directory: Path) -> ScenarioResult:
     """Generate, backtest and score one scenario with ``drainwatch`` or the ``fixed`` rule."""
     directory.mkdir(parents=True, exist_ok=True)
-    transfers, ledger, malicious, start = _write(scenario, directory)
+    transfers, ledger, malicious, start, large_at = _write(scenario, directory)
     config = loads((directory / "drainwatch.toml").read_text(encoding="utf-8"))
     # The fixed rule re-arms at once (no cooldown): a freeze it requested before the drain must
     # not hide the drain from it. False freezes are counted as episodes for both (see score).
@@ -398,7 +458,9 @@ def run_scenario(scenario: Scenario, detector_set: str, directory: Path) -> Scen
     out = directory / f"alerts-{detector_set}.jsonl"
     summary = run_backtest(config, transfers, ledger, out, engine=engine)
     alerts = [orjson.loads(line) for line in out.read_bytes().splitlines()]
-    return score(scenario, detector_set, start, malicious, alerts, summary.transfers_per_s)
+    return score(
+        scenario, detector_set, start, malicious, alerts, summary.transfers_per_s, large_at
+    )
 
 
 def score(  # noqa: PLR0917 - the scoring inputs, all required
@@ -408,6 +470,7 @@ def score(  # noqa: PLR0917 - the scoring inputs, all required
     malicious: Sequence[Row],
     alerts: Sequence[dict[str, Any]],
     events_per_s: float,
+    large_at: Mapping[str, float] | None = None,
 ) -> ScenarioResult:
     """Score alerts per DESIGN.md §5 (see the module doc)."""
     by_wallet: dict[str, list[tuple[float, Decimal]]] = {}
@@ -433,6 +496,8 @@ def score(  # noqa: PLR0917 - the scoring inputs, all required
         saved = sum((amount for t, amount in items if t > freeze), Decimal(0))
         passed += sum(1 for t, _ in items if t <= freeze)
         shares.append(float(saved / total) if total else 1.0)
+    large_at = large_at or {}
+    late = sum(1 for wallet, t in large_at.items() if first_freeze.get(wallet, math.inf) > t)
     normal_from = start.timestamp() + LEARNING_S
     end = start.timestamp() + scenario.days * DAY
     # A drained wallet's normal traffic ends an hour before its drain (a freeze then is still in
@@ -492,6 +557,8 @@ def score(  # noqa: PLR0917 - the scoring inputs, all required
         first_freeze={
             w: datetime.fromtimestamp(t, UTC).isoformat() for w, t in first_freeze.items()
         },
+        late=late,
+        large_drains=len(large_at),
     )
 
 
@@ -524,14 +591,15 @@ def _percent(value: float | None) -> str:
 def table(results: Sequence[ScenarioResult]) -> str:
     """The results as a Markdown table, with a mean-saved and a pooled normal-traffic row."""
     lines = [
-        "| scenario | detectors | saved | passed | false freezes / wallet-month "
+        "| scenario | detectors | saved | passed | late | false freezes / wallet-month "
         "| warnings / wallet-day | events/s |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r.scenario} | {r.detectors} | {_percent(r.saved)} | "
             f"{r.passed if r.saved is not None else '-'} | "
+            f"{f'{r.late}/{r.large_drains}' if r.large_drains else '-'} | "
             f"{r.false_freezes_per_wallet_month:.3f} ({r.false_freezes}/{r.wallet_months:.1f}) | "
             f"{r.warnings_per_wallet_day:.3f} | {r.events_per_s:,.0f} |"
         )
@@ -545,6 +613,7 @@ def table(results: Sequence[ScenarioResult]) -> str:
             f"| **all** | {detector_set} | "
             f"{_percent(sum(drained) / len(drained) if drained else None)} | "
             f"{sum(r.passed for r in mine if r.saved is not None)} | "
+            f"{sum(r.late for r in mine)}/{sum(r.large_drains for r in mine)} | "
             f"{freezes / months if months else 0:.3f} ({freezes}/{months:.1f}) | "
             f"{sum(r.warnings for r in mine) / days if days else 0:.3f} | - |"
         )

@@ -124,9 +124,11 @@ def _iso(moment: datetime) -> str:
 def _arrivals(
     rng: random.Random, per_day: float, days: float, rate: Callable[[float], float], *, peak: float
 ) -> list[float]:
-    """Times (s) of a Poisson process with rate ``per_day * rate(t)``, by thinning."""
+    """Times (s) of a Poisson process with rate ``per_day * rate(t)``, by thinning (none at 0)."""
     top = per_day * peak / 86400
     out: list[float] = []
+    if top <= 0:
+        return out
     t = 0.0
     end = days * 86400
     while True:

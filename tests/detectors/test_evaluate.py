@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from detectors import DetectionEngine
-from detectors.evaluate import FixedRule, Scenario, evaluate_main, score
+from detectors.evaluate import FixedRule, Scenario, evaluate_main, first_large, score
 from detectors.traffic import HotWalletSpec
 from tests.detectors.factories import config, transfer
 
@@ -70,3 +70,18 @@ def test_fixed_rule_freezes_at_five_percent_in_twenty_minutes() -> None:
 def test_unknown_scenario_runs_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     assert evaluate_main(["--scenario", "no-such-scenario", "--workers", "1"]) == 0
     assert "| scenario |" in capsys.readouterr().out
+
+
+def test_late_counts_a_freeze_after_the_first_transfer_above_one_percent() -> None:
+    # 1000 units: the 5 left, then 10 (1% of 995: more than 1%) leaves at day 12.001.
+    drain = [row(12, "5"), row(12.001, "10"), row(12.002, "300")]
+    large_at = first_large([HOT], drain, drain)
+    assert list(large_at) == ["HOT"]
+    on_time = score(SCENARIO, "x", START, drain, [alert(12.001, freeze=True)], 1.0, large_at)
+    late = score(SCENARIO, "x", START, drain, [alert(12.002, freeze=True)], 1.0, large_at)
+    assert (on_time.late, on_time.large_drains) == (0, 1)
+    assert (late.late, late.large_drains) == (1, 1)
+    # Inflows count: a 1000-unit deposit first makes the 10 under 1%, so the 300 is the first.
+    deposit = {"ts": ts(11), "from": "BANK", "to": "HOT", "amount": "1000"}
+    at = datetime.fromisoformat(ts(12.002)).timestamp()
+    assert first_large([HOT], [deposit, *drain], drain) == {"HOT": at}
