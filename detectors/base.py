@@ -753,7 +753,8 @@ class StateLearner(Protocol):
     """A detector that learns with the wallet's state at hand (is the destination new?).
 
     The engine calls ``learn_with_state`` instead of ``learn_one``, before the transfer is counted
-    in the state, unless this detector froze on it.
+    in the state, unless this detector froze on it (and it does not set a true
+    ``learns_from_freezes``: a detector that keeps facts, such as the sizes paid, learns them all).
     """
 
     name: str

@@ -147,10 +147,11 @@ class DetectionEngine:
         self._watch = self.correlator.watch_share.as_integer_ratio() if self.correlator else (1, 1)
         # The hot path's view of the detectors: bound methods, looked up once. A detector that
         # learns with the state is not also given learn_one; one that says it learns nothing
-        # (``learns = False``) is left out.
+        # (``learns = False``) is left out. One that remembers facts rather than what is normal
+        # (``learns_from_freezes``) is named None here: it learns from what it froze on too.
         self._scorers = [d.score_one for d in self.detectors]
         self._with_state = [
-            (d.name, d.learn_with_state)
+            (None if getattr(d, "learns_from_freezes", False) else d.name, d.learn_with_state)
             for d in self.detectors
             if isinstance(d, StateLearner) and getattr(d, "learns", True)
         ]
@@ -278,7 +279,7 @@ class DetectionEngine:
                 replace(f, freeze=False, severity=Severity.WARNING) if f.freeze else f
                 for f in findings
             ]
-        # A detector does not learn from what it froze on.
+        # A detector does not learn from what it froze on (unless it only keeps facts).
         frozen_by = {f.detector for f in findings if f.freeze} if findings else _NOBODY
         for name, learn_with_state in self._with_state:
             if name not in frozen_by:

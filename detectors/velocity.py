@@ -20,14 +20,15 @@ higher one:
   ``concentration_window_s`` (default 40% in 1 h), new addresses or not;
 * **repeat**: the ``repeat_min_count``-th payment (default 3) to the same new address within
   ``concentration_window_s`` that brings it to ``repeat_freeze_share`` (default 1%): freeze;
-* **large fresh**: per wallet, the ``fresh_quantile`` (p99.5) of the shares of the balance paid
-  to first-seen addresses (customers' withdrawals) over the last ``fresh_history_days`` is learned
-  in event time; a payment to a first-seen address of at least
-  ``max(fresh_floor_share, fresh_factor x learned)`` (capped at ``single_freeze_share``) freezes
-  when it is the ``fresh_freeze_count``-th such payment to new addresses within
-  ``concentration_window_s``. Off by default (``fresh_freeze_count = 0``): at 1 or 2 it froze on
-  whales' withdrawals to fresh addresses in the evaluation, at 3 it gained nothing (see
-  docs/detection.md). Silent until ``fresh_min_count`` payments over ``fresh_min_history_s``;
+* **large fresh**: per wallet, the largest amount it paid within ``fresh_history_days`` (28)
+  to anyone but its regular counterparties (paid ``fresh_regular_count`` times or more in that
+  history, such as a market maker) is learned in event time: customers' and whales'
+  withdrawals. A payment to a first-seen address of at least ``max(fresh_floor_share`` of the
+  balance, ``fresh_factor x learned)`` (1%, 1.5x) freezes (``large_fresh = False`` turns it
+  off): on a wallet whose customers never take more than 0.7% of the balance that is a drain's
+  first transfer above 1%, while on a wallet whose whales take 3% to fresh addresses the bar is
+  above what they take. Silent for the first ``fresh_min_history_s`` (14 days) of a wallet's
+  history, so that whales seen every week or two have shown themselves first;
 * **test then drain**: a tiny first transfer to a new address, then within ``test_window_s`` a
   transfer of ``test_drain_share`` to it: freeze;
 * **cold wallet**: a cold wallet paying any address that is neither listed nor a configured
@@ -60,12 +61,12 @@ True
 
 from __future__ import annotations
 
-import math
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Final
 
-from detectors.base import Finding, Outflow, WalletState, Window, format_units, ratio_string
+from detectors.base import Finding, Outflow, WalletState, format_units, ratio_string
 from detectors.move import TransferView
 from drainwatch.config import DetectionConfig
 from drainwatch.events import Direction, Severity, TransferStatus
@@ -77,35 +78,58 @@ _OUT: Final = Direction.OUT
 _RETRACTED: Final = TransferStatus.RETRACTED
 
 
-# Log-spaced bins of per-transfer shares for the learned customer-withdrawal profile.
-_BINS_PER_DECADE: Final = 20
-_LOWEST_SHARE: Final = 1e-6
-_BIN_COUNT: Final = 6 * _BINS_PER_DECADE + 1
-
-
-def _bin(share: float) -> int:
-    if share <= _LOWEST_SHARE:
-        return 0
-    index = int(math.log10(share / _LOWEST_SHARE) * _BINS_PER_DECADE) + 1
-    return min(index, _BIN_COUNT - 1)
-
-
-def _bin_top(index: int) -> float:
-    """The upper edge of bin ``index`` (a cautious, i.e. high, read of the quantile)."""
-    return float(_LOWEST_SHARE * 10 ** (index / _BINS_PER_DECADE))
-
-
 @dataclass(slots=True)
-class _FreshProfile:
-    """Shares of the balance paid to first-seen destinations, one histogram per event-time day."""
+class _LargePayments:
+    """One wallet's large payments within the learned history, and the largest ordinary one.
 
-    days: dict[int, list[int]] = field(default_factory=dict)
-    total: list[int] = field(default_factory=lambda: [0] * _BIN_COUNT)
-    count: int = 0
-    first_time: float = float("inf")
-    hour: int = -1
-    high: float | None = None
-    """The learned high quantile, recomputed at most once per event-time hour."""
+    The largest payment to a non-regular destination is kept up to date as payments come and
+    go; it is worked out again only when one that may have been it leaves, or when a
+    destination becomes (or stops being) regular.
+    """
+
+    first_time: float
+    """When the wallet's first outflow was learned (the history starts there)."""
+    scale: int
+    """The decimal scale of the units below (the wallet state's when they were learned)."""
+    regular: int
+    """A destination paid this many times within the history is a regular counterparty."""
+    items: deque[tuple[float, int, str]] = field(default_factory=deque)
+    """(event time, units, destination), oldest first."""
+    paid: Counter[str] = field(default_factory=Counter)
+    """How many of ``items`` went to each destination."""
+    high: int = 0
+    """The largest payment to a destination that is not a regular counterparty."""
+
+    def forget(self, horizon: float) -> None:
+        """Let the payments before ``horizon`` go."""
+        items, paid, regular, stale = self.items, self.paid, self.regular, False
+        while items and items[0][0] < horizon:
+            _, gone, was = items.popleft()
+            count = paid[was]
+            paid[was] = count - 1
+            stale = stale or count == regular or (count < regular and gone >= self.high)
+        if stale:
+            self._recount()
+
+    def add(self, time: float, units: int, dest: str, scale: int) -> None:
+        """Remember a payment of ``units`` at ``scale`` (never below the scale kept)."""
+        if scale > self.scale:
+            factor: int = 10 ** (scale - self.scale)
+            self.items = deque((t, u * factor, d) for t, u, d in self.items)
+            self.high *= factor
+            self.scale = scale
+        self.items.append((time, units, dest))
+        count = self.paid[dest] + 1
+        self.paid[dest] = count
+        if count < self.regular:
+            self.high = max(self.high, units)
+        elif count == self.regular:
+            self._recount()  # its earlier payments no longer count
+
+    def _recount(self) -> None:
+        self.paid = paid = +self.paid  # drops the destinations no longer in the history
+        regular = self.regular
+        self.high = max((u for _, u, d in self.items if paid[d] < regular), default=0)
 
 
 def _fraction(share: Decimal) -> tuple[int, int]:
@@ -176,6 +200,10 @@ class VelocityDetector:
     """
 
     outflows_only: Final = True
+    learns_from_freezes: Final = True
+    """What it learns is a fact (the largest payments and their destinations), so it learns it
+    from a transfer it froze on too: a false freeze of a whale's withdrawal must not keep that
+    size extraordinary, and freeze the whale's next one (as the state keeps the destination)."""
     """Neither judges nor learns from inflows (the engine skips them)."""
 
     def __init__(  # noqa: PLR0915 - one assignment per setting
@@ -209,12 +237,11 @@ class VelocityDetector:
         repeat_freeze_share: Decimal = Decimal("0.01"),
         repeat_min_count: int = 3,
         fresh_floor_share: Decimal = Decimal("0.01"),
-        fresh_factor: float = 1.5,
-        fresh_quantile: float = 0.995,
-        fresh_history_days: int = 7,
-        fresh_min_count: int = 200,
-        fresh_min_history_s: int = 3 * 86400,
-        fresh_freeze_count: int = 0,
+        fresh_factor: Decimal = Decimal("1.5"),
+        fresh_history_days: int = 28,
+        fresh_regular_count: int = 3,
+        fresh_min_history_s: int = 14 * 86400,
+        large_fresh: bool = True,
     ) -> None:
         self.name = name
         self.window_s = window_s
@@ -251,13 +278,18 @@ class VelocityDetector:
         self.repeat_min_count = repeat_min_count
         self.fresh_floor_share = fresh_floor_share
         self.fresh_factor = fresh_factor
-        self.fresh_quantile = fresh_quantile
         self.fresh_history_days = fresh_history_days
-        self.fresh_min_count = fresh_min_count
+        self.fresh_regular_count = fresh_regular_count
         self.fresh_min_history_s = fresh_min_history_s
-        self.fresh_freeze_count = fresh_freeze_count
+        self.large_fresh = large_fresh
+        self._fresh_factor = _fraction(fresh_factor)
+        self._fresh_floor = _fraction(fresh_floor_share)
+        # Payments of a third of the floor and more are remembered: the balance moves, and a
+        # payment small against today's balance may be large against a lower one.
+        self._record = _fraction(fresh_floor_share / 3)
+        self._history_s = fresh_history_days * 86400
         self._repeat = _fraction(repeat_freeze_share)
-        self._fresh: dict[tuple[str, str, str], _FreshProfile] = {}
+        self._fresh: dict[tuple[str, str, str], _LargePayments] = {}
         # Exact integer fractions for the decisions; floats only for the score.
         self._freeze = _fraction(freeze_share)
         self._warn = _fraction(warn_share)
@@ -299,7 +331,7 @@ class VelocityDetector:
     @property
     def learns(self) -> bool:
         """Whether :meth:`learn_with_state` remembers anything (only the large-fresh rule does)."""
-        return self.fresh_freeze_count > 0
+        return self.large_fresh
 
     def adopt(self, other: VelocityDetector) -> None:
         """Take over what ``other`` learned of its wallets (none of them ours)."""
@@ -309,77 +341,51 @@ class VelocityDetector:
         """Without the state nothing is learned: the engine calls :meth:`learn_with_state`."""
 
     def learn_with_state(self, transfer: TransferView, state: WalletState) -> None:
-        """Learn the share of the balance a payment to a first-seen destination took.
+        """Remember a large payment: how much it was, and to whom.
 
-        Called before the transfer is counted, and not for a transfer this detector froze on.
-        These are customers' withdrawals to fresh addresses; their high quantile sets how large a
-        payment to a fresh address is out of the ordinary for this wallet.
+        Called before the transfer is counted, also for a transfer this detector froze on (see
+        ``learns_from_freezes``). Payments of at least a third of ``fresh_floor_share`` of the
+        balance to anyone but the exchange's own and configured counterparties are kept for
+        ``fresh_history_days``; the largest of them that went to a destination paid fewer than
+        ``fresh_regular_count`` times in that history (customers, whales; not the market maker)
+        is what this wallet pays one address in ordinary life. Amounts, not shares: customers
+        and whales size their withdrawals by their own needs, not by the hot wallet's balance of
+        the day.
         """
-        if (
-            self.fresh_freeze_count <= 0
-            or transfer.direction is not Direction.OUT
-            or transfer.status is TransferStatus.RETRACTED
-        ):
+        if not self.large_fresh or transfer.direction is not _OUT or transfer.status is _RETRACTED:
             return
         dest = transfer.counterparty
-        if state.is_internal(dest) or state.is_known(dest) or state.first_seen(dest) is not None:
-            return
-        units = state.units_of(transfer)
-        balance = state.balance_units()
-        if units <= 0 or balance <= 0:
+        if dest in state.internal or dest in state.known:
             return
         key = (transfer.chain, transfer.wallet, transfer.asset)
-        profile = self._fresh.get(key)
-        if profile is None:
-            profile = self._fresh[key] = _FreshProfile()
+        history = self._fresh.get(key)
         now = state.now
-        day = int(now // 86400)
-        counts = profile.days.get(day)
-        if counts is None:
-            counts = profile.days[day] = [0] * _BIN_COUNT
-            # Forget days older than the history kept (their counts leave the total).
-            for old in [d for d in profile.days if d <= day - self.fresh_history_days]:
-                for index, n in enumerate(profile.days.pop(old)):
-                    profile.total[index] -= n
-                    profile.count -= n
-        index = _bin(units / balance)  # a float feature, never money
-        counts[index] += 1
-        profile.total[index] += 1
-        profile.count += 1
-        profile.first_time = min(profile.first_time, now)
-        hour = int(now // 3600)
-        if hour != profile.hour or profile.high is None:
-            profile.hour = hour
-            profile.high = self._quantile(profile, now)
+        if history is None:
+            history = self._fresh[key] = _LargePayments(now, state.scale, self.fresh_regular_count)
+        units = state.units_of(transfer)
+        if _reaches(units, state.balance_units(), self._record):
+            history.forget(now - self._history_s)
+            history.add(now, units, dest, state.scale)
 
-    def _quantile(self, profile: _FreshProfile, now: float) -> float | None:
-        if (
-            profile.count < self.fresh_min_count
-            or now - profile.first_time < self.fresh_min_history_s
-        ):
-            return None
-        above = int(profile.count * (1 - self.fresh_quantile))
-        for index in range(_BIN_COUNT - 1, -1, -1):
-            above -= profile.total[index]
-            if above < 0:
-                return _bin_top(index)
-        return _bin_top(0)
+    def fresh_bar(self, transfer: TransferView, state: WalletState) -> int | None:
+        """The smallest payment to a first-seen address that freezes, in the state's units.
 
-    def fresh_threshold(self, transfer: TransferView) -> tuple[int, int] | None:
-        """The learned share for one payment to a fresh address, as an exact fraction.
-
-        ``None`` until the wallet has enough history (then only the fixed rules apply).
+        ``fresh_floor_share`` of the balance at the hour's start, or ``fresh_factor`` times the
+        largest payment this wallet made within the history to anyone but its regular
+        counterparties, whichever is more. ``None`` until the wallet has ``fresh_min_history_s``
+        of history: one that has not shown its whales yet is not judged by its sizes.
         """
-        profile = self._fresh.get((transfer.chain, transfer.wallet, transfer.asset))
-        if profile is None or profile.high is None:
+        history = self._fresh.get((transfer.chain, transfer.wallet, transfer.asset))
+        now = transfer.epoch
+        if history is None or now - history.first_time < self.fresh_min_history_s:
             return None
-        learned = math.ceil(profile.high * self.fresh_factor * 1_000_000)
-        floor = self.fresh_floor_share
-        if floor * 1_000_000 >= learned:
-            return _fraction(floor)
-        if learned * self._single_freeze[1] >= 1_000_000 * self._single_freeze[0]:
-            return self._single_freeze
-        return learned, 1_000_000
+        history.forget(now - self._history_s)
+        reference = state.reference_units(state.window(self.concentration_window_s))
+        num, den = self._fresh_floor
+        floor = -(-reference * num // den)
+        num, den = self._fresh_factor
+        learned: int = -(-history.high * num // den) * 10 ** (state.scale - history.scale)
+        return max(floor, learned)
 
     def score_one(  # noqa: PLR0915 - the hot path, kept in one frame on purpose
         self, transfer: TransferView, state: WalletState
@@ -440,8 +446,8 @@ class VelocityDetector:
                 # thrice that much is not.
                 score = max(1.0, _ratio(to_dest, ref_c, float(self.repeat_freeze_share)))
                 fired.append((2, score, "repeat"))
-            if self.fresh_freeze_count > 0 and seen is None:
-                self._large_fresh(transfer, conc, ref_c, units, fired)
+            if self.large_fresh and seen is None and _reaches(units, ref_c, self._fresh_floor):
+                self._large_fresh(transfer, state, units, fired)
 
             if state.is_midsize(units):
                 mid_total = window.mid_total + units
@@ -494,26 +500,14 @@ class VelocityDetector:
     def _large_fresh(
         self,
         transfer: TransferView,
-        conc: Window,
-        ref_c: int,
+        state: WalletState,
         units: int,
         fired: list[tuple[int, float, str]],
     ) -> None:
-        """A payment to a first-seen address above the learned threshold (off by default)."""
-        fresh = self.fresh_threshold(transfer)
-        if fresh is None or not _reaches(units, ref_c, fresh):
-            return
-        # Larger than this wallet's customers' withdrawals to fresh addresses ever are: frozen
-        # once ``fresh_freeze_count`` of them fall within the hour.
-        dest = transfer.counterparty
-        large = 1 + sum(
-            1
-            for o in conc.items
-            if o.new and o.counterparty != dest and _reaches(o.units, ref_c, fresh)
-        )
-        if large >= self.fresh_freeze_count > 0:
-            score = max(1.0, _ratio(units, ref_c, fresh[0] / fresh[1]))
-            fired.append((2, score, "large_fresh"))
+        """A payment to a first-seen address larger than this wallet's ordinary ones: freeze."""
+        bar = self.fresh_bar(transfer, state)
+        if bar is not None and units >= bar > 0:
+            fired.append((2, units / bar, "large_fresh"))
 
     def _finding(
         self,

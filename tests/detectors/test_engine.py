@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import detectors
 from detectors.engine import DetectionEngine
+from detectors.velocity import VelocityDetector
 from drainwatch.bus import EmbeddedBus, TopicPartition
 from drainwatch.events import (
     ALERTS,
@@ -187,3 +188,18 @@ def test_handle_runs_in_the_stage_loop_over_the_embedded_bus() -> None:
     alert = decode(ALERTS, messages[0].value, Alert)
     assert (alert.severity, alert.freeze, alert.key) == (Severity.CRITICAL, True, t.key)
     loop.close()
+
+
+def test_a_whale_withdrawal_frozen_by_its_size_is_learned_so_the_next_one_is_not() -> None:
+    # Velocity keeps the sizes paid as facts: a false freeze does not make the size frozen for ever.
+    detector = VelocityDetector(fresh_min_history_s=0)
+    engine = DetectionEngine(
+        config(wallet(balance="1000000")), detectors=[detector], correlator=None, cooldown_s=0
+    )
+    assert engine.process(transfer("C1", 3000, minutes=0)) == []  # a customer: 0.3%
+    first = engine.process(transfer("WHALE-A", 20000, minutes=60))  # 2% to a fresh address
+    assert [(a.detector, a.freeze, a.metrics.get("rule_large_fresh")) for a in first] == [
+        ("velocity", True, "1")
+    ]
+    # A day later, another whale withdrawal of the same size to another fresh address.
+    assert engine.process(transfer("WHALE-B", 20000, minutes=60 + 1440)) == []

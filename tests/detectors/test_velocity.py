@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
 from decimal import Decimal
 
 import pytest
@@ -13,6 +15,7 @@ from drainwatch.events import Direction, Severity, Transfer
 from tests.detectors.factories import transfer, wallet
 
 COLD = "COLD"
+DAYS_3 = 3 * 86400
 
 
 def make_state(w: WalletConfig | None = None) -> WalletState:
@@ -269,6 +272,13 @@ def judge_and_learn(state: WalletState, detector: VelocityDetector, t: Transfer)
     return finding
 
 
+def bar(state: WalletState, detector: VelocityDetector, minute: float) -> int | None:
+    """The large-fresh bar for a payment ``minute`` minutes in."""
+    t = transfer("NOBODY", minutes=minute)
+    state.prepare(t)
+    return detector.fresh_bar(t, state)
+
+
 def customer_history(
     state: WalletState, detector: VelocityDetector, large: int, large_every: int
 ) -> float:
@@ -285,32 +295,28 @@ def customer_history(
     return minute
 
 
-def test_learned_threshold_freezes_large_fresh_transfers_at_the_count() -> None:
+def test_a_first_payment_above_the_learned_threshold_freezes() -> None:
     state = make_state(wallet(balance="1000000"))
-    detector = VelocityDetector(fresh_freeze_count=2)
+    detector = VelocityDetector(fresh_min_history_s=DAYS_3)
     minute = customer_history(state, detector, 3000, 10**9)  # customers: at most 0.3%
-    assert detector.fresh_threshold(transfer("T1", minutes=minute)) == (1, 100)  # the 1% floor
-    first = judge_and_learn(state, detector, transfer("T1", 15000, minutes=minute))
-    assert first is None  # 1.5% to a new address: like a whale, once
-    second = judge_and_learn(state, detector, transfer("T2", 15000, minutes=minute + 1))
-    assert second is not None
-    assert second.freeze
-    assert second.metrics["rule_large_fresh"] == "1"
-    # Asking for one such transfer freezes at the first.
-    state, eager = make_state(wallet(balance="1000000")), VelocityDetector(fresh_freeze_count=1)
-    minute = customer_history(state, eager, 3000, 10**9)
-    finding = judge_and_learn(state, eager, transfer("T1", 15000, minutes=minute))
-    assert finding is not None
-    assert finding.freeze
+    assert 10000 <= bar(state, detector, minute) <= 10100  # the floor: 1% of the balance
+    below = judge_and_learn(state, detector, transfer("T0", 9500, minutes=minute))
+    assert below is None  # 0.95%: under the floor
+    first = judge_and_learn(state, detector, transfer("T1", 15000, minutes=minute + 30))
+    assert first is not None
+    assert first.freeze
+    assert first.metrics["rule_large_fresh"] == "1"
+    # Turned off, the same payment passes (one 1.5% payment to a new address is no other rule).
+    state, off = make_state(wallet(balance="1000000")), VelocityDetector(large_fresh=False)
+    minute = customer_history(state, off, 3000, 10**9)
+    assert judge_and_learn(state, off, transfer("T1", 15000, minutes=minute)) is None
 
 
 def test_customers_who_often_withdraw_three_percent_raise_the_threshold() -> None:
     state = make_state(wallet(balance="1000000"))
-    detector = VelocityDetector(fresh_freeze_count=1)
+    detector = VelocityDetector(fresh_min_history_s=DAYS_3)
     minute = customer_history(state, detector, 30000, 50)  # one in 50 withdrawals: 3%
-    threshold = detector.fresh_threshold(transfer("T1", minutes=minute))
-    assert threshold is not None
-    assert threshold[0] / threshold[1] > 0.04
+    assert bar(state, detector, minute) == 45000  # 1.5 x 3%
     for i in range(2):
         # Half an hour apart: a 3% customer withdrawal just came before, and three within
         # 20 minutes would be a burst.
@@ -320,14 +326,44 @@ def test_customers_who_often_withdraw_three_percent_raise_the_threshold() -> Non
 
 
 def test_no_learned_threshold_before_enough_history() -> None:
-    state, detector = (
-        make_state(wallet(balance="1000000")),
-        VelocityDetector(fresh_min_count=500, fresh_freeze_count=2),
-    )
+    # Four days of history; the default wants fourteen before a wallet is judged by its size.
+    state, detector = make_state(wallet(balance="1000000")), VelocityDetector()
     minute = customer_history(state, detector, 3000, 10**9)
-    assert detector.fresh_threshold(transfer("T1", minutes=minute)) is None
+    assert detector.fresh_bar(transfer("T1", minutes=minute), state) is None
     assert judge_and_learn(state, detector, transfer("T1", 15000, minutes=minute)) is None
-    assert judge_and_learn(state, detector, transfer("T2", 15000, minutes=minute + 6)) is None
+
+
+def test_a_regular_counterpartys_large_payments_do_not_raise_the_threshold() -> None:
+    # A market maker takes 4% every day; a whale once took 2% to a fresh address.
+    state = make_state(wallet(balance="1000000"))
+    detector = VelocityDetector(fresh_min_history_s=DAYS_3)
+    for day in range(4):
+        judge_and_learn(state, detector, transfer("MARKETMAKER", 40000, minutes=day * 1440))
+        judge_and_learn(
+            state,
+            detector,
+            transfer(f"R{day}", 40000, minutes=day * 1440 + 1, direction=Direction.IN),
+        )
+        if day == 0:  # before the market maker is a regular, its 4% keeps the bar at 5%
+            judge_and_learn(state, detector, transfer("WHALE", 20000, minutes=60))
+    minute = 4 * 1440 + 120
+    # 1.5 x the whale's 2%; the market maker's 4% (paid four times) is not a first-seen size.
+    assert bar(state, detector, minute) == 30000
+
+
+def test_a_large_payment_is_forgotten_after_the_history() -> None:
+    state = make_state(wallet(balance="1000000"))
+    detector = VelocityDetector(fresh_min_history_s=DAYS_3, fresh_history_days=7)
+    judge_and_learn(state, detector, transfer("WHALE", 20000, minutes=0))
+    judge_and_learn(state, detector, transfer("C1", 1000, minutes=4 * 1440))
+    assert bar(state, detector, 4 * 1440) == 30000
+    # Eight days on, the next payment's learning lets the whale's go: back to the 1% floor.
+    judge_and_learn(state, detector, transfer("C2", 1000, minutes=8 * 1440))
+    assert bar(state, detector, 8 * 1440) < 10000  # 1% of the balance left
+    finding = judge_and_learn(state, detector, transfer("T1", 12000, minutes=8 * 1440 + 1))
+    assert finding is not None
+    assert finding.freeze
+    assert finding.metrics["rule_large_fresh"] == "1"
 
 
 def test_third_payment_to_the_same_new_address_within_the_hour_freezes() -> None:
@@ -346,3 +382,32 @@ def test_third_payment_to_the_same_new_address_within_the_hour_freezes() -> None
     assert judge(state, detector, transfer("B", 3, minutes=62)) is None
     assert judge(state, detector, transfer("B", 3, minutes=63)) is None
     assert judge(state, detector, transfer("B", 3, minutes=64)) is None
+
+
+def test_the_learned_largest_payment_matches_a_recount_at_every_step() -> None:
+    """The running largest payment to a non-regular destination, against counting it afresh."""
+    rng = random.Random(5)
+    state = make_state(wallet(balance="1000000000000"))
+    detector = VelocityDetector(
+        fresh_floor_share=Decimal("0.000001"),
+        fresh_factor=Decimal(1),
+        fresh_min_history_s=0,
+        fresh_history_days=3,
+    )
+    history_s, regular = 3 * 86400, detector.fresh_regular_count
+    learned: list[tuple[float, int, str]] = []
+    minute = 0.0
+    for i in range(3000):
+        minute += rng.expovariate(1 / 40)
+        dest = rng.choice(["MM", "MM", f"W{rng.randrange(8)}", f"C{i}"])
+        amount = rng.randrange(400_000, 10_000_000)  # all above a third of the floor
+        t = transfer(dest, amount, minutes=minute, tx=f"tx{i}")
+        state.prepare(t)
+        detector.learn_with_state(t, state)
+        state.apply(t)
+        learned.append((minute * 60, amount, dest))
+        kept = [(u, d) for when, u, d in learned if when >= minute * 60 - history_s]
+        counts = Counter(d for _, d in kept)
+        high = max((u for u, d in kept if counts[d] < regular), default=0)
+        if high:
+            assert bar(state, detector, minute) == high, i
