@@ -17,7 +17,9 @@ higher one:
   1.5% / 2.5% in 24 h);
 * **total outflow**: everything external that left within ``window_s`` reached
   ``total_*_share`` (default 20% / 30%), or ``total_long_freeze_share`` within
-  ``concentration_window_s`` (default 40% in 1 h), new addresses or not;
+  ``concentration_window_s`` (default 40% in 1 h), new addresses or not; it freezes only when
+  sudden (the last ``window_s`` at least ``total_sudden_ratio``, 3x, an equal stretch of the rest
+  of the hour) and warns otherwise: a withdrawal surge goes on for hours;
 * **repeat**: the ``repeat_min_count``-th payment (default 3) to the same new address within
   ``concentration_window_s`` that brings it to ``repeat_freeze_share`` (default 1%): freeze;
 * **large fresh**: per wallet, the largest amount it paid within ``fresh_history_days`` (28)
@@ -234,6 +236,7 @@ class VelocityDetector:
         bleed_warn_share: Decimal = Decimal("0.015"),
         bleed_freeze_share: Decimal = Decimal("0.025"),
         total_long_freeze_share: Decimal = Decimal("0.40"),
+        total_sudden_ratio: int = 3,
         repeat_freeze_share: Decimal = Decimal("0.01"),
         repeat_min_count: int = 3,
         fresh_floor_share: Decimal = Decimal("0.01"),
@@ -269,6 +272,7 @@ class VelocityDetector:
         self.bleed_warn_share = bleed_warn_share
         self.bleed_freeze_share = bleed_freeze_share
         self.total_long_freeze_share = total_long_freeze_share
+        self.total_sudden_ratio = total_sudden_ratio
         self._burst_warn = _fraction(burst_warn_share)
         self._burst_freeze = _fraction(burst_freeze_share)
         self._bleed_warn = _fraction(bleed_warn_share)
@@ -411,12 +415,19 @@ class VelocityDetector:
         # (level, score, rule) per rule that fired; level 1 = warning, 2 = freeze.
         fired: list[tuple[int, float, str]] = []
         total = window.total + units
-        if _reaches(total, ref_w, self._total_warn):
-            level = 2 if _reaches(total, ref_w, self._total_freeze) else 1
-            fired.append((level, _ratio(total, ref_w, float(self.total_freeze_share)), "total"))
         total_c = conc.total + units
-        if _reaches(total_c, ref_c, self._total_long):
-            fired.append((2, _ratio(total_c, ref_c, float(self.total_long_freeze_share)), "total"))
+        if _reaches(total, ref_w, self._total_warn) or _reaches(total_c, ref_c, self._total_long):
+            # A withdrawal surge lasts for hours; a drain starts from ordinary traffic. Heavy
+            # outflow like the rest of the hour's only warns (the whale, fan-out and rate rules
+            # still judge each payment).
+            top = 2 if self._sudden(total, conc.total - window.total) else 1
+            if _reaches(total, ref_w, self._total_warn):
+                level = min(top, 2 if _reaches(total, ref_w, self._total_freeze) else 1)
+                score = _ratio(total, ref_w, float(self.total_freeze_share))
+                fired.append((level, score, "total"))
+            if _reaches(total_c, ref_c, self._total_long):
+                score = _ratio(total_c, ref_c, float(self.total_long_freeze_share))
+                fired.append((top, score, "total"))
 
         seen = state.first_seen(dest)
         if dest not in state.known and (
@@ -478,6 +489,12 @@ class VelocityDetector:
         if not fired:
             return None
         return self._finding(transfer, state, units, fired)
+
+    def _sudden(self, recent: int, before: int) -> bool:
+        """Whether ``recent`` (the last ``window_s``) is ``total_sudden_ratio`` times an equal
+        stretch of ``before`` (the rest of ``concentration_window_s``)."""
+        stretches = self.concentration_window_s - self.window_s
+        return recent * stretches >= self.total_sudden_ratio * before * self.window_s
 
     def _large_pair(
         self, state: WalletState, units: int, fired: list[tuple[int, float, str]]

@@ -411,3 +411,30 @@ def test_the_learned_largest_payment_matches_a_recount_at_every_step() -> None:
         high = max((u for u, d in kept if counts[d] < regular), default=0)
         if high:
             assert bar(state, detector, minute) == high, i
+
+
+def steady_outflow(
+    state: WalletState, detector: VelocityDetector, start: float, minutes: float, every_s: float
+) -> list[Finding]:
+    """Customer-sized payments (25, under 0.5% of the balance to the end) to distinct addresses."""
+    findings = []
+    minute, i = start, 0
+    while minute < start + minutes:
+        found = judge(state, detector, transfer(f"C{start}-{i}", 25, minutes=minute))
+        findings += [found] if found else []
+        minute, i = minute + every_s / 60, i + 1
+    return findings
+
+
+def test_total_outflow_that_has_gone_on_for_the_hour_warns_and_a_sudden_one_freezes() -> None:
+    # An hour of a withdrawal surge: 40% of the balance in the hour, every 20 minutes alike.
+    state, detector = make_state(wallet(balance="10000")), VelocityDetector()
+    surge = steady_outflow(state, detector, 0, 61, 22)
+    assert surge, "the hour's total is reached"
+    assert {f.metrics.get("rule_total") for f in surge} == {"1"}
+    assert not any(f.freeze for f in surge)
+    # 30% in 20 minutes after a quiet 40: a drain.
+    state = make_state(wallet(balance="10000"))
+    assert steady_outflow(state, detector, 0, 40, 600) == []
+    drain = steady_outflow(state, detector, 40, 20, 9)
+    assert any(f.freeze and f.metrics.get("rule_total") == "1" for f in drain)
