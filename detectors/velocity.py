@@ -504,10 +504,12 @@ class VelocityDetector:
         A whale's large withdrawal to a fresh address comes alone; ``large_pair_count`` of at
         least ``large_share`` each within ``fast_window_s`` do not.
         """
+        if self.large_pair_count <= 0:
+            return
         fast = state.window(self.fast_window_s)
         ref_f = state.reference_units(fast)
         large = self._large
-        if self.large_pair_count > 0 and _reaches(units, ref_f, large):
+        if _reaches(units, ref_f, large):
             count = 1 + sum(1 for o in fast.items if o.new and _reaches(o.units, ref_f, large))
             if count >= self.large_pair_count:
                 fired.append(
