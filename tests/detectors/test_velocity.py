@@ -272,11 +272,13 @@ def judge_and_learn(state: WalletState, detector: VelocityDetector, t: Transfer)
     return finding
 
 
-def bar(state: WalletState, detector: VelocityDetector, minute: float) -> int | None:
-    """The large-fresh bar for a payment ``minute`` minutes in."""
+def bar(state: WalletState, detector: VelocityDetector, minute: float) -> int:
+    """The large-fresh bar for a payment ``minute`` minutes in (the history is long enough)."""
     t = transfer("NOBODY", minutes=minute)
     state.prepare(t)
-    return detector.fresh_bar(t, state)
+    found = detector.fresh_bar(t, state)
+    assert found is not None
+    return found
 
 
 def customer_history(
