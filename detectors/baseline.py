@@ -11,7 +11,7 @@ usually sees in that time:
   balance;
 * a **freeze** when it is ``freeze_ratio`` times the usual and at least ``freeze_share``;
 * a **freeze**, too, when the last ``fast_window_s`` (5 min) saw ``fast_freeze_ratio`` (20) times
-  what this hour usually sees in that time, at least ``fast_freeze_share`` (2%) of the balance,
+  what this hour usually sees in that time, at least ``fast_freeze_share`` (6%) of the balance,
   over at least ``fast_min_count`` (10) payments to new addresses: customer-sized transfers at
   many times the usual rate, caught in minutes (one whale's withdrawal is not a rate).
 
@@ -137,7 +137,7 @@ class BaselineDetector:
         floor_share_per_h: float = 0.002,
         fast_window_s: int = 300,
         fast_freeze_ratio: float = 20.0,
-        fast_freeze_share: Decimal = Decimal("0.02"),
+        fast_freeze_share: Decimal = Decimal("0.06"),
         fast_min_count: int = 10,
         sudden_ratio: float = 3.0,
         recent_window_s: int = 3600,
