@@ -311,6 +311,8 @@ class VelocityDetector:
 
         >>> VelocityDetector.from_config(DetectionConfig()).single_freeze_share
         Decimal('0.050')
+        >>> VelocityDetector.from_config(DetectionConfig(large_fresh=False)).learns
+        False
         """
         half, triple = Decimal("0.5"), Decimal(3)
         return cls(
@@ -320,6 +322,7 @@ class VelocityDetector:
             single_warn_share=detection.warn_share * half,
             total_freeze_share=detection.freeze_share * triple,
             total_warn_share=detection.warn_share * 4,
+            large_fresh=detection.large_fresh,
         )
 
     @property

@@ -212,6 +212,10 @@ class DetectionConfig(_Model):
     freeze_share: Decimal = Decimal("0.10")
     """Freeze when a hot wallet loses this share of its balance within a window to new addresses."""
     warn_share: Decimal = Decimal("0.05")
+    large_fresh: bool = True
+    """Freeze at one payment to a first-seen address larger than this wallet's customers and
+    whales pay (learned per wallet over 28 days; silent for its first 14). Off: such a payment
+    is left to the rules that need several."""
     shadow: tuple[str, ...] = ()
     """Detectors that evaluate and alert but never request a freeze."""
 

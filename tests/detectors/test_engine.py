@@ -8,6 +8,7 @@ import detectors
 from detectors.engine import DetectionEngine
 from detectors.velocity import VelocityDetector
 from drainwatch.bus import EmbeddedBus, TopicPartition
+from drainwatch.config import loads
 from drainwatch.events import (
     ALERTS,
     LEDGER,
@@ -203,3 +204,11 @@ def test_a_whale_withdrawal_frozen_by_its_size_is_learned_so_the_next_one_is_not
     ]
     # A day later, another whale withdrawal of the same size to another fresh address.
     assert engine.process(transfer("WHALE-B", 20000, minutes=60 + 1440)) == []
+
+
+def test_the_large_fresh_rule_follows_the_config_switch() -> None:
+    wallets = '[[wallets]]\nchain = "nem"\naddress = "HOT"\n'
+    for extra, expected in (("", True), ("[detection]\nlarge_fresh = false\n", False)):
+        engine = DetectionEngine(loads(wallets + extra))
+        velocity = next(d for d in engine.detectors if isinstance(d, VelocityDetector))
+        assert velocity.large_fresh is expected
