@@ -202,11 +202,11 @@ class VelocityDetector:
     """
 
     outflows_only: Final = True
+    """Neither judges nor learns from inflows (the engine skips them)."""
     learns_from_freezes: Final = True
     """What it learns is a fact (the largest payments and their destinations), so it learns it
     from a transfer it froze on too: a false freeze of a whale's withdrawal must not keep that
     size extraordinary, and freeze the whale's next one (as the state keeps the destination)."""
-    """Neither judges nor learns from inflows (the engine skips them)."""
 
     def __init__(  # noqa: PLR0915 - one assignment per setting
         self,
@@ -382,17 +382,27 @@ class VelocityDetector:
         counterparties, whichever is more. ``None`` until the wallet has ``fresh_min_history_s``
         of history: one that has not shown its whales yet is not judged by its sizes.
         """
+        learned = self._learned_bar(transfer, state)
+        if learned is None:
+            return None
+        reference = state.reference_units(state.window(self.concentration_window_s))
+        return max(self._floor_units(reference), learned)
+
+    def _floor_units(self, reference: int) -> int:
+        """``fresh_floor_share`` of ``reference``, rounded up."""
+        num, den = self._fresh_floor
+        return -(-reference * num // den)
+
+    def _learned_bar(self, transfer: TransferView, state: WalletState) -> int | None:
+        """``fresh_factor`` times the largest ordinary payment, or ``None`` while too young."""
         history = self._fresh.get((transfer.chain, transfer.wallet, transfer.asset))
         now = transfer.epoch
         if history is None or now - history.first_time < self.fresh_min_history_s:
             return None
         history.forget(now - self._history_s)
-        reference = state.reference_units(state.window(self.concentration_window_s))
-        num, den = self._fresh_floor
-        floor = -(-reference * num // den)
         num, den = self._fresh_factor
         learned: int = -(-history.high * num // den) * 10 ** (state.scale - history.scale)
-        return max(floor, learned)
+        return learned
 
     def score_one(  # noqa: PLR0915 - the hot path, kept in one frame on purpose
         self, transfer: TransferView, state: WalletState
@@ -461,7 +471,7 @@ class VelocityDetector:
                 score = max(1.0, _ratio(to_dest, ref_c, float(self.repeat_freeze_share)))
                 fired.append((2, score, "repeat"))
             if self.large_fresh and seen is None and _reaches(units, ref_c, self._fresh_floor):
-                self._large_fresh(transfer, state, units, fired)
+                self._large_fresh(transfer, state, ref_c, units, fired)
 
             if state.is_midsize(units):
                 mid_total = window.mid_total + units
@@ -523,13 +533,16 @@ class VelocityDetector:
         self,
         transfer: TransferView,
         state: WalletState,
+        ref_c: int,
         units: int,
         fired: list[tuple[int, float, str]],
     ) -> None:
         """A payment to a first-seen address larger than this wallet's ordinary ones: freeze."""
-        bar = self.fresh_bar(transfer, state)
-        if bar is not None and units >= bar > 0:
-            fired.append((2, units / bar, "large_fresh"))
+        learned = self._learned_bar(transfer, state)
+        if learned is not None:
+            bar = max(self._floor_units(ref_c), learned)
+            if units >= bar > 0:
+                fired.append((2, units / bar, "large_fresh"))
 
     def _finding(
         self,
