@@ -58,7 +58,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Final
 
 from alerts.channels import build_channels
@@ -68,6 +67,7 @@ from alerts.timeline import ActionKind, Timeline, incident_of, to_iso, utc_now
 from drainwatch.config import AlertsConfig
 from drainwatch.events import ALERTS, Alert, Severity, decode, normalize_address
 from drainwatch.metrics import ALERT_DELIVERIES_TOTAL, DELIVERY_OUTCOMES
+from drainwatch.sqlite import open_sqlite
 
 __all__ = [
     "DeliveryReport",
@@ -209,11 +209,8 @@ class Outbox:
     def __init__(self, path: str = ":memory:") -> None:
         self.path = path
         self._lock = threading.RLock()
-        if path not in ("", ":memory:"):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = open_sqlite(path, create_dir=True)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
 
     @contextmanager

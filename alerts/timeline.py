@@ -33,7 +33,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import ClassVar
 
 from drainwatch.events import (
@@ -46,6 +45,7 @@ from drainwatch.events import (
     decode,
     normalize_address,
 )
+from drainwatch.sqlite import open_sqlite
 
 __all__ = [
     "ActionKind",
@@ -258,10 +258,7 @@ class Timeline:
         self.path = path
         self.clock = clock
         self._lock = threading.Lock()
-        if path not in ("", ":memory:"):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_sqlite(path, create_dir=True)
         self._db.executescript(_SCHEMA)
         for table in ("transfers", "alerts", "actions", "notes"):
             self._db.executescript(_APPEND_ONLY.format(table=table))

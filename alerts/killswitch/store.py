@@ -22,7 +22,6 @@ Freezing is idempotent: a freeze of a frozen wallet creates nothing and returns 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -51,6 +50,7 @@ from drainwatch.events import (
     normalize_address,
     wallet_key,
 )
+from drainwatch.sqlite import open_sqlite
 
 __all__ = [
     "Approval",
@@ -1121,8 +1121,7 @@ class FreezeStore(_SqlStore):
         self.location = path
         self.clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_sqlite(path)
         # A freeze is a safety action: it must be on disk before the answer goes out.
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=10000")

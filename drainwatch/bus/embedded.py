@@ -28,6 +28,7 @@ from drainwatch.bus.base import (
     TopicSpec,
     partition_for,
 )
+from drainwatch.sqlite import open_sqlite
 
 __all__ = ["EmbeddedBus"]
 
@@ -53,8 +54,7 @@ class EmbeddedBus:
         self.default_partitions = default_partitions
         self._lock = threading.RLock()
         self._new_data = threading.Condition(self._lock)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_sqlite(path)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._partitions: dict[str, int] = dict(
