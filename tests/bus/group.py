@@ -54,9 +54,10 @@ def join_group(bus: Bus, topic: str, group: str) -> Member:
 
     def on_assign(tps: list[TopicPartition]) -> None:
         # Called from poll() in the member's thread, so it may use the consumer and the bus.
+        # The assignment goes in last: the test thread waits on it and then reads the positions.
         member.threads_at_assign.append(threading.get_ident())
-        member.assignments.append(tps)
         member.positions_at_assign.append({tp: member.consumer.position(tp) for tp in tps})
+        member.assignments.append(tps)
 
     member = Member(bus.consumer([topic], group, on_assign=on_assign))
     member.start()
