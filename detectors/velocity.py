@@ -8,7 +8,9 @@ balance at the window's start, with warning at the lower threshold and critical 
 higher one:
 
 * **single destination**: one new address received ``single_*_share`` within
-  ``concentration_window_s`` (default 2.5% / 5% in 1 h);
+  ``concentration_window_s`` (default 2.5% / 5% in 1 h); once the large-fresh rule has learned
+  the wallet, what it received must also reach that rule's bar to freeze (a wallet whose whales
+  take 6% warns at 6%);
 * **burst of mid-size transfers**: at least ``burst_min_count`` transfers to new addresses, each at
   least ``midsize_share`` of the balance (larger than nearly every customer withdrawal), together
   ``burst_warn_share`` / ``burst_freeze_share`` within ``window_s`` (default 3% / 6% in 20 min);
@@ -25,12 +27,19 @@ higher one:
 * **large fresh**: per wallet, the largest amount it paid within ``fresh_history_days`` (28)
   to anyone but its regular counterparties (paid ``fresh_regular_count`` times or more in that
   history, such as a market maker) is learned in event time: customers' and whales'
-  withdrawals. A payment to a first-seen address of at least ``max(fresh_floor_share`` of the
-  balance, ``fresh_factor x learned)`` (1%, 1.5x) freezes (``large_fresh = False`` turns it
-  off): on a wallet whose customers never take more than 0.7% of the balance that is a drain's
-  first transfer above 1%, while on a wallet whose whales take 3% to fresh addresses the bar is
-  above what they take. Silent for the first ``fresh_min_history_s`` (14 days) of a wallet's
-  history, so that whales seen every week or two have shown themselves first;
+  withdrawals. A payment to a first-seen address of at least ``fresh_floor_share`` of the
+  balance (1%) and at least the level this wallet's ordinary payments reach about once in
+  ``fresh_return_days`` (50 months) freezes (``large_fresh = False`` turns it off). That level
+  is the learned largest times ``exp(steps x spread)``, between ``fresh_factor`` (1.5x) and
+  ``fresh_factor_max`` (4x): ``spread`` is how far apart the ``fresh_tail_k`` (5) largest lie
+  (Hill's estimate of the tail's scale in log units: about 0 for customers up to a cap, large
+  for whales each several times the next), ``steps`` is ln(return period / history seen), plus
+  ln(rate) while large payments come at ``rate`` times their usual rate (a withdrawal surge).
+  On a wallet whose customers never take more than 0.7% of the balance that is a drain's first
+  transfer above 1%; on a wallet whose whales take 3% to fresh addresses the bar is above what
+  they take, and further above it the more their sizes spread. Silent for the first
+  ``fresh_min_history_s`` (14 days) of a wallet's history, so that whales seen every week or
+  two have shown themselves first;
 * **test then drain**: a tiny first transfer to a new address, then within ``test_window_s`` a
   transfer of ``test_drain_share`` to it: freeze;
 * **cold wallet**: a cold wallet paying any address that is neither listed nor a configured
@@ -63,6 +72,8 @@ True
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -101,10 +112,14 @@ class _LargePayments:
     """How many of ``items`` went to each destination."""
     high: int = 0
     """The largest payment to a destination that is not a regular counterparty."""
+    spread_cache: float | None = None
+    """:meth:`spread` until the payments change."""
 
     def forget(self, horizon: float) -> None:
         """Let the payments before ``horizon`` go."""
         items, paid, regular, stale = self.items, self.paid, self.regular, False
+        if items and items[0][0] < horizon:
+            self.spread_cache = None
         while items and items[0][0] < horizon:
             _, gone, was = items.popleft()
             count = paid[was]
@@ -112,6 +127,33 @@ class _LargePayments:
             stale = stale or count == regular or (count < regular and gone >= self.high)
         if stale:
             self._recount()
+
+    def since(self, moment: float) -> int:
+        """How many of the payments came at ``moment`` or later."""
+        count = 0
+        for when, _, _ in reversed(self.items):
+            if when < moment:
+                break
+            count += 1
+        return count
+
+    def spread(self, k: int) -> float:
+        """How far apart the largest ordinary payments lie: the mean of ``ln(x_i / x_k+1)``
+        over the ``k`` largest (Hill's estimate of the tail's scale, in log units).
+
+        Near 0 when the largest payments are alike (customers up to a cap); large when each is
+        several times the next (a heavy tail, where next month's largest may be far above this
+        month's). With fewer payments it uses what there is; with one or none, 0.
+        """
+        if self.spread_cache is None:
+            paid, regular = self.paid, self.regular
+            top = heapq.nlargest(k + 1, (u for _, u, d in self.items if paid[d] < regular))
+            self.spread_cache = (
+                sum(math.log(u / top[-1]) for u in top[:-1]) / (len(top) - 1)
+                if len(top) > 1 and top[-1] > 0
+                else 0.0
+            )
+        return self.spread_cache
 
     def add(self, time: float, units: int, dest: str, scale: int) -> None:
         """Remember a payment of ``units`` at ``scale`` (never below the scale kept)."""
@@ -121,6 +163,7 @@ class _LargePayments:
             self.high *= factor
             self.scale = scale
         self.items.append((time, units, dest))
+        self.spread_cache = None
         count = self.paid[dest] + 1
         self.paid[dest] = count
         if count < self.regular:
@@ -244,6 +287,9 @@ class VelocityDetector:
         fresh_history_days: int = 28,
         fresh_regular_count: int = 3,
         fresh_min_history_s: int = 14 * 86400,
+        fresh_tail_k: int = 5,
+        fresh_return_days: int = 50 * 30,
+        fresh_factor_max: Decimal = Decimal(4),
         large_fresh: bool = True,
     ) -> None:
         self.name = name
@@ -285,6 +331,10 @@ class VelocityDetector:
         self.fresh_history_days = fresh_history_days
         self.fresh_regular_count = fresh_regular_count
         self.fresh_min_history_s = fresh_min_history_s
+        self.fresh_tail_k = fresh_tail_k
+        self.fresh_return_days = fresh_return_days
+        self.fresh_factor_max = fresh_factor_max
+        self._factor_max_milli = math.ceil(fresh_factor_max * 1000)
         self.large_fresh = large_fresh
         self._fresh_factor = _fraction(fresh_factor)
         self._fresh_floor = _fraction(fresh_floor_share)
@@ -377,10 +427,11 @@ class VelocityDetector:
     def fresh_bar(self, transfer: TransferView, state: WalletState) -> int | None:
         """The smallest payment to a first-seen address that freezes, in the state's units.
 
-        ``fresh_floor_share`` of the balance at the hour's start, or ``fresh_factor`` times the
-        largest payment this wallet made within the history to anyone but its regular
-        counterparties, whichever is more. ``None`` until the wallet has ``fresh_min_history_s``
-        of history: one that has not shown its whales yet is not judged by its sizes.
+        ``fresh_floor_share`` of the balance at the hour's start, or the level this wallet's
+        ordinary payments (to anyone but its regular counterparties) reach about once in
+        ``fresh_return_days``, whichever is more (see the module doc). ``None`` until the wallet
+        has ``fresh_min_history_s`` of history: one that has not shown its whales yet is not
+        judged by its sizes.
         """
         learned = self._learned_bar(transfer, state)
         if learned is None:
@@ -394,13 +445,29 @@ class VelocityDetector:
         return -(-reference * num // den)
 
     def _learned_bar(self, transfer: TransferView, state: WalletState) -> int | None:
-        """``fresh_factor`` times the largest ordinary payment, or ``None`` while too young."""
+        """The learned largest ordinary payment times the return-level factor (between
+        ``fresh_factor`` and ``fresh_factor_max``), or ``None`` while the wallet is too young."""
         history = self._fresh.get((transfer.chain, transfer.wallet, transfer.asset))
         now = transfer.epoch
         if history is None or now - history.first_time < self.fresh_min_history_s:
             return None
         history.forget(now - self._history_s)
         num, den = self._fresh_factor
+        if self.fresh_return_days > 0:
+            # The largest of ``seen`` days of payments comes about once in that time; one that
+            # comes once in ``fresh_return_days`` lies ln(fresh_return_days / seen) tail scales
+            # above it (exponential tails in log units: customers' log-normal sizes, whales).
+            seen_s = max(min(now - history.first_time, self._history_s), 86400.0)
+            steps = math.log(self.fresh_return_days * 86400 / seen_s)
+            # In a withdrawal surge large payments come faster than usual, and the largest of
+            # the hour lies higher: ln(rate ratio) tail scales higher.
+            hour = history.since(now - 3600)
+            usual = len(history.items) * 3600 / seen_s
+            if hour > usual > 0:
+                steps += math.log(hour / usual)
+            wanted = math.exp(steps * history.spread(self.fresh_tail_k))
+            if wanted * den > num:
+                num, den = min(math.ceil(wanted * 1000), self._factor_max_milli), 1000
         learned: int = -(-history.high * num // den) * 10 ** (state.scale - history.scale)
         return learned
 
@@ -462,6 +529,11 @@ class VelocityDetector:
                         count_day += 1
             if _reaches(to_dest, ref_c, self._single_warn):
                 level = 2 if _reaches(to_dest, ref_c, self._single_freeze) else 1
+                if level == 2 and self.large_fresh:
+                    # Not above what this wallet's own customers and whales may pay one address.
+                    learned = self._learned_bar(transfer, state)
+                    if learned is not None and to_dest < learned:
+                        level = 1
                 score = _ratio(to_dest, ref_c, float(self.single_freeze_share))
                 fired.append((level, score, "single"))
             if count >= self.repeat_min_count and _reaches(to_dest, ref_c, self._repeat):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from decimal import Decimal
@@ -327,6 +328,61 @@ def test_customers_who_often_withdraw_three_percent_raise_the_threshold() -> Non
         assert finding is None or not finding.freeze
 
 
+def whales_then_customers(whales: tuple[int, ...]) -> tuple[WalletState, VelocityDetector, float]:
+    """A day of whales (to fresh addresses, two hours apart), then two days of customers
+    (0.1-0.3%), each payment refilled by a deposit; returns the minute after the last one."""
+    state = make_state(wallet(balance="1000000"))
+    detector = VelocityDetector(fresh_min_history_s=DAYS_3)
+    for i, amount in enumerate(whales):
+        judge_and_learn(state, detector, transfer(f"WHALE{i}", amount, minutes=120 * i))
+        back = transfer(f"R{i}", amount, minutes=120 * i + 1, direction=Direction.IN)
+        judge_and_learn(state, detector, back)
+    minute = 1440.0
+    for i in range(300):
+        amount = 1000 + 500 * (i % 5)
+        assert judge_and_learn(state, detector, transfer(f"C{i}", amount, minutes=minute)) is None
+        back = transfer(f"D{i}", amount, minutes=minute + 1, direction=Direction.IN)
+        judge_and_learn(state, detector, back)
+        minute += 10
+    return state, detector, minute
+
+
+def test_whales_whose_sizes_spread_out_raise_the_threshold_further() -> None:
+    # Six whales of 3% each: the largest payments are alike, the bar is 1.5x them. Six whales
+    # from 0.5% to 3%, each well above the next: next month's largest may be far above this
+    # month's, and the bar goes up to the most it goes (4x the largest).
+    alike_state, alike, minute = whales_then_customers((30000,) * 6)
+    spread_state, spread, _ = whales_then_customers((5000, 7000, 10000, 14000, 20000, 30000))
+    assert bar(alike_state, alike, minute) == 45000
+    assert bar(spread_state, spread, minute) == 120000
+    # 5% at once to a fresh address: frozen on the first wallet, only a warning on the second
+    # (the single-address rule's 5% gives way to what this wallet's whales may take).
+    frozen = judge_and_learn(alike_state, alike, transfer("T", 50000, minutes=minute))
+    assert frozen is not None
+    assert frozen.freeze
+    warned = judge_and_learn(spread_state, spread, transfer("T", 50000, minutes=minute))
+    assert warned is not None
+    assert (warned.severity, warned.freeze) == (Severity.WARNING, False)
+    assert warned.metrics["rule_single"] == "1"
+
+
+def test_a_surge_of_large_payments_raises_the_threshold() -> None:
+    # Whales from 2.5% to 3%: a bar about twice the largest.
+    state, detector, minute = whales_then_customers((25000, 26000, 27000, 28000, 29000, 30000))
+    calm = bar(state, detector, minute)
+    assert 45000 < calm < 65000
+    # Then twenty payments of 0.4% within the hour (a withdrawal surge of larger customers:
+    # a hundred times the usual rate of payments that large): the largest of such an hour
+    # lies higher, and so does the bar.
+    for i in range(20):
+        later = minute + 2 * i
+        judge_and_learn(state, detector, transfer(f"S{i}", 4000, minutes=later))
+        back = transfer(f"E{i}", 4000, minutes=later + 1, direction=Direction.IN)
+        judge_and_learn(state, detector, back)
+    surge = bar(state, detector, minute + 40)
+    assert calm * 1.5 < surge <= 120000
+
+
 def test_no_learned_threshold_before_enough_history() -> None:
     # Four days of history; the default wants fourteen before a wallet is judged by its size.
     state, detector = make_state(wallet(balance="1000000")), VelocityDetector()
@@ -386,21 +442,45 @@ def test_third_payment_to_the_same_new_address_within_the_hour_freezes() -> None
     assert judge(state, detector, transfer("B", 3, minutes=64)) is None
 
 
-def test_the_learned_largest_payment_matches_a_recount_at_every_step() -> None:
-    """The running largest payment to a non-regular destination, against counting it afresh."""
+def test_the_learned_bar_matches_a_recount_at_every_step() -> None:
+    """The running largest payment to a non-regular destination and the spread of the largest
+    ones (both kept up to date as payments come and go), against working them out afresh."""
     rng = random.Random(5)
     state = make_state(wallet(balance="1000000000000"))
     detector = VelocityDetector(
         fresh_floor_share=Decimal("0.000001"),
         fresh_factor=Decimal(1),
+        fresh_factor_max=Decimal(1000),
+        fresh_return_days=8,
         fresh_min_history_s=0,
         fresh_history_days=3,
     )
     history_s, regular = 3 * 86400, detector.fresh_regular_count
     learned: list[tuple[float, int, str]] = []
+
+    def expected(now: float) -> int | None:
+        kept = [(u, d) for when, u, d in learned if when >= now - history_s]
+        counts = Counter(d for _, d in kept)
+        ordinary = sorted((u for u, d in kept if counts[d] < regular), reverse=True)
+        if not ordinary:
+            return None
+        top = ordinary[: detector.fresh_tail_k + 1]
+        spread = sum(math.log(u / top[-1]) for u in top[:-1]) / max(1, len(top) - 1)
+        seen_s = max(min(now - learned[0][0], history_s), 86400)
+        steps = math.log(detector.fresh_return_days * 86400 / seen_s)
+        hour = sum(1 for when, _, _ in learned if when >= now - 3600)
+        usual = len(kept) * 3600 / seen_s
+        if hour > usual:
+            steps += math.log(hour / usual)
+        factor = max(1000, min(math.ceil(math.exp(steps * spread) * 1000), 1000 * 1000))
+        return -(-ordinary[0] * factor // 1000)
+
     minute = 0.0
     for i in range(3000):
         minute += rng.expovariate(1 / 40)
+        # Before the payment is learned (older ones may just have left the history), and after.
+        if (want := expected(minute * 60)) is not None:
+            assert bar(state, detector, minute) == want, i
         dest = rng.choice(["MM", "MM", f"W{rng.randrange(8)}", f"C{i}"])
         amount = rng.randrange(400_000, 10_000_000)  # all above a third of the floor
         t = transfer(dest, amount, minutes=minute, tx=f"tx{i}")
@@ -408,11 +488,8 @@ def test_the_learned_largest_payment_matches_a_recount_at_every_step() -> None:
         detector.learn_with_state(t, state)
         state.apply(t)
         learned.append((minute * 60, amount, dest))
-        kept = [(u, d) for when, u, d in learned if when >= minute * 60 - history_s]
-        counts = Counter(d for _, d in kept)
-        high = max((u for u, d in kept if counts[d] < regular), default=0)
-        if high:
-            assert bar(state, detector, minute) == high, i
+        if (want := expected(minute * 60)) is not None:
+            assert bar(state, detector, minute) == want, i
 
 
 def steady_outflow(
