@@ -16,7 +16,10 @@ usually sees in that time:
   many times the usual rate, caught in minutes (one whale's withdrawal is not a rate).
 
 Both tiers speak only when the window stands out from the rest of the last hour too
-(``sudden_ratio``, 3x): a surge lasts for hours, a drain starts from ordinary traffic.
+(``sudden_ratio``, 3x): a surge lasts for hours, a drain starts from ordinary traffic. And one
+payment is not a rate: either tier freezes only when the window's payments other than the
+largest reach its share too. A single large payment is left to the velocity detector's size
+rules, which know how large this wallet's customers and whales go.
 
 Its freezes stand for their own wallet (``drives_incidents = False``): rate findings on several
 wallets at once are what a market-wide panic looks like, so they do not open an incident or lower
@@ -255,6 +258,12 @@ class BaselineDetector:
         if ratio < warn_ratio:
             return None
         freeze = ratio >= freeze_ratio and new_total * fden >= ref * fnum
+        if freeze:
+            # One payment is not a rate: without the largest, the rest must reach the share too.
+            # (A single large payment is the size rules' to judge: they know this wallet's.)
+            largest = max((o.units for o in window.items if o.new), default=0)
+            rest = new_total - max(largest, units)
+            freeze = rest * fden >= ref * fnum
         scale = state.scale
         minutes = window_s // 60
         share = ratio_string(new_total * 100, ref, 1)

@@ -7,6 +7,8 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from detectors import BaselineDetector, WalletState
 from detectors.base import Finding
 from drainwatch.events import Direction, Transfer
@@ -104,11 +106,24 @@ def test_five_busy_minutes_inside_an_hour_long_surge_do_not_freeze() -> None:
     assert any(f and f.freeze for f in sudden)
 
 
-def test_one_large_payment_is_not_a_rate() -> None:
+@pytest.mark.parametrize("share", [30_000, 110_000])
+def test_one_large_payment_is_not_a_rate(share: int) -> None:
     detector, state = learned()
-    # A whale: 3% at once to a new address, far above five minutes' usual value.
-    finding = run(detector, state, 96 * 3600, 30_000, "WHALE")
+    # A whale: 3% or 11% at once to a new address, far above twenty minutes' usual value and
+    # (11%) above the freeze share: the size rules, which know this wallet's sizes, judge it.
+    finding = run(detector, state, 96 * 3600, share, "WHALE")
     assert finding is None or not finding.freeze
+
+
+def test_two_large_payments_are_a_rate() -> None:
+    detector, state = learned()
+    start = 96 * 3600
+    first = run(detector, state, start, 80_000, "T1")
+    assert first is None or not first.freeze  # 8%: one payment
+    second = run(detector, state, start + 120, 80_000, "T2")
+    assert second is not None
+    assert second.freeze  # 16% in two payments, either of them 8%
+    assert second.metrics["window_s"] == str(detector.window_s)
 
 
 def test_score_one_is_pure_and_the_detector_pickles() -> None:
