@@ -264,6 +264,18 @@ def scenarios(quick: bool = False) -> list[Scenario]:
                     _fleet(6, withdrawals_per_day=1200),
                     23,
                 ),
+                (
+                    "heavy-whales",
+                    "whale sizes log-normal around 1% of the balance, up to 10%",
+                    tuple(replace(w, whale_tail=True) for w in _fleet(6)),
+                    41,
+                ),
+                (
+                    "long-tail",
+                    "no whales, customer sizes log-normal up to 5% (not 0.5%) of the balance",
+                    tuple(replace(w, customer_cap=0.05) for w in _fleet(6, whales_per_week=0)),
+                    42,
+                ),
             )
         ),
         Scenario(

@@ -6,6 +6,8 @@ never paid before: new customers every day), whales (a few a week, 0.5-3% each, 
 fresh address), customer deposits, treasury top-ups from the exchange's listed cold wallet when the
 balance runs low and sweeps back to it when it runs high, a market maker that regularly withdraws
 3-6% to its usual address, and panic days with a 3-6x withdrawal surge of somewhat larger sizes.
+Harder options: customer sizes capped higher (``customer_cap``), whale sizes log-normal up to
+10% (``whale_tail``).
 Every withdrawal has an approval in the ledger seconds to minutes before it. A :class:`DrainSpec`
 lays a drain over one wallet's traffic: its transfers are taken from the simulated balance, so
 treasury top-ups keep refilling a wallet that is being drained, as they would. Deterministic for a
@@ -99,6 +101,10 @@ class HotWalletSpec:
     market_maker_every_h: float = 36
     market_maker_share: tuple[float, float] = (0.03, 0.05)
     whales_per_week: float = 3.0
+    customer_cap: float = 0.005
+    """The largest customer withdrawal, a share of the working balance (sizes are log-normal)."""
+    whale_tail: bool = False
+    """Whale sizes log-normal around 1% (up to 10%) instead of uniform over 0.5-3%."""
     address_prefix: str = ""
     usd_price: Decimal | None = Decimal("1")
     stop_at: datetime | None = None
@@ -319,7 +325,7 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
                 balance -= units
         elif kind == "withdraw":
             boost = 1.3 if panic(t) else 1.0
-            units = int(target * _share(rng, 0.0005 * boost, 0.0001, 0.005))
+            units = int(target * _share(rng, 0.0005 * boost, 0.0001, spec.customer_cap))
             if units > balance * 0.9 or units <= 0:
                 continue  # the exchange queues it until the next top-up
             receiver = customer()
@@ -327,7 +333,8 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
             emit(t, spec.address, receiver, units)
             balance -= units
         elif kind == "whale":
-            units = int(target * rng.uniform(0.005, 0.03))
+            share = _share(rng, 0.01, 0.005, 0.1) if spec.whale_tail else rng.uniform(0.005, 0.03)
+            units = int(target * share)
             if units > balance * 0.9:
                 continue
             receiver = rng.choice(whales) if rng.random() < 0.5 else _address(rng, spec)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 
 from detectors import DetectionEngine
 from detectors.evaluate import FixedRule, Scenario, evaluate_main, first_large, score
-from detectors.traffic import HotWalletSpec
+from detectors.traffic import HotWalletSpec, generate_traffic
 from tests.detectors.factories import config, transfer
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
@@ -85,3 +86,24 @@ def test_late_counts_a_freeze_after_the_first_transfer_above_one_percent() -> No
     deposit = {"ts": ts(11), "from": "BANK", "to": "HOT", "amount": "1000"}
     at = datetime.fromisoformat(ts(12.002)).timestamp()
     assert first_large([HOT], [deposit, *drain], drain) == {"HOT": at}
+
+
+@pytest.mark.parametrize(
+    ("options", "low", "high"),
+    [
+        ({}, None, Decimal("0.03")),  # customers up to 0.5%, whales 0.5-3%
+        ({"customer_cap": 0.05, "whales_per_week": 0}, Decimal("0.005"), Decimal("0.05")),
+        ({"whale_tail": True}, Decimal("0.03"), Decimal("0.1")),
+    ],
+)
+def test_the_harder_traffic_pays_larger_sizes(
+    options: dict[str, Any], low: Decimal | None, high: Decimal
+) -> None:
+    """``customer_cap`` and ``whale_tail`` widen the sizes paid to non-regular addresses."""
+    spec = replace(HOT, balance=Decimal(10**9), **options)
+    rows = generate_traffic([spec], START, days=28, seed=41).transfers
+    regular = (f"{spec.address[:6]}MARKETMAKER", spec.cold_address)
+    paid = [Decimal(r["amount"]) for r in rows if r["from"] == "HOT" and r["to"] not in regular]
+    largest = max(paid) / spec.balance
+    assert low is None or largest > low
+    assert largest <= high
