@@ -8,9 +8,9 @@ balance at the window's start, with warning at the lower threshold and critical 
 higher one:
 
 * **single destination**: one new address received ``single_*_share`` within
-  ``concentration_window_s`` (default 2.5% / 5% in 1 h); once the large-fresh rule has learned
-  the wallet, what it received must also reach that rule's bar to freeze (a wallet whose whales
-  take 6% warns at 6%);
+  ``concentration_window_s`` (default 2.5% / 5% in 1 h); once the wallet has
+  ``single_min_history_s`` (7 days) of history, what it received must also reach the large-fresh
+  rule's learned bar to freeze (a wallet whose whales take 6% warns at 6%);
 * **burst of mid-size transfers**: at least ``burst_min_count`` transfers to new addresses, each at
   least ``midsize_share`` of the balance (larger than nearly every customer withdrawal), together
   ``burst_warn_share`` / ``burst_freeze_share`` within ``window_s`` (default 3% / 6% in 20 min);
@@ -288,6 +288,7 @@ class VelocityDetector:
         fresh_regular_count: int = 3,
         fresh_min_history_s: int = 14 * 86400,
         fresh_tail_k: int = 5,
+        single_min_history_s: int = 7 * 86400,
         fresh_return_days: int = 50 * 30,
         fresh_factor_max: Decimal = Decimal(4),
         large_fresh: bool = True,
@@ -332,6 +333,7 @@ class VelocityDetector:
         self.fresh_regular_count = fresh_regular_count
         self.fresh_min_history_s = fresh_min_history_s
         self.fresh_tail_k = fresh_tail_k
+        self.single_min_history_s = single_min_history_s
         self.fresh_return_days = fresh_return_days
         self.fresh_factor_max = fresh_factor_max
         self._factor_max_milli = math.ceil(fresh_factor_max * 1000)
@@ -444,12 +446,17 @@ class VelocityDetector:
         num, den = self._fresh_floor
         return -(-reference * num // den)
 
-    def _learned_bar(self, transfer: TransferView, state: WalletState) -> int | None:
+    def _learned_bar(
+        self, transfer: TransferView, state: WalletState, min_history_s: float | None = None
+    ) -> int | None:
         """The learned largest ordinary payment times the return-level factor (between
-        ``fresh_factor`` and ``fresh_factor_max``), or ``None`` while the wallet is too young."""
+        ``fresh_factor`` and ``fresh_factor_max``), or ``None`` while the wallet is younger
+        than ``min_history_s`` (default ``fresh_min_history_s``)."""
         history = self._fresh.get((transfer.chain, transfer.wallet, transfer.asset))
         now = transfer.epoch
-        if history is None or now - history.first_time < self.fresh_min_history_s:
+        if min_history_s is None:
+            min_history_s = self.fresh_min_history_s
+        if history is None or now - history.first_time < min_history_s:
             return None
         history.forget(now - self._history_s)
         num, den = self._fresh_factor
@@ -531,7 +538,7 @@ class VelocityDetector:
                 level = 2 if _reaches(to_dest, ref_c, self._single_freeze) else 1
                 if level == 2 and self.large_fresh:
                     # Not above what this wallet's own customers and whales may pay one address.
-                    learned = self._learned_bar(transfer, state)
+                    learned = self._learned_bar(transfer, state, self.single_min_history_s)
                     if learned is not None and to_dest < learned:
                         level = 1
                 score = _ratio(to_dest, ref_c, float(self.single_freeze_share))

@@ -328,11 +328,15 @@ def test_customers_who_often_withdraw_three_percent_raise_the_threshold() -> Non
         assert finding is None or not finding.freeze
 
 
-def whales_then_customers(whales: tuple[int, ...]) -> tuple[WalletState, VelocityDetector, float]:
+def whales_then_customers(
+    whales: tuple[int, ...], single_min_history_s: int = DAYS_3
+) -> tuple[WalletState, VelocityDetector, float]:
     """A day of whales (to fresh addresses, two hours apart), then two days of customers
     (0.1-0.3%), each payment refilled by a deposit; returns the minute after the last one."""
     state = make_state(wallet(balance="1000000"))
-    detector = VelocityDetector(fresh_min_history_s=DAYS_3)
+    detector = VelocityDetector(
+        fresh_min_history_s=DAYS_3, single_min_history_s=single_min_history_s
+    )
     for i, amount in enumerate(whales):
         judge_and_learn(state, detector, transfer(f"WHALE{i}", amount, minutes=120 * i))
         back = transfer(f"R{i}", amount, minutes=120 * i + 1, direction=Direction.IN)
@@ -355,15 +359,23 @@ def test_whales_whose_sizes_spread_out_raise_the_threshold_further() -> None:
     spread_state, spread, _ = whales_then_customers((5000, 7000, 10000, 14000, 20000, 30000))
     assert bar(alike_state, alike, minute) == 45000
     assert bar(spread_state, spread, minute) == 120000
-    # 5% at once to a fresh address: frozen on the first wallet, only a warning on the second
-    # (the single-address rule's 5% gives way to what this wallet's whales may take).
-    frozen = judge_and_learn(alike_state, alike, transfer("T", 50000, minutes=minute))
+    # 5.5% at once to a fresh address: frozen on the first wallet, only a warning on the
+    # second (the single-address rule's 5% gives way to what this wallet's whales may take)...
+    frozen = judge_and_learn(alike_state, alike, transfer("T", 55000, minutes=minute))
     assert frozen is not None
     assert frozen.freeze
-    warned = judge_and_learn(spread_state, spread, transfer("T", 50000, minutes=minute))
+    warned = judge_and_learn(spread_state, spread, transfer("T", 55000, minutes=minute))
     assert warned is not None
     assert (warned.severity, warned.freeze) == (Severity.WARNING, False)
     assert warned.metrics["rule_single"] == "1"
+    # ... once the wallet has the single-address rule's history (by default a week, not 3 days).
+    young_state, young, _ = whales_then_customers(
+        (5000, 7000, 10000, 14000, 20000, 30000), single_min_history_s=7 * 86400
+    )
+    early = judge_and_learn(young_state, young, transfer("T", 55000, minutes=minute))
+    assert early is not None
+    assert early.freeze
+    assert early.metrics["rule_single"] == "1"
 
 
 def test_a_surge_of_large_payments_raises_the_threshold() -> None:
