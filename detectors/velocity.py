@@ -9,8 +9,10 @@ higher one:
 
 * **single destination**: one new address received ``single_*_share`` within
   ``concentration_window_s`` (default 2.5% / 5% in 1 h); once the wallet has
-  ``single_min_history_s`` (7 days) of history, what it received must also reach the large-fresh
-  rule's learned bar to freeze (a wallet whose whales take 6% warns at 6%);
+  ``single_min_history_s`` (7 days) of history, what it received must also reach
+  ``fresh_factor`` (1.5x) times the largest ordinary payment the large-fresh rule has learned
+  to freeze (a wallet whose whales have taken 6% warns up to 9%; one whose whales stop at 3%
+  keeps the 5%);
 * **burst of mid-size transfers**: at least ``burst_min_count`` transfers to new addresses, each at
   least ``midsize_share`` of the balance (larger than nearly every customer withdrawal), together
   ``burst_warn_share`` / ``burst_freeze_share`` within ``window_s`` (default 3% / 6% in 20 min);
@@ -447,11 +449,17 @@ class VelocityDetector:
         return -(-reference * num // den)
 
     def _learned_bar(
-        self, transfer: TransferView, state: WalletState, min_history_s: float | None = None
+        self,
+        transfer: TransferView,
+        state: WalletState,
+        min_history_s: float | None = None,
+        *,
+        tail: bool = True,
     ) -> int | None:
         """The learned largest ordinary payment times the return-level factor (between
-        ``fresh_factor`` and ``fresh_factor_max``), or ``None`` while the wallet is younger
-        than ``min_history_s`` (default ``fresh_min_history_s``)."""
+        ``fresh_factor`` and ``fresh_factor_max``; with ``tail=False`` just ``fresh_factor``),
+        or ``None`` while the wallet is younger than ``min_history_s`` (default
+        ``fresh_min_history_s``)."""
         history = self._fresh.get((transfer.chain, transfer.wallet, transfer.asset))
         now = transfer.epoch
         if min_history_s is None:
@@ -460,7 +468,7 @@ class VelocityDetector:
             return None
         history.forget(now - self._history_s)
         num, den = self._fresh_factor
-        if self.fresh_return_days > 0:
+        if tail and self.fresh_return_days > 0:
             # The largest of ``seen`` days of payments comes about once in that time; one that
             # comes once in ``fresh_return_days`` lies ln(fresh_return_days / seen) tail scales
             # above it (exponential tails in log units: customers' log-normal sizes, whales).
@@ -538,7 +546,9 @@ class VelocityDetector:
                 level = 2 if _reaches(to_dest, ref_c, self._single_freeze) else 1
                 if level == 2 and self.large_fresh:
                     # Not above what this wallet's own customers and whales may pay one address.
-                    learned = self._learned_bar(transfer, state, self.single_min_history_s)
+                    learned = self._learned_bar(
+                        transfer, state, self.single_min_history_s, tail=False
+                    )
                     if learned is not None and to_dest < learned:
                         level = 1
                 score = _ratio(to_dest, ref_c, float(self.single_freeze_share))
