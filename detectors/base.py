@@ -351,6 +351,11 @@ class Window:
         """The outflows in the window, oldest first."""
         return self._log.items[self._start :]
 
+    @property
+    def count(self) -> int:
+        """How many external outflows the window holds."""
+        return len(self._log.times) - self._start
+
     def new_to(self, counterparty: str) -> int:
         """What left in the window to ``counterparty`` while it was a new destination."""
         listed = self._log.by_dest.get(counterparty)

@@ -16,6 +16,8 @@ higher one:
 * **burst of mid-size transfers**: at least ``burst_min_count`` transfers to new addresses, each at
   least ``midsize_share`` of the balance (larger than nearly every customer withdrawal), together
   ``burst_warn_share`` / ``burst_freeze_share`` within ``window_s`` (default 3% / 6% in 20 min);
+  a freeze only when they are at least ``burst_crowd_share`` (a fifth) of the window's
+  outflows, a warning otherwise: a withdrawal surge is a crowd that holds a few large ones;
 * **slow bleed**: one new address paid at least ``bleed_min_count`` times within
   ``bleed_window_s``, together ``bleed_warn_share`` / ``bleed_freeze_share`` (default 4 times,
   1.5% / 2.5% in 24 h);
@@ -273,6 +275,7 @@ class VelocityDetector:
         burst_min_count: int = 3,
         burst_warn_share: Decimal = Decimal("0.03"),
         burst_freeze_share: Decimal = Decimal("0.06"),
+        burst_crowd_share: Decimal = Decimal("0.2"),
         fast_window_s: int = 300,
         large_share: Decimal = Decimal("0.01"),
         large_pair_count: int = 2,
@@ -324,6 +327,8 @@ class VelocityDetector:
         self.total_sudden_ratio = total_sudden_ratio
         self._burst_warn = _fraction(burst_warn_share)
         self._burst_freeze = _fraction(burst_freeze_share)
+        self.burst_crowd_share = burst_crowd_share
+        self._burst_crowd = _fraction(burst_crowd_share)
         self._bleed_warn = _fraction(bleed_warn_share)
         self._bleed_freeze = _fraction(bleed_freeze_share)
         self._total_long = _fraction(total_long_freeze_share)
@@ -568,6 +573,12 @@ class VelocityDetector:
                     mid_total, ref_w, self._burst_warn
                 ):
                     level = 2 if _reaches(mid_total, ref_w, self._burst_freeze) else 1
+                    if level == 2 and not _reaches(
+                        window.mid_count + 1, window.count + 1, self._burst_crowd
+                    ):
+                        # A crowd of customers that happens to hold a few large ones (a
+                        # withdrawal surge) is not a burst: the mid-size ones must stand out.
+                        level = 1
                     score = _ratio(mid_total, ref_w, float(self.burst_freeze_share))
                     fired.append((level, score, "burst"))
                 self._large_pair(state, units, fired)

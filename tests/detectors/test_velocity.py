@@ -127,6 +127,24 @@ def test_burst_to_a_few_new_addresses_freezes_but_wide_fanout_does_not() -> None
     ] * 60
 
 
+@pytest.mark.parametrize(("customers", "frozen"), [(0, True), (40, False)])
+def test_a_burst_inside_a_crowd_of_customers_warns(customers: int, frozen: bool) -> None:
+    state, detector = make_state(), VelocityDetector()
+    # A withdrawal surge: ``customers`` withdrawals of 0.1% each in ten minutes, each refilled.
+    for i in range(customers):
+        judge(state, detector, transfer(f"C{i}", 1, minutes=i / 4))
+        judge(state, detector, transfer(f"D{i}", 1, minutes=i / 4, direction=Direction.IN))
+    # Then eight payments of 0.8% to new addresses within four minutes: 6.4% in all. Out of
+    # ordinary traffic that is a burst; as 8 of 48 withdrawals of a surge (under a fifth) it is
+    # a crowd that happens to hold some large ones, and it warns.
+    results = [judge(state, detector, transfer(f"T{i}", 8, minutes=10 + i / 2)) for i in range(8)]
+    last = results[-1]
+    assert last is not None
+    assert last.metrics["rule_burst"] == "1"
+    assert last.freeze is frozen
+    assert not any(r is not None and r.freeze for r in results[:-1])
+
+
 def test_a_second_large_payment_to_another_new_address_within_minutes_freezes() -> None:
     state, detector = make_state(), VelocityDetector()
     first = judge(state, detector, transfer("A", 12, minutes=0))  # 1.2%: a whale, perhaps
