@@ -79,6 +79,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Final
@@ -150,8 +151,7 @@ class _LargePayments:
         month's). With fewer payments it uses what there is; with one or none, 0.
         """
         if self.spread_cache is None:
-            paid, regular = self.paid, self.regular
-            top = heapq.nlargest(k + 1, (u for _, u, d in self.items if paid[d] < regular))
+            top = heapq.nlargest(k + 1, self._ordinary())
             self.spread_cache = (
                 sum(math.log(u / top[-1]) for u in top[:-1]) / (len(top) - 1)
                 if len(top) > 1 and top[-1] > 0
@@ -175,10 +175,14 @@ class _LargePayments:
         elif count == self.regular:
             self._recount()  # its earlier payments no longer count
 
+    def _ordinary(self) -> Iterator[int]:
+        """The payments to destinations that are not regular counterparties."""
+        paid, regular = self.paid, self.regular
+        return (u for _, u, d in self.items if paid[d] < regular)
+
     def _recount(self) -> None:
-        self.paid = paid = +self.paid  # drops the destinations no longer in the history
-        regular = self.regular
-        self.high = max((u for _, u, d in self.items if paid[d] < regular), default=0)
+        self.paid = +self.paid  # drops the destinations no longer in the history
+        self.high = max(self._ordinary(), default=0)
 
 
 def _fraction(share: Decimal) -> tuple[int, int]:
@@ -442,16 +446,16 @@ class VelocityDetector:
         has ``fresh_min_history_s`` of history: one that has not shown its whales yet is not
         judged by its sizes.
         """
+        reference = state.reference_units(state.window(self.concentration_window_s))
+        return self._bar(transfer, state, reference)
+
+    def _bar(self, transfer: TransferView, state: WalletState, reference: int) -> int | None:
+        """:meth:`fresh_bar` against the balance ``reference`` (the hour's start)."""
         learned = self._learned_bar(transfer, state)
         if learned is None:
             return None
-        reference = state.reference_units(state.window(self.concentration_window_s))
-        return max(self._floor_units(reference), learned)
-
-    def _floor_units(self, reference: int) -> int:
-        """``fresh_floor_share`` of ``reference``, rounded up."""
         num, den = self._fresh_floor
-        return -(-reference * num // den)
+        return max(-(-reference * num // den), learned)
 
     def _learned_bar(
         self,
@@ -638,11 +642,9 @@ class VelocityDetector:
         fired: list[tuple[int, float, str]],
     ) -> None:
         """A payment to a first-seen address larger than this wallet's ordinary ones: freeze."""
-        learned = self._learned_bar(transfer, state)
-        if learned is not None:
-            bar = max(self._floor_units(ref_c), learned)
-            if units >= bar > 0:
-                fired.append((2, units / bar, "large_fresh"))
+        bar = self._bar(transfer, state, ref_c)
+        if bar is not None and units >= bar > 0:
+            fired.append((2, units / bar, "large_fresh"))
 
     def _finding(
         self,
