@@ -29,8 +29,8 @@ True
 from __future__ import annotations
 
 import bisect
-from collections.abc import Hashable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Final, Protocol, runtime_checkable
 
@@ -40,6 +40,7 @@ from drainwatch.events import ApprovedWithdrawal, Direction, Severity, normalize
 
 __all__ = [
     "DEFAULT_WINDOWS_S",
+    "Description",
     "Detector",
     "Finding",
     "FirstSeen",
@@ -108,10 +109,30 @@ def ratio_string(numerator: int, denominator: int, places: int = 6) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Description:
+    """The words and numbers of a :class:`Finding`, for a finding described on demand."""
+
+    summary: str
+    metrics: dict[str, str]
+    transfer_ids: tuple[str, ...]
+    tx_hashes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Finding:
     """What a detector concluded about one transfer.
 
     ``metrics`` are exact decimal strings (sums, shares, seconds, counts; flags as ``"1"``).
+
+    A detector may leave the words and numbers to ``describe``, called by :meth:`described`
+    only if an alert is made of the finding (in a withdrawal surge most findings repeat a
+    warning already given and are dropped). It must be called before the transfer is counted
+    in the wallet state, which the engine guarantees.
+
+    >>> lazy = Finding("velocity", Severity.WARNING, False, 0.5, "",
+    ...                describe=lambda: Description("2% of hot drained", {"share": "0.02"}, (), ()))
+    >>> lazy.described().summary, lazy.described().describe is None
+    ('2% of hot drained', True)
     """
 
     detector: str
@@ -122,6 +143,21 @@ class Finding:
     metrics: dict[str, str] = field(default_factory=dict)
     transfer_ids: tuple[str, ...] = ()
     tx_hashes: tuple[str, ...] = ()
+    describe: Callable[[], Description] | None = field(default=None, compare=False, repr=False)
+
+    def described(self) -> Finding:
+        """This finding with its description filled in (itself when it has one)."""
+        if self.describe is None:
+            return self
+        text = self.describe()
+        return replace(
+            self,
+            summary=text.summary,
+            metrics=text.metrics,
+            transfer_ids=text.transfer_ids,
+            tx_hashes=text.tx_hashes,
+            describe=None,
+        )
 
 
 _Applied = tuple[int, str, bool]

@@ -63,7 +63,7 @@ from typing import Final, Protocol
 
 from river import stats
 
-from detectors.base import Finding, WalletState, format_units, ratio_string
+from detectors.base import Description, Finding, WalletState, format_units, ratio_string
 from detectors.move import TransferView
 from drainwatch.events import Direction, Severity, TransferStatus
 
@@ -183,6 +183,13 @@ class BaselineDetector:
 
     def score_one(self, transfer: TransferView, state: WalletState) -> Finding | None:
         """Judge an outflow to a new destination against the learned hourly baseline."""
+        finding = self.judge(transfer, state)
+        return finding.described() if finding is not None else None
+
+    def judge(self, transfer: TransferView, state: WalletState) -> Finding | None:
+        """:meth:`score_one` with the finding's words and numbers left to
+        :meth:`~detectors.base.Finding.described` (the engine describes only what it alerts on).
+        """
         if transfer.direction is not Direction.OUT or transfer.status is TransferStatus.RETRACTED:
             return None
         profile = self._profiles.get((transfer.chain, transfer.wallet, transfer.asset))
@@ -209,9 +216,9 @@ class BaselineDetector:
             (self._fast_freeze, self._fast_freeze),
         )  # fmt: skip
         if fast is not None and (
-            1 + sum(1 for o in state.window(self.fast_window_s).items if o.new)
+            not self._is_sudden(state, self.fast_window_s, units)
+            or 1 + sum(1 for o in state.window(self.fast_window_s).items if o.new)
             < self.fast_min_count
-            or not self._is_sudden(state, self.fast_window_s, units)
         ):
             # One large payment (a whale) is not a rate, nor is an hour-long surge that has
             # merely had a busy five minutes.
@@ -264,29 +271,35 @@ class BaselineDetector:
             largest = max((o.units for o in window.items if o.new), default=0)
             rest = new_total - max(largest, units)
             freeze = rest * fden >= ref * fnum
-        scale = state.scale
-        minutes = window_s // 60
-        share = ratio_string(new_total * 100, ref, 1)
+        scale, label, hours = state.scale, state.label, profile.hours
+
+        def describe() -> Description:
+            share = ratio_string(new_total * 100, ref, 1)
+            return Description(
+                summary=(
+                    f"{share}% of {label} left to new addresses in {window_s // 60} min, "
+                    f"{ratio:.0f}x what this hour usually sees"
+                ),
+                metrics={
+                    "new_out": format_units(new_total, scale),
+                    "reference_balance": format_units(ref, scale),
+                    "share": ratio_string(new_total, ref),
+                    "usual_per_window": f"{usual:.6f}",
+                    "ratio": f"{ratio:.2f}",
+                    "history_hours": str(hours),
+                    "window_s": str(window_s),
+                },
+                transfer_ids=(transfer.id,),
+                tx_hashes=(transfer.tx_hash,),
+            )
+
         return Finding(
             detector=self.name,
             severity=Severity.CRITICAL if freeze else Severity.WARNING,
             freeze=freeze,
             score=ratio / freeze_ratio,
-            summary=(
-                f"{share}% of {state.label} left to new addresses in {minutes} min, "
-                f"{ratio:.0f}x what this hour usually sees"
-            ),
-            metrics={
-                "new_out": format_units(new_total, scale),
-                "reference_balance": format_units(ref, scale),
-                "share": ratio_string(new_total, ref),
-                "usual_per_window": f"{usual:.6f}",
-                "ratio": f"{ratio:.2f}",
-                "history_hours": str(profile.hours),
-                "window_s": str(window_s),
-            },
-            transfer_ids=(transfer.id,),
-            tx_hashes=(transfer.tx_hash,),
+            summary="",
+            describe=describe,
         )
 
     def adopt(self, other: BaselineDetector) -> None:

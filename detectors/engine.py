@@ -149,7 +149,9 @@ class DetectionEngine:
         # learns with the state is not also given learn_one; one that says it learns nothing
         # (``learns = False``) is left out. One that remembers facts rather than what is normal
         # (``learns_from_freezes``) is named None here: it learns from what it froze on too.
-        self._scorers = [d.score_one for d in self.detectors]
+        # A detector with ``judge`` (score_one without the words) is described only when an alert
+        # is made of its finding.
+        self._scorers = [getattr(d, "judge", d.score_one) for d in self.detectors]
         self._with_state = [
             (None if getattr(d, "learns_from_freezes", False) else d.name, d.learn_with_state)
             for d in self.detectors
@@ -284,18 +286,20 @@ class DetectionEngine:
         for name, learn_with_state in self._with_state:
             if name not in frozen_by:
                 learn_with_state(transfer, state)
+        alerts: list[Alert] = []
+        if findings:
+            # Before the transfer is counted: a finding is described against the state it was
+            # judged in.
+            if detected_at is None and at_event_time:
+                detected_at = transfer.time
+            alerts = self._alerts(state.wallet, transfer, state, findings, detected_at, emit=emit)
         # Facts always count, the destination included: a false freeze must not make a market
         # maker's usual address look new for ever.
         state.apply(transfer)
         for name, learn_one in self._plain:
             if name not in frozen_by:
                 learn_one(transfer)
-        if not findings:
-            return []
-        wallet = state.wallet
-        if detected_at is None and at_event_time:
-            detected_at = transfer.time
-        return self._alerts(wallet, transfer, state, findings, detected_at, emit=emit)
+        return alerts
 
     def _explained(self, transfer: TransferView, state: WalletState) -> bool:
         return any(ledger.explains(transfer, state) for ledger in self._ledgers)
@@ -350,18 +354,15 @@ class DetectionEngine:
             incident_id, others = correlator.observe(wallet.key, now, level)
             if incident_id is not None and level == 1 and correlator.lowered(now):
                 top = max(findings, key=lambda f: (f.severity.rank, f.score))
-                findings = [
-                    replace(
-                        f,
-                        freeze=True,
-                        severity=Severity.CRITICAL,
-                        metrics={**f.metrics, "rule_correlated": "1"},
-                        summary=f.summary + "; other wallets are losing value too",
-                    )
-                    if f is top
-                    else f
-                    for f in findings
-                ]
+                told = top.described()
+                upgraded = replace(
+                    told,
+                    freeze=True,
+                    severity=Severity.CRITICAL,
+                    metrics={**told.metrics, "rule_correlated": "1"},
+                    summary=told.summary + "; other wallets are losing value too",
+                )
+                findings = [upgraded if f is top else f for f in findings]
         alerts = [
             alert
             for finding in findings
@@ -457,7 +458,7 @@ class DetectionEngine:
         now = transfer.epoch
         key = (wallet.key, finding.detector)
         last = self._emitted.get(key)
-        metrics = dict(finding.metrics)
+        extra: dict[str, str] = {}
         freeze = finding.freeze
         severity = finding.severity
         if last is not None and now - last.time < self.cooldown_s:
@@ -469,16 +470,16 @@ class DetectionEngine:
                 freeze = False
                 # Recorded as evidence, but not paged again: the freeze already went out.
                 severity = Severity.INFO
-                metrics["freeze_suppressed"] = "1"
-                metrics["cooldown_remaining_s"] = str(
-                    int(self.cooldown_s - (now - last.freeze_time))
-                )
+                extra["freeze_suppressed"] = "1"
+                extra["cooldown_remaining_s"] = str(int(self.cooldown_s - (now - last.freeze_time)))
             elif (
                 not freeze
                 and finding.severity.rank <= last.severity.rank
                 and finding.score < last.score * self.escalation_factor
             ):
                 return None
+        finding = finding.described()
+        metrics = {**finding.metrics, **extra}
         freeze_time = now if freeze else (last.freeze_time if last is not None else None)
         self._emitted[key] = _Emitted(now, finding.severity, finding.score, freeze_time)
         shadow = finding.detector in self._shadow

@@ -84,7 +84,14 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Final
 
-from detectors.base import Finding, Outflow, WalletState, format_units, ratio_string
+from detectors.base import (
+    Description,
+    Finding,
+    Outflow,
+    WalletState,
+    format_units,
+    ratio_string,
+)
 from detectors.move import TransferView
 from drainwatch.config import DetectionConfig
 from drainwatch.events import Direction, Severity, TransferStatus
@@ -495,10 +502,17 @@ class VelocityDetector:
         learned: int = -(-history.high * num // den) * 10 ** (state.scale - history.scale)
         return learned
 
-    def score_one(  # noqa: PLR0915 - the hot path, kept in one frame on purpose
+    def score_one(self, transfer: TransferView, state: WalletState) -> Finding | None:
+        """Judge an outflow against the wallet's windows; ``None`` when it looks ordinary."""
+        finding = self.judge(transfer, state)
+        return finding.described() if finding is not None else None
+
+    def judge(  # noqa: PLR0915 - the hot path, kept in one frame on purpose
         self, transfer: TransferView, state: WalletState
     ) -> Finding | None:
-        """Judge an outflow against the wallet's windows; ``None`` when it looks ordinary."""
+        """:meth:`score_one` with the finding's words and numbers left to
+        :meth:`~detectors.base.Finding.described` (the engine describes only what it alerts on).
+        """
         if transfer.direction is not _OUT or transfer.status is _RETRACTED:
             return None
         dest = transfer.counterparty
@@ -655,6 +669,24 @@ class VelocityDetector:
     ) -> Finding:
         level = max(f[0] for f in fired)
         score = max(f[1] for f in fired)
+        return Finding(
+            detector=self.name,
+            severity=Severity.CRITICAL if level == 2 else Severity.WARNING,
+            freeze=level == 2,
+            score=score,
+            summary="",
+            describe=lambda: self._describe(transfer, state, units, fired),
+        )
+
+    def _describe(
+        self,
+        transfer: TransferView,
+        state: WalletState,
+        units: int,
+        fired: list[tuple[int, float, str]],
+    ) -> Description:
+        """The summary, metrics and evidence of a finding (against the state it was judged in)."""
+        score = max(f[1] for f in fired)
         rules = {f[2] for f in fired}
         dest = transfer.counterparty
         now = state.now
@@ -736,11 +768,7 @@ class VelocityDetector:
         metrics.update(_window_metrics(state, dest, units, new=new))
 
         evidence = focus[-(_EVIDENCE_MAX - 1) :]
-        return Finding(
-            detector=self.name,
-            severity=Severity.CRITICAL if level == 2 else Severity.WARNING,
-            freeze=level == 2,
-            score=score,
+        return Description(
             summary=summary,
             metrics=metrics,
             transfer_ids=(*(o.transfer_id for o in evidence), transfer.id),

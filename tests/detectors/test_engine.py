@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
 
 import detectors
-from detectors.engine import DetectionEngine
+from detectors import run_backtest
+from detectors.engine import DetectionEngine, default_detectors
+from detectors.traffic import DrainSpec, HotWalletSpec, config_toml, generate_traffic, write_jsonl
 from detectors.velocity import VelocityDetector
 from drainwatch.bus import EmbeddedBus, TopicPartition
 from drainwatch.config import loads
@@ -212,3 +218,56 @@ def test_the_large_fresh_rule_follows_the_config_switch() -> None:
         engine = DetectionEngine(loads(wallets + extra))
         velocity = next(d for d in engine.detectors if isinstance(d, VelocityDetector))
         assert velocity.large_fresh is expected
+
+
+class _EagerOnly:
+    """A detector seen through ``score_one`` alone: every finding described at once."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        if name == "judge":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+def test_findings_described_on_demand_match_findings_described_at_once(tmp_path: Path) -> None:
+    # A surge day, a fan-out drain on one wallet and a burst on the other, over wallets that
+    # start without a balance: thousands of findings, most of them dropped as repeats. The engine
+    # describes only those it alerts on, and must describe them against the state they were
+    # judged in (a description after the transfer was counted would count it twice).
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    day = 86400
+    wallets = [
+        HotWalletSpec(
+            chain="ethereum",
+            asset="ETH",
+            address=f"0x{0xA0 + i:040x}",
+            cold_address=f"0x{0xC0 + i:040x}",
+            label=f"hot-{i}",
+            balance=Decimal("20000"),
+            decimals=18,
+            surge_multiplier=12.0,
+            drains=(
+                DrainSpec(4.4 * day + 600 * i, "fresh_fanout" if i else "burst", 0.01, 25, 40),
+            ),
+        )
+        for i in range(2)
+    ]
+    traffic = generate_traffic(wallets, start, days=5.0, seed=7, panic_days=(3,))
+    cfg = loads(config_toml(wallets, opening_balance=False))
+    rows = write_jsonl(tmp_path / "transfers.jsonl", traffic.transfers)
+
+    def alerts(engine: DetectionEngine, name: str) -> bytes:
+        run_backtest(cfg, rows, None, tmp_path / name, engine=engine)
+        return (tmp_path / name).read_bytes()
+
+    lazy = DetectionEngine(cfg)
+    eager = DetectionEngine(cfg, detectors=[_EagerOnly(d) for d in default_detectors(cfg)])  # type: ignore[misc]
+    described_later = alerts(lazy, "lazy.jsonl")
+    assert described_later == alerts(eager, "eager.jsonl")
+    records = [orjson.loads(line) for line in described_later.splitlines()]
+    assert any(r["freeze"] for r in records)
+    assert all(r["summary"] and r["metrics"] for r in records)
+    assert {r["detector"] for r in records} >= {"velocity", "baseline"}
