@@ -57,13 +57,21 @@ False
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Final, Protocol
 
 from river import stats
 
-from detectors.base import Description, Finding, WalletState, format_units, ratio_string
+from detectors.base import (
+    Description,
+    Finding,
+    WalletState,
+    Window,
+    format_units,
+    ratio_string,
+)
 from detectors.move import TransferView
 from drainwatch.events import Direction, Severity, TransferStatus
 
@@ -98,6 +106,13 @@ class _Profile:
     overall: RunningMean | None = None
     expected: float = 0.0
     """Usual new-destination outflow per hour for the current hour (cached at rollover)."""
+    hour_sizes: list[float] = field(default_factory=list)
+    """The sizes of this wallet-hour's payments to new destinations."""
+    size: RunningMean | None = None
+    """Mean of ln(median payment to a new destination) over the wallet-hours that had one."""
+    size_hours: int = 0
+    typical: float = 0.0
+    """The usual size of a payment to a new destination (exp of ``size``, cached at rollover)."""
 
 
 class BaselineDetector:
@@ -144,6 +159,8 @@ class BaselineDetector:
         fast_min_count: int = 10,
         sudden_ratio: float = 3.0,
         recent_window_s: int = 3600,
+        crowd_size_ratio: int = 2,
+        crowd_min_hours: int = 24,
     ) -> None:
         self.name = name
         self.window_s = window_s
@@ -163,6 +180,8 @@ class BaselineDetector:
         self.fast_min_count = fast_min_count
         self.sudden_ratio = sudden_ratio
         self.recent_window_s = recent_window_s
+        self.crowd_size_ratio = crowd_size_ratio
+        self.crowd_min_hours = crowd_min_hours
         self._profiles: dict[tuple[str, str, str], _Profile] = {}
 
     @property
@@ -177,6 +196,7 @@ class BaselineDetector:
             profile = _Profile(
                 by_hour=[_ewmean(self.fading_factor) for _ in range(24)],
                 overall=_ewmean(self.fading_factor / 24),
+                size=_ewmean(self.fading_factor / 24),
             )
             self._profiles[key] = profile
         return profile
@@ -239,6 +259,22 @@ class BaselineDetector:
         stretches = (self.recent_window_s - window_s) / window_s
         return window.new_total + units >= self.sudden_ratio * before / stretches
 
+    def _is_crowd(self, state: WalletState, profile: _Profile, window: Window, units: int) -> bool:
+        """Whether the window's payments to new addresses are of the size this wallet usually
+        pays new addresses: their median under ``crowd_size_ratio`` times the learned typical
+        size (the geometric mean of the wallet-hours' medians).
+
+        A withdrawal surge is more customers withdrawing what customers withdraw, on every
+        wallet at once, at ten or twenty times the usual rate in a bank run; a drain moves more
+        per transfer than the wallet's customers do. Before ``crowd_min_hours`` wallet-hours
+        with such payments: not a crowd.
+        """
+        if self.crowd_size_ratio <= 0 or profile.size_hours < self.crowd_min_hours:
+            return False
+        recent = sorted([*(o.units for o in window.items if o.new), units])
+        median = recent[len(recent) // 2] / 10.0**state.scale  # a feature, not money
+        return median < self.crowd_size_ratio * profile.typical
+
     def _judge(  # noqa: PLR0917 - one tier's inputs
         self,
         state: WalletState,
@@ -270,7 +306,7 @@ class BaselineDetector:
             # (A single large payment is the size rules' to judge: they know this wallet's.)
             largest = max((o.units for o in window.items if o.new), default=0)
             rest = new_total - max(largest, units)
-            freeze = rest * fden >= ref * fnum
+            freeze = rest * fden >= ref * fnum and not self._is_crowd(state, profile, window, units)
         scale, label, hours = state.scale, state.label, profile.hours
 
         def describe() -> Description:
@@ -329,7 +365,9 @@ class BaselineDetector:
         if now >= profile.hour_start + 3600:
             self._roll(profile, now)
         if state.is_new_destination(transfer.counterparty, now):
-            profile.hour_value += transfer.amount / 10**transfer.decimals
+            amount = transfer.amount / 10**transfer.decimals
+            profile.hour_value += amount
+            profile.hour_sizes.append(amount)
 
     def _roll(self, profile: _Profile, now: float) -> None:
         """Close the hours since the last one (empty hours count as zero) and cache the next."""
@@ -343,6 +381,15 @@ class BaselineDetector:
                 profile.by_hour[(hour + step) % 24].update(value)
                 overall.update(value)
                 profile.hours += 1
+            sizes = profile.hour_sizes
+            if sizes:
+                sizes.sort()
+                median = sizes[len(sizes) // 2]
+                if median > 0 and profile.size is not None:
+                    profile.size.update(math.log(median))
+                    profile.size_hours += 1
+                    profile.typical = math.exp(profile.size.get())
+                sizes.clear()
         profile.hour_start = now - now % 3600
         profile.hour_value = 0.0
         this_hour = profile.by_hour[int(profile.hour_start // 3600) % 24].get()

@@ -88,7 +88,8 @@ def test_customer_sized_transfers_at_thirty_times_the_rate_freeze_within_minutes
 
 
 def test_five_busy_minutes_inside_an_hour_long_surge_do_not_freeze() -> None:
-    detector, state = learned(fast_freeze_share=Decimal("0.02"))
+    # The suddenness condition alone (customer-sized payments would also be a crowd).
+    detector, state = learned(fast_freeze_share=Decimal("0.02"), crowd_size_ratio=0)
     start = 96 * 3600
     # An hour at 25 times the usual rate (a panic), then five minutes at 70 times: far above
     # this hour's usual and 2% of the balance, but under three times the hour before them. (The
@@ -101,9 +102,32 @@ def test_five_busy_minutes_inside_an_hour_long_surge_do_not_freeze() -> None:
     later = [run(detector, state, start + 4000 + i * 13, 600, f"L{i}") for i in range(92)]
     assert later == [None] * len(later)
     # The same five minutes out of ordinary traffic do freeze (the drain starts from calm).
-    calm, state2 = learned(fast_freeze_share=Decimal("0.02"))
+    calm, state2 = learned(fast_freeze_share=Decimal("0.02"), crowd_size_ratio=0)
     sudden = [run(calm, state2, start + 3600 + i * 8.5, 600, f"B{i}") for i in range(35)]
     assert any(f and f.freeze for f in sudden)
+
+
+@pytest.mark.parametrize(("size", "freezes"), [(600, False), (700, False), (1_200, True)])
+def test_a_crowd_of_customer_sized_payments_warns_and_larger_ones_freeze(
+    size: int, freezes: bool
+) -> None:
+    detector, state = learned()
+    start = 96 * 3600
+    # A bank run that starts at once: one withdrawal every 6 s (100 times the usual rate), 12%
+    # of the balance in twenty minutes. Of the customers' usual size (600), or a little above,
+    # it is a crowd: warn. Twice their size, it is a burst: freeze.
+    findings = [run(detector, state, start + i * 6, size, f"R{i}") for i in range(200)]
+    assert any(f is not None and f.severity.rank >= 1 for f in findings)
+    assert any(f is not None and f.freeze for f in findings) is freezes
+    if not freezes:
+        # Far enough above the usual rate and share to freeze, were it not a crowd.
+        assert any(
+            f is not None
+            and f.metrics["window_s"] == str(detector.window_s)
+            and float(f.metrics["ratio"]) >= detector.freeze_ratio
+            and Decimal(f.metrics["share"]) >= detector.freeze_share
+            for f in findings
+        )
 
 
 @pytest.mark.parametrize("share", [30_000, 110_000])
