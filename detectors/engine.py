@@ -10,8 +10,10 @@ events with deterministic ids. Two policies sit between findings and alerts:
 * **de-escalation**: once a (wallet, detector) has requested a freeze, it does not request
   another within ``cooldown_s``; later critical findings still go out as evidence, at severity
   ``info`` (recorded, not paged again), without freeze, with ``freeze_suppressed`` in their
-  metrics. Warnings are repeated within the cooldown only when their score grew by
-  ``escalation_factor``.
+  metrics. A warning is not repeated while its episode lasts (findings of that detector on
+  that wallet less than ``cooldown_s`` apart) unless its score grew by ``escalation_factor``
+  or ``warning_repeat_s`` (4 h) passed since it was said: a withdrawal surge is said once or
+  twice a day per wallet, not every hour.
 
 >>> from datetime import UTC, datetime
 >>> from drainwatch.config import loads
@@ -86,6 +88,8 @@ class _Emitted:
     severity: Severity
     score: float
     freeze_time: float | None
+    seen: float
+    """The latest finding, alerted on or not: a warning episode lasts while findings come."""
 
 
 class DetectionEngine:
@@ -97,6 +101,8 @@ class DetectionEngine:
         clock: Wall clock for ``Alert.detected_at`` when ``process`` is not given one.
         cooldown_s: No second freeze for the same wallet and detector within this time.
         escalation_factor: A repeated non-critical alert needs this much more score.
+        warning_repeat_s: A warning whose episode goes on is said again after this long
+            (at least ``cooldown_s``).
         reconcile: Start ledger reconciliation at once (a backtest with a ledger file); by
             default it starts with the first approved withdrawal seen.
         new_destination_age_s: How long a destination stays "new" after its first payment.
@@ -112,6 +118,7 @@ class DetectionEngine:
         clock: Clock = _wall_clock,
         cooldown_s: int = 3600,
         escalation_factor: float = 1.5,
+        warning_repeat_s: int = 4 * 3600,
         reconcile: bool = False,
         new_destination_age_s: int = 86400,
         correlator: IncidentCorrelator | bool | None = True,
@@ -123,6 +130,7 @@ class DetectionEngine:
         self.clock = clock
         self.cooldown_s = cooldown_s
         self.escalation_factor = escalation_factor
+        self.warning_repeat_s = max(warning_repeat_s, cooldown_s)
         self.new_destination_age_s = new_destination_age_s
         if correlator is True:
             correlator = IncidentCorrelator()
@@ -405,7 +413,7 @@ class DetectionEngine:
     ) -> Alert:
         """Freeze a wallet that had only warned, now that it is part of an incident."""
         now = transfer.epoch
-        self._emitted[(wallet.key, "correlation")] = _Emitted(now, Severity.CRITICAL, 1.0, now)
+        self._emitted[(wallet.key, "correlation")] = _Emitted(now, Severity.CRITICAL, 1.0, now, now)
         return Alert(
             id=event_id("correlation", wallet.key, transfer.id),
             time=transfer.time,
@@ -461,12 +469,8 @@ class DetectionEngine:
         extra: dict[str, str] = {}
         freeze = finding.freeze
         severity = finding.severity
-        if last is not None and now - last.time < self.cooldown_s:
-            recently_frozen = (
-                last.freeze_time is not None and now - last.freeze_time < self.cooldown_s
-            )
-            if freeze and recently_frozen:
-                assert last.freeze_time is not None
+        if last is not None:
+            if freeze and last.freeze_time is not None and now - last.freeze_time < self.cooldown_s:
                 freeze = False
                 # Recorded as evidence, but not paged again: the freeze already went out.
                 severity = Severity.INFO
@@ -474,14 +478,18 @@ class DetectionEngine:
                 extra["cooldown_remaining_s"] = str(int(self.cooldown_s - (now - last.freeze_time)))
             elif (
                 not freeze
+                and now - last.seen < self.cooldown_s
+                and now - last.time < self.warning_repeat_s
                 and finding.severity.rank <= last.severity.rank
                 and finding.score < last.score * self.escalation_factor
             ):
+                # The same episode (findings less than ``cooldown_s`` apart), no worse: seen.
+                last.seen = now
                 return None
         finding = finding.described()
         metrics = {**finding.metrics, **extra}
         freeze_time = now if freeze else (last.freeze_time if last is not None else None)
-        self._emitted[key] = _Emitted(now, finding.severity, finding.score, freeze_time)
+        self._emitted[key] = _Emitted(now, finding.severity, finding.score, freeze_time, now)
         shadow = finding.detector in self._shadow
         if shadow and freeze:
             metrics["would_freeze"] = "1"

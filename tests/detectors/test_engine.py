@@ -147,14 +147,26 @@ def test_cooldown_keeps_one_freeze_per_wallet_and_detector() -> None:
 
 def test_repeated_warnings_need_a_higher_score() -> None:
     e = engine()
-    results = [e.process(transfer(f"W{i}", 30, minutes=i * 20)) for i in range(4)]
-    # Each is 3% to a new address: the same warning, said once per hour of cooldown.
+    minutes = [0, 20, 40, 60, 80, 200, 250]
+    results = [e.process(transfer(f"W{i}", 30, minutes=m)) for i, m in enumerate(minutes)]
+    # Each is 3% to a new address: the same warning. Said once while findings keep coming less
+    # than an hour (the cooldown) apart, and again after two quiet hours.
     assert [summary(r) for r in results] == [
         [("velocity", "warning", False)],
         [],
         [],
+        [],
+        [],
         [("velocity", "warning", False)],
+        [],
     ]
+
+
+def test_a_warning_episode_that_goes_on_is_said_again_after_the_repeat_time() -> None:
+    e = engine(warning_repeat_s=2 * 3600)
+    results = [e.process(transfer(f"W{i}", 30, minutes=i * 30)) for i in range(9)]
+    said = [i * 30 for i, r in enumerate(results) if r]
+    assert said == [0, 120, 240]
 
 
 def test_ledger_reconciliation_starts_with_the_first_approval() -> None:
