@@ -276,6 +276,12 @@ def scenarios(quick: bool = False) -> list[Scenario]:
                     tuple(replace(w, customer_cap=0.05) for w in _fleet(6, whales_per_week=0)),
                     42,
                 ),
+                (
+                    "bank-run",
+                    "16x the withdrawals on panic days (a bank run), no whales",
+                    tuple(replace(w, surge_multiplier=16.0) for w in _fleet(6, whales_per_week=0)),
+                    51,
+                ),
             )
         ),
         Scenario(
