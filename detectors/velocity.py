@@ -25,7 +25,10 @@ higher one:
   ``total_*_share`` (default 20% / 30%), or ``total_long_freeze_share`` within
   ``concentration_window_s`` (default 40% in 1 h), new addresses or not; it freezes only when
   sudden (the last ``window_s`` at least ``total_sudden_ratio``, 3x, an equal stretch of the rest
-  of the hour) and warns otherwise: a withdrawal surge goes on for hours;
+  of the hour) and not a crowd, and warns otherwise: a withdrawal surge goes on for hours, and
+  at its start it is a crowd (at least ``total_crowd_min_count``, 30, payments in the window whose
+  median is under ``total_crowd_ratio``, 2x, the median of the rest of the hour's: many customers
+  paying what customers pay);
 * **repeat**: the ``repeat_min_count``-th payment (default 3) to the same new address within
   ``concentration_window_s`` that brings it to ``repeat_freeze_share`` (default 1%): freeze;
 * **large fresh**: per wallet, the largest amount it paid within ``fresh_history_days`` (28)
@@ -89,6 +92,7 @@ from detectors.base import (
     Finding,
     Outflow,
     WalletState,
+    Window,
     format_units,
     ratio_string,
 )
@@ -99,6 +103,7 @@ from drainwatch.events import Direction, Severity, TransferStatus
 __all__ = ["VelocityDetector", "describe_duration"]
 
 _EVIDENCE_MAX: Final = 100
+_CROWD_MIN_BEFORE: Final = 10
 _OUT: Final = Direction.OUT
 _RETRACTED: Final = TransferStatus.RETRACTED
 
@@ -296,6 +301,8 @@ class VelocityDetector:
         bleed_freeze_share: Decimal = Decimal("0.025"),
         total_long_freeze_share: Decimal = Decimal("0.40"),
         total_sudden_ratio: int = 3,
+        total_crowd_ratio: int = 2,
+        total_crowd_min_count: int = 30,
         repeat_freeze_share: Decimal = Decimal("0.01"),
         repeat_min_count: int = 3,
         fresh_floor_share: Decimal = Decimal("0.01"),
@@ -336,6 +343,8 @@ class VelocityDetector:
         self.bleed_freeze_share = bleed_freeze_share
         self.total_long_freeze_share = total_long_freeze_share
         self.total_sudden_ratio = total_sudden_ratio
+        self.total_crowd_ratio = total_crowd_ratio
+        self.total_crowd_min_count = total_crowd_min_count
         self._burst_warn = _fraction(burst_warn_share)
         self._burst_freeze = _fraction(burst_freeze_share)
         self.burst_crowd_share = burst_crowd_share
@@ -539,6 +548,8 @@ class VelocityDetector:
             # outflow like the rest of the hour's only warns (the whale, fan-out and rate rules
             # still judge each payment).
             top = 2 if self._sudden(total, conc.total - window.total) else 1
+            if top == 2 and self._crowd(window, conc, units):
+                top = 1
             if _reaches(total, ref_w, self._total_warn):
                 level = min(top, 2 if _reaches(total, ref_w, self._total_freeze) else 1)
                 score = _ratio(total, ref_w, float(self.total_freeze_share))
@@ -626,6 +637,23 @@ class VelocityDetector:
         stretch of ``before`` (the rest of ``concentration_window_s``)."""
         stretches = self.concentration_window_s - self.window_s
         return recent * stretches >= self.total_sudden_ratio * before * self.window_s
+
+    def _crowd(self, window: Window, conc: Window, units: int) -> bool:
+        """Whether the last ``window_s`` is a crowd: at least ``total_crowd_min_count`` payments
+        whose median is under ``total_crowd_ratio`` times the median of the rest of
+        ``concentration_window_s`` (at least 10 payments there; fewer: not a crowd).
+
+        Only asked when the total rule is about to freeze (a sort of the hour's payments).
+        """
+        count = window.count + 1
+        if self.total_crowd_ratio <= 0 or count < self.total_crowd_min_count:
+            return False
+        hour = conc.items
+        earlier = sorted(o.units for o in hour[: len(hour) - window.count])
+        if len(earlier) < _CROWD_MIN_BEFORE:
+            return False
+        recent = sorted([*(o.units for o in hour[len(hour) - window.count :]), units])
+        return recent[len(recent) // 2] < self.total_crowd_ratio * earlier[len(earlier) // 2]
 
     def _large_pair(
         self, state: WalletState, units: int, fired: list[tuple[int, float, str]]

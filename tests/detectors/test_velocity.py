@@ -541,13 +541,18 @@ def test_the_learned_bar_matches_a_recount_at_every_step() -> None:
 
 
 def steady_outflow(
-    state: WalletState, detector: VelocityDetector, start: float, minutes: float, every_s: float
+    state: WalletState,
+    detector: VelocityDetector,
+    start: float,
+    minutes: float,
+    every_s: float,
+    amount: int = 25,
 ) -> list[Finding]:
     """Customer-sized payments (25, under 0.5% of the balance to the end) to distinct addresses."""
     findings = []
     minute, i = start, 0
     while minute < start + minutes:
-        found = judge(state, detector, transfer(f"C{start}-{i}", 25, minutes=minute))
+        found = judge(state, detector, transfer(f"C{start}-{i}", amount, minutes=minute))
         findings += [found] if found else []
         minute, i = minute + every_s / 60, i + 1
     return findings
@@ -565,3 +570,19 @@ def test_total_outflow_that_has_gone_on_for_the_hour_warns_and_a_sudden_one_free
     assert steady_outflow(state, detector, 0, 40, 600) == []
     drain = steady_outflow(state, detector, 40, 20, 9)
     assert any(f.freeze and f.metrics.get("rule_total") == "1" for f in drain)
+
+
+@pytest.mark.parametrize(("amount", "every_s", "freezes"), [(25, 5, False), (65, 13, True)])
+def test_a_sudden_crowd_of_customer_sized_payments_warns_and_larger_ones_freeze(
+    amount: int, every_s: float, freezes: bool
+) -> None:
+    # Forty ordinary minutes (a customer payment of 25 every two minutes), then 30% of the
+    # balance in twenty minutes, starting at once. Of the customers' size, 240 of them: the first
+    # minutes of a bank run, a crowd. 2.6 times their size: a drain.
+    state, detector = make_state(wallet(balance="20000")), VelocityDetector()
+    assert steady_outflow(state, detector, 0, 40, 120) == []
+    burst = steady_outflow(state, detector, 40, 20, every_s, amount)
+    totals = [f for f in burst if f.metrics.get("rule_total") == "1"]
+    assert totals, "the total rule speaks either way"
+    assert any(f.freeze for f in totals) is freezes
+    assert not any(f.freeze for f in burst if f.metrics.get("rule_total") != "1")
