@@ -277,6 +277,12 @@ def scenarios(quick: bool = False) -> list[Scenario]:
                     42,
                 ),
                 (
+                    "busy-wallets",
+                    "lean hot wallets, 5,000 withdrawals a day: a panic takes 30% in 20 min",
+                    _fleet(2, withdrawals_per_day=5000),
+                    61,
+                ),
+                (
                     "bank-run",
                     "16x the withdrawals on panic days (a bank run), no whales",
                     tuple(replace(w, surge_multiplier=16.0) for w in _fleet(6, whales_per_week=0)),
