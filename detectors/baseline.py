@@ -60,6 +60,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from decimal import Decimal
+from statistics import median_high
 from typing import Final, Protocol
 
 from river import stats
@@ -111,8 +112,6 @@ class _Profile:
     size: RunningMean | None = None
     """Mean of ln(median payment to a new destination) over the wallet-hours that had one."""
     size_hours: int = 0
-    typical: float = 0.0
-    """The usual size of a payment to a new destination (exp of ``size``, cached at rollover)."""
 
 
 class BaselineDetector:
@@ -269,11 +268,15 @@ class BaselineDetector:
         per transfer than the wallet's customers do. Before ``crowd_min_hours`` wallet-hours
         with such payments: not a crowd.
         """
-        if self.crowd_size_ratio <= 0 or profile.size_hours < self.crowd_min_hours:
+        if (
+            self.crowd_size_ratio <= 0
+            or profile.size is None
+            or profile.size_hours < self.crowd_min_hours
+        ):
             return False
-        recent = sorted([*(o.units for o in window.items if o.new), units])
-        median = recent[len(recent) // 2] / 10.0**state.scale  # a feature, not money
-        return median < self.crowd_size_ratio * profile.typical
+        median = median_high([*(o.units for o in window.items if o.new), units])
+        typical = math.exp(profile.size.get())
+        return median / 10.0**state.scale < self.crowd_size_ratio * typical  # features, not money
 
     def _judge(  # noqa: PLR0917 - one tier's inputs
         self,
@@ -383,12 +386,10 @@ class BaselineDetector:
                 profile.hours += 1
             sizes = profile.hour_sizes
             if sizes:
-                sizes.sort()
-                median = sizes[len(sizes) // 2]
+                median = median_high(sizes)
                 if median > 0 and profile.size is not None:
                     profile.size.update(math.log(median))
                     profile.size_hours += 1
-                    profile.typical = math.exp(profile.size.get())
                 sizes.clear()
         profile.hour_start = now - now % 3600
         profile.hour_value = 0.0

@@ -85,6 +85,7 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from statistics import median_high
 from typing import Final
 
 from detectors.base import (
@@ -649,11 +650,12 @@ class VelocityDetector:
         if self.total_crowd_ratio <= 0 or count < self.total_crowd_min_count:
             return False
         hour = conc.items
-        earlier = sorted(o.units for o in hour[: len(hour) - window.count])
-        if len(earlier) < _CROWD_MIN_BEFORE:
+        cut = len(hour) - window.count
+        if cut < _CROWD_MIN_BEFORE:
             return False
-        recent = sorted([*(o.units for o in hour[len(hour) - window.count :]), units])
-        return recent[len(recent) // 2] < self.total_crowd_ratio * earlier[len(earlier) // 2]
+        earlier = median_high(o.units for o in hour[:cut])
+        recent = median_high([*(o.units for o in hour[cut:]), units])
+        return recent < self.total_crowd_ratio * earlier
 
     def _large_pair(
         self, state: WalletState, units: int, fired: list[tuple[int, float, str]]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 
 import orjson
@@ -11,7 +11,13 @@ import orjson
 import detectors
 from detectors import run_backtest
 from detectors.engine import DetectionEngine, default_detectors
-from detectors.traffic import DrainSpec, HotWalletSpec, config_toml, generate_traffic, write_jsonl
+from detectors.traffic import (
+    DrainSpec,
+    config_toml,
+    evm_hot_wallets,
+    generate_traffic,
+    write_jsonl,
+)
 from detectors.velocity import VelocityDetector
 from drainwatch.bus import EmbeddedBus, TopicPartition
 from drainwatch.config import loads
@@ -252,20 +258,14 @@ def test_findings_described_on_demand_match_findings_described_at_once(tmp_path:
     start = datetime(2024, 1, 1, tzinfo=UTC)
     day = 86400
     wallets = [
-        HotWalletSpec(
-            chain="ethereum",
-            asset="ETH",
-            address=f"0x{0xA0 + i:040x}",
-            cold_address=f"0x{0xC0 + i:040x}",
-            label=f"hot-{i}",
-            balance=Decimal("20000"),
-            decimals=18,
+        replace(
+            spec,
             surge_multiplier=12.0,
             drains=(
                 DrainSpec(4.4 * day + 600 * i, "fresh_fanout" if i else "burst", 0.01, 25, 40),
             ),
         )
-        for i in range(2)
+        for i, spec in enumerate(evm_hot_wallets(2, cold_offset=0xC0))
     ]
     traffic = generate_traffic(wallets, start, days=5.0, seed=7, panic_days=(3,))
     cfg = loads(config_toml(wallets, opening_balance=False))
