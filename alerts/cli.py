@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -46,7 +45,7 @@ from alerts.report import (
     render_markdown,
 )
 from alerts.timeline import Timeline, utc_now
-from drainwatch.config import Config, ConfigError, load
+from drainwatch.config import Config, ConfigError, OpeningBalances, load
 from drainwatch.events import Severity
 
 __all__ = ["ExportFormat", "IncidentsContext", "incidents_app", "open_context"]
@@ -101,7 +100,7 @@ class IncidentsContext:
 
     timeline: Timeline
     explorer_urls: dict[str, str] = field(default_factory=dict)
-    opening_balances: dict[str, Decimal] = field(default_factory=dict)
+    opening_balances: OpeningBalances = field(default_factory=dict)
     policy: IncidentPolicy = field(default_factory=IncidentPolicy)
 
     def incidents(self) -> list[Incident]:
@@ -149,11 +148,7 @@ def open_context(
         if cfg is not None
         else {}
     )
-    opening = (
-        {w.key: w.opening_balance for w in cfg.wallets if w.opening_balance is not None}
-        if cfg is not None
-        else {}
-    )
+    opening = cfg.opening_balances() if cfg is not None else {}
     tl = Timeline(str(timeline))
     try:
         yield IncidentsContext(

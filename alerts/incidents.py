@@ -51,6 +51,7 @@ from alerts.timeline import (
     Timeline,
     TransferRecord,
 )
+from drainwatch.config import opening_balance_for
 from drainwatch.events import (
     Direction,
     FreezeAction,
@@ -762,10 +763,13 @@ def flow_series(
 
 
 def balances_before(
-    timeline: Timeline, incident: Incident, opening_balances: Mapping[str, Decimal]
+    timeline: Timeline,
+    incident: Incident,
+    opening_balances: Mapping[tuple[str, str | None], Decimal],
 ) -> dict[tuple[str, str], int]:
-    """Configured opening balances (``wallet key -> asset units``, the start of the recorded
-    history) carried forward over every transfer recorded before the incident's first transfer.
+    """Configured opening balances (:meth:`drainwatch.config.Config.opening_balances`: by wallet
+    key and asset, in asset units; the start of the recorded history) carried forward over every
+    transfer recorded before the incident's first transfer.
 
     Only needed when neither the chain nor the alerts told the balance; reads the wallet's whole
     earlier history, so callers ask for it only then.
@@ -774,8 +778,9 @@ def balances_before(
     if not incident.transfers:
         return result
     first = incident.transfers[0].time
+    configured_keys = {key for key, _ in opening_balances}
     for wallet in incident.wallets:
-        if wallet.key not in opening_balances:
+        if wallet.key not in configured_keys:
             continue
         earlier = timeline.transfers_between(
             wallet.chain, wallet.address, datetime(1970, 1, 1, tzinfo=UTC), first
@@ -783,7 +788,10 @@ def balances_before(
         mine = [r for r in incident.transfers if r.transfer.key == wallet.key]
         assets = {(r.transfer.asset, r.transfer.decimals) for r in mine}
         for asset, decimals in assets:
-            opening = parse_units(str(opening_balances[wallet.key]), decimals)
+            configured = opening_balance_for(opening_balances, wallet.key, asset)
+            if configured is None:
+                continue
+            opening = parse_units(str(configured), decimals)
             if opening is None:
                 continue
             shown = {r.seq for r in mine}

@@ -517,7 +517,7 @@ def run_backtest(
     """
     started = time.perf_counter()
     transfers_path = Path(transfers_path)
-    count = min(workers or os.cpu_count() or 1, len(config.wallets))
+    count = min(workers or os.cpu_count() or 1, len({w.key for w in config.wallets}))
     if engine is None and ledger_path is None and count > 1:
         from detectors.partitioned import run_parts
 

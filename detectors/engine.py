@@ -42,7 +42,7 @@ from detectors.correlation import IncidentCorrelator
 from detectors.ledger import LedgerReconciliation
 from detectors.move import Move, TransferView
 from detectors.velocity import VelocityDetector
-from drainwatch.config import Config, WalletConfig
+from drainwatch.config import Config, WalletConfig, entry_for
 from drainwatch.events import (
     ALERTS,
     LEDGER,
@@ -140,13 +140,14 @@ class DetectionEngine:
         for detector in self.detectors:
             windows.update(getattr(detector, "windows_s", ()))
         self._windows_s = tuple(sorted(windows))
-        self._wallets: dict[tuple[str, str], WalletConfig] = {}
+        self._wallets: dict[tuple[str, str], list[WalletConfig]] = {}
+        """The entries of each wallet: one, or one per asset (see ``Config``)."""
         self._by_key: dict[str, WalletConfig] = {}
         internal: dict[str, set[str]] = {}
         for wallet in config.wallets:
             chain = wallet.chain.casefold()
-            self._wallets[(chain, wallet.address)] = wallet
-            self._by_key[wallet.key] = wallet
+            self._wallets.setdefault((chain, wallet.address), []).append(wallet)
+            self._by_key.setdefault(wallet.key, wallet)
             internal.setdefault(chain, set()).add(wallet.address)
         self._internal = {chain: frozenset(addresses) for chain, addresses in internal.items()}
         self._states: dict[tuple[str, str, str], WalletState] = {}
@@ -180,8 +181,10 @@ class DetectionEngine:
         )
 
     def wallet(self, chain: str, address: str) -> WalletConfig | None:
-        """The watched wallet at ``address`` on ``chain`` (chain slugs compare case-blind)."""
-        return self._wallets.get((chain.casefold(), normalize_address(address)))
+        """The watched wallet at ``address`` on ``chain`` (chain slugs compare case-blind); of a
+        wallet listed once per asset, its first entry."""
+        entries = self._wallets.get((chain.casefold(), normalize_address(address)))
+        return entries[0] if entries else None
 
     def state(self, wallet: WalletConfig, asset: str) -> WalletState:
         """The state of one (wallet, asset), created on first use."""
@@ -235,12 +238,9 @@ class DetectionEngine:
             return self._routes[route_key]
         except KeyError:
             pass
-        wallet = self._wallets.get((chain.casefold(), address))
-        state = None
-        if wallet is not None and (
-            wallet.asset is None or wallet.asset.casefold() == asset.casefold()
-        ):
-            state = self.state(wallet, asset)
+        entries = self._wallets.get((chain.casefold(), address))
+        wallet = entry_for(entries, asset) if entries is not None else None
+        state = self.state(wallet, asset) if wallet is not None else None
         if len(self._routes) < _ROUTES_MAX:
             self._routes[route_key] = state
         return state
@@ -487,7 +487,8 @@ class DetectionEngine:
                 last.seen = now
                 return None
         finding = finding.described()
-        metrics = {**finding.metrics, **extra}
+        # The numbers are in this asset's units (a wallet may hold several).
+        metrics = {"asset": transfer.asset, **finding.metrics, **extra}
         freeze_time = now if freeze else (last.freeze_time if last is not None else None)
         self._emitted[key] = _Emitted(now, finding.severity, finding.score, freeze_time, now)
         shadow = finding.detector in self._shadow

@@ -141,7 +141,8 @@ def deal_wallets(config: Config, path: Path, count: int) -> list[set[_Key]]:
     The first ``_SAMPLE_LINES`` lines are counted per wallet; the busiest wallet goes to the least
     loaded group first. Wallets not seen in the sample are dealt round-robin.
     """
-    keys = [(w.chain.casefold(), w.address) for w in config.wallets]
+    # A wallet listed once per asset is one wallet: its assets' states go to one worker.
+    keys = list(dict.fromkeys((w.chain.casefold(), w.address) for w in config.wallets))
     load = dict.fromkeys(keys, 0)
     for number, raw in read_lines(path):
         if number > _SAMPLE_LINES:

@@ -373,18 +373,19 @@ def write_jsonl(path: Path, rows: Iterable[Row]) -> Path:
 
 
 def config_toml(wallets: Sequence[HotWalletSpec], opening_balance: bool = True) -> str:
-    """A drainwatch.toml listing each hot wallet and its cold wallet (cold wallets once each)."""
+    """A drainwatch.toml listing each hot wallet and its cold wallet (cold wallets once per
+    asset; specs of one address with different assets list that wallet once per asset)."""
     parts: list[str] = []
-    colds: set[tuple[str, str]] = set()
+    colds: set[tuple[str, str, str]] = set()
     for spec in wallets:
         opening = f'opening_balance = "{spec.balance}"\n' if opening_balance else ""
         parts.append(
             f'[[wallets]]\nchain = "{spec.chain}"\naddress = "{spec.address}"\n'
             f'asset = "{spec.asset}"\nlabel = "{spec.label}"\nrole = "hot"\n{opening}'
         )
-        if (spec.chain, spec.cold_address) in colds:
+        if (spec.chain, spec.cold_address, spec.asset) in colds:
             continue
-        colds.add((spec.chain, spec.cold_address))
+        colds.add((spec.chain, spec.cold_address, spec.asset))
         cold_opening = f'opening_balance = "{spec.balance * 20}"\n' if opening_balance else ""
         parts.append(
             f'[[wallets]]\nchain = "{spec.chain}"\naddress = "{spec.cold_address}"\n'

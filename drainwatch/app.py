@@ -305,11 +305,7 @@ def run_pipeline(
                 create_web_app(
                     Timeline(config.alerts.timeline_path),
                     explorer_urls(config),
-                    opening_balances={
-                        w.key: w.opening_balance
-                        for w in config.wallets
-                        if w.opening_balance is not None
-                    },
+                    opening_balances=config.opening_balances(),
                 ),
                 config.alerts.web_host,
                 config.alerts.web_port,

@@ -25,6 +25,7 @@ import hashlib
 import os
 import re
 import tomllib
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -52,16 +53,19 @@ __all__ = [
     "DetectionConfig",
     "EmailChannelConfig",
     "MetricsConfig",
+    "OpeningBalances",
     "PagerDutyChannelConfig",
     "RouteConfig",
     "SlackChannelConfig",
     "WalletConfig",
     "WebhookChannelConfig",
     "dotted_key",
+    "entry_for",
     "key_lines",
     "line_of",
     "load",
     "loads",
+    "opening_balance_for",
     "resolve_env",
 ]
 
@@ -388,11 +392,32 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _unique_wallets(self) -> Config:
-        seen: set[str] = set()
-        for wallet in self.wallets:
-            if wallet.key in seen:
-                raise ValueError(f"wallet {wallet.key} is listed twice")
-            seen.add(wallet.key)
+        """A wallet is listed once, or once per asset when it holds several (an EVM hot wallet
+        with ETH and tokens): then every entry names its own ``asset`` (with its own opening
+        balance and label) and they agree on the role."""
+        seen: dict[str, list[WalletConfig]] = {}
+        for i, wallet in enumerate(self.wallets):
+            earlier = seen.setdefault(wallet.key, [])
+            if earlier:
+                assets = {w.asset.casefold() for w in earlier if w.asset is not None}
+                if wallet.asset is None or len(assets) < len(earlier):
+                    raise _KeyError(
+                        ("wallets", i, "address"),
+                        f"wallet {wallet.key} is listed twice (a wallet that holds several "
+                        "assets is listed once per asset, each entry with its own `asset`)",
+                    )
+                if wallet.asset.casefold() in assets:
+                    raise _KeyError(
+                        ("wallets", i, "asset"),
+                        f"wallet {wallet.key} is listed twice for asset {wallet.asset!r}",
+                    )
+                if wallet.role != earlier[0].role:
+                    raise _KeyError(
+                        ("wallets", i, "role"),
+                        f"wallet {wallet.key} is listed as {earlier[0].role!r} and as "
+                        f"{wallet.role!r}: one wallet has one role",
+                    )
+            earlier.append(wallet)
         return self
 
     @model_validator(mode="after")
@@ -419,6 +444,53 @@ class Config(_Model):
     def wallets_on(self, chain: str) -> tuple[WalletConfig, ...]:
         """The wallets watched on one chain."""
         return tuple(w for w in self.wallets if w.chain == chain)
+
+    def opening_balances(self) -> OpeningBalances:
+        """The configured opening balances, by (wallet key, asset case-folded or ``None`` for
+        an entry that names no asset); read them with :func:`opening_balance_for`."""
+        return {
+            (w.key, w.asset.casefold() if w.asset is not None else None): w.opening_balance
+            for w in self.wallets
+            if w.opening_balance is not None
+        }
+
+
+OpeningBalances = dict[tuple[str, str | None], Decimal]
+"""Opening balances by (wallet key, asset case-folded, or ``None``: any asset of that wallet)."""
+
+
+def opening_balance_for(
+    balances: Mapping[tuple[str, str | None], Decimal], key: str, asset: str
+) -> Decimal | None:
+    """The opening balance of ``asset`` at wallet ``key``: its own entry's, else the one of the
+    entry that names no asset.
+
+    >>> opening_balance_for({("nem:HOT", None): Decimal("10")}, "nem:HOT", "XEM")
+    Decimal('10')
+    >>> opening_balance_for({("evm:0xaa", "usdt"): Decimal("5")}, "evm:0xaa", "ETH") is None
+    True
+    """
+    found = balances.get((key, asset.casefold()))
+    return found if found is not None else balances.get((key, None))
+
+
+def entry_for(entries: Iterable[WalletConfig], asset: str) -> WalletConfig | None:
+    """The entry of one wallet that covers ``asset``: the one naming it (case-blind), else the
+    one naming no asset; ``None`` when the wallet is listed only for other assets.
+
+    >>> eth = WalletConfig(chain="ethereum", address="0xAA", asset="ETH", label="eth-hot")
+    >>> usdt = WalletConfig(chain="ethereum", address="0xAA", asset="USDT", label="usdt-hot")
+    >>> entry_for([eth, usdt], "usdt").label, entry_for([eth, usdt], "DAI")
+    ('usdt-hot', None)
+    """
+    fallback = None
+    folded = asset.casefold()
+    for entry in entries:
+        if entry.asset is None:
+            fallback = entry
+        elif entry.asset.casefold() == folded:
+            return entry
+    return fallback
 
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?\s*(#.*)?$")

@@ -33,7 +33,7 @@ import orjson
 from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 
 from drainwatch.bus.base import TopicPartition
-from drainwatch.config import WalletConfig
+from drainwatch.config import WalletConfig, entry_for
 from drainwatch.events import Alert, Direction, FreezeOrder, Transfer, wallet_key
 
 __all__ = [
@@ -203,22 +203,30 @@ class WalletMetrics:
 
     def __init__(self, wallets: Sequence[WalletConfig]) -> None:
         self.wallets = tuple(wallets)
-        self._labels = {w.key: w.label or UNLABELLED for w in self.wallets}
+        self._entries: dict[str, list[WalletConfig]] = {}
+        """Each wallet's config entries (one per asset when it is listed per asset)."""
         for w in self.wallets:
-            label = self._labels[w.key]
+            self._entries.setdefault(w.key, []).append(w)
+        for w in self.wallets:
+            label = w.label or UNLABELLED
             for direction in Direction:
                 WALLET_TRANSFERS_TOTAL.labels(
                     chain=w.chain, wallet_label=label, direction=direction.value
                 )
 
-    def label(self, chain: str, wallet: str) -> str:
-        """The metric label of a wallet."""
-        return self._labels.get(wallet_key(chain, wallet), UNLABELLED)
+    def label(self, chain: str, wallet: str, asset: str | None = None) -> str:
+        """The metric label of a wallet (of its entry for ``asset`` when it is listed per
+        asset)."""
+        entries = self._entries.get(wallet_key(chain, wallet))
+        if not entries:
+            return UNLABELLED
+        entry = entry_for(entries, asset) if asset is not None else None
+        return (entry or entries[0]).label or UNLABELLED
 
     def observe(self, transfers: Sequence[Transfer]) -> None:
         """Account for transfers the watchers just published."""
         for t in transfers:
-            label = self.label(t.chain, t.wallet)
+            label = self.label(t.chain, t.wallet, t.asset)
             WALLET_TRANSFERS_TOTAL.labels(
                 chain=t.chain, wallet_label=label, direction=t.direction.value
             ).inc()

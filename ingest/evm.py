@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from web3 import Web3
 
-from drainwatch.config import WalletConfig
+from drainwatch.config import WalletConfig, entry_for
 from drainwatch.events import Direction, Transfer, TransferStatus, normalize_address
 from ingest.base import BlockData
 from ingest.erc20 import (
@@ -129,7 +129,10 @@ class EvmSource:
         self.read_balances = read_balances
         self.traces: TraceMode = traces
         self.tokens = tokens
-        self._assets = {w.address: w.asset for w in self.wallets}
+        self._assets: dict[str, list[WalletConfig]] = {}
+        """The config entries of each watched address (one per asset when it lists several)."""
+        for w in self.wallets:
+            self._assets.setdefault(w.address, []).append(w)
         self._padded = [pad(a) for a in sorted(self._assets)]
         self._token_cache: dict[str, TokenInfo] = {}
         self._trace_mode: TraceMode = traces
@@ -363,8 +366,7 @@ class EvmSource:
         ):
             if wallet not in self._assets:
                 continue
-            only = self._assets[wallet]
-            if only is not None and only.casefold() != asset.casefold():
+            if entry_for(self._assets[wallet], asset) is None:
                 continue
             out.append(
                 Transfer.create(

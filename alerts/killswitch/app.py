@@ -79,7 +79,7 @@ from alerts.killswitch.auth import (
 from alerts.killswitch.hooks import HookWorker, hook_targets
 from alerts.killswitch.metrics import KillSwitchMetrics
 from alerts.killswitch.policy import auto_freeze_verdict
-from alerts.killswitch.settings import KillSwitchSettings, RetrySettings
+from alerts.killswitch.settings import AutoFreezePolicy, KillSwitchSettings, RetrySettings
 from alerts.killswitch.store import HookRecord, KillSwitchStore, UnfreezeRequestRecord
 from drainwatch.events import FreezeAction, FreezeOrder, Severity, normalize_address, wallet_key
 
@@ -466,8 +466,14 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the app's parts
     def targets(chain: str, wallet: str, action: FreezeAction) -> list[str]:
         return hook_targets(hooks, chain, normalize_address(wallet), action)
 
-    def label_of(chain: str, wallet: str) -> str | None:
-        return cfg.label_of(chain, wallet) if cfg is not None else None
+    def label_of(chain: str, wallet: str, asset: str | None = None) -> str | None:
+        return cfg.label_of(chain, wallet, asset) if cfg is not None else None
+
+    def policy_label(chain: str, wallet: str, policy: AutoFreezePolicy) -> str | None:
+        """The label the automatic-freeze policy is checked against: a freeze stops the whole
+        address, so any label of a wallet listed once per asset that the policy names."""
+        labels = [w.label for w in cfg.entries_of(chain, wallet)] if cfg is not None else []
+        return next((x for x in labels if x in policy.labels), label_of(chain, wallet))
 
     def announce(orders: list[FreezeOrder]) -> None:
         # Only newly created orders come here.
@@ -575,7 +581,7 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the app's parts
         key = wallet_key(request.chain, normalize_address(request.wallet))
         if not who.can(Permission.FREEZE_MANUAL) and policy is not None:
             verdict = auto_freeze_verdict(
-                policy, request.severity, key, label_of(request.chain, request.wallet)
+                policy, request.severity, key, policy_label(request.chain, request.wallet, policy)
             )
             if not verdict.freeze:
                 store.audit(
@@ -721,7 +727,7 @@ def create_app(  # noqa: PLR0915 - the routes are closures over the app's parts
             amount=request.amount,
             recipient=request.to,
             actor=who.id,
-            label=label_of(request.chain, request.wallet),
+            label=label_of(request.chain, request.wallet, request.asset),
             known=cfg.is_known(request.chain, request.wallet) if cfg is not None else True,
             allow_unknown=cfg.allow_unknown_wallets if cfg is not None else True,
             budgets=cfg.budgets if cfg is not None else (),

@@ -74,7 +74,15 @@ from pydantic import (
 )
 
 from alerts.killswitch.auth import ApiKey, Role
-from drainwatch.config import ConfigError, WalletConfig, dotted_key, key_lines, line_of, resolve_env
+from drainwatch.config import (
+    ConfigError,
+    WalletConfig,
+    dotted_key,
+    entry_for,
+    key_lines,
+    line_of,
+    resolve_env,
+)
 from drainwatch.events import Severity, normalize_address, wallet_key
 
 __all__ = [
@@ -252,13 +260,19 @@ class KillSwitchSettings(_Model):
         """The credentials by key id."""
         return {k.id: k.api_key() for k in self.keys}
 
-    def label_of(self, chain: str, wallet: str) -> str | None:
-        """The label of a known wallet; None when unknown or unlabelled."""
+    def label_of(self, chain: str, wallet: str, asset: str | None = None) -> str | None:
+        """The label of a known wallet (of a wallet listed once per asset, the entry for
+        ``asset``, or the first); None when unknown or unlabelled."""
+        entries = self.entries_of(chain, wallet)
+        entry = entry_for(entries, asset) if asset is not None else None
+        if entry is None and entries:
+            entry = entries[0]
+        return entry.label if entry is not None else None
+
+    def entries_of(self, chain: str, wallet: str) -> list[WalletConfig]:
+        """The ``[[wallets]]`` entries of one wallet: one, or one per asset."""
         key = wallet_key(chain, normalize_address(wallet))
-        for w in self.wallets:
-            if w.key == key:
-                return w.label
-        return None
+        return [w for w in self.wallets if w.key == key]
 
     def is_known(self, chain: str, wallet: str) -> bool:
         """Whether the wallet is in ``[[wallets]]``."""

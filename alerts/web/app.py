@@ -64,7 +64,7 @@ def incidents_router(
     explorer_urls: Mapping[str, str],
     *,
     policy: IncidentPolicy = DEFAULT_POLICY,
-    opening_balances: Mapping[str, Decimal] | None = None,
+    opening_balances: Mapping[tuple[str, str | None], Decimal] | None = None,
     prefix: str = "",
     clock: Callable[[], datetime] = utc_now,
 ) -> APIRouter:
@@ -74,8 +74,9 @@ def incidents_router(
         timeline: The timeline to read (it is read again on every request).
         explorer_urls: ``chain -> URL template`` with ``{tx_hash}`` (from ``[chains.*]``).
         policy: How alerts are grouped into incidents.
-        opening_balances: ``chain:address -> balance`` in asset units (the config's
-            ``opening_balance``), used only when neither the chain nor the alerts tell it.
+        opening_balances: the config's ``opening_balance`` of each wallet entry, by (wallet key,
+            asset case-folded or ``None``; :meth:`drainwatch.config.Config.opening_balances`),
+            in asset units; used only when neither the chain nor the alerts tell the balance.
         prefix: A path prefix for every route (``"/ui"`` serves ``/ui/incidents``), so the pages
             link to each other correctly; include the router without another prefix.
         clock: Gives the "rendered at" time and the exports' generation time.
@@ -151,7 +152,7 @@ def create_web_app(
     explorer_urls: Mapping[str, str],
     *,
     policy: IncidentPolicy = DEFAULT_POLICY,
-    opening_balances: Mapping[str, Decimal] | None = None,
+    opening_balances: Mapping[tuple[str, str | None], Decimal] | None = None,
     clock: Callable[[], datetime] = utc_now,
 ) -> FastAPI:
     """A stand-alone app serving the incident pages (``/`` redirects to ``/incidents``)."""

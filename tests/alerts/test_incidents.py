@@ -266,7 +266,7 @@ def test_flow_series_falls_back_to_the_opening_balance(timeline: Timeline) -> No
     assert flow_series(incident)[0].balance_source == "unknown"
     assert flow_series(incident)[0].points[-1].balance is None
 
-    before = balances_before(timeline, incident, {f"nem:{HOT}": Decimal("1000")})
+    before = balances_before(timeline, incident, {(f"nem:{HOT}", None): Decimal("1000")})
     assert before == {(f"nem:{HOT}", "XEM"): 1_400 * XEM}
     [series] = flow_series(incident, before)
     assert series.balance_source == "opening"

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from drainwatch.bus import Bus, EmbeddedBus, KafkaBus, TopicPartition, TopicSpec
+from drainwatch.config import loads
 from drainwatch.events import (
     ALERTS,
     FREEZES,
@@ -23,7 +24,7 @@ from drainwatch.events import (
     Severity,
     Transfer,
 )
-from drainwatch.metrics import serve_metrics
+from drainwatch.metrics import WalletMetrics, serve_metrics
 from drainwatch.stage import HANDLE_SAMPLE_EVERY, Output, StageLoop
 from tests.harness.services import KafkaService
 
@@ -177,3 +178,27 @@ def test_healthz_is_503_when_a_check_fails_and_metrics_are_served() -> None:
         assert "# TYPE drainwatch_alerts_total counter" in text
     finally:
         server.close()
+
+
+def test_a_wallet_listed_per_asset_reports_each_asset_under_its_own_label() -> None:
+    cfg = loads(
+        '[[wallets]]\nchain = "anvil"\naddress = "0xAB"\nasset = "ETH"\nlabel = "m-eth"\n'
+        '[[wallets]]\nchain = "anvil"\naddress = "0xab"\nasset = "USDT"\nlabel = "m-usdt"\n'
+    )
+    metrics = WalletMetrics(cfg.wallets)
+    usdt = transfer(1).model_copy(update={"asset": "USDT", "balance_after": 5 * 10**18})
+    before = sample("drainwatch_wallet_transfers_total", chain="anvil", wallet_label="m-usdt",
+                    direction="out")  # fmt: skip
+    metrics.observe([usdt])
+    assert metrics.label("anvil", "0xab", "ETH") == "m-eth"
+    assert (
+        sample(
+            "drainwatch_wallet_transfers_total",
+            chain="anvil",
+            wallet_label="m-usdt",
+            direction="out",
+        )
+        == before + 1
+    )
+    assert sample("drainwatch_wallet_balance", chain="anvil", wallet_label="m-usdt",
+                  asset="USDT") == 5.0  # fmt: skip

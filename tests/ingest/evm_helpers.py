@@ -184,10 +184,21 @@ def wallets(*addresses: str) -> list[WalletConfig]:
     return [WalletConfig(chain=CHAIN, address=a, label=f"w{i}") for i, a in enumerate(addresses)]
 
 
-def source_for(urls: str | Sequence[str], *addresses: str, **kwargs: Any) -> EvmSource:
-    rpc = RpcClient(
+def rpc_for(
+    urls: str | Sequence[str], timeout_s: float = 5.0, attempts: int = 4, max_wait_s: float = 0.2
+) -> RpcClient:
+    return RpcClient(
         [urls] if isinstance(urls, str) else list(urls),
         chain=CHAIN,
+        timeout_s=timeout_s,
+        attempts=attempts,
+        max_wait_s=max_wait_s,
+    )
+
+
+def source_for(urls: str | Sequence[str], *addresses: str, **kwargs: Any) -> EvmSource:
+    rpc = rpc_for(
+        urls,
         timeout_s=kwargs.pop("timeout_s", 5.0),
         attempts=kwargs.pop("attempts", 4),
         max_wait_s=kwargs.pop("max_wait_s", 0.2),

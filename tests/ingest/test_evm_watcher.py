@@ -9,8 +9,9 @@ import pytest
 from web3 import Web3
 from web3.types import Wei
 
+from drainwatch.config import WalletConfig
 from drainwatch.events import Direction, TransferStatus, normalize_address
-from ingest import CursorStore, RpcError
+from ingest import CursorStore, EvmSource, RpcError
 from tests.harness.services import AnvilService
 from tests.ingest.evm_helpers import (
     CHAIN,
@@ -21,6 +22,7 @@ from tests.ingest.evm_helpers import (
     drain,
     forward,
     observed,
+    rpc_for,
     send,
     send_token,
     source_for,
@@ -104,6 +106,32 @@ def test_erc20_transfers_of_any_token_in_and_out_with_symbol_decimals_and_balanc
     assert by_tx[sent[1].tx_hash].balance_after == 10**24 + 3 - (10**18 + 1)
     assert by_tx[sent[2].tx_hash].balance_after == 42
     assert source.token_info(token).symbol == "TKN"
+
+
+def test_a_wallet_listed_once_per_asset_reports_each_listed_asset_and_no_other(
+    w3: Web3, accounts: list[str], anvil: AnvilService
+) -> None:
+    multi, eth_only, alice, deployer = accounts[0], accounts[1], accounts[2], accounts[9]
+    token = deploy_token(w3, deployer)
+    sent = [
+        send_token(w3, token, deployer, multi, 500),  # TKN in: listed for TKN
+        send_token(w3, token, deployer, eth_only, 700),  # TKN in: that wallet is ETH only
+        send(w3, multi, alice, ETH),  # ETH out: listed for ETH
+        send(w3, eth_only, alice, 2 * ETH),  # ETH out
+    ]
+    configs = [
+        WalletConfig(chain=CHAIN, address=multi, asset="ETH", label="multi-eth"),
+        WalletConfig(chain=CHAIN, address=multi, asset="tkn", label="multi-tkn"),
+        WalletConfig(chain=CHAIN, address=eth_only, asset="ETH", label="eth-only"),
+    ]
+    rec = Recorder()
+    drain(watcher_for(EvmSource(rpc_for(anvil.url), CHAIN, configs), rec, CursorStore(":memory:")))
+    got = {(t.tx_hash, t.wallet, t.asset) for t in rec.transfers}
+    assert got == {
+        (sent[0].tx_hash, normalize_address(multi), "TKN"),
+        (sent[2].tx_hash, normalize_address(multi), "ETH"),
+        (sent[3].tx_hash, normalize_address(eth_only), "ETH"),
+    }
 
 
 @pytest.mark.parametrize("mode", ["debug", "trace", "auto"])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 
 import httpx
 
-from alerts.killswitch import AutoFreezePolicy, signed_headers
+from alerts.killswitch import AutoFreezePolicy, VelocityBudget, signed_headers
+from drainwatch.config import WalletConfig
 from tests.alerts.killswitch.conftest import (
     ETH_HOT,
     ETH_HOT2,
@@ -346,3 +348,43 @@ def test_audit_routes(servers: ServerFactory) -> None:
     assert head == {"seq": 1, "hash": entries[0]["hash"]}
     assert verify["ok"] is True
     assert verify["head"] == head["hash"]
+
+
+def test_a_wallet_listed_per_asset_has_each_asset_s_budget_and_any_label_s_policy(
+    servers: ServerFactory,
+) -> None:
+    ks = servers.start(
+        make_settings(
+            wallets=(
+                WalletConfig(chain="ethereum", address=ETH_HOT, asset="ETH", label="eth-hot"),
+                WalletConfig(chain="ethereum", address=ETH_HOT, asset="USDT", label="usdt-hot"),
+            ),
+            budgets=(
+                VelocityBudget(
+                    label="usdt-hot", asset="USDT", max_amount=Decimal(1000), window_s=3600
+                ),
+                VelocityBudget(
+                    label="eth-hot", asset="ETH", max_amount=Decimal(100), window_s=3600
+                ),
+            ),
+            policy=AutoFreezePolicy(labels=("usdt-hot",)),
+        )
+    )
+
+    def ask(asset: str, amount: str) -> dict[str, object]:
+        body = {"chain": "ethereum", "wallet": ETH_HOT, "asset": asset, "amount": amount}
+        response = http.post("/v1/authorize", json={**body, "to": "0xbeef"})
+        assert response.status_code == 200, response.text
+        result: dict[str, object] = response.json()
+        return result
+
+    with ks.client("signer-1") as http:
+        usdt = ask("USDT", "1000.000001")
+        eth = ask("ETH", "99")
+    assert usdt["allowed"] is False
+    assert "velocity budget label:usdt-hot exceeded" in str(usdt["reason"])
+    assert eth["allowed"] is True  # judged by eth-hot's budget, not usdt-hot's
+    # A freeze stops the address: a policy naming either entry's label covers it.
+    with ks.client("alerts") as http:
+        assert http.post("/v1/freezes", json=FREEZE).status_code == 201
+    assert ks.store.is_frozen("ethereum", ETH_HOT)

@@ -1,0 +1,127 @@
+"""A hot wallet that holds several assets (ETH and a token at one address), listed once per asset.
+
+Every EVM exchange hot wallet pays out its tokens from the same address as its ETH, and the
+Phemex and KuCoin drains took dozens of tokens. Each asset has its own balance, opening balance
+and label; the address is one wallet to freeze.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from detectors import run_backtest
+from detectors.traffic import DrainSpec, HotWalletSpec, config_toml, generate_traffic, write_jsonl
+from drainwatch.config import Config, ConfigError, loads
+
+START = datetime(2024, 3, 4, tzinfo=UTC)
+DAYS = 10
+DRAIN_AT_S = 9 * 86400 + 3 * 3600
+ADDRESS = "0x" + "ab" * 20
+ETH = HotWalletSpec(
+    chain="ethereum",
+    asset="ETH",
+    address=ADDRESS,
+    cold_address="0x" + "cd" * 20,
+    label="eth-hot",
+    balance=Decimal("20000"),
+    decimals=18,
+)
+USDT = replace(
+    ETH,
+    asset="USDT",
+    label="usdt-hot",
+    balance=Decimal("30000000"),
+    decimals=6,
+    drains=(DrainSpec(DRAIN_AT_S, "burst", 0.2, 4, 60),),
+)
+
+
+def _alerts(config: Config, transfers: Path, out: Path, workers: int) -> list[dict[str, Any]]:
+    run_backtest(config, transfers, None, out, workers=workers)
+    return [orjson.loads(line) for line in out.read_bytes().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def replay(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
+    traffic = generate_traffic([ETH, USDT], START, days=DAYS, seed=7)
+    directory = tmp_path_factory.mktemp("multi-asset")
+    return write_jsonl(directory / "transfers.jsonl", traffic.transfers), traffic.malicious
+
+
+def test_each_asset_is_judged_against_its_own_balance_and_named_in_its_alerts(
+    replay: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    transfers, malicious = replay
+    config = loads(config_toml([ETH, USDT]))
+    assert [(w.address, w.asset) for w in config.wallets if w.role == "hot"] == [
+        (ADDRESS, "ETH"),
+        (ADDRESS, "USDT"),
+    ]
+    alerts = _alerts(config, transfers, tmp_path / "alerts.jsonl", workers=1)
+    after_a_week = (START.timestamp() + 7 * 86400, START.timestamp() + DRAIN_AT_S)
+    freezes = [a for a in alerts if a["freeze"] and a["wallet"] == ADDRESS]
+    assert not [
+        a
+        for a in freezes
+        if after_a_week[0] <= datetime.fromisoformat(a["ts"]).timestamp() < after_a_week[1]
+    ], "no false freeze of either asset after the first week"
+    # The drain's first transfer (20% of the USDT balance) freezes the wallet, as USDT.
+    drain = [a for a in freezes if datetime.fromisoformat(a["ts"]).timestamp() >= after_a_week[1]]
+    assert drain[0]["tx_hashes"][-1] == malicious[0]["tx_hash"]
+    assert (drain[0]["wallet_label"], drain[0]["metrics"]["asset"]) == ("usdt-hot", "USDT")
+    for alert in alerts:
+        if alert["wallet"] == ADDRESS and alert["detector"] != "correlation":
+            label = {"ETH": "eth-hot", "USDT": "usdt-hot"}[alert["metrics"]["asset"]]
+            assert alert["wallet_label"] == label
+
+
+def test_one_entry_for_both_assets_reads_the_token_against_the_eth_balance(
+    replay: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    # What listing per asset fixes: one entry without `asset` has one opening balance, and
+    # 20,000 "USDT" makes every customer's USDT withdrawal look like a drain.
+    transfers, _ = replay
+    one_entry = config_toml([ETH]).replace('asset = "ETH"\n', "", 1)
+    alerts = _alerts(loads(one_entry), transfers, tmp_path / "alerts.jsonl", workers=1)
+    usdt_freezes = [a for a in alerts if a["freeze"] and a["metrics"].get("asset") == "USDT"]
+    assert usdt_freezes
+    assert usdt_freezes[0]["wallet_label"] == "eth-hot"
+
+
+def test_split_over_workers_the_assets_of_one_wallet_stay_together(
+    replay: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    transfers, _ = replay
+    config = loads(config_toml([ETH, USDT]))
+    one = _alerts(config, transfers, tmp_path / "one.jsonl", workers=1)
+    two = _alerts(config, transfers, tmp_path / "two.jsonl", workers=2)
+    assert one == two
+    assert any(a["freeze"] for a in one)
+
+
+@pytest.mark.parametrize(
+    ("second", "line", "key", "reason"),
+    [
+        ('asset = "eth"\n', 10, "wallets[1].asset", "listed twice for asset 'eth'"),
+        ("", 8, "wallets[1].address", "listed once per asset"),
+        ('asset = "USDT"\nrole = "cold"\n', 11, "wallets[1].role", "one wallet has one role"),
+    ],
+)
+def test_a_wallet_listed_twice_must_name_a_different_asset_each_time(
+    second: str, line: int, key: str, reason: str
+) -> None:
+    text = (
+        f'[[wallets]]\nchain = "ethereum"\naddress = "{ADDRESS}"\nasset = "ETH"\n\n'
+        f'[[wallets]]\nchain = "ethereum"\naddress = "{ADDRESS.upper().replace("0X", "0x")}"\n'
+        f"label = 'second'\n{second}"
+    )
+    with pytest.raises(ConfigError, match=reason) as info:
+        loads(text, path="multi.toml")
+    assert (info.value.line, info.value.key) == (line, key)
