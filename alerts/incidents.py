@@ -681,8 +681,9 @@ def flow_series(
     """Outflow and balance over time for each wallet and asset that sent something.
 
     The balance is taken, in order of preference, from the transfers' ``balance_after`` (read on
-    chain), from the first alert whose metrics carry ``balance_before`` (only for a wallet that
-    moved a single asset, since alerts do not name one), or from ``balances_before``
+    chain), from the first alert of that asset whose metrics carry ``balance_before`` (an alert
+    that does not name its asset only for a wallet that moved a single asset), or from
+    ``balances_before``
     (``(wallet key, asset) -> base units`` just before the incident's first transfer, see
     :func:`balances_before`). Transfers of one instant are one step: ``balance_after`` is the
     balance after the whole block.
@@ -729,10 +730,23 @@ def flow_series(
 
         source = "chain"
         opening = _opening_from_chain([(w, d, a) for w, d, a, _ in steps])
-        if opening is None and len(assets_of[wkey]) == 1:
-            source = "alert"
-            wallet_alerts = [a for a in incident.alerts if a.alert.key == wkey]
-            opening = _opening_from_alerts(wallet_alerts, records, first.decimals)
+        if opening is None:
+            # Alerts name their asset (``metrics.asset``); an older one without it is trusted
+            # only for a wallet that moved a single asset.
+            single = len(assets_of[wkey]) == 1
+            wallet_alerts = [
+                a
+                for a in incident.alerts
+                if a.alert.key == wkey
+                and (
+                    a.alert.metrics["asset"].casefold() == asset.casefold()
+                    if "asset" in a.alert.metrics
+                    else single
+                )
+            ]
+            if wallet_alerts:
+                source = "alert"
+                opening = _opening_from_alerts(wallet_alerts, records, first.decimals)
         if opening is None and balances_before and (wkey, asset) in balances_before:
             source, opening = "opening", balances_before[(wkey, asset)]
         if opening is None:

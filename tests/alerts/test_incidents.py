@@ -273,6 +273,25 @@ def test_flow_series_falls_back_to_the_opening_balance(timeline: Timeline) -> No
     assert [p.balance for p in series.points] == [1_400 * XEM, 500 * XEM]
 
 
+def test_flow_series_of_a_wallet_holding_two_assets_takes_each_balance_from_its_own_alert(
+    timeline: Timeline,
+) -> None:
+    # The XEM drain and a TOK drain of one wallet; each alert names its asset.
+    xem, tok = transfer("0xx", 0, 900), transfer("0xt", 1, 40, asset="TOK", decimals=0)
+    for t in (xem, tok):
+        timeline.record_transfer(t)
+    for n, (t, before) in enumerate(((xem, "5000"), (tok, "100"))):
+        metrics = {"asset": t.asset, "balance_before": before, "balance_known": "1"}
+        timeline.record_alert(
+            alert(n, n, Severity.CRITICAL, "s", freeze=n == 0, evidence=(t,), metrics=metrics)
+        )
+    [incident] = incidents_from(timeline)
+    series = {s.asset: s for s in flow_series(incident)}
+    assert {a: s.balance_source for a, s in series.items()} == {"XEM": "alert", "TOK": "alert"}
+    assert [p.balance for p in series["XEM"].points] == [5_000 * XEM, 4_100 * XEM]
+    assert [p.balance for p in series["TOK"].points] == [100, 60]
+
+
 def test_wei_amounts_stay_exact(timeline: Timeline) -> None:
     huge = 10**30 + 1  # more digits than a float or a default Decimal context keeps
     for n in range(3):
