@@ -5,9 +5,10 @@ whales, a market maker, treasury top-ups and sweeps, panic-day surges) with drai
 writes the backtest files, runs :func:`~detectors.backtest.run_backtest` over them (the same path
 as ``drainwatch backtest``: parsing included), and scores the alerts it wrote:
 
-* **saved**: per drained wallet, the share of the drained value that left *after* the first
-  ``freeze: true`` alert naming that wallet from an hour before its drain started (a transfer at
-  the freeze's own second has left), averaged over the drained wallets of the scenario;
+* **saved**: per drained wallet (and asset, for a wallet that holds several), the share of the
+  drained value that left *after* the first ``freeze: true`` alert naming that wallet from an
+  hour before its drain started (a transfer at the freeze's own second has left), averaged over
+  the drained wallets of the scenario;
 * **passed**: malicious transfers that left before (or at) that freeze, summed over wallets;
 * **late**: drained wallets whose freeze came after their first malicious transfer of more than
   1% of the balance it left (the issue's target: no later than that transfer), of those wallets
@@ -151,6 +152,7 @@ class ScenarioResult:
     scenario: str
     detectors: str
     drained_wallets: int
+    """Drained wallets, each asset of a wallet that holds several counted on its own."""
     saved: float | None
     """Mean share of drained value saved per drained wallet (None: no drain in the scenario)."""
     passed: int
@@ -215,6 +217,43 @@ def _fleet(
                 drains=(drains or {}).get(index, ()),
             )
         )
+    return tuple(out)
+
+
+def _token_fleet(
+    count: int, drains: dict[tuple[int, str], tuple[DrainSpec, ...]]
+) -> tuple[HotWalletSpec, ...]:
+    """``count`` Ethereum hot wallets that each pay out ETH and USDT (an ERC-20 token) from one
+    address, listed once per asset; ``drains`` by (wallet index, asset)."""
+    out: list[HotWalletSpec] = []
+    for index in range(count):
+        eth = HotWalletSpec(
+            chain="ethereum",
+            asset="ETH",
+            address=f"0x{0xE0 + index:040x}",
+            cold_address=f"0x{0xF0 + index:040x}",
+            label=f"eth-hot-{index}",
+            balance=Decimal("20000"),
+            decimals=18,
+            withdrawals_per_day=600,
+            deposits_per_day=450,
+            market_maker_share=(0.03, 0.06),
+            usd_price=Decimal("3000"),
+            drains=drains.get((index, "ETH"), ()),
+        )
+        usdt = replace(
+            eth,
+            asset="USDT",
+            label=f"usdt-hot-{index}",
+            balance=Decimal("30000000"),
+            decimals=6,
+            withdrawals_per_day=900,
+            deposits_per_day=700,
+            market_maker_every_h=54,
+            usd_price=Decimal("1"),
+            drains=drains.get((index, "USDT"), ()),
+        )
+        out += [eth, usdt]
     return tuple(out)
 
 
@@ -353,6 +392,21 @@ def scenarios(quick: bool = False) -> list[Scenario]:
             panic_days=(9, 14),
         ),
         Scenario(
+            "tokens",
+            "3 wallets paying ETH and USDT from one address each: one's USDT, another's ETH "
+            "then USDT drained in ~25% steps",
+            _token_fleet(
+                3,
+                {
+                    (0, "USDT"): (one(at, "burst", 0.25, 4, 90),),
+                    (1, "ETH"): (one(at + DAY, "burst", 0.25, 3, 90),),
+                    (1, "USDT"): (one(at + DAY + 600, "fresh_fanout", 0.02, 30, 20),),
+                },
+            ),
+            days,
+            panic_days=(9, 14),
+        ),
+        Scenario(
             "many-wallets-small",
             "6 wallets drained in 1.5% steps to one address each, within the same half hour",
             _fleet(
@@ -425,24 +479,30 @@ def first_large(
 
     >>> spec = HotWalletSpec(chain="nem", asset="XEM", address="HOT", cold_address="COLD",
     ...                      label="nem-hot", balance=Decimal(1000), decimals=0)
-    >>> rows = [{"ts": "2024-03-04T00:00:00Z", "from": "HOT", "to": "X", "amount": "9"},
-    ...         {"ts": "2024-03-04T00:01:00Z", "from": "HOT", "to": "X", "amount": "10"},
-    ...         {"ts": "2024-03-04T00:02:00Z", "from": "HOT", "to": "Y", "amount": "11"}]
+    >>> rows = [{"ts": f"2024-03-04T00:0{i}:00Z", "from": "HOT", "to": "X", "asset": "XEM",
+    ...          "amount": amount} for i, amount in enumerate(["9", "10", "11"])]
     >>> first_large([spec], rows, rows) == {"HOT": _seconds("2024-03-04T00:01:00Z")}
     True
     """
     bad = {id(row) for row in malicious}
-    balance = {spec.address: spec.balance for spec in wallets}
+    # Per asset: a wallet listed once per asset has a balance of each (the first large
+    # transfer of any of them is the wallet's).
+    balance = {(spec.address, spec.asset): spec.balance for spec in wallets}
     found: dict[str, float] = {}
     for row in rows:
         amount = Decimal(row["amount"])
         sender = row["from"]
-        if sender in balance:
-            if id(row) in bad and sender not in found and amount > balance[sender] * LARGE_SHARE:
+        asset = row["asset"]
+        if (sender, asset) in balance:
+            if (
+                id(row) in bad
+                and sender not in found
+                and amount > balance[sender, asset] * LARGE_SHARE
+            ):
                 found[sender] = _seconds(row["ts"])
-            balance[sender] -= amount
-        if row["to"] in balance:
-            balance[row["to"]] += amount
+            balance[sender, asset] -= amount
+        if (row["to"], asset) in balance:
+            balance[row["to"], asset] += amount
     return found
 
 
@@ -497,10 +557,16 @@ def score(  # noqa: PLR0917 - the scoring inputs, all required
     large_at: Mapping[str, float] | None = None,
 ) -> ScenarioResult:
     """Score alerts per DESIGN.md §5 (see the module doc)."""
-    by_wallet: dict[str, list[tuple[float, Decimal]]] = {}
+    # Drained value per (wallet, asset): a wallet that holds several assets loses each in its
+    # own units; one freeze (of the address) stops them all.
+    by_wallet: dict[tuple[str, str], list[tuple[float, Decimal]]] = {}
     for row in malicious:
-        by_wallet.setdefault(row["from"], []).append((_seconds(row["ts"]), Decimal(row["amount"])))
-    drain_start = {wallet: min(t for t, _ in items) for wallet, items in by_wallet.items()}
+        by_wallet.setdefault((row["from"], row["asset"]), []).append(
+            (_seconds(row["ts"]), Decimal(row["amount"]))
+        )
+    drain_start: dict[str, float] = {}
+    for (wallet, _), items in by_wallet.items():
+        drain_start[wallet] = min(drain_start.get(wallet, math.inf), *(t for t, _ in items))
     # The freeze that counts is the first one from an hour before the drain started (the wallet
     # is still frozen then, e.g. frozen with an incident on other wallets): a freeze weeks earlier
     # (and its unfreeze) does not stop this drain.
@@ -514,7 +580,7 @@ def score(  # noqa: PLR0917 - the scoring inputs, all required
                 first_freeze[wallet] = when
     shares: list[float] = []
     passed = 0
-    for wallet, items in by_wallet.items():
+    for (wallet, _), items in by_wallet.items():
         freeze = first_freeze.get(wallet, math.inf)
         total = sum((amount for _, amount in items), Decimal(0))
         saved = sum((amount for t, amount in items if t > freeze), Decimal(0))

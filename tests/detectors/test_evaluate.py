@@ -32,7 +32,7 @@ def ts(days: float) -> str:
 
 
 def row(days: float, amount: str) -> dict[str, Any]:
-    return {"ts": ts(days), "from": "HOT", "to": "THIEF", "amount": amount}
+    return {"ts": ts(days), "from": "HOT", "to": "THIEF", "asset": "XEM", "amount": amount}
 
 
 def alert(days: float, *, freeze: bool, severity: str = "critical") -> dict[str, Any]:
@@ -83,9 +83,25 @@ def test_late_counts_a_freeze_after_the_first_transfer_above_one_percent() -> No
     assert (on_time.late, on_time.large_drains) == (0, 1)
     assert (late.late, late.large_drains) == (1, 1)
     # Inflows count: a 1000-unit deposit first makes the 10 under 1%, so the 300 is the first.
-    deposit = {"ts": ts(11), "from": "BANK", "to": "HOT", "amount": "1000"}
+    deposit = {"ts": ts(11), "from": "BANK", "to": "HOT", "asset": "XEM", "amount": "1000"}
     at = datetime.fromisoformat(ts(12.002)).timestamp()
     assert first_large([HOT], [deposit, *drain], drain) == {"HOT": at}
+
+
+def test_a_wallet_holding_two_assets_is_scored_per_asset_and_frozen_as_one() -> None:
+    # HOT holds 1000 XEM and 10 TOK. 5 XEM is 0.5% of its XEM; 1 TOK is 10% of its TOK.
+    token = replace(HOT, asset="TOK", label="tok-hot", balance=Decimal(10))
+    tok = {**row(12.001, "1"), "asset": "TOK"}
+    drain = [row(12, "5"), tok, row(12.002, "500"), {**row(12.003, "9"), "asset": "TOK"}]
+    large_at = first_large([HOT, token], drain, drain)
+    assert large_at == {"HOT": datetime.fromisoformat(ts(12.001)).timestamp()}
+    scenario = replace(SCENARIO, wallets=(HOT, token))
+    result = score(scenario, "x", START, drain, [alert(12.002, freeze=True)], 1.0, large_at)
+    # One freeze stops both assets: XEM saved 0 of 505 (the 500 left at the freeze's second),
+    # TOK 9 of 10; the mean is over the two (wallet, asset) drains.
+    assert result.drained_wallets == 2
+    assert result.saved == pytest.approx((0 + 0.9) / 2)
+    assert (result.passed, result.late, result.large_drains) == (3, 1, 1)
 
 
 @pytest.mark.parametrize(
