@@ -32,6 +32,7 @@ events with deterministic ids. Two policies sit between findings and alerts:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -57,6 +58,8 @@ from drainwatch.events import (
     normalize_address,
 )
 from drainwatch.stage import Output
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DetectionEngine", "default_detectors"]
 
@@ -191,6 +194,8 @@ class DetectionEngine:
         key = (wallet.chain, wallet.address, asset.casefold())
         state = self._states.get(key)
         if state is None:
+            if wallet.asset is None and wallet.opening_balance is not None:
+                wallet = self._opening_for_first_asset(wallet, asset)
             state = WalletState(
                 wallet,
                 asset,
@@ -200,6 +205,25 @@ class DetectionEngine:
             )
             self._states[key] = state
         return state
+
+    def _opening_for_first_asset(self, wallet: WalletConfig, asset: str) -> WalletConfig:
+        """``wallet`` (an entry naming no asset, with an opening balance) for a state of
+        ``asset``: its opening balance is the balance of the first asset it moves; another
+        asset's is learned from the stream like a wallet without one (a number in the wrong units
+        would make that asset's drains look tiny, or its customers look like a drain)."""
+        others = sorted(k[2] for k in self._states if k[:2] == (wallet.chain, wallet.address))
+        if not others:
+            return wallet
+        log.warning(
+            "wallet %s moves %s besides %s but has one opening_balance: it stays the balance of "
+            "the first asset the wallet moved, and the %s balance is estimated from the "
+            "transfers; list the wallet once per asset, each with its `asset` and opening_balance",
+            wallet.name,
+            asset,
+            ", ".join(others),
+            asset,
+        )
+        return wallet.model_copy(update={"opening_balance": None})
 
     def adopt(self, other: DetectionEngine) -> None:
         """Take over the wallets ``other`` judged (same config and detectors, no wallet in common).

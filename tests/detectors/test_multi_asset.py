@@ -82,17 +82,24 @@ def test_each_asset_is_judged_against_its_own_balance_and_named_in_its_alerts(
             assert alert["wallet_label"] == label
 
 
-def test_one_entry_for_both_assets_reads_the_token_against_the_eth_balance(
-    replay: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+def test_one_entry_for_both_assets_keeps_its_opening_balance_for_the_first_asset_only(
+    replay: tuple[Path, list[dict[str, Any]]], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # What listing per asset fixes: one entry without `asset` has one opening balance, and
-    # 20,000 "USDT" makes every customer's USDT withdrawal look like a drain.
-    transfers, _ = replay
+    # One entry without `asset` has one opening balance: read as the USDT balance too, 20,000
+    # "USDT" would make every customer's USDT withdrawal a drain. It stays the balance of the
+    # first asset the wallet moved; the other's is estimated from the stream, with a warning.
+    transfers, malicious = replay
     one_entry = config_toml([ETH]).replace('asset = "ETH"\n', "", 1)
     alerts = _alerts(loads(one_entry), transfers, tmp_path / "alerts.jsonl", workers=1)
-    usdt_freezes = [a for a in alerts if a["freeze"] and a["metrics"].get("asset") == "USDT"]
-    assert usdt_freezes
-    assert usdt_freezes[0]["wallet_label"] == "eth-hot"
+    [warning] = [r.getMessage() for r in caplog.records if "opening_balance" in r.getMessage()]
+    assert "wallet eth-hot moves USDT besides eth" in warning
+    known = {(a["metrics"]["asset"], a["metrics"].get("balance_known")) for a in alerts}
+    assert ("USDT", "1") not in known
+    assert ("ETH", "1") in known or not any(a["metrics"]["asset"] == "ETH" for a in alerts)
+    drain_at = START.timestamp() + DRAIN_AT_S
+    freezes = [a for a in alerts if a["freeze"] and a["metrics"]["asset"] == "USDT"]
+    first = next(a for a in freezes if datetime.fromisoformat(a["ts"]).timestamp() >= drain_at)
+    assert first["tx_hashes"][-1] == malicious[0]["tx_hash"]
 
 
 def test_split_over_workers_the_assets_of_one_wallet_stay_together(
