@@ -1,13 +1,16 @@
-"""A consumer-group member polling in its own thread, for the Kafka buses' rebalance tests."""
+"""Consumer groups for the Kafka buses' tests: a member polling in its own thread, and reading a
+topic from its beginning through a new group.
+"""
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 from drainwatch.bus import Bus, Consumer, Message, TopicPartition
 
-__all__ = ["Member", "join_group"]
+__all__ = ["Member", "consume", "join_group"]
 
 
 @dataclass
@@ -62,3 +65,17 @@ def join_group(bus: Bus, topic: str, group: str) -> Member:
     member = Member(bus.consumer([topic], group, on_assign=on_assign))
     member.start()
     return member
+
+
+def consume(bus: Bus, topic: str, group: str, count: int) -> list[Message]:
+    """What ``group`` reads of ``topic``: ``count`` messages (or what came in 30 s), then one more
+    poll, so that anything beyond ``count`` (a duplicate, say) shows up too.
+    """
+    consumer = bus.consumer([topic], group)
+    got: list[Message] = []
+    deadline = time.monotonic() + 30
+    while len(got) < count and time.monotonic() < deadline:
+        got.extend(consumer.poll(0.5))
+    got.extend(consumer.poll(0.5))
+    consumer.close()
+    return got

@@ -1,5 +1,5 @@
-"""What only the confluent-kafka bus has to get right: topic settings, the partitioner it shares
-with kafka-python, broker crashes, group rebalances, and working without confluent-kafka.
+"""What only the confluent-kafka bus has to get right: the partitioner it shares with kafka-python,
+lag, being built from the configuration, and working without confluent-kafka.
 """
 
 from __future__ import annotations
@@ -8,18 +8,16 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kafka import KafkaAdminClient
-from kafka.admin import ConfigResource, ConfigResourceType
 
 from drainwatch.app import build_bus
-from drainwatch.bus import BusError, ConfluentBus, KafkaBus, Message, TopicPartition, TopicSpec
+from drainwatch.bus import ConfluentBus, KafkaBus, Message, TopicPartition, TopicSpec
 from drainwatch.config import loads
 from drainwatch.stage import default_topics
-from tests.bus.group import join_group
+from tests.bus.group import consume
 from tests.harness.services import KafkaService
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,25 +28,6 @@ def bus(kafka: KafkaService, kafka_topic_prefix: str) -> Iterator[ConfluentBus]:
     bus = ConfluentBus([kafka.bootstrap_servers], client_id=f"{kafka_topic_prefix}test")
     yield bus
     bus.close()
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        time.sleep(0.05)
-
-
-def consume(bus: ConfluentBus | KafkaBus, topic: str, group: str, count: int) -> list[Message]:
-    consumer = bus.consumer([topic], group)
-    got: list[Message] = []
-    deadline = time.monotonic() + 30
-    while len(got) < count and time.monotonic() < deadline:
-        got.extend(consumer.poll(0.5))
-    got.extend(consumer.poll(0.5))
-    consumer.close()
-    return got
 
 
 def test_importing_the_bus_needs_no_confluent_kafka_and_creating_one_says_how_to_install() -> None:
@@ -69,38 +48,6 @@ def test_importing_the_bus_needs_no_confluent_kafka_and_creating_one_says_how_to
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert "pip install 'drainwatch[confluent]'" in out.stdout
-
-
-@pytest.mark.services
-def test_created_topics_carry_cleanup_policy_and_retention(
-    bus: ConfluentBus, kafka: KafkaService, kafka_topic_prefix: str
-) -> None:
-    freezes = f"{kafka_topic_prefix}freezes"
-    transfers = f"{kafka_topic_prefix}transfers"
-    bus.ensure_topics(
-        [
-            TopicSpec(freezes, partitions=2, compacted=True, retention_ms=None),
-            TopicSpec(transfers, partitions=3, retention_ms=86_400_000),
-        ]
-    )
-
-    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
-    try:
-        described = admin.describe_configs(
-            [
-                ConfigResource(ConfigResourceType.TOPIC, freezes),
-                ConfigResource(ConfigResourceType.TOPIC, transfers),
-            ]
-        )["topic"]
-    finally:
-        admin.close()
-    assert described[freezes]["cleanup.policy"]["value"] == "compact"
-    assert "retention.ms" not in described[freezes]  # only non-default settings are listed
-    assert described[transfers]["cleanup.policy"]["value"] == "delete"
-    assert described[transfers]["retention.ms"]["value"] == "86400000"
-    assert len(bus.partitions(freezes)) == 2
-    assert len(bus.partitions(transfers)) == 3
-    assert bus.partitions(f"{kafka_topic_prefix}nothing") == []
 
 
 @pytest.mark.services
@@ -129,174 +76,6 @@ def test_a_key_lands_on_the_partition_kafka_python_picks(
     assert len(by_client["confluent"]) == len(keys)
     assert by_client["confluent"] == by_client["kafka-python"]
     assert len(set(by_client["confluent"].values())) > 1
-
-
-@pytest.mark.services
-def test_flush_reports_a_message_the_broker_rejects(
-    bus: ConfluentBus, kafka: KafkaService, kafka_topic_prefix: str
-) -> None:
-    topic = f"{kafka_topic_prefix}small"
-    kafka.create_topics([topic], partitions=1, configs={"max.message.bytes": "1024"})
-    producer = bus.producer()
-
-    producer.send(topic, "k", b"x" * 10_000)
-    with pytest.raises(BusError, match="not delivered"):
-        producer.flush()
-
-    producer.send(topic, "k", b"fits")  # the producer stays usable after a failure
-    producer.flush()
-    producer.close()
-    assert [m.value for m in consume(bus, topic, f"{kafka_topic_prefix}g", 1)] == [b"fits"]
-
-
-@pytest.mark.services
-def test_broker_crash_never_loses_a_flushed_message(
-    bus: ConfluentBus, kafka: KafkaService, kafka_topic_prefix: str
-) -> None:
-    topic = f"{kafka_topic_prefix}crash"
-    group = f"{kafka_topic_prefix}g"
-    bus.ensure_topics([TopicSpec(topic, partitions=3)])
-    producer = bus.producer()
-    delivered: list[bytes] = []
-
-    def send_batch(name: str) -> bool:
-        batch = [b"%s-%d" % (name.encode(), i) for i in range(20)]
-        for i, value in enumerate(batch):
-            producer.send(topic, f"wallet-{i % 7}", value)
-        try:
-            producer.flush(timeout_s=45)
-        except BusError:
-            return False
-        delivered.extend(batch)
-        return True
-
-    assert send_batch("before")
-    try:
-        kafka.kill()
-        # Queued while the broker is down: delivered after it is back, or reported; never lost.
-        for i in range(20):
-            producer.send(topic, f"wallet-{i % 7}", b"during-%d" % i)
-        kafka.start()
-        during_ok = True
-        try:
-            producer.flush(timeout_s=45)
-            delivered.extend(b"during-%d" % i for i in range(20))
-        except BusError:
-            during_ok = False
-        assert send_batch("after")
-    finally:
-        if not kafka.running:
-            kafka.start()
-    producer.close()
-
-    got = [m.value for m in consume(bus, topic, group, len(delivered))]
-    assert set(delivered) <= set(got)
-    assert len(got) >= 40 + (20 if during_ok else 0)
-
-
-@pytest.mark.services
-def test_rebalance_tells_both_members_and_the_group_reads_each_message_once(
-    bus: ConfluentBus, kafka_topic_prefix: str
-) -> None:
-    topic = f"{kafka_topic_prefix}rebalance"
-    group = f"{kafka_topic_prefix}detectors"
-    bus.ensure_topics([TopicSpec(topic, partitions=4)])
-    producer = bus.producer()
-
-    first = join_group(bus, topic, group)
-    wait_until(lambda: first.assigned == {0, 1, 2, 3}, what="first member owns everything")
-    second = join_group(bus, topic, group)
-
-    def split() -> bool:
-        a, b = first.assigned, second.assigned
-        return bool(a and b and a | b == {0, 1, 2, 3} and not a & b)
-
-    wait_until(split, what="the partitions split between the two members")
-    for i in range(40):
-        producer.send(topic, f"wallet-{i}", b"a-%d" % i)
-    producer.flush()
-    wait_until(lambda: len(first.messages) + len(second.messages) >= 40, what="40 messages")
-    time.sleep(0.5)  # anything read twice would show up now
-
-    values = sorted(m.value for m in first.messages + second.messages)
-    assert values == sorted(b"a-%d" % i for i in range(40))
-    assert {m.partition for m in first.messages} <= first.assigned
-    assert {m.partition for m in second.messages} <= second.assigned
-
-    # The second member leaves after committing: the first takes over exactly where it stopped.
-    taken_over = second.assigned
-    second.leave()
-    wait_until(lambda: first.assigned == {0, 1, 2, 3}, what="first member owns everything again")
-    ends = {p: bus.end_offset(TopicPartition(topic, p)) for p in taken_over}
-    positions = {tp.partition: pos for tp, pos in first.positions_at_assign[-1].items()}
-    assert {p: positions[p] for p in taken_over} == ends
-    assert all(p > 0 for p in ends.values())
-    before = len(first.messages)
-    for i in range(20):
-        producer.send(topic, f"wallet-{i}", b"b-%d" % i)
-    producer.close()
-    wait_until(lambda: len(first.messages) - before >= 20, what="20 more messages")
-    time.sleep(0.5)
-    first.leave()
-
-    assert sorted(m.value for m in first.messages[before:]) == sorted(
-        b"b-%d" % i for i in range(20)
-    )
-    assert len(first.assignments) >= 3
-    assert len(second.assignments) >= 1
-    assert first.thread is not None
-    assert second.thread is not None
-    assert set(first.threads_at_assign) == {first.thread.ident}
-    assert set(second.threads_at_assign) == {second.thread.ident}
-    assert first.errors == []
-    assert second.errors == []
-
-
-@pytest.mark.services
-def test_commit_after_losing_the_group_raises_and_messages_come_again(
-    kafka: KafkaService, kafka_topic_prefix: str
-) -> None:
-    topic = f"{kafka_topic_prefix}slow"
-    group = f"{kafka_topic_prefix}g"
-    # A member that does not poll for max.poll.interval.ms leaves the group (the broker's
-    # smallest session timeout is 6 s, and librdkafka wants max.poll.interval.ms >= it).
-    bus = ConfluentBus(
-        [kafka.bootstrap_servers],
-        consumer_config={
-            "max.poll.interval.ms": 6000,
-            "session.timeout.ms": 6000,
-            "heartbeat.interval.ms": 500,
-        },
-    )
-    bus.ensure_topics([TopicSpec(topic, partitions=2)])
-    producer = bus.producer()
-    for i in range(10):
-        producer.send(topic, f"k{i}", b"%d" % i)
-    producer.close()
-    assigned: list[list[TopicPartition]] = []
-    consumer = bus.consumer([topic], group, on_assign=assigned.append)
-    got: list[Message] = []
-    deadline = time.monotonic() + 30
-    while len(got) < 10 and time.monotonic() < deadline:
-        got.extend(consumer.poll(0.5))
-
-    time.sleep(7.5)  # a handler far slower than max.poll.interval.ms
-    with pytest.raises(BusError, match="rebalanced"):
-        consumer.commit()
-    assert all(bus.committed(group, tp) is None for tp in bus.partitions(topic))
-
-    again: list[Message] = []
-    deadline = time.monotonic() + 30
-    while len(again) < 10 and time.monotonic() < deadline:
-        again.extend(consumer.poll(0.5))
-    consumer.commit()
-    consumer.close()
-    for tp in bus.partitions(topic):
-        assert bus.committed(group, tp) == bus.end_offset(tp)
-    bus.close()
-
-    assert len(assigned) >= 2  # rejoining the group is a new assignment
-    assert sorted(m.value for m in again) == sorted(m.value for m in got)
 
 
 @pytest.mark.services

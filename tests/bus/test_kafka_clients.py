@@ -1,4 +1,6 @@
-"""What only the Kafka bus has to get right: topic settings, broker crashes, group rebalances."""
+"""What both Kafka clients (kafka-python and confluent-kafka) have to get right beyond the bus
+contract: topic settings, rejected messages, broker crashes, group rebalances.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +11,28 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from drainwatch.bus import BusError, KafkaBus, Message, TopicPartition, TopicSpec
-from tests.bus.group import join_group
+from drainwatch.bus import BusError, ConfluentBus, KafkaBus, Message, TopicPartition, TopicSpec
+from tests.bus.group import consume, join_group
 from tests.harness.services import KafkaService
 
 pytestmark = pytest.mark.services
 
+KafkaClientBus = KafkaBus | ConfluentBus
+
+
+@pytest.fixture(params=["kafka-python", "confluent"])
+def client(request: pytest.FixtureRequest) -> str:
+    """Which Kafka client the test runs on."""
+    return str(request.param)
+
 
 @pytest.fixture
-def bus(kafka: KafkaService, kafka_topic_prefix: str) -> Iterator[KafkaBus]:
-    bus = KafkaBus([kafka.bootstrap_servers], client_id=f"{kafka_topic_prefix}test")
+def bus(client: str, kafka: KafkaService, kafka_topic_prefix: str) -> Iterator[KafkaClientBus]:
+    bus: KafkaClientBus
+    if client == "confluent":
+        bus = ConfluentBus([kafka.bootstrap_servers], client_id=f"{kafka_topic_prefix}test")
+    else:
+        bus = KafkaBus([kafka.bootstrap_servers], client_id=f"{kafka_topic_prefix}test")
     yield bus
     bus.close()
 
@@ -31,19 +45,8 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 90.0, what: str
         time.sleep(0.05)
 
 
-def consume_values(bus: KafkaBus, topic: str, group: str, count: int) -> list[bytes]:
-    consumer = bus.consumer([topic], group)
-    got: list[bytes] = []
-    deadline = time.monotonic() + 30
-    while len(got) < count and time.monotonic() < deadline:
-        got.extend(m.value for m in consumer.poll(0.5))
-    got.extend(m.value for m in consumer.poll(0.5))
-    consumer.close()
-    return got
-
-
 def test_created_topics_carry_cleanup_policy_and_retention(
-    bus: KafkaBus, kafka: KafkaService, kafka_topic_prefix: str
+    bus: KafkaClientBus, kafka: KafkaService, kafka_topic_prefix: str
 ) -> None:
     freezes = f"{kafka_topic_prefix}freezes"
     transfers = f"{kafka_topic_prefix}transfers"
@@ -70,20 +73,14 @@ def test_created_topics_carry_cleanup_policy_and_retention(
     assert described[transfers]["retention.ms"]["value"] == "86400000"
     assert len(bus.partitions(freezes)) == 2
     assert len(bus.partitions(transfers)) == 3
+    assert bus.partitions(f"{kafka_topic_prefix}nothing") == []
 
 
 def test_flush_reports_a_message_the_broker_rejects(
-    bus: KafkaBus, kafka: KafkaService, kafka_topic_prefix: str
+    bus: KafkaClientBus, kafka: KafkaService, kafka_topic_prefix: str
 ) -> None:
     topic = f"{kafka_topic_prefix}small"
-    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
-    try:
-        admin.create_topics(
-            {topic: {"num_partitions": 1, "configs": {"max.message.bytes": "1024"}}},
-            wait_for_metadata=True,
-        )
-    finally:
-        admin.close()
+    kafka.create_topics([topic], partitions=1, configs={"max.message.bytes": "1024"})
     producer = bus.producer()
 
     producer.send(topic, "k", b"x" * 10_000)
@@ -93,11 +90,11 @@ def test_flush_reports_a_message_the_broker_rejects(
     producer.send(topic, "k", b"fits")  # the producer stays usable after a failure
     producer.flush()
     producer.close()
-    assert consume_values(bus, topic, f"{kafka_topic_prefix}g", 1) == [b"fits"]
+    assert [m.value for m in consume(bus, topic, f"{kafka_topic_prefix}g", 1)] == [b"fits"]
 
 
 def test_broker_crash_never_loses_a_flushed_message(
-    bus: KafkaBus, kafka: KafkaService, kafka_topic_prefix: str
+    bus: KafkaClientBus, kafka: KafkaService, kafka_topic_prefix: str
 ) -> None:
     topic = f"{kafka_topic_prefix}crash"
     group = f"{kafka_topic_prefix}g"
@@ -135,13 +132,13 @@ def test_broker_crash_never_loses_a_flushed_message(
             kafka.start()
     producer.close()
 
-    got = consume_values(bus, topic, group, len(delivered))
+    got = [m.value for m in consume(bus, topic, group, len(delivered))]
     assert set(delivered) <= set(got)
     assert len(got) >= 40 + (20 if during_ok else 0)
 
 
 def test_rebalance_tells_both_members_and_the_group_reads_each_message_once(
-    bus: KafkaBus, kafka_topic_prefix: str
+    bus: KafkaClientBus, kafka_topic_prefix: str
 ) -> None:
     topic = f"{kafka_topic_prefix}rebalance"
     group = f"{kafka_topic_prefix}detectors"
@@ -175,6 +172,7 @@ def test_rebalance_tells_both_members_and_the_group_reads_each_message_once(
     ends = {p: bus.end_offset(TopicPartition(topic, p)) for p in taken_over}
     positions = {tp.partition: pos for tp, pos in first.positions_at_assign[-1].items()}
     assert {p: positions[p] for p in taken_over} == ends
+    assert all(p > 0 for p in ends.values())
     before = len(first.messages)
     for i in range(20):
         producer.send(topic, f"wallet-{i}", b"b-%d" % i)
@@ -188,22 +186,41 @@ def test_rebalance_tells_both_members_and_the_group_reads_each_message_once(
     )
     assert len(first.assignments) >= 3
     assert len(second.assignments) >= 1
+    assert first.thread is not None
+    assert second.thread is not None
+    assert set(first.threads_at_assign) == {first.thread.ident}
+    assert set(second.threads_at_assign) == {second.thread.ident}
     assert first.errors == []
     assert second.errors == []
 
 
 def test_commit_after_losing_the_group_raises_and_messages_come_again(
-    kafka: KafkaService, kafka_topic_prefix: str
+    client: str, kafka: KafkaService, kafka_topic_prefix: str
 ) -> None:
     topic = f"{kafka_topic_prefix}slow"
     group = f"{kafka_topic_prefix}g"
-    # A member that does not poll for max_poll_interval_ms is dropped from the group.
-    bus = KafkaBus(
-        [kafka.bootstrap_servers],
-        max_poll_interval_ms=2000,
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=500,
-    )
+    # A member that does not poll for max.poll.interval.ms is dropped from the group.
+    bus: KafkaClientBus
+    if client == "confluent":
+        # The broker's smallest session timeout is 6 s, and librdkafka wants
+        # max.poll.interval.ms >= it.
+        max_poll_interval_s = 6.0
+        bus = ConfluentBus(
+            [kafka.bootstrap_servers],
+            consumer_config={
+                "max.poll.interval.ms": 6000,
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 500,
+            },
+        )
+    else:
+        max_poll_interval_s = 2.0
+        bus = KafkaBus(
+            [kafka.bootstrap_servers],
+            max_poll_interval_ms=2000,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=500,
+        )
     bus.ensure_topics([TopicSpec(topic, partitions=2)])
     producer = bus.producer()
     for i in range(10):
@@ -216,7 +233,7 @@ def test_commit_after_losing_the_group_raises_and_messages_come_again(
     while len(got) < 10 and time.monotonic() < deadline:
         got.extend(consumer.poll(0.5))
 
-    time.sleep(3.5)  # a handler far slower than max_poll_interval_ms
+    time.sleep(max_poll_interval_s + 1.5)  # a handler far slower than max.poll.interval.ms
     with pytest.raises(BusError, match="rebalanced"):
         consumer.commit()
     assert all(bus.committed(group, tp) is None for tp in bus.partitions(topic))
@@ -227,6 +244,8 @@ def test_commit_after_losing_the_group_raises_and_messages_come_again(
         again.extend(consumer.poll(0.5))
     consumer.commit()
     consumer.close()
+    for tp in bus.partitions(topic):
+        assert bus.committed(group, tp) == bus.end_offset(tp)
     bus.close()
 
     assert len(assigned) >= 2  # rejoining the group is a new assignment
