@@ -139,6 +139,8 @@ class Scenario:
     days: float
     panic_days: tuple[int, ...] = ()
     opening_balance: bool = True
+    cold_wallets: bool = True
+    """The cold wallets are listed in the config (sweeps to them are internal)."""
     ledger: bool = False
     extra_rows: tuple[Row, ...] = ()
     """Malicious rows given as they are (the public Coincheck transfers)."""
@@ -330,6 +332,17 @@ def scenarios(quick: bool = False) -> list[Scenario]:
             )
         ),
         Scenario(
+            "unlisted-cold",
+            "no drain: twice the deposits, so a third of the balance is swept to cold storage "
+            "every day or two, and the config lists only the hot wallets; no opening balances",
+            tuple(replace(w, deposits_per_day=w.withdrawals_per_day * 2) for w in _fleet(6)),
+            days=28.0,
+            panic_days=(9, 16, 23),
+            opening_balance=False,
+            cold_wallets=False,
+            seed=71,
+        ),
+        Scenario(
             "fresh-fanout",
             "60 transfers of ~0.8% each to fresh addresses, one every ~30 s",
             _fleet(4, drains={1: (one(at, "fresh_fanout", 0.008, 60, 30),)}),
@@ -516,7 +529,12 @@ def _write(
     malicious = traffic.malicious + list(scenario.extra_rows)
     rows = sorted(traffic.transfers + list(scenario.extra_rows), key=lambda row: row["ts"])
     (directory / "drainwatch.toml").write_text(
-        config_toml(scenario.wallets, opening_balance=scenario.opening_balance), encoding="utf-8"
+        config_toml(
+            scenario.wallets,
+            opening_balance=scenario.opening_balance,
+            cold_wallets=scenario.cold_wallets,
+        ),
+        encoding="utf-8",
     )
     transfers = write_jsonl(directory / "transfers.jsonl", rows)
     ledger = write_jsonl(directory / "ledger.jsonl", traffic.ledger) if scenario.ledger else None

@@ -372,9 +372,15 @@ def write_jsonl(path: Path, rows: Iterable[Row]) -> Path:
     return path
 
 
-def config_toml(wallets: Sequence[HotWalletSpec], opening_balance: bool = True) -> str:
+def config_toml(
+    wallets: Sequence[HotWalletSpec], opening_balance: bool = True, *, cold_wallets: bool = True
+) -> str:
     """A drainwatch.toml listing each hot wallet and its cold wallet (cold wallets once per
-    asset; specs of one address with different assets list that wallet once per asset)."""
+    asset; specs of one address with different assets list that wallet once per asset).
+
+    ``cold_wallets=False`` leaves the cold wallets out: an exchange that listed only the wallets
+    it watches, whose sweeps then go to an address the config does not name.
+    """
     parts: list[str] = []
     colds: set[tuple[str, str, str]] = set()
     for spec in wallets:
@@ -383,7 +389,7 @@ def config_toml(wallets: Sequence[HotWalletSpec], opening_balance: bool = True) 
             f'[[wallets]]\nchain = "{spec.chain}"\naddress = "{spec.address}"\n'
             f'asset = "{spec.asset}"\nlabel = "{spec.label}"\nrole = "hot"\n{opening}'
         )
-        if (spec.chain, spec.cold_address, spec.asset) in colds:
+        if not cold_wallets or (spec.chain, spec.cold_address, spec.asset) in colds:
             continue
         colds.add((spec.chain, spec.cold_address, spec.asset))
         cold_opening = f'opening_balance = "{spec.balance * 20}"\n' if opening_balance else ""

@@ -23,7 +23,10 @@ higher one:
   1.5% / 2.5% in 24 h);
 * **total outflow**: everything external that left within ``window_s`` reached
   ``total_*_share`` (default 20% / 30%), or ``total_long_freeze_share`` within
-  ``concentration_window_s`` (default 40% in 1 h), new addresses or not; it freezes only when
+  ``concentration_window_s`` (default 40% in 1 h), new addresses or not, leaving out what went
+  to trusted counterparties (destinations paid ``fresh_regular_count`` times, or once for
+  ``known_counterparties``, more than a day ago, each payment up to ``regular_trust_factor``,
+  2x, the largest of those: an unlisted cold wallet's sweeps, a market maker); it freezes only when
   sudden (the last ``window_s`` at least ``total_sudden_ratio``, 3x, an equal stretch of the rest
   of the hour) and not a crowd, and warns otherwise: a withdrawal surge goes on for hours, and
   at its start it is a crowd (at least ``total_crowd_min_count``, 30, payments in the window whose
@@ -124,8 +127,13 @@ class _LargePayments:
     """The decimal scale of the units below (the wallet state's when they were learned)."""
     regular: int
     """A destination paid this many times within the history is a regular counterparty."""
+    known: frozenset[str] = frozenset()
+    """Configured counterparties: kept in the history, never ordinary payments."""
     items: deque[tuple[float, int, str]] = field(default_factory=deque)
     """(event time, units, destination), oldest first."""
+    tracked: dict[str, deque[tuple[float, int]]] = field(default_factory=dict)
+    """(event time, units) of the payments to each regular destination (and to each configured
+    counterparty paid at least once), oldest first: the candidates for trust."""
     paid: Counter[str] = field(default_factory=Counter)
     """How many of ``items`` went to each destination."""
     high: int = 0
@@ -138,10 +146,16 @@ class _LargePayments:
         items, paid, regular, stale = self.items, self.paid, self.regular, False
         if items and items[0][0] < horizon:
             self.spread_cache = None
+        tracked = self.tracked
         while items and items[0][0] < horizon:
             _, gone, was = items.popleft()
             count = paid[was]
             paid[was] = count - 1
+            payments = tracked.get(was)
+            if payments is not None:
+                payments.popleft()
+                if count - 1 < self.needed(was):
+                    del tracked[was]
             stale = stale or count == regular or (count < regular and gone >= self.high)
         if stale:
             self._recount()
@@ -177,21 +191,36 @@ class _LargePayments:
         if scale > self.scale:
             factor: int = 10 ** (scale - self.scale)
             self.items = deque((t, u * factor, d) for t, u, d in self.items)
+            self.tracked = {
+                d: deque((t, u * factor) for t, u in payments)
+                for d, payments in self.tracked.items()
+            }
             self.high *= factor
             self.scale = scale
         self.items.append((time, units, dest))
         self.spread_cache = None
         count = self.paid[dest] + 1
         self.paid[dest] = count
+        payments = self.tracked.get(dest)
+        if payments is not None:
+            payments.append((time, units))
+        elif count >= self.needed(dest):
+            self.tracked[dest] = deque((t, u) for t, u, d in self.items if d == dest)
+        if dest in self.known:
+            return
         if count < self.regular:
             self.high = max(self.high, units)
         elif count == self.regular:
             self._recount()  # its earlier payments no longer count
 
+    def needed(self, dest: str) -> int:
+        """Payments that make ``dest`` a candidate for trust: one to a configured counterparty."""
+        return 1 if dest in self.known else self.regular
+
     def _ordinary(self) -> Iterator[int]:
         """The payments to destinations that are not regular counterparties."""
-        paid, regular = self.paid, self.regular
-        return (u for _, u, d in self.items if paid[d] < regular)
+        paid, regular, known = self.paid, self.regular, self.known
+        return (u for _, u, d in self.items if paid[d] < regular and d not in known)
 
     def _recount(self) -> None:
         self.paid = +self.paid  # drops the destinations no longer in the history
@@ -316,6 +345,7 @@ class VelocityDetector:
         fresh_return_days: int = 50 * 30,
         fresh_factor_max: Decimal = Decimal(4),
         large_fresh: bool = True,
+        regular_trust_factor: Decimal = Decimal(2),
     ) -> None:
         self.name = name
         self.window_s = window_s
@@ -366,6 +396,8 @@ class VelocityDetector:
         self.fresh_factor_max = fresh_factor_max
         self._factor_max_milli = math.ceil(fresh_factor_max * 1000)
         self.large_fresh = large_fresh
+        self.regular_trust_factor = regular_trust_factor
+        self._regular_trust = _fraction(regular_trust_factor)
         self._fresh_factor = _fraction(fresh_factor)
         self._fresh_floor = _fraction(fresh_floor_share)
         # Payments of a third of the floor and more are remembered: the balance moves, and a
@@ -442,13 +474,15 @@ class VelocityDetector:
         if not self.large_fresh or transfer.direction is not _OUT or transfer.status is _RETRACTED:
             return
         dest = transfer.counterparty
-        if dest in state.internal or dest in state.known:
+        if dest in state.internal:
             return
         key = (transfer.chain, transfer.wallet, transfer.asset)
         history = self._fresh.get(key)
         now = state.now
         if history is None:
-            history = self._fresh[key] = _LargePayments(now, state.scale, self.fresh_regular_count)
+            history = self._fresh[key] = _LargePayments(
+                now, state.scale, self.fresh_regular_count, state.known
+            )
         units = state.units_of(transfer)
         if _reaches(units, state.balance_units(), self._record):
             history.forget(now - self._history_s)
@@ -545,10 +579,16 @@ class VelocityDetector:
         total = window.total + units
         total_c = conc.total + units
         if _reaches(total, ref_w, self._total_warn) or _reaches(total_c, ref_c, self._total_long):
+            # What went to the wallet's trusted counterparties (the treasury's sweeps, the market
+            # maker's payouts) is not part of a drain: the rule counts the rest.
+            trusted_w, trusted_c = self._trusted(transfer, state, window, conc, units)
+            total -= trusted_w
+            total_c -= trusted_c
+        if _reaches(total, ref_w, self._total_warn) or _reaches(total_c, ref_c, self._total_long):
             # A withdrawal surge lasts for hours; a drain starts from ordinary traffic. Heavy
             # outflow like the rest of the hour's only warns (the whale, fan-out and rate rules
             # still judge each payment).
-            top = 2 if self._sudden(total, conc.total - window.total) else 1
+            top = 2 if self._sudden(total, total_c - total) else 1
             if top == 2 and self._crowd(window, conc, units):
                 top = 1
             if _reaches(total, ref_w, self._total_warn):
@@ -632,6 +672,55 @@ class VelocityDetector:
         if not fired:
             return None
         return self._finding(transfer, state, units, fired)
+
+    def _trusted(
+        self,
+        transfer: TransferView,
+        state: WalletState,
+        window: Window,
+        conc: Window,
+        units: int,
+    ) -> tuple[int, int]:
+        """Of ``window`` and ``conc`` (this payment included), the units paid to trusted
+        counterparties, each payment up to ``regular_trust_factor`` times the largest one the
+        large-payment history holds to that destination from more than a day ago: configured
+        ``known_counterparties`` with one such payment, and regular destinations with
+        ``fresh_regular_count`` (so never the address a drain is paying: it is new, or was paid
+        only in the last day).
+
+        An exchange's cold wallet that is not listed receives sweeps of a third of the balance
+        every day or two, a market maker its payouts; an attacker who paid an address small sums
+        for days still cannot drain large ones to it unseen, nor to a configured counterparty
+        more than twice what it was paid before.
+
+        Only asked when the total rule is about to fire; reads only the candidates' payments.
+        """
+        history = self._fresh.get((transfer.chain, transfer.wallet, transfer.asset))
+        if history is None or not history.tracked or self.regular_trust_factor <= 0:
+            return 0, 0
+        dest = transfer.counterparty
+        cutoff = state.now - 86400
+        horizon_w, horizon_c = window.horizon, conc.horizon
+        factor = 10 ** (state.scale - history.scale)
+        num, den = self._regular_trust
+        in_window = in_conc = 0
+        for to, payments in history.tracked.items():
+            if payments[-1][0] <= horizon_c and to != dest:
+                continue  # nothing paid to it in the hour
+            before = [u for when, u in payments if when < cutoff]
+            if len(before) < history.needed(to):
+                continue
+            cap = max(before) * factor * num
+            for when, paid_units in reversed(payments):
+                if when <= horizon_c:
+                    break
+                if paid_units * factor * den <= cap:
+                    in_conc += paid_units * factor
+                    in_window += paid_units * factor if when > horizon_w else 0
+            if to == dest and units * den <= cap:
+                in_window += units
+                in_conc += units
+        return in_window, in_conc
 
     def _sudden(self, recent: int, before: int) -> bool:
         """Whether ``recent`` (the last ``window_s``) is ``total_sudden_ratio`` times an equal

@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 
 from detectors.base import Finding, WalletState
-from detectors.velocity import VelocityDetector
+from detectors.velocity import VelocityDetector, _LargePayments
 from drainwatch.config import DetectionConfig, WalletConfig
 from drainwatch.events import Direction, Severity, Transfer
 from tests.detectors.factories import transfer, wallet
@@ -586,3 +586,84 @@ def test_a_sudden_crowd_of_customer_sized_payments_warns_and_larger_ones_freeze(
     assert totals, "the total rule speaks either way"
     assert any(f.freeze for f in totals) is freezes
     assert not any(f.freeze for f in burst if f.metrics.get("rule_total") != "1")
+
+
+def as_the_engine(state: WalletState, detector: VelocityDetector, t: Transfer) -> Finding | None:
+    """What the engine does, the large-payment history included (facts are always learned)."""
+    state.prepare(t)
+    finding = detector.score_one(t, state)
+    detector.learn_with_state(t, state)
+    state.apply(t)
+    return finding
+
+
+def test_an_unlisted_cold_wallets_sweeps_are_trusted_once_regular_and_of_their_usual_size() -> None:
+    # Deposits fill the wallet, and every day a third of it is swept to the exchange's vault,
+    # which the config does not list.
+    state, detector = make_state(), VelocityDetector()
+    findings: list[Finding | None] = []
+    day = 24 * 60
+    for d in range(8):
+        as_the_engine(
+            state, detector, transfer("BANK", 500, minutes=d * day, direction=Direction.IN)
+        )
+        findings.append(
+            as_the_engine(state, detector, transfer("VAULT", 500, minutes=d * day + 30))
+        )
+    assert all(f is not None for f in findings[:3])  # 33% in 20 minutes: the total rule
+    # From the fifth day three sweeps lie more than a day back: the vault is trusted.
+    assert findings[4:] == [None] * 4
+    # Three times the usual sweep is not: the total rule judges it.
+    as_the_engine(state, detector, transfer("BANK", 3000, minutes=8 * day, direction=Direction.IN))
+    big = as_the_engine(state, detector, transfer("VAULT", 1500, minutes=8 * day + 30))
+    assert big is not None
+    assert big.freeze
+    assert big.metrics["rule_total"] == "1"
+
+
+def test_an_address_paid_small_sums_for_days_cannot_then_take_a_large_share_unseen() -> None:
+    state, detector = make_state(), VelocityDetector()
+    day = 24 * 60
+    for d in range(6):
+        assert as_the_engine(state, detector, transfer("PREPARED", 5, minutes=d * day)) is None
+    drain = as_the_engine(state, detector, transfer("PREPARED", 350, minutes=6 * day))
+    assert drain is not None
+    assert drain.freeze
+    assert drain.metrics["rule_total"] == "1"
+
+
+def test_a_configured_counterparty_is_trusted_up_to_twice_what_it_was_paid_before() -> None:
+    state = make_state(wallet(balance="1000", known=("MARKETMAKER",)))
+    detector = VelocityDetector()
+    day = 24 * 60
+
+    def payout(d: int, amount: int) -> Finding | None:
+        refill = transfer("BANK", amount, minutes=d * day, direction=Direction.IN)
+        as_the_engine(state, detector, refill)
+        return as_the_engine(state, detector, transfer("MARKETMAKER", amount, minutes=d * day + 1))
+
+    first = payout(0, 250)  # 20% of 1250, nothing paid to it before: the total rule warns
+    assert first is not None
+    assert not first.freeze
+    assert payout(2, 500) is None  # 33%, twice the last payout: trusted
+    beyond = payout(4, 1100)  # more than twice anything it was paid: counted
+    assert beyond is not None
+    assert beyond.freeze
+
+
+def test_the_payments_tracked_for_trust_match_a_recount_of_the_history() -> None:
+    rng = random.Random(5)
+    history = _LargePayments(0.0, 0, 3, frozenset({"KNOWN"}))
+    destinations = ["KNOWN", "MM", "VAULT", *(f"C{i}" for i in range(40))]
+    for step in range(3000):
+        now = step * 60.0
+        scale = 1 if step >= 1500 else 0  # the state's scale grows once
+        history.add(now, rng.randint(1, 100), rng.choice(destinations), scale)
+        if step % 7 == 0:
+            history.forget(now - 5 * 3600)
+        recount: dict[str, list[tuple[float, int]]] = {}
+        for when, units, dest in history.items:
+            recount.setdefault(dest, []).append((when, units))
+        wanted = {d: p for d, p in recount.items() if len(p) >= history.needed(d)}
+        assert {d: list(p) for d, p in history.tracked.items()} == wanted
+    assert "KNOWN" in history.tracked
