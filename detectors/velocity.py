@@ -582,22 +582,8 @@ class VelocityDetector:
             # What went to the wallet's trusted counterparties (the treasury's sweeps, the market
             # maker's payouts) is not part of a drain: the rule counts the rest.
             trusted_w, trusted_c = self._trusted(transfer, state, window, conc, units)
-            total -= trusted_w
-            total_c -= trusted_c
-        if _reaches(total, ref_w, self._total_warn) or _reaches(total_c, ref_c, self._total_long):
-            # A withdrawal surge lasts for hours; a drain starts from ordinary traffic. Heavy
-            # outflow like the rest of the hour's only warns (the whale, fan-out and rate rules
-            # still judge each payment).
-            top = 2 if self._sudden(total, total_c - total) else 1
-            if top == 2 and self._crowd(window, conc, units):
-                top = 1
-            if _reaches(total, ref_w, self._total_warn):
-                level = min(top, 2 if _reaches(total, ref_w, self._total_freeze) else 1)
-                score = _ratio(total, ref_w, float(self.total_freeze_share))
-                fired.append((level, score, "total"))
-            if _reaches(total_c, ref_c, self._total_long):
-                score = _ratio(total_c, ref_c, float(self.total_long_freeze_share))
-                fired.append((top, score, "total"))
+            totals = (total - trusted_w, total_c - trusted_c)
+            self._total(window, conc, units, totals, (ref_w, ref_c), fired)
 
         seen = state.first_seen(dest)
         if dest not in state.known and (
@@ -672,6 +658,36 @@ class VelocityDetector:
         if not fired:
             return None
         return self._finding(transfer, state, units, fired)
+
+    def _total(  # noqa: PLR0917 - what judge() already worked out
+        self,
+        window: Window,
+        conc: Window,
+        units: int,
+        totals: tuple[int, int],
+        refs: tuple[int, int],
+        fired: list[tuple[int, float, str]],
+    ) -> None:
+        """The total-outflow rule on ``totals`` (of the last ``window_s`` and of the hour, this
+        payment included, trusted counterparties left out) against the balances ``refs`` at
+        their starts."""
+        (total, total_c), (ref_w, ref_c) = totals, refs
+        reaches_w = _reaches(total, ref_w, self._total_warn)
+        reaches_c = _reaches(total_c, ref_c, self._total_long)
+        if not (reaches_w or reaches_c):
+            return
+        # A withdrawal surge lasts for hours; a drain starts from ordinary traffic. Heavy outflow
+        # like the rest of the hour's only warns (the whale, fan-out and rate rules still judge
+        # each payment).
+        top = 2 if self._sudden(total, total_c - total) else 1
+        if top == 2 and self._crowd(window, conc, units):
+            top = 1
+        if reaches_w:
+            level = min(top, 2 if _reaches(total, ref_w, self._total_freeze) else 1)
+            fired.append((level, _ratio(total, ref_w, float(self.total_freeze_share)), "total"))
+        if reaches_c:
+            score = _ratio(total_c, ref_c, float(self.total_long_freeze_share))
+            fired.append((top, score, "total"))
 
     def _trusted(
         self,
