@@ -173,6 +173,8 @@ class DetectionEngine:
             (d.name, d.learn_one) for d in self.detectors if not isinstance(d, StateLearner)
         ]
         self._routes: dict[tuple[str, str, str], WalletState | None] = {}
+        self._uncovered: set[tuple[str, str]] = set()
+        """(wallet key, asset) a watched wallet moves that its entries do not cover (said once)."""
         self._approval_readers = [
             d.learn_approval for d in self.detectors if isinstance(d, LedgerAware)
         ]
@@ -205,6 +207,23 @@ class DetectionEngine:
             )
             self._states[key] = state
         return state
+
+    def _not_covered(self, entries: list[WalletConfig], asset: str) -> None:
+        """Say once that a watched wallet moves an asset none of its entries covers: a config
+        that names a token by symbol while the transfers name its contract (or the reverse)
+        would otherwise leave that wallet unjudged without a word."""
+        key = (entries[0].key, asset.casefold())
+        if key in self._uncovered:
+            return
+        self._uncovered.add(key)
+        log.warning(
+            "wallet %s moves %s, which its config covers only as %s: those transfers are not "
+            "judged (list the wallet for %s too, or leave out `asset` to judge every asset)",
+            entries[0].name,
+            asset,
+            ", ".join(repr(e.asset) for e in entries),
+            asset,
+        )
 
     def _opening_for_first_asset(self, wallet: WalletConfig, asset: str) -> WalletConfig:
         """``wallet`` (an entry naming no asset, with an opening balance) for a state of
@@ -265,6 +284,8 @@ class DetectionEngine:
         entries = self._wallets.get((chain.casefold(), address))
         wallet = entry_for(entries, asset) if entries is not None else None
         state = self.state(wallet, asset) if wallet is not None else None
+        if entries is not None and wallet is None:
+            self._not_covered(entries, asset)
         if len(self._routes) < _ROUTES_MAX:
             self._routes[route_key] = state
         return state

@@ -255,15 +255,22 @@ def test_missing_tx_hash_gets_a_stable_pseudo_hash(tmp_path: Path) -> None:
     assert alerts[0]["tx_hashes"][0].startswith("pseudo:")
 
 
-def test_chain_and_asset_must_match_the_wallet(tmp_path: Path) -> None:
+def test_chain_and_asset_must_match_the_wallet(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     rows: list[dict[str, Any] | bytes] = [
         line(amount="900", chain="bitcoin"),
         line(amount="900", chain="ethereum", asset="USDT", **{"from": ETH_HOT}),
+        line(amount="901", chain="ethereum", asset="USDT", **{"from": ETH_HOT}),
     ]
     out = tmp_path / "alerts.jsonl"
-    summary = run_backtest(loads(CONFIG), write(tmp_path / "t.jsonl", rows), None, out)
-    assert (summary.transfers_read, summary.alerts) == (2, 0)
-    assert summary.watched_transfers == 1  # the ETH wallet line, filtered by asset
+    summary = run_backtest(loads(CONFIG), write(tmp_path / "t.jsonl", rows), None, out, workers=1)
+    assert (summary.transfers_read, summary.alerts) == (3, 0)
+    assert summary.watched_transfers == 2  # the ETH wallet's lines, filtered by asset
+    # Said once: the wallet moves an asset its config does not cover.
+    said = [r.getMessage() for r in caplog.records if "not judged" in r.getMessage()]
+    assert len(said) == 1
+    assert "moves USDT, which its config covers only as 'ETH'" in said[0]
 
 
 def test_ledger_is_merged_in_time_order(tmp_path: Path) -> None:
