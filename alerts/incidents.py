@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Final
@@ -125,6 +125,10 @@ class IncidentPolicy:
 
 
 DEFAULT_POLICY: Final = IncidentPolicy()
+
+
+_LABELS = " / "
+"""Between the labels of a wallet listed once per asset (``eth-hot-1 / usdt-hot-1``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,10 +490,14 @@ def assemble(
     wallets: dict[str, WalletRef] = {}
     for r in group.alerts:
         known = wallets.get(r.alert.key)
-        if known is None or (known.label is None and r.alert.wallet_label):
+        label = r.alert.wallet_label
+        if known is None or (known.label is None and label):
             wallets[r.alert.key] = WalletRef(
-                r.alert.chain, normalize_address(r.alert.wallet), r.alert.wallet_label
+                r.alert.chain, normalize_address(r.alert.wallet), label
             )
+        elif label and known.label and label not in known.label.split(_LABELS):
+            # A wallet listed once per asset: its alerts carry each asset's label.
+            wallets[r.alert.key] = replace(known, label=f"{known.label}{_LABELS}{label}")
     frozen_wallets, frozen_at = _frozen_state(acts)
     totals, usd = _totals(chosen)
     return Incident(

@@ -292,6 +292,21 @@ def test_flow_series_of_a_wallet_holding_two_assets_takes_each_balance_from_its_
     assert [p.balance for p in series["TOK"].points] == [100, 60]
 
 
+def test_a_wallet_listed_per_asset_is_one_wallet_of_the_incident_with_both_labels(
+    timeline: Timeline,
+) -> None:
+    xem, tok = transfer("0xx", 0, 900), transfer("0xt", 1, 40, asset="TOK", decimals=0)
+    for n, (t, label) in enumerate(((xem, "nem-hot"), (tok, "tok-hot"), (xem, "nem-hot"))):
+        timeline.record_transfer(t)
+        metrics = {"asset": t.asset}
+        timeline.record_alert(
+            alert(n, n, Severity.CRITICAL, "s", freeze=False, evidence=(t,), metrics=metrics,
+                  label=label)
+        )  # fmt: skip
+    [incident] = incidents_from(timeline)
+    assert [w.name for w in incident.wallets] == ["nem-hot / tok-hot"]
+
+
 def test_wei_amounts_stay_exact(timeline: Timeline) -> None:
     huge = 10**30 + 1  # more digits than a float or a default Decimal context keeps
     for n in range(3):
