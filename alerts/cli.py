@@ -45,7 +45,7 @@ from alerts.report import (
     render_markdown,
 )
 from alerts.timeline import Timeline, utc_now
-from drainwatch.config import Config, ConfigError, OpeningBalances, load
+from drainwatch.config import Config, ConfigError, WalletConfig, load
 from drainwatch.events import Severity
 
 __all__ = ["ExportFormat", "IncidentsContext", "incidents_app", "open_context"]
@@ -100,7 +100,8 @@ class IncidentsContext:
 
     timeline: Timeline
     explorer_urls: dict[str, str] = field(default_factory=dict)
-    opening_balances: OpeningBalances = field(default_factory=dict)
+    wallets: tuple[WalletConfig, ...] = ()
+    """The ``[[wallets]]`` entries (labels, opening balances)."""
     policy: IncidentPolicy = field(default_factory=IncidentPolicy)
 
     def incidents(self) -> list[Incident]:
@@ -148,11 +149,11 @@ def open_context(
         if cfg is not None
         else {}
     )
-    opening = cfg.opening_balances() if cfg is not None else {}
+    wallets = cfg.wallets if cfg is not None else ()
     tl = Timeline(str(timeline))
     try:
         yield IncidentsContext(
-            tl, explorer_urls, opening, IncidentPolicy(gap=timedelta(hours=gap_h))
+            tl, explorer_urls, wallets, IncidentPolicy(gap=timedelta(hours=gap_h))
         )
     finally:
         tl.close()

@@ -51,7 +51,7 @@ from alerts.timeline import (
     Timeline,
     TransferRecord,
 )
-from drainwatch.config import opening_balance_for
+from drainwatch.config import WalletConfig, entry_for
 from drainwatch.events import (
     Direction,
     FreezeAction,
@@ -787,11 +787,12 @@ def flow_series(
 def balances_before(
     timeline: Timeline,
     incident: Incident,
-    opening_balances: Mapping[tuple[str, str | None], Decimal],
+    wallets: Mapping[str, Sequence[WalletConfig]],
 ) -> dict[tuple[str, str], int]:
-    """Configured opening balances (:meth:`drainwatch.config.Config.opening_balances`: by wallet
-    key and asset, in asset units; the start of the recorded history) carried forward over every
-    transfer recorded before the incident's first transfer.
+    """Configured opening balances (of the ``[[wallets]]`` entries by wallet key,
+    :func:`~drainwatch.config.wallets_by_key`: the entry for each asset, in asset units; the
+    start of the recorded history) carried forward over every transfer recorded before the
+    incident's first transfer.
 
     Only needed when neither the chain nor the alerts told the balance; reads the wallet's whole
     earlier history, so callers ask for it only then.
@@ -800,9 +801,9 @@ def balances_before(
     if not incident.transfers:
         return result
     first = incident.transfers[0].time
-    configured_keys = {key for key, _ in opening_balances}
     for wallet in incident.wallets:
-        if wallet.key not in configured_keys:
+        entries = wallets.get(wallet.key, ())
+        if all(e.opening_balance is None for e in entries):
             continue
         earlier = timeline.transfers_between(
             wallet.chain, wallet.address, datetime(1970, 1, 1, tzinfo=UTC), first
@@ -810,10 +811,10 @@ def balances_before(
         mine = [r for r in incident.transfers if r.transfer.key == wallet.key]
         assets = {(r.transfer.asset, r.transfer.decimals) for r in mine}
         for asset, decimals in assets:
-            configured = opening_balance_for(opening_balances, wallet.key, asset)
-            if configured is None:
+            entry = entry_for(entries, asset)
+            if entry is None or entry.opening_balance is None:
                 continue
-            opening = parse_units(str(configured), decimals)
+            opening = parse_units(str(entry.opening_balance), decimals)
             if opening is None:
                 continue
             shown = {r.seq for r in mine}

@@ -305,7 +305,7 @@ def run_pipeline(
                 create_web_app(
                     Timeline(config.alerts.timeline_path),
                     explorer_urls(config),
-                    opening_balances=config.opening_balances(),
+                    wallets=config.wallets,
                 ),
                 config.alerts.web_host,
                 config.alerts.web_port,

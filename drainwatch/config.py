@@ -25,7 +25,7 @@ import hashlib
 import os
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -53,7 +53,6 @@ __all__ = [
     "DetectionConfig",
     "EmailChannelConfig",
     "MetricsConfig",
-    "OpeningBalances",
     "PagerDutyChannelConfig",
     "RouteConfig",
     "SlackChannelConfig",
@@ -61,12 +60,13 @@ __all__ = [
     "WebhookChannelConfig",
     "dotted_key",
     "entry_for",
+    "entry_or_first",
     "key_lines",
     "line_of",
     "load",
     "loads",
-    "opening_balance_for",
     "resolve_env",
+    "wallets_by_key",
 ]
 
 
@@ -445,33 +445,19 @@ class Config(_Model):
         """The wallets watched on one chain."""
         return tuple(w for w in self.wallets if w.chain == chain)
 
-    def opening_balances(self) -> OpeningBalances:
-        """The configured opening balances, by (wallet key, asset case-folded or ``None`` for
-        an entry that names no asset); read them with :func:`opening_balance_for`."""
-        return {
-            (w.key, w.asset.casefold() if w.asset is not None else None): w.opening_balance
-            for w in self.wallets
-            if w.opening_balance is not None
-        }
 
+def wallets_by_key(wallets: Iterable[WalletConfig]) -> dict[str, list[WalletConfig]]:
+    """The entries of each wallet by its key: one, or one per asset (see ``Config``).
 
-OpeningBalances = dict[tuple[str, str | None], Decimal]
-"""Opening balances by (wallet key, asset case-folded, or ``None``: any asset of that wallet)."""
-
-
-def opening_balance_for(
-    balances: Mapping[tuple[str, str | None], Decimal], key: str, asset: str
-) -> Decimal | None:
-    """The opening balance of ``asset`` at wallet ``key``: its own entry's, else the one of the
-    entry that names no asset.
-
-    >>> opening_balance_for({("nem:HOT", None): Decimal("10")}, "nem:HOT", "XEM")
-    Decimal('10')
-    >>> opening_balance_for({("evm:0xaa", "usdt"): Decimal("5")}, "evm:0xaa", "ETH") is None
-    True
+    >>> eth = WalletConfig(chain="ethereum", address="0xAA", asset="ETH")
+    >>> usdt = WalletConfig(chain="ethereum", address="0xaa", asset="USDT")
+    >>> [len(e) for e in wallets_by_key([eth, usdt]).values()]
+    [2]
     """
-    found = balances.get((key, asset.casefold()))
-    return found if found is not None else balances.get((key, None))
+    found: dict[str, list[WalletConfig]] = {}
+    for wallet in wallets:
+        found.setdefault(wallet.key, []).append(wallet)
+    return found
 
 
 def entry_for(entries: Iterable[WalletConfig], asset: str) -> WalletConfig | None:
@@ -491,6 +477,13 @@ def entry_for(entries: Iterable[WalletConfig], asset: str) -> WalletConfig | Non
         elif entry.asset.casefold() == folded:
             return entry
     return fallback
+
+
+def entry_or_first(entries: Sequence[WalletConfig], asset: str | None) -> WalletConfig | None:
+    """The entry covering ``asset`` (:func:`entry_for`), else the wallet's first entry: what
+    names the wallet when the asset is unknown or not listed; ``None`` without entries."""
+    entry = entry_for(entries, asset) if asset is not None else None
+    return entry or (entries[0] if entries else None)
 
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?\s*(#.*)?$")

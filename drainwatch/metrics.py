@@ -33,7 +33,7 @@ import orjson
 from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 
 from drainwatch.bus.base import TopicPartition
-from drainwatch.config import WalletConfig, entry_for
+from drainwatch.config import WalletConfig, entry_or_first, wallets_by_key
 from drainwatch.events import Alert, Direction, FreezeOrder, Transfer, wallet_key
 
 __all__ = [
@@ -203,10 +203,7 @@ class WalletMetrics:
 
     def __init__(self, wallets: Sequence[WalletConfig]) -> None:
         self.wallets = tuple(wallets)
-        self._entries: dict[str, list[WalletConfig]] = {}
-        """Each wallet's config entries (one per asset when it is listed per asset)."""
-        for w in self.wallets:
-            self._entries.setdefault(w.key, []).append(w)
+        self._entries = wallets_by_key(self.wallets)
         for w in self.wallets:
             label = w.label or UNLABELLED
             for direction in Direction:
@@ -217,11 +214,8 @@ class WalletMetrics:
     def label(self, chain: str, wallet: str, asset: str | None = None) -> str:
         """The metric label of a wallet (of its entry for ``asset`` when it is listed per
         asset)."""
-        entries = self._entries.get(wallet_key(chain, wallet))
-        if not entries:
-            return UNLABELLED
-        entry = entry_for(entries, asset) if asset is not None else None
-        return (entry or entries[0]).label or UNLABELLED
+        entry = entry_or_first(self._entries.get(wallet_key(chain, wallet), ()), asset)
+        return (entry.label if entry is not None else None) or UNLABELLED
 
     def observe(self, transfers: Sequence[Transfer]) -> None:
         """Account for transfers the watchers just published."""

@@ -78,7 +78,7 @@ from drainwatch.config import (
     ConfigError,
     WalletConfig,
     dotted_key,
-    entry_for,
+    entry_or_first,
     key_lines,
     line_of,
     resolve_env,
@@ -263,10 +263,7 @@ class KillSwitchSettings(_Model):
     def label_of(self, chain: str, wallet: str, asset: str | None = None) -> str | None:
         """The label of a known wallet (of a wallet listed once per asset, the entry for
         ``asset``, or the first); None when unknown or unlabelled."""
-        entries = self.entries_of(chain, wallet)
-        entry = entry_for(entries, asset) if asset is not None else None
-        if entry is None and entries:
-            entry = entries[0]
+        entry = entry_or_first(self.entries_of(chain, wallet), asset)
         return entry.label if entry is not None else None
 
     def entries_of(self, chain: str, wallet: str) -> list[WalletConfig]:

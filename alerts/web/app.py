@@ -19,9 +19,8 @@ responder wrote can run in a responder's browser.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from decimal import Decimal
 from importlib import resources
 
 from fastapi import APIRouter, FastAPI
@@ -40,6 +39,7 @@ from alerts.incidents import (
 from alerts.report import render_json, render_markdown
 from alerts.timeline import Timeline, utc_now
 from alerts.web.pages import incident_page, list_page, not_found_page
+from drainwatch.config import WalletConfig, wallets_by_key
 
 __all__ = ["SECURITY_HEADERS", "create_web_app", "incidents_router"]
 
@@ -64,7 +64,7 @@ def incidents_router(
     explorer_urls: Mapping[str, str],
     *,
     policy: IncidentPolicy = DEFAULT_POLICY,
-    opening_balances: Mapping[tuple[str, str | None], Decimal] | None = None,
+    wallets: Sequence[WalletConfig] = (),
     prefix: str = "",
     clock: Callable[[], datetime] = utc_now,
 ) -> APIRouter:
@@ -74,16 +74,16 @@ def incidents_router(
         timeline: The timeline to read (it is read again on every request).
         explorer_urls: ``chain -> URL template`` with ``{tx_hash}`` (from ``[chains.*]``).
         policy: How alerts are grouped into incidents.
-        opening_balances: the config's ``opening_balance`` of each wallet entry, by (wallet key,
-            asset case-folded or ``None``; :meth:`drainwatch.config.Config.opening_balances`),
-            in asset units; used only when neither the chain nor the alerts tell the balance.
+        wallets: The ``[[wallets]]`` entries: their ``opening_balance`` is used only when neither
+            the chain nor the alerts tell the balance.
         prefix: A path prefix for every route (``"/ui"`` serves ``/ui/incidents``), so the pages
             link to each other correctly; include the router without another prefix.
         clock: Gives the "rendered at" time and the exports' generation time.
     """
     router = APIRouter(prefix=prefix)
     urls = dict(explorer_urls)
-    openings = dict(opening_balances or {})
+    entries = wallets_by_key(wallets)
+    any_opening = any(w.opening_balance is not None for w in wallets)
 
     def load() -> list[Incident]:
         return incidents_from(timeline, policy)
@@ -114,8 +114,10 @@ def incidents_router(
         found = pick(incident_id)
         if isinstance(found, HTMLResponse):
             return found
-        needs_opening = openings and any(t.transfer.balance_after is None for t in found.transfers)
-        before = balances_before(timeline, found, openings) if needs_opening else None
+        needs_opening = any_opening and any(
+            t.transfer.balance_after is None for t in found.transfers
+        )
+        before = balances_before(timeline, found, entries) if needs_opening else None
         series = flow_series(found, before)
         return html(incident_page(found, series, urls, prefix, clock()))
 
@@ -152,7 +154,7 @@ def create_web_app(
     explorer_urls: Mapping[str, str],
     *,
     policy: IncidentPolicy = DEFAULT_POLICY,
-    opening_balances: Mapping[tuple[str, str | None], Decimal] | None = None,
+    wallets: Sequence[WalletConfig] = (),
     clock: Callable[[], datetime] = utc_now,
 ) -> FastAPI:
     """A stand-alone app serving the incident pages (``/`` redirects to ``/incidents``)."""
@@ -162,7 +164,7 @@ def create_web_app(
             timeline,
             explorer_urls,
             policy=policy,
-            opening_balances=opening_balances,
+            wallets=wallets,
             clock=clock,
         )
     )

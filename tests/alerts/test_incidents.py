@@ -21,6 +21,7 @@ from alerts.incidents import (
     incidents_from,
 )
 from alerts.timeline import ActionKind, Timeline
+from drainwatch.config import WalletConfig, wallets_by_key
 from drainwatch.events import FreezeAction, Severity, TransferStatus
 from tests.alerts.incident_data import (
     ETH_WALLET,
@@ -266,7 +267,8 @@ def test_flow_series_falls_back_to_the_opening_balance(timeline: Timeline) -> No
     assert flow_series(incident)[0].balance_source == "unknown"
     assert flow_series(incident)[0].points[-1].balance is None
 
-    before = balances_before(timeline, incident, {(f"nem:{HOT}", None): Decimal("1000")})
+    hot = WalletConfig(chain="nem", address=HOT, opening_balance=Decimal("1000"))
+    before = balances_before(timeline, incident, wallets_by_key([hot]))
     assert before == {(f"nem:{HOT}", "XEM"): 1_400 * XEM}
     [series] = flow_series(incident, before)
     assert series.balance_source == "opening"
