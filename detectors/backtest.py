@@ -184,10 +184,15 @@ def parse_amount(value: object) -> tuple[int, int]:
 
 
 def parse_ts(value: object) -> datetime:
-    """An ISO 8601 UTC time; naive or non-UTC times are refused.
+    """An ISO 8601 time with a UTC offset, as aware UTC; naive times are refused.
+
+    Another offset names the same instant (an exchange in Tokyo may export ``+09:00``), and a
+    lower-case ``z`` is RFC 3339's ``Z``.
 
     >>> parse_ts("2018-01-25T15:02:00Z")
     datetime.datetime(2018, 1, 25, 15, 2, tzinfo=datetime.timezone.utc)
+    >>> parse_ts("2018-01-26T00:02:00+09:00") == parse_ts("2018-01-25t15:02:00z")
+    True
     >>> parse_ts("2018-01-25T15:02:00")
     Traceback (most recent call last):
     ...
@@ -196,14 +201,14 @@ def parse_ts(value: object) -> datetime:
     if not isinstance(value, str):
         raise _LineError(f"ts is not a string: {value!r}")
     try:
-        parsed = datetime.fromisoformat(value)
+        parsed = datetime.fromisoformat(value.upper() if value[-1:] == "z" else value)
     except ValueError:
         raise _LineError(f"ts is not an ISO 8601 time: {value!r}") from None
     offset = parsed.utcoffset()
     if offset is None:
         raise _LineError(f"ts has no UTC offset: {value!r}")
     if offset != _ZERO:
-        raise _LineError(f"ts is not UTC: {value!r}")
+        return parsed.astimezone(UTC)
     return parsed if parsed.tzinfo is UTC else parsed.replace(tzinfo=UTC)
 
 

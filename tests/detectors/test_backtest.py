@@ -198,7 +198,6 @@ def backtest(
         (line(amount="NaN"), "not finite"),
         (line(amount=True), "not a number"),
         (line(ts="2018-01-25T15:02:00"), "no UTC offset"),
-        (line(ts="2018-01-25T15:02:00+09:00"), "not UTC"),
         (line(ts="yesterday"), "not an ISO 8601 time"),
         (line(usd_value="cheap"), "usd_value"),
     ],
@@ -211,6 +210,24 @@ def test_malformed_line_names_file_and_line(
     assert caught.value.line_number == 4
     assert caught.value.path == str(tmp_path / "t.jsonl")
     assert reason in caught.value.reason
+
+
+def test_a_time_with_another_offset_is_the_same_instant(tmp_path: Path) -> None:
+    eth = {"chain": "ethereum", "asset": "ETH", "from": ETH_HOT, "to": "0xthief"}
+    big = "1000000000000"
+
+    def alerts_of(first: str, second: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any] | bytes] = [
+            line(**eth, ts=first, amount=big, tx_hash="a"),
+            line(**eth, ts=second, amount=big, tx_hash="b"),
+        ]
+        return backtest(tmp_path, rows)
+
+    utc = alerts_of("2018-01-25T15:02:00Z", "2018-01-25T15:03:00.5Z")
+    # Tokyo's clock, and RFC 3339's lower-case z: the same instants, the same alerts.
+    tokyo = alerts_of("2018-01-26T00:02:00+09:00", "2018-01-25t15:03:00.5z")
+    assert [a["ts"] for a in utc] == ["2018-01-25T15:02:00Z", "2018-01-25T15:03:00.500000Z"]
+    assert tokyo == utc
 
 
 def test_malformed_ledger_line(tmp_path: Path) -> None:
