@@ -40,7 +40,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -62,6 +62,7 @@ from drainwatch.events import (
     Direction,
     event_id,
     normalize_address,
+    wallet_key,
 )
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "parse_amount",
     "parse_ts",
     "run_backtest",
+    "spellings",
 ]
 
 _PROGRESS_EVERY: Final = 8192
@@ -318,12 +320,30 @@ def _approvals(path: Path) -> Iterator[ApprovedWithdrawal]:
         )
 
 
-def alert_record(alert: Alert) -> dict[str, Any]:
-    """The alerts.jsonl object of one alert (the contract's fields first)."""
+def spellings(config: Config) -> dict[str, str]:
+    """Wallet key -> the address as the config writes it (the first entry's, if listed twice).
+
+    Alert lines name wallets this way, like their chains: a checksummed EVM address in the
+    config is matched in any case, and the alert names it exactly as the config does.
+    """
+    out: dict[str, str] = {}
+    for wallet in config.wallets:
+        out.setdefault(wallet.key, wallet.spelled_address)
+    return out
+
+
+def alert_record(alert: Alert, spelled: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The alerts.jsonl object of one alert (the contract's fields first).
+
+    ``spelled`` (see :func:`spellings`) gives the wallet's address as the config writes it.
+    """
+    wallet = alert.wallet
+    if spelled is not None:
+        wallet = spelled.get(wallet_key(alert.chain, wallet), wallet)
     return {
         "ts": alert.time.isoformat().replace("+00:00", "Z"),
         "chain": alert.chain,
-        "wallet": alert.wallet,
+        "wallet": wallet,
         "severity": alert.severity.value,
         "detector": alert.detector,
         "freeze": alert.freeze,
@@ -596,6 +616,7 @@ def _run_sequential(  # noqa: PLR0917
     first = 1
     bar = ProgressBar(transfers_path) if progress else None
     replay = Replay(config, engine)
+    spelled = spellings(config)
     with alerts_out.open("wb") as out, collector_paused():
         if settled is not None:
             first, read, watched = settled.line, settled.read, settled.watched
@@ -621,7 +642,7 @@ def _run_sequential(  # noqa: PLR0917
                 watched += 1
                 for move in moves:
                     for alert in replay.judge(move):
-                        out.write(orjson.dumps(alert_record(alert)) + b"\n")
+                        out.write(orjson.dumps(alert_record(alert, spelled)) + b"\n")
                         alerts += 1
                         freezes += alert.freeze
             if bar is not None:

@@ -46,6 +46,7 @@ from detectors.backtest import (
     collector_paused,
     line_error,
     read_lines,
+    spellings,
 )
 from detectors.correlation import IncidentCorrelator
 from detectors.engine import DetectionEngine
@@ -177,6 +178,7 @@ class _Worker:
         self.correlator = _RecordingCorrelator()
         self.engine = DetectionEngine(config, correlator=self.correlator)
         self.replay = Replay(config, self.engine, only=self.mine)
+        self.spelled = spellings(config)
         self.addresses = self.replay.addresses  # routing and parsing share one cache
         self.lines: Iterator[tuple[int, bytes]] = read_lines(path)
         self.pending: tuple[int, bytes] | None = None
@@ -250,7 +252,11 @@ class _Worker:
             self.correlator.position = (number, move_index)
             for seq, alert in enumerate(self.replay.judge(move)):
                 result.alerts.append(
-                    ((number, move_index, seq), orjson.dumps(alert_record(alert)), alert.freeze)
+                    (
+                        (number, move_index, seq),
+                        orjson.dumps(alert_record(alert, self.spelled)),
+                        alert.freeze,
+                    )
                 )
         return True
 

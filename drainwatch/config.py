@@ -34,6 +34,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -165,10 +167,34 @@ class WalletConfig(_Model):
     known_counterparties: tuple[str, ...] = ()
     """Addresses this wallet normally pays (a market maker, the exchange's own cold wallet)."""
 
+    _spelling: str = PrivateAttr(default="")
+
     @field_validator("address")
     @classmethod
     def _normalise(cls, value: str) -> str:
         return normalize_address(value)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_spelling(
+        cls, data: Any, handler: ModelWrapValidatorHandler[WalletConfig]
+    ) -> WalletConfig:
+        wallet = handler(data)
+        given = data.get("address") if isinstance(data, dict) else None
+        if isinstance(given, str):
+            wallet._spelling = given.strip()
+        return wallet
+
+    @property
+    def spelled_address(self) -> str:
+        """The address as the config writes it; :attr:`address` is normalised (EVM hex in
+        lower case), the one form every stage matches on.
+
+        >>> w = WalletConfig(chain="ethereum", address="0xAbC0000000000000000000000000000000000001")
+        >>> w.address[:6], w.spelled_address[:6]
+        ('0xabc0', '0xAbC0')
+        """
+        return self._spelling or self.address
 
     @property
     def key(self) -> str:

@@ -230,6 +230,38 @@ def test_a_time_with_another_offset_is_the_same_instant(tmp_path: Path) -> None:
     assert tokyo == utc
 
 
+CHECKSUMMED = "0xAbCd000000000000000000000000000000000001"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_alerts_name_the_wallet_as_the_config_writes_it(tmp_path: Path, workers: int) -> None:
+    config = loads(
+        f'[[wallets]]\nchain = "Ethereum"\naddress = "{CHECKSUMMED}"\n'
+        'opening_balance = "100"\n'
+        '[[wallets]]\nchain = "NEM"\naddress = "NHOT"\nopening_balance = "100"\n'
+    )
+    eth = {"chain": "ethereum", "asset": "ETH"}
+    rows: list[dict[str, Any] | bytes] = [
+        # The transfers spell the address in lower case, then as the config does.
+        line(**eth, ts="2018-01-25T15:02:00Z", tx_hash="a", amount="40", to="0x1",
+             **{"from": CHECKSUMMED.lower()}),
+        line(**eth, ts="2018-01-25T16:02:00Z", tx_hash="b", amount="40", to="0x2",
+             **{"from": CHECKSUMMED}),
+        line(ts="2018-01-25T17:02:00Z", chain="nem", tx_hash="c", amount="40", to="NX",
+             **{"from": "NHOT"}),
+    ]  # fmt: skip
+    out = tmp_path / "alerts.jsonl"
+    run_backtest(config, write(tmp_path / "t.jsonl", rows), None, out, workers=workers)
+    alerts = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    named = {a["tx_hashes"][-1]: (a["chain"], a["wallet"]) for a in alerts}
+    assert named == {
+        "a": ("Ethereum", CHECKSUMMED),
+        "b": ("Ethereum", CHECKSUMMED),
+        "c": ("NEM", "NHOT"),
+    }
+    assert alerts[0]["freeze"]
+
+
 def test_malformed_ledger_line(tmp_path: Path) -> None:
     ledger = write(tmp_path / "l.jsonl", [line(), line(ts="2018-01-25T15:02:00")])
     with pytest.raises(BacktestInputError) as caught:
