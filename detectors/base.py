@@ -199,9 +199,9 @@ class Outflow:
 
 
 class FirstSeen:
-    """The first outflow a wallet made to a destination, and when it last paid it."""
+    """The first outflow a wallet made to a destination, when it last paid it, and the most."""
 
-    __slots__ = ("key", "last", "time", "units")
+    __slots__ = ("high", "key", "last", "time", "units")
 
     def __init__(self, time: float, units: int, key: Hashable) -> None:
         self.time = time
@@ -209,6 +209,8 @@ class FirstSeen:
         self.key = key
         """The dedup key of that first transfer (a retraction of it forgets the destination)."""
         self.last = time
+        self.high = units
+        """The largest payment to the destination."""
 
 
 _FAMILIAR: Final = FirstSeen(float("-inf"), 0, None)
@@ -445,6 +447,10 @@ class WalletState:
             window plus this, to drop duplicates and undo retractions.
         midsize_share: An outflow to a new destination of at least this share of the balance is
             "mid-size": larger than nearly every customer withdrawal.
+        outgrown_factor: A destination first paid long ago is familiar only for payments like
+            those it had: one more than this many times the largest it was ever paid makes it
+            new again (first seen now), so a customer-sized payment days before a drain does not
+            make the thief's address familiar. 0 turns this off.
 
     The balance is ``opening_balance`` + inflows - outflows, re-anchored whenever a transfer
     carries ``balance_after`` (read from the chain by a live watcher). Without an opening
@@ -470,6 +476,7 @@ class WalletState:
         reorder_tolerance_s: int = 300,
         midsize_share: Decimal = Decimal("0.005"),
         remember_s: int = 90 * 86400,
+        outgrown_factor: int = 10,
     ) -> None:
         self.wallet = wallet
         self.role = wallet.role
@@ -501,8 +508,9 @@ class WalletState:
         self._trim_at = float("-inf")
         self._first_seen: dict[str, FirstSeen] = {}
         """Destinations first paid recently (while they may still count as new)."""
-        self._familiar: dict[str, float] = {}
-        """Destinations first paid long ago, with when they were last paid."""
+        self._familiar: dict[str, tuple[float, int]] = {}
+        """Destinations first paid long ago: when they were last paid, and the most they got."""
+        self.outgrown_factor = outgrown_factor
         self.remember_s = remember_s
         self._compact_at = float("-inf")
         self._forget_at = float("-inf")
@@ -579,26 +587,42 @@ class WalletState:
         """Whether the config lists ``address`` as a counterparty this wallet normally pays."""
         return address in self.known
 
-    def first_seen(self, address: str) -> FirstSeen | None:
-        """The first outflow learned to ``address``, if any.
+    def first_seen(self, address: str, units: int | None = None) -> FirstSeen | None:
+        """The first outflow learned to ``address``, if any, for a payment of ``units`` now.
 
         A destination first paid more than ``new_destination_age_s`` ago reads as paid at the
         beginning of time (only that it is familiar is kept), and one not paid for
-        ``remember_s`` is forgotten: it counts as new again.
+        ``remember_s`` is forgotten: it counts as new again. So does one paid long ago that
+        ``units`` outgrows (more than ``outgrown_factor`` times the most it was paid).
         """
         seen = self._first_seen.get(address)
-        if seen is None and address in self._familiar:
+        if seen is None:
+            familiar = self._familiar.get(address)
+            if familiar is None or self._outgrows(units, familiar[1]):
+                return None
             return _FAMILIAR
+        if (
+            units is not None
+            and self.now - seen.time >= self.new_destination_age_s
+            and self._outgrows(units, seen.high)
+        ):
+            return None
         return seen
 
-    def is_new_destination(self, address: str, now: float) -> bool:
-        """Not configured as known, and first paid less than ``new_destination_age_s`` ago."""
+    def _outgrows(self, units: int | None, high: int) -> bool:
+        factor = self.outgrown_factor
+        return units is not None and factor > 0 and units > factor * high
+
+    def is_new_destination(self, address: str, now: float, units: int | None = None) -> bool:
+        """Not configured as known, and first paid less than ``new_destination_age_s`` ago (or,
+        for a payment of ``units``, only ever paid much less: see :meth:`first_seen`)."""
         if address in self.known:
             return False
         seen = self._first_seen.get(address)
         if seen is None:
-            return address not in self._familiar
-        return now - seen.time < self.new_destination_age_s
+            familiar = self._familiar.get(address)
+            return familiar is None or self._outgrows(units, familiar[1])
+        return now - seen.time < self.new_destination_age_s or self._outgrows(units, seen.high)
 
     def new_outflows_to(self, address: str) -> list[Outflow] | None:
         """The outflows still in the longest window that paid ``address`` while it was new."""
@@ -654,13 +678,15 @@ class WalletState:
         old = now - self.new_destination_age_s - self.reorder_tolerance_s
         first_seen, familiar = self._first_seen, self._familiar
         for address in [a for a, seen in first_seen.items() if seen.time < old]:
-            familiar[address] = first_seen.pop(address).last
+            seen = first_seen.pop(address)
+            earlier = familiar.get(address)  # a destination new again keeps what it had
+            familiar[address] = (seen.last, max(seen.high, earlier[1]) if earlier else seen.high)
         if now >= self._forget_at:
             # A sixth of the memory span at a time (the scan is over every familiar address): a
             # destination is forgotten between 90 and 105 days after it was last paid.
             self._forget_at = now + self.remember_s / 6
             forget = now - self.remember_s
-            for address in [a for a, last in familiar.items() if last < forget]:
+            for address in [a for a, (last, _) in familiar.items() if last < forget]:
                 del familiar[address]
 
     def apply(self, transfer: TransferView, learn: bool = True) -> bool:
@@ -687,10 +713,19 @@ class WalletState:
         now = self.now
         if external:
             seen = self._first_seen.get(counterparty)
-            familiar = seen is None and counterparty in self._familiar
+            known = self._familiar.get(counterparty) if seen is None else None
+            familiar = known is not None
             new = counterparty not in self.known and (
                 now - seen.time < self.new_destination_age_s if seen is not None else not familiar
             )
+            if not new and self.outgrown_factor and counterparty not in self.known:
+                high = seen.high if seen is not None else known[1] if known is not None else 0
+                if units > self.outgrown_factor * high:
+                    # Far more than it was ever paid: first seen now, like a fresh address.
+                    new, familiar = True, False
+                    if seen is not None:
+                        self._familiar[counterparty] = (seen.last, seen.high)
+                    seen = None
             mid_num, mid_den = self._mid
             self._log.add(
                 Outflow(
@@ -705,8 +740,10 @@ class WalletState:
             self._changes += 1
             if seen is not None:
                 seen.last = max(seen.last, now)
+                seen.high = max(seen.high, units)
             elif familiar:
-                self._familiar[counterparty] = max(self._familiar[counterparty], now)
+                last, high = self._familiar[counterparty]
+                self._familiar[counterparty] = (max(last, now), max(high, units))
             elif learn:
                 self._first_seen[counterparty] = FirstSeen(now, units, key)
         self._applied[key] = (signed, counterparty, external)
@@ -755,6 +792,8 @@ class WalletState:
         self._changes += 1
         for seen in self._first_seen.values():
             seen.units *= factor
+            seen.high *= factor
+        self._familiar = {a: (last, high * factor) for a, (last, high) in self._familiar.items()}
         for applied in (self._applied, self._applied_before):
             for key, (units, counterparty, external) in applied.items():
                 applied[key] = (units * factor, counterparty, external)

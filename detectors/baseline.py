@@ -215,9 +215,9 @@ class BaselineDetector:
         if profile is None or profile.hours < self.min_hours:
             return None
         dest = transfer.counterparty
-        if state.is_internal(dest) or not state.is_new_destination(dest, state.now):
-            return None
         units = state.units_of(transfer)
+        if state.is_internal(dest) or not state.is_new_destination(dest, state.now, units):
+            return None
         finding = self._judge(
             state, transfer, profile, units, self.window_s, (self.warn_ratio, self.freeze_ratio),
             (self._warn, self._freeze),
@@ -367,7 +367,7 @@ class BaselineDetector:
         now = state.now
         if now >= profile.hour_start + 3600:
             self._roll(profile, now)
-        if state.is_new_destination(transfer.counterparty, now):
+        if state.is_new_destination(transfer.counterparty, now, state.units_of(transfer)):
             amount = transfer.amount / 10**transfer.decimals
             profile.hour_value += amount
             profile.hour_sizes.append(amount)

@@ -364,9 +364,9 @@ class DetectionEngine:
         if any(f.freeze for f in findings) or transfer.direction is not Direction.OUT:
             return None
         dest = transfer.counterparty
-        if state.is_internal(dest) or not state.is_new_destination(dest, state.now):
-            return None
         units = state.units_of(transfer)
+        if state.is_internal(dest) or not state.is_new_destination(dest, state.now, units):
+            return None
         ref = state.balance_units()
         numerator, denominator = self._watch
         if units <= 0 or units * denominator < ref * numerator:

@@ -420,6 +420,20 @@ def scenarios(quick: bool = False) -> list[Scenario]:
             panic_days=(9, 14),
         ),
         Scenario(
+            "warmed-thief",
+            "drains to addresses paid 0.05% as customers 3 days before: 6 transfers of ~5% on "
+            "one wallet, 30 of ~1.5% on another a day later",
+            _fleet(
+                4,
+                drains={
+                    1: (one(at, "burst", 0.05, 6, 90, warmed_days=3),),
+                    2: (one(at + DAY, "burst", 0.015, 30, 45, warmed_days=3),),
+                },
+            ),
+            days,
+            panic_days=(9, 14),
+        ),
+        Scenario(
             "many-wallets-small",
             "6 wallets drained in 1.5% steps to one address each, within the same half hour",
             _fleet(

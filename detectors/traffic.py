@@ -71,6 +71,10 @@ class DrainSpec:
     ``share`` to one address, ``every_s`` apart), ``fresh_fanout`` (each to a fresh address),
     ``slow_bleed`` (to one address, slowly), ``ordinary_sized`` (customer-sized transfers to fresh
     addresses at many times the usual rate). ``share`` is of the balance at that moment.
+
+    ``warmed_days``: the thief withdrew a customer-sized sum (0.05% of the working balance) to its
+    address this many days before, as a customer of the exchange, so that the address is not
+    fresh when the drain starts (0: no such withdrawal).
     """
 
     start_s: float
@@ -79,6 +83,7 @@ class DrainSpec:
     count: int = 1
     every_s: float = 60.0
     thief: str | None = None
+    warmed_days: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -259,6 +264,8 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
         for step in range(steps):
             jitter = rng.uniform(0.7, 1.3) if drain.kind != "single" else 1.0
             events.append((drain.start_s + step * drain.every_s * jitter, f"drain{number}", step))
+        if drain.warmed_days > 0:
+            events.append((drain.start_s - drain.warmed_days * 86400, f"warm{number}", 0))
     events.sort()
 
     customers: list[str] = []
@@ -323,6 +330,13 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
             if units > 0:
                 traffic.malicious.append(emit(t, spec.address, receiver, units))
                 balance -= units
+        elif kind.startswith("warm"):
+            # The thief's own withdrawal as a customer: approved and ordinary, not malicious.
+            receiver = thieves[int(kind[4:])]
+            units = target // 2000
+            approve(t, receiver, units)
+            emit(t, spec.address, receiver, units)
+            balance -= units
         elif kind == "withdraw":
             boost = 1.3 if panic(t) else 1.0
             units = int(target * _share(rng, 0.0005 * boost, 0.0001, spec.customer_cap))

@@ -585,7 +585,7 @@ class VelocityDetector:
             totals = (total - trusted_w, total_c - trusted_c)
             self._total(window, conc, units, totals, (ref_w, ref_c), fired)
 
-        seen = state.first_seen(dest)
+        seen = state.first_seen(dest, units)
         if dest not in state.known and (
             seen is None or now - seen.time < state.new_destination_age_s
         ):
@@ -825,7 +825,7 @@ class VelocityDetector:
         rules = {f[2] for f in fired}
         dest = transfer.counterparty
         now = state.now
-        new = state.is_new_destination(dest, now)
+        new = state.is_new_destination(dest, now, units)
         window = state.window(self.window_s)
         conc = state.window(self.concentration_window_s)
 
@@ -875,7 +875,7 @@ class VelocityDetector:
             f"{f'in {describe_duration(span)}' if span >= 1 else 'at once'} "
             f"to {n_dest} {what}{'es' if n_dest != 1 else ''}"
         )
-        seen = state.first_seen(dest)
+        seen = state.first_seen(dest, units)
         if "test_then_drain" in rules and seen is not None:
             summary += f" (after a {state.to_decimal_string(seen.units)} {state.asset} test)"
         summary += (

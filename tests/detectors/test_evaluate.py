@@ -11,7 +11,7 @@ import pytest
 
 from detectors import DetectionEngine
 from detectors.evaluate import FixedRule, Scenario, evaluate_main, first_large, score
-from detectors.traffic import HotWalletSpec, generate_traffic
+from detectors.traffic import DrainSpec, HotWalletSpec, generate_traffic
 from tests.detectors.factories import config, transfer
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
@@ -123,3 +123,16 @@ def test_the_harder_traffic_pays_larger_sizes(
     largest = max(paid) / spec.balance
     assert low is None or largest > low
     assert largest <= high
+
+
+def test_a_warmed_thief_was_paid_as_a_customer_days_before_its_drain() -> None:
+    drain = DrainSpec(10 * 86400, "burst", 0.05, 3, 90, thief="THIEF", warmed_days=3)
+    spec = replace(HOT, balance=Decimal(10**6), drains=(drain,))
+    traffic = generate_traffic([spec], START, days=14, seed=3)
+    to_thief = [r for r in traffic.transfers if r["to"] == "THIEF"]
+    assert [r["ts"] for r in to_thief[:1]] == [ts(7)]
+    assert Decimal(to_thief[0]["amount"]) == 500  # 0.05% of the working balance
+    assert to_thief[0] not in traffic.malicious
+    assert to_thief[1:] == traffic.malicious
+    assert len(traffic.malicious) == 3
+    assert [a["to"] for a in traffic.ledger].count("THIEF") == 1  # approved, as a customer's

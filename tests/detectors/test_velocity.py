@@ -667,3 +667,49 @@ def test_the_payments_tracked_for_trust_match_a_recount_of_the_history() -> None
         wanted = {d: p for d, p in recount.items() if len(p) >= history.needed(d)}
         assert {d: list(p) for d, p in history.tracked.items()} == wanted
     assert "KNOWN" in history.tracked
+
+
+def test_an_address_paid_a_customer_sized_sum_days_ago_is_new_again_for_a_drain() -> None:
+    # The thief withdrew 0.1% as a customer three days before, so the address is not fresh.
+    state, detector = make_state(), VelocityDetector()
+    day = 24 * 60
+    assert as_the_engine(state, detector, transfer("WARMED", 1)) is None
+    assert as_the_engine(state, detector, transfer("RETURNING", 2, minutes=10)) is None
+    # A returning customer paid like before is still familiar...
+    assert as_the_engine(state, detector, transfer("RETURNING", 15, minutes=3 * day)) is None
+    assert not state.is_new_destination("RETURNING", state.now, 15)
+    # ...a payment sixty times the most the address ever got is judged as to a new one.
+    drain = as_the_engine(state, detector, transfer("WARMED", 60, minutes=3 * day + 1))
+    assert drain is not None
+    assert drain.freeze
+    assert drain.metrics["rule_single"] == "1"
+    # From then on it is a destination first seen now: the next step counts with the first.
+    seen = state.first_seen("WARMED")
+    assert seen is not None
+    assert seen.time == state.now
+    second = as_the_engine(state, detector, transfer("WARMED", 30, minutes=3 * day + 2))
+    assert second is not None
+    assert second.metrics["drained"] == "90"
+
+
+@pytest.mark.parametrize(("factor", "new"), [(10, True), (0, False)])
+def test_how_much_more_than_before_makes_a_familiar_address_new(factor: int, new: bool) -> None:
+    state = WalletState(wallet(balance="1000"), "XEM", outgrown_factor=factor)
+    day = 24 * 60
+    for minutes, amount in ((0, 2), (1, 4), (3 * day, 3)):  # the most it got: 4
+        t = transfer("FRIEND", amount, minutes=minutes)
+        state.prepare(t)
+        state.apply(t)
+    # Compacted into the familiar destinations (read as paid at the beginning of time), their
+    # largest payment kept.
+    familiar = state.first_seen("FRIEND")
+    assert familiar is not None
+    assert familiar.time == float("-inf")
+    assert not state.is_new_destination("FRIEND", state.now, 40)
+    assert state.is_new_destination("FRIEND", state.now, 41) is new
+    assert (state.first_seen("FRIEND", 41) is None) is new
+    # Rescaling keeps the comparison in the same units.
+    finer = transfer("FRIEND", 401, minutes=3 * day + 1, decimals=1)
+    state.prepare(finer)
+    assert state.is_new_destination("FRIEND", state.now, state.units_of(finer)) is new
+    assert not state.is_new_destination("FRIEND", state.now, state.units_of(finer) - 1)
