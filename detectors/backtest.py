@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import math
 import os
 import time
@@ -55,7 +56,7 @@ from detectors.base import to_units
 from detectors.engine import DetectionEngine
 from detectors.errors import BacktestInputError
 from detectors.move import Move
-from drainwatch.config import Config, WalletConfig
+from drainwatch.config import Config, WalletConfig, wallets_by_key
 from drainwatch.events import (
     Alert,
     ApprovedWithdrawal,
@@ -64,6 +65,8 @@ from drainwatch.events import (
     normalize_address,
     wallet_key,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "AddressCache",
@@ -75,6 +78,7 @@ __all__ = [
     "parse_ts",
     "run_backtest",
     "spellings",
+    "unseen_wallets",
 ]
 
 _PROGRESS_EVERY: Final = 8192
@@ -95,6 +99,8 @@ class BacktestSummary:
     alerts: int
     freezes: int
     elapsed_s: float
+    unseen_wallets: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Listed wallets no transfer touched: (name, chains the file spells with their address)."""
 
     @property
     def transfers_per_s(self) -> float:
@@ -384,6 +390,9 @@ class Replay:
         self._chains: dict[str, str] = {}
         self.addresses = AddressCache()
         """Addresses as read, normalised; a caller routing lines itself may share it."""
+        self._listed = frozenset(w.address for w in config.wallets)
+        self.elsewhere: dict[str, set[str]] = {}
+        """Listed addresses seen on a line whose chain lists no wallet there: those chains."""
 
     def parse(self, number: int, raw: bytes) -> tuple[float, list[Move]]:
         """One transfers.jsonl line: its time (epoch seconds) and the watched wallets' moves.
@@ -494,6 +503,13 @@ class Replay:
         out_wallet = wallets.get((chain_key, sender))
         in_wallet = wallets.get((chain_key, receiver))
         if out_wallet is None and in_wallet is None:
+            listed = self._listed
+            if sender in listed or receiver in listed:
+                # A listed address under a chain the config does not pair it with (a chain
+                # named "eth" in the config and "ethereum" in the file): said at the end.
+                for address in (sender, receiver):
+                    if address in listed:
+                        self.elsewhere.setdefault(address, set()).add(chain)
             return []
         if not tx_hash:
             tx_hash = "pseudo:" + event_id("line", number, raw.strip().decode("utf-8", "replace"))
@@ -559,6 +575,7 @@ def run_backtest(
                 alerts=len(split.alerts),
                 freezes=sum(freeze for _, freeze in split.alerts),
                 elapsed_s=time.perf_counter() - started,
+                unseen_wallets=unseen_wallets(config, split.seen, split.elsewhere),
             )
         # Wallets alerted together from this round on: correlation may matter, so the rest of
         # the file is judged in one process, from the joined state of the round's start.
@@ -572,7 +589,9 @@ def run_backtest(
             split.engine,
             ledger_lookahead_s,
             started,
-            settled=_Settled(split.resume_line, split.alerts, split.read, split.watched),
+            settled=_Settled(
+                split.resume_line, split.alerts, split.read, split.watched, split.elsewhere
+            ),
         )
     return _run_sequential(
         config,
@@ -594,6 +613,34 @@ class _Settled:
     alerts: list[tuple[bytes, bool]]
     read: int
     watched: int
+    elsewhere: dict[str, set[str]]
+
+
+def unseen_wallets(
+    config: Config, seen: set[str], elsewhere: dict[str, set[str]]
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The listed wallets (by name) whose key is not in ``seen``, each with the chains the file
+    named its address with (:attr:`Replay.elsewhere`); each is logged as a warning.
+
+    A wallet no transfer touched is judged by nothing: a cold wallet may rest for a month, but a
+    chain or an address spelled one way in the config and another in the file looks the same.
+    """
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for key, entries in wallets_by_key(config.wallets).items():
+        if key in seen:
+            continue
+        wallet = entries[0]
+        names = " / ".join(dict.fromkeys(e.name for e in entries))
+        chains = tuple(sorted(elsewhere.get(wallet.address, ())))
+        hint = (
+            f"; its address is in the file with chain {', '.join(map(repr, chains))}, not "
+            f"{wallet.chain!r}: check the config's chain"
+            if chains
+            else ""
+        )
+        log.warning("wallet %s (%s) is in no transfer of the file%s", names, key, hint)
+        out.append((names, chains))
+    return tuple(out)
 
 
 def _run_sequential(  # noqa: PLR0917
@@ -620,6 +667,7 @@ def _run_sequential(  # noqa: PLR0917
     with alerts_out.open("wb") as out, collector_paused():
         if settled is not None:
             first, read, watched = settled.line, settled.read, settled.watched
+            replay.elsewhere = settled.elsewhere
             out.writelines(line + b"\n" for line, _ in settled.alerts)
             alerts, freezes = len(settled.alerts), sum(f for _, f in settled.alerts)
         for number, raw in read_lines(transfers_path):
@@ -658,6 +706,7 @@ def _run_sequential(  # noqa: PLR0917
         alerts=alerts,
         freezes=freezes,
         elapsed_s=time.perf_counter() - started,
+        unseen_wallets=unseen_wallets(config, engine.wallets_seen(), replay.elsewhere),
     )
 
 

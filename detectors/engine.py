@@ -56,6 +56,7 @@ from drainwatch.events import (
     TransferStatus,
     event_id,
     normalize_address,
+    wallet_key,
 )
 from drainwatch.stage import Output
 
@@ -190,6 +191,10 @@ class DetectionEngine:
         wallet listed once per asset, its first entry."""
         entries = self._wallets.get((chain.casefold(), normalize_address(address)))
         return entries[0] if entries else None
+
+    def wallets_seen(self) -> set[str]:
+        """The keys of the wallets some transfer has been counted for (in any asset)."""
+        return {wallet_key(chain, address) for chain, address, _ in self._states}
 
     def state(self, wallet: WalletConfig, asset: str) -> WalletState:
         """The state of one (wallet, asset), created on first use."""

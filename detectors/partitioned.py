@@ -118,6 +118,10 @@ class RoundResult:
     elapsed_s: float = 0.0
     snapshot_s: float = 0.0
     """Of ``elapsed_s``, the time taken to keep the engine as it was at the round's start."""
+    seen: set[str] = field(default_factory=set)
+    """Keys of the wallets this worker has counted a transfer for (sent once it is done)."""
+    elsewhere: dict[str, set[str]] = field(default_factory=dict)
+    """Listed addresses under chains that list no wallet there, so far (``Replay.elsewhere``)."""
 
 
 @dataclass
@@ -134,6 +138,10 @@ class Outcome:
     """The first line of the round where an incident formed; None when the split run finished."""
     engine: DetectionEngine | None = None
     """All wallets' state as of ``resume_line``, with the correlator of the sequential run."""
+    seen: set[str] = field(default_factory=set)
+    """Keys of the wallets some transfer was counted for."""
+    elsewhere: dict[str, set[str]] = field(default_factory=dict)
+    """Listed addresses under chains that list no wallet there (see ``Replay.elsewhere``)."""
 
 
 def deal_wallets(config: Config, path: Path, count: int) -> list[set[_Key]]:
@@ -195,9 +203,12 @@ class _Worker:
         while len(snapshots) > _PIPELINE + 1:
             del snapshots[min(snapshots)]
         self.next_line = until
-        result = RoundResult(snapshot_s=time.perf_counter() - started)
+        result = RoundResult(
+            snapshot_s=time.perf_counter() - started, elsewhere=self.replay.elsewhere
+        )
         if self.stopped:
             result.done = True
+            result.seen = self.engine.wallets_seen()
             return result
         done = _bytes_done if self.index == 0 else None
         while True:
@@ -221,6 +232,8 @@ class _Worker:
                 break
         result.findings = self.correlator.seen
         self.correlator.seen = []
+        if result.done:
+            result.seen = self.engine.wallets_seen()
         result.elapsed_s = time.perf_counter() - started
         return result
 
@@ -394,6 +407,9 @@ def run_parts(
             errors = [r.error for r in results if r.error is not None]
             error = min(errors, key=lambda e: e.line_number) if errors else None
             stop = error.line_number if error is not None else start + length
+            for result in results:
+                for address, chains in result.elsewhere.items():
+                    outcome.elsewhere.setdefault(address, set()).update(chains)
             before = copy.deepcopy(correlator)
             if _incident_forms(correlator, sorted(f for r in results for f in r.findings), stop):
                 outcome.resume_line = start
@@ -405,6 +421,8 @@ def run_parts(
             outcome.watched += results[0].watched
             outcome.error = error
             if error is not None or all(r.done for r in results):
+                for result in results:
+                    outcome.seen |= result.seen
                 break
             slowest = max(results, key=lambda r: r.elapsed_s)
             if round_lines is None and slowest.snapshot_s > _SNAPSHOT_SHARE * slowest.elapsed_s:

@@ -262,6 +262,24 @@ def test_alerts_name_the_wallet_as_the_config_writes_it(tmp_path: Path, workers:
     assert alerts[0]["freeze"]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_wallet_whose_chain_the_file_spells_otherwise_is_named(
+    tmp_path: Path, workers: int
+) -> None:
+    config = loads(
+        f'[[wallets]]\nchain = "eth"\naddress = "{CHECKSUMMED}"\nlabel = "eth-hot"\n'
+        '[[wallets]]\nchain = "NEM"\naddress = "NHOT"\n'
+    )
+    rows: list[dict[str, Any] | bytes] = [
+        line(chain="ethereum", asset="ETH", tx_hash="a", to="0x1", **{"from": CHECKSUMMED}),
+        line(chain="nem", tx_hash="c", **{"from": "NHOT"}),
+    ]
+    out = tmp_path / "alerts.jsonl"
+    summary = run_backtest(config, write(tmp_path / "t.jsonl", rows), None, out, workers=workers)
+    assert summary.unseen_wallets == (("eth-hot", ("ethereum",)),)
+    assert summary.watched_transfers == 1
+
+
 def test_malformed_ledger_line(tmp_path: Path) -> None:
     ledger = write(tmp_path / "l.jsonl", [line(), line(ts="2018-01-25T15:02:00")])
     with pytest.raises(BacktestInputError) as caught:

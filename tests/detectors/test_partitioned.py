@@ -182,3 +182,29 @@ def test_rounds_that_grow_still_give_the_one_process_result(
     assert asked[0] == 300
     assert max(asked) > 300  # grown
     assert asked == sorted(asked)  # never shrinks
+
+
+def test_wallets_no_transfer_touched_are_named_with_the_chains_the_file_uses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    at = 3.5 * DAY
+    drains = {i: (DrainSpec(at + 90 * i, "burst", 0.06, 5, 60),) for i in range(4)}
+    wallets = _fleet(drains)
+    _, transfers = _files(tmp_path, wallets, days=5)
+    # The config calls hot-1's chain "trx" where the file says "tron", and lists an idle wallet.
+    text = config_toml(wallets).replace(
+        f'chain = "tron"\naddress = "{wallets[1].address}"',
+        f'chain = "trx"\naddress = "{wallets[1].address}"',
+    )
+    config = loads(text + '\n[[wallets]]\nchain = "tron"\naddress = "TIDLE"\nlabel = "idle"\n')
+    assert config.wallets[2].chain == "trx"
+    # What the workers saw before the hand-over reaches the one process that goes on.
+    assert run_parts(config, transfers, 2, round_lines=2000).resume_line is not None
+    expected = (("hot-1", ("tron",)), ("idle", ()))
+    for workers in (1, 2):
+        caplog.clear()
+        summary = run_backtest(config, transfers, None, tmp_path / "a.jsonl", workers=workers)
+        assert summary.unseen_wallets == expected
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert any("hot-1" in m and "'tron', not 'trx'" in m for m in warned), warned
+        assert any(m.startswith("wallet idle ") for m in warned), warned
