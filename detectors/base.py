@@ -198,19 +198,60 @@ class Outflow:
         return self.source.tx_hash
 
 
-class FirstSeen:
-    """The first outflow a wallet made to a destination, when it last paid it, and the most."""
+Paid = tuple[float, int, int, float, int]
+"""What a wallet paid one destination: (last payment's time, largest payment before the current
+day, largest payment of the current day, when the current day began, sum of the current day).
+A "day" runs from the first payment after the previous one ended."""
 
-    __slots__ = ("high", "key", "last", "time", "units")
+_DAY_S: Final = 86400.0
+
+
+def paid_first(now: float, units: int) -> Paid:
+    """The record of a destination paid ``units`` for the first time at ``now``."""
+    return (now, 0, units, now, units)
+
+
+def paid_more(paid: Paid, now: float, units: int) -> Paid:
+    """``paid`` after one more payment of ``units`` at ``now``.
+
+    >>> paid_more(paid_more(paid_first(0.0, 5), 60.0, 7), 90000.0, 3)
+    (90000.0, 7, 3, 90000.0, 3)
+    """
+    last, before, peak, since, total = paid
+    if now - since >= _DAY_S:
+        return (max(last, now), max(before, peak), units, now, units)
+    return (max(last, now), before, max(peak, units), since, total + units)
+
+
+def outgrows(paid: Paid, now: float, units: int, factor: int) -> bool:
+    """Whether paying ``units`` at ``now`` takes the destination's day beyond ``factor`` times
+    the largest payment it had before that day (a familiar address vouches for payments like
+    those it had, not for many times as much, at once or spread over the day).
+
+    >>> warmed = paid_first(0.0, 5)  # a customer-sized withdrawal...
+    >>> outgrows(warmed, 3 * 86400.0, 100, 20), outgrows(warmed, 3 * 86400.0, 101, 20)
+    (False, True)
+    >>> bleed = paid_more(warmed, 3 * 86400.0, 40)  # ...then 40 at a time, days later
+    >>> outgrows(bleed, 3 * 86400.0 + 1200, 40, 20), outgrows(bleed, 3 * 86400.0 + 2400, 61, 20)
+    (False, True)
+    """
+    _, before, peak, since, total = paid
+    if now - since >= _DAY_S:
+        before, total = max(before, peak), 0
+    return factor > 0 and total + units > factor * before
+
+
+class FirstSeen:
+    """The first outflow a wallet made to a destination, and what it paid it since."""
+
+    __slots__ = ("key", "paid", "time", "units")
 
     def __init__(self, time: float, units: int, key: Hashable) -> None:
         self.time = time
         self.units = units
         self.key = key
         """The dedup key of that first transfer (a retraction of it forgets the destination)."""
-        self.last = time
-        self.high = units
-        """The largest payment to the destination."""
+        self.paid = paid_first(time, units)
 
 
 _FAMILIAR: Final = FirstSeen(float("-inf"), 0, None)
@@ -448,10 +489,12 @@ class WalletState:
         midsize_share: An outflow to a new destination of at least this share of the balance is
             "mid-size": larger than nearly every customer withdrawal.
         outgrown_factor: A destination first paid long ago is familiar only for payments like
-            those it had: one more than this many times the largest it was ever paid makes it
-            new again (first seen now), so a customer-sized payment days before a drain does not
-            make the thief's address familiar. 0 turns this off. (10 also made a whale's reused
-            address new for a payment 17 times its last, and added 12% to the warnings.)
+            those it had: a payment that takes its day's total beyond this many times the largest
+            payment it had before that day makes it new again (first seen now), so a
+            customer-sized payment days before a drain does not make the thief's address
+            familiar, whether the drain comes at once or bleeds. 0 turns this off. (10 also made
+            a whale's reused address new for a payment 17 times its last, and added 12% to the
+            warnings.)
 
     The balance is ``opening_balance`` + inflows - outflows, re-anchored whenever a transfer
     carries ``balance_after`` (read from the chain by a live watcher). Without an opening
@@ -509,8 +552,8 @@ class WalletState:
         self._trim_at = float("-inf")
         self._first_seen: dict[str, FirstSeen] = {}
         """Destinations first paid recently (while they may still count as new)."""
-        self._familiar: dict[str, tuple[float, int]] = {}
-        """Destinations first paid long ago: when they were last paid, and the most they got."""
+        self._familiar: dict[str, Paid] = {}
+        """Destinations first paid long ago, and what they were paid (when last, how much)."""
         self.outgrown_factor = outgrown_factor
         self.remember_s = remember_s
         self._compact_at = float("-inf")
@@ -599,20 +642,15 @@ class WalletState:
         seen = self._first_seen.get(address)
         if seen is None:
             familiar = self._familiar.get(address)
-            if familiar is None or self._outgrows(units, familiar[1]):
+            if familiar is None or self._outgrows(familiar, units):
                 return None
             return _FAMILIAR
-        if (
-            units is not None
-            and self.now - seen.time >= self.new_destination_age_s
-            and self._outgrows(units, seen.high)
-        ):
+        if self.now - seen.time >= self.new_destination_age_s and self._outgrows(seen.paid, units):
             return None
         return seen
 
-    def _outgrows(self, units: int | None, high: int) -> bool:
-        factor = self.outgrown_factor
-        return units is not None and factor > 0 and units > factor * high
+    def _outgrows(self, paid: Paid, units: int | None) -> bool:
+        return units is not None and outgrows(paid, self.now, units, self.outgrown_factor)
 
     def is_new_destination(self, address: str, now: float, units: int | None = None) -> bool:
         """Not configured as known, and first paid less than ``new_destination_age_s`` ago (or,
@@ -622,8 +660,8 @@ class WalletState:
         seen = self._first_seen.get(address)
         if seen is None:
             familiar = self._familiar.get(address)
-            return familiar is None or self._outgrows(units, familiar[1])
-        return now - seen.time < self.new_destination_age_s or self._outgrows(units, seen.high)
+            return familiar is None or self._outgrows(familiar, units)
+        return now - seen.time < self.new_destination_age_s or self._outgrows(seen.paid, units)
 
     def new_outflows_to(self, address: str) -> list[Outflow] | None:
         """The outflows still in the longest window that paid ``address`` while it was new."""
@@ -679,15 +717,18 @@ class WalletState:
         old = now - self.new_destination_age_s - self.reorder_tolerance_s
         first_seen, familiar = self._first_seen, self._familiar
         for address in [a for a, seen in first_seen.items() if seen.time < old]:
-            seen = first_seen.pop(address)
-            earlier = familiar.get(address)  # a destination new again keeps what it had
-            familiar[address] = (seen.last, max(seen.high, earlier[1]) if earlier else seen.high)
+            paid = first_seen.pop(address).paid
+            earlier = familiar.get(address)
+            if earlier is not None:  # a destination new again keeps the most it had before
+                last, before, peak, since, total = paid
+                paid = (last, max(before, earlier[1], earlier[2]), peak, since, total)
+            familiar[address] = paid
         if now >= self._forget_at:
             # A sixth of the memory span at a time (the scan is over every familiar address): a
             # destination is forgotten between 90 and 105 days after it was last paid.
             self._forget_at = now + self.remember_s / 6
             forget = now - self.remember_s
-            for address in [a for a, (last, _) in familiar.items() if last < forget]:
+            for address in [a for a, paid in familiar.items() if paid[0] < forget]:
                 del familiar[address]
 
     def apply(self, transfer: TransferView, learn: bool = True) -> bool:
@@ -719,13 +760,13 @@ class WalletState:
             new = counterparty not in self.known and (
                 now - seen.time < self.new_destination_age_s if seen is not None else not familiar
             )
-            if not new and self.outgrown_factor and counterparty not in self.known:
-                high = seen.high if seen is not None else known[1] if known is not None else 0
-                if units > self.outgrown_factor * high:
+            if not new and counterparty not in self.known:
+                paid = seen.paid if seen is not None else known
+                if paid is not None and outgrows(paid, now, units, self.outgrown_factor):
                     # Far more than it was ever paid: first seen now, like a fresh address.
                     new, familiar = True, False
                     if seen is not None:
-                        self._familiar[counterparty] = (seen.last, seen.high)
+                        self._familiar[counterparty] = seen.paid
                     seen = None
             mid_num, mid_den = self._mid
             self._log.add(
@@ -740,11 +781,9 @@ class WalletState:
             )
             self._changes += 1
             if seen is not None:
-                seen.last = max(seen.last, now)
-                seen.high = max(seen.high, units)
+                seen.paid = paid_more(seen.paid, now, units)
             elif familiar:
-                last, high = self._familiar[counterparty]
-                self._familiar[counterparty] = (max(last, now), max(high, units))
+                self._familiar[counterparty] = paid_more(self._familiar[counterparty], now, units)
             elif learn:
                 self._first_seen[counterparty] = FirstSeen(now, units, key)
         self._applied[key] = (signed, counterparty, external)
@@ -793,11 +832,16 @@ class WalletState:
         self._changes += 1
         for seen in self._first_seen.values():
             seen.units *= factor
-            seen.high *= factor
-        self._familiar = {a: (last, high * factor) for a, (last, high) in self._familiar.items()}
+            seen.paid = _scaled(seen.paid, factor)
+        self._familiar = {a: _scaled(paid, factor) for a, paid in self._familiar.items()}
         for applied in (self._applied, self._applied_before):
             for key, (units, counterparty, external) in applied.items():
                 applied[key] = (units * factor, counterparty, external)
+
+
+def _scaled(paid: Paid, factor: int) -> Paid:
+    last, before, peak, since, total = paid
+    return (last, before * factor, peak * factor, since, total * factor)
 
 
 @runtime_checkable

@@ -696,20 +696,54 @@ def test_an_address_paid_a_customer_sized_sum_days_ago_is_new_again_for_a_drain(
 def test_how_much_more_than_before_makes_a_familiar_address_new(factor: int, new: bool) -> None:
     state = WalletState(wallet(balance="1000"), "XEM", outgrown_factor=factor)
     day = 24 * 60
-    for minutes, amount in ((0, 2), (1, 4), (3 * day, 3)):  # the most it got: 4
+    for minutes, amount in ((0, 2), (1, 4), (3 * day, 3)):  # the most before this day: 4
         t = transfer("FRIEND", amount, minutes=minutes)
         state.prepare(t)
         state.apply(t)
-    # Compacted into the familiar destinations (read as paid at the beginning of time), their
-    # largest payment kept.
+    # Compacted into the familiar destinations (read as paid at the beginning of time), what it
+    # was paid kept.
     familiar = state.first_seen("FRIEND")
     assert familiar is not None
     assert familiar.time == float("-inf")
-    assert not state.is_new_destination("FRIEND", state.now, 40)
-    assert state.is_new_destination("FRIEND", state.now, 41) is new
-    assert (state.first_seen("FRIEND", 41) is None) is new
-    # Rescaling keeps the comparison in the same units.
-    finer = transfer("FRIEND", 401, minutes=3 * day + 1, decimals=1)
+    # The day's payments may reach ten times the most it had before: 3 + 37 = 40.
+    assert not state.is_new_destination("FRIEND", state.now, 37)
+    assert state.is_new_destination("FRIEND", state.now, 38) is new
+    assert (state.first_seen("FRIEND", 38) is None) is new
+    # Rescaling keeps the comparison in the same units (37.1 at one decimal: beyond).
+    finer = transfer("FRIEND", 371, minutes=3 * day + 1, decimals=1)
     state.prepare(finer)
     assert state.is_new_destination("FRIEND", state.now, state.units_of(finer)) is new
     assert not state.is_new_destination("FRIEND", state.now, state.units_of(finer) - 1)
+    # A day later the count starts again, against the most it had before: still 4.
+    later = transfer("FRIEND", 41, minutes=4 * day + 2)
+    state.prepare(later)
+    assert state.is_new_destination("FRIEND", state.now, state.units_of(later)) is new
+    assert not state.is_new_destination("FRIEND", state.now, state.units_of(later) - 10)
+
+
+def test_a_slow_bleed_to_a_warmed_address_is_judged_as_to_a_new_one() -> None:
+    # 0.05% as a customer, then 0.4% every 20 minutes days later: none of the steps is twenty
+    # times the warm-up, their day's sum soon is.
+    state, detector = make_state(wallet(balance="10000")), VelocityDetector()
+    day = 24 * 60
+    assert as_the_engine(state, detector, transfer("WARMED", 5)) is None
+    findings = [
+        as_the_engine(state, detector, transfer("WARMED", 40, minutes=3 * day + 20 * i))
+        for i in range(12)
+    ]
+    # The third step takes the day to 120, beyond 20 x 5: the address is first seen there, and
+    # the third payment to it within the hour freezes (1.2% of the wallet, the repeat rule).
+    assert findings[:4] == [None] * 4
+    first = findings[4]
+    assert first is not None
+    assert first.freeze
+    assert first.metrics["rule_repeat"] == "1"
+    assert first.metrics["drained"] == "120"
+    # Without the bound the whole bleed passes: the address stays familiar.
+    state = WalletState(wallet(balance="10000"), "XEM", outgrown_factor=0)
+    detector = VelocityDetector()
+    as_the_engine(state, detector, transfer("WARMED", 5))
+    assert not any(
+        as_the_engine(state, detector, transfer("WARMED", 40, minutes=3 * day + 20 * i))
+        for i in range(12)
+    )
