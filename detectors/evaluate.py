@@ -422,12 +422,13 @@ def scenarios(quick: bool = False) -> list[Scenario]:
         Scenario(
             "warmed-thief",
             "drains to addresses paid 0.05% as customers 3 days before: 6 transfers of ~5% on "
-            "one wallet, 30 of ~1.5% on another a day later",
+            "one wallet, 30 of ~1.5% on another a day later, 0.4% every ~20 min on a third",
             _fleet(
                 4,
                 drains={
                     1: (one(at, "burst", 0.05, 6, 90, warmed_days=3),),
                     2: (one(at + DAY, "burst", 0.015, 30, 45, warmed_days=3),),
+                    3: (one(at, "slow_bleed", 0.004, 144, 1200, warmed_days=3),),
                 },
             ),
             days,
