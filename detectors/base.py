@@ -46,10 +46,14 @@ __all__ = [
     "FirstSeen",
     "LedgerAware",
     "Outflow",
+    "Paid",
     "StateLearner",
     "WalletState",
     "Window",
     "format_units",
+    "outgrows",
+    "paid_first",
+    "paid_more",
     "ratio_string",
     "to_units",
 ]
@@ -636,8 +640,9 @@ class WalletState:
 
         A destination first paid more than ``new_destination_age_s`` ago reads as paid at the
         beginning of time (only that it is familiar is kept), and one not paid for
-        ``remember_s`` is forgotten: it counts as new again. So does one paid long ago that
-        ``units`` outgrows (more than ``outgrown_factor`` times the most it was paid).
+        ``remember_s`` is forgotten: it counts as new again. So does one paid long ago when
+        ``units`` takes its day beyond ``outgrown_factor`` times the largest payment it had
+        before that day (see :func:`outgrows`).
         """
         seen = self._first_seen.get(address)
         if seen is None:
