@@ -210,6 +210,22 @@ A "day" runs from the first payment after the previous one ended."""
 _DAY_S: Final = 86400.0
 
 
+_Kept = Paid | tuple[float, int]
+"""A familiar destination's :data:`Paid` as kept: most were paid once, ``(time, units)``."""
+
+
+def _kept(paid: Paid) -> _Kept:
+    last, before, peak, since, total = paid
+    return (since, total) if before == 0 and last == since and peak == total else paid
+
+
+def _paid(kept: _Kept) -> Paid:
+    if len(kept) == 2:
+        since, units = kept
+        return (since, 0, units, since, units)
+    return kept
+
+
 def paid_first(now: float, units: int) -> Paid:
     """The record of a destination paid ``units`` for the first time at ``now``."""
     return (now, 0, units, now, units)
@@ -556,7 +572,7 @@ class WalletState:
         self._trim_at = float("-inf")
         self._first_seen: dict[str, FirstSeen] = {}
         """Destinations first paid recently (while they may still count as new)."""
-        self._familiar: dict[str, Paid] = {}
+        self._familiar: dict[str, _Kept] = {}
         """Destinations first paid long ago, and what they were paid (when last, how much)."""
         self.outgrown_factor = outgrown_factor
         self.remember_s = remember_s
@@ -647,7 +663,7 @@ class WalletState:
         seen = self._first_seen.get(address)
         if seen is None:
             familiar = self._familiar.get(address)
-            if familiar is None or self._outgrows(familiar, units):
+            if familiar is None or self._outgrows(_paid(familiar), units):
                 return None
             return _FAMILIAR
         if self.now - seen.time >= self.new_destination_age_s and self._outgrows(seen.paid, units):
@@ -665,7 +681,7 @@ class WalletState:
         seen = self._first_seen.get(address)
         if seen is None:
             familiar = self._familiar.get(address)
-            return familiar is None or self._outgrows(familiar, units)
+            return familiar is None or self._outgrows(_paid(familiar), units)
         return now - seen.time < self.new_destination_age_s or self._outgrows(seen.paid, units)
 
     def new_outflows_to(self, address: str) -> list[Outflow] | None:
@@ -725,9 +741,10 @@ class WalletState:
             paid = first_seen.pop(address).paid
             earlier = familiar.get(address)
             if earlier is not None:  # a destination new again keeps the most it had before
+                _, before_then, peak_then, _, _ = _paid(earlier)
                 last, before, peak, since, total = paid
-                paid = (last, max(before, earlier[1], earlier[2]), peak, since, total)
-            familiar[address] = paid
+                paid = (last, max(before, before_then, peak_then), peak, since, total)
+            familiar[address] = _kept(paid)
         if now >= self._forget_at:
             # A sixth of the memory span at a time (the scan is over every familiar address): a
             # destination is forgotten between 90 and 105 days after it was last paid.
@@ -760,7 +777,8 @@ class WalletState:
         now = self.now
         if external:
             seen = self._first_seen.get(counterparty)
-            known = self._familiar.get(counterparty) if seen is None else None
+            kept = self._familiar.get(counterparty) if seen is None else None
+            known = _paid(kept) if kept is not None else None
             familiar = known is not None
             new = counterparty not in self.known and (
                 now - seen.time < self.new_destination_age_s if seen is not None else not familiar
@@ -771,7 +789,7 @@ class WalletState:
                     # Far more than it was ever paid: first seen now, like a fresh address.
                     new, familiar = True, False
                     if seen is not None:
-                        self._familiar[counterparty] = seen.paid
+                        self._familiar[counterparty] = _kept(seen.paid)
                     seen = None
             mid_num, mid_den = self._mid
             self._log.add(
@@ -787,8 +805,8 @@ class WalletState:
             self._changes += 1
             if seen is not None:
                 seen.paid = paid_more(seen.paid, now, units)
-            elif familiar:
-                self._familiar[counterparty] = paid_more(self._familiar[counterparty], now, units)
+            elif familiar and known is not None:
+                self._familiar[counterparty] = paid_more(known, now, units)
             elif learn:
                 self._first_seen[counterparty] = FirstSeen(now, units, key)
         self._applied[key] = (signed, counterparty, external)
@@ -838,7 +856,7 @@ class WalletState:
         for seen in self._first_seen.values():
             seen.units *= factor
             seen.paid = _scaled(seen.paid, factor)
-        self._familiar = {a: _scaled(paid, factor) for a, paid in self._familiar.items()}
+        self._familiar = {a: _kept(_scaled(_paid(k), factor)) for a, k in self._familiar.items()}
         for applied in (self._applied, self._applied_before):
             for key, (units, counterparty, external) in applied.items():
                 applied[key] = (units * factor, counterparty, external)
