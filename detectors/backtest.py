@@ -332,10 +332,9 @@ def spellings(config: Config) -> dict[str, str]:
     Alert lines name wallets this way, like their chains: a checksummed EVM address in the
     config is matched in any case, and the alert names it exactly as the config does.
     """
-    out: dict[str, str] = {}
-    for wallet in config.wallets:
-        out.setdefault(wallet.key, wallet.spelled_address)
-    return out
+    return {
+        key: entries[0].spelled_address for key, entries in wallets_by_key(config.wallets).items()
+    }
 
 
 def alert_record(alert: Alert, spelled: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -678,6 +678,7 @@ class WalletState:
         for a payment of ``units``, only ever paid much less: see :meth:`first_seen`)."""
         if address in self.known:
             return False
+        # first_seen's decision, inlined: this runs two or three times for every outflow.
         seen = self._first_seen.get(address)
         if seen is None:
             familiar = self._familiar.get(address)
@@ -779,18 +780,17 @@ class WalletState:
             seen = self._first_seen.get(counterparty)
             kept = self._familiar.get(counterparty) if seen is None else None
             known = _paid(kept) if kept is not None else None
-            familiar = known is not None
             new = counterparty not in self.known and (
-                now - seen.time < self.new_destination_age_s if seen is not None else not familiar
+                now - seen.time < self.new_destination_age_s if seen is not None else known is None
             )
             if not new and counterparty not in self.known:
                 paid = seen.paid if seen is not None else known
                 if paid is not None and outgrows(paid, now, units, self.outgrown_factor):
                     # Far more than it was ever paid: first seen now, like a fresh address.
-                    new, familiar = True, False
+                    new = True
                     if seen is not None:
                         self._familiar[counterparty] = _kept(seen.paid)
-                    seen = None
+                    seen = known = None
             mid_num, mid_den = self._mid
             self._log.add(
                 Outflow(
@@ -805,7 +805,7 @@ class WalletState:
             self._changes += 1
             if seen is not None:
                 seen.paid = paid_more(seen.paid, now, units)
-            elif familiar and known is not None:
+            elif known is not None:
                 self._familiar[counterparty] = paid_more(known, now, units)
             elif learn:
                 self._first_seen[counterparty] = FirstSeen(now, units, key)
