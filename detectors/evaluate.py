@@ -361,6 +361,17 @@ def scenarios(quick: bool = False) -> list[Scenario]:
             panic_days=(9, 14),
         ),
         Scenario(
+            "second-week",
+            "spaced-fresh on day 10, before one payment's size is judged: 20 of ~1.5% every ~8 min",
+            _fleet(
+                4,
+                whales_per_week=0,
+                drains={2: (one(10.5 * DAY + 3 * 3600, "fresh_fanout", 0.015, 20, 480),)},
+            ),
+            days,
+            panic_days=(9, 14),
+        ),
+        Scenario(
             "ordinary-sized",
             "customer-sized transfers (~0.15%) to fresh addresses at ~30x the usual rate",
             _fleet(4, drains={0: (one(at, "ordinary_sized", 0.0015, 400, 8),)}),

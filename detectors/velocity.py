@@ -47,9 +47,12 @@ higher one:
   ln(rate) while large payments come at ``rate`` times their usual rate (a withdrawal surge).
   On a wallet whose customers never take more than 0.7% of the balance that is a drain's first
   transfer above 1%; on a wallet whose whales take 3% to fresh addresses the bar is above what
-  they take, and further above it the more their sizes spread. Silent for the first
-  ``fresh_min_history_s`` (14 days) of a wallet's history, so that whales seen every week or
-  two have shown themselves first;
+  they take, and further above it the more their sizes spread. One payment is not enough in
+  the first ``fresh_min_history_s`` (14 days) of a wallet's history, so that whales seen every
+  week or two have shown themselves first; from ``single_min_history_s`` (7 days) on, two are:
+  payments to two first-seen addresses within ``fresh_young_pair_s`` (1 h), each at least the
+  floor and ``fresh_factor`` times the largest ordinary payment before them, freeze (whales
+  come alone; a drain in spaced ~1.5% steps on a wallet in its second week does not);
 * **test then drain**: a tiny first transfer to a new address, then within ``test_window_s`` a
   transfer of ``test_drain_share`` to it: freeze;
 * **cold wallet**: a cold wallet paying any address that is neither listed nor a configured
@@ -222,6 +225,14 @@ class _LargePayments:
         paid, regular, known = self.paid, self.regular, self.known
         return (u for _, u, d in self.items if paid[d] < regular and d not in known)
 
+    def high_before(self, moment: float) -> int:
+        """The largest ordinary payment (see :meth:`_ordinary`) made before ``moment``."""
+        paid, regular, known = self.paid, self.regular, self.known
+        return max(
+            (u for t, u, d in self.items if t < moment and paid[d] < regular and d not in known),
+            default=0,
+        )
+
     def _recount(self) -> None:
         self.paid = +self.paid  # drops the destinations no longer in the history
         self.high = max(self._ordinary(), default=0)
@@ -344,6 +355,7 @@ class VelocityDetector:
         single_min_history_s: int = 7 * 86400,
         fresh_return_days: int = 50 * 30,
         fresh_factor_max: Decimal = Decimal(4),
+        fresh_young_pair_s: int = 3600,
         large_fresh: bool = True,
         regular_trust_factor: Decimal = Decimal(2),
     ) -> None:
@@ -395,6 +407,7 @@ class VelocityDetector:
         self.fresh_return_days = fresh_return_days
         self.fresh_factor_max = fresh_factor_max
         self._factor_max_milli = math.ceil(fresh_factor_max * 1000)
+        self.fresh_young_pair_s = fresh_young_pair_s
         self.large_fresh = large_fresh
         self.regular_trust_factor = regular_trust_factor
         self._regular_trust = _fraction(regular_trust_factor)
@@ -792,8 +805,30 @@ class VelocityDetector:
     ) -> None:
         """A payment to a first-seen address larger than this wallet's ordinary ones: freeze."""
         bar = self._bar(transfer, state, ref_c)
-        if bar is not None and units >= bar > 0:
-            fired.append((2, units / bar, "large_fresh"))
+        if bar is not None:
+            if units >= bar > 0:
+                fired.append((2, units / bar, "large_fresh"))
+            return
+        if self.fresh_young_pair_s <= 0:
+            return
+        # A young wallet (between single_min_history_s and fresh_min_history_s) may not have
+        # shown its whales yet, so one payment above the bar is not enough; two, to different
+        # first-seen addresses within fresh_young_pair_s, are (whales come alone). The bar is
+        # fresh_factor times the largest ordinary payment before those two.
+        history = self._fresh.get((transfer.chain, transfer.wallet, transfer.asset))
+        now = transfer.epoch
+        if history is None or now - history.first_time < self.single_min_history_s:
+            return
+        horizon = now - self.fresh_young_pair_s
+        num, den = self._fresh_factor
+        high = history.high_before(horizon) * 10 ** (state.scale - history.scale)
+        floor_num, floor_den = self._fresh_floor
+        bar = max(-(-ref_c * floor_num // floor_den), -(-high * num // den))
+        if units < bar or bar <= 0:
+            return
+        window = state.window(self.concentration_window_s)
+        if any(o.new and o.units >= bar and o.time > horizon for o in window.items):
+            fired.append((2, units / bar, "large_fresh_pair"))
 
     def _finding(
         self,

@@ -439,6 +439,28 @@ def test_no_learned_threshold_before_enough_history() -> None:
     assert judge_and_learn(state, detector, transfer("T1", 15000, minutes=minute)) is None
 
 
+@pytest.mark.parametrize(
+    ("gap_minutes", "pair_s", "frozen"),
+    [(8, 3600, True), (61, 3600, False), (8, 0, False)],
+)
+def test_a_young_wallet_freezes_at_a_second_large_payment_to_a_fresh_address(
+    gap_minutes: float, pair_s: int, frozen: bool
+) -> None:
+    # Four days of history: past single_min_history_s (here three days), short of the fourteen
+    # the large-fresh rule wants before one payment above the bar freezes.
+    state = make_state(wallet(balance="1000000"))
+    detector = VelocityDetector(single_min_history_s=DAYS_3, fresh_young_pair_s=pair_s)
+    minute = customer_history(state, detector, 3000, 10**9)  # customers: at most 0.3%
+    assert detector.fresh_bar(transfer("T0", minutes=minute), state) is None
+    first = judge_and_learn(state, detector, transfer("T1", 15000, minutes=minute))
+    assert first is None  # 1.5% alone: it may be the wallet's first whale
+    second = judge_and_learn(state, detector, transfer("T2", 15000, minutes=minute + gap_minutes))
+    assert (second is not None and second.freeze) is frozen
+    if frozen:
+        assert second is not None
+        assert second.metrics["rule_large_fresh_pair"] == "1"
+
+
 def test_a_regular_counterpartys_large_payments_do_not_raise_the_threshold() -> None:
     # A market maker takes 4% every day; a whale once took 2% to a fresh address.
     state = make_state(wallet(balance="1000000"))
