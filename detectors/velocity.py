@@ -50,9 +50,10 @@ higher one:
   they take, and further above it the more their sizes spread. One payment is not enough in
   the first ``fresh_min_history_s`` (14 days) of a wallet's history, so that whales seen every
   week or two have shown themselves first; from ``single_min_history_s`` (7 days) on, two are:
-  payments to two first-seen addresses within ``fresh_young_pair_s`` (1 h), each at least the
-  floor and ``fresh_factor`` times the largest ordinary payment before them, freeze (whales
-  come alone; a drain in spaced ~1.5% steps on a wallet in its second week does not);
+  a payment to a first-seen address that follows one to another new address within
+  ``fresh_young_pair_s`` (1 h), each at least the floor and ``fresh_factor`` times the largest
+  ordinary payment before the hour, freezes (whales come alone; a drain in spaced ~1.5% steps
+  on a wallet in its second week does not);
 * **test then drain**: a tiny first transfer to a new address, then within ``test_window_s`` a
   transfer of ``test_drain_share`` to it: freeze;
 * **cold wallet**: a cold wallet paying any address that is neither listed nor a configured
@@ -812,9 +813,9 @@ class VelocityDetector:
         if self.fresh_young_pair_s <= 0:
             return
         # A young wallet (between single_min_history_s and fresh_min_history_s) may not have
-        # shown its whales yet, so one payment above the bar is not enough; two, to different
-        # first-seen addresses within fresh_young_pair_s, are (whales come alone). The bar is
-        # fresh_factor times the largest ordinary payment before those two.
+        # shown its whales yet, so one payment above the bar is not enough; a second one within
+        # fresh_young_pair_s, the first to another new address, is (whales come alone). The bar
+        # is fresh_factor times the largest ordinary payment before that time.
         history = self._fresh.get((transfer.chain, transfer.wallet, transfer.asset))
         now = transfer.epoch
         if history is None or now - history.first_time < self.single_min_history_s:
