@@ -361,6 +361,14 @@ def scenarios(quick: bool = False) -> list[Scenario]:
             panic_days=(9, 14),
         ),
         Scenario(
+            "spaced-mid",
+            "60 transfers of ~0.8% to fresh addresses, one every ~8 min: under 1% each, 2% per "
+            "20 min",
+            _fleet(4, drains={1: (one(at, "fresh_fanout", 0.008, 60, 480),)}),
+            days,
+            panic_days=(9, 14),
+        ),
+        Scenario(
             "second-week",
             "spaced-fresh on day 10, before one payment's size is judged: 20 of ~1.5% every ~8 min",
             _fleet(

@@ -18,6 +18,12 @@ higher one:
   ``burst_warn_share`` / ``burst_freeze_share`` within ``window_s`` (default 3% / 6% in 20 min);
   a freeze only when they are at least ``burst_crowd_share`` (a fifth) of the window's
   outflows, a warning otherwise: a withdrawal surge is a crowd that holds a few large ones;
+* **sustained**: at least ``sustained_min_count`` (8) mid-size payments to new addresses within
+  ``concentration_window_s`` (1 h), together ``sustained_freeze_share`` (5%) of the balance
+  without the largest of them, freeze when they are sudden (payments of that size now make
+  ``sustained_ratio``, 3x, the share of the hour's payments that they make of the day's) and
+  not a crowd (the hour holds at most ``sustained_crowd_ratio``, 2x, the day's hourly average
+  of payments): a drain of ~0.8% every 8 minutes, too slow for the burst rule, under 1% each;
 * **slow bleed**: one new address paid at least ``bleed_min_count`` times within
   ``bleed_window_s``, together ``bleed_warn_share`` / ``bleed_freeze_share`` (default 4 times,
   1.5% / 2.5% in 24 h);
@@ -239,6 +245,12 @@ class _LargePayments:
         self.high = max(self._ordinary(), default=0)
 
 
+_MIDSIZE_RULES = frozenset({"burst", "large_fresh", "large_pair", "large_fresh_pair", "sustained"})
+"""Rules about payments above a customer's size to new addresses: described by those payments."""
+_HOUR_RULES = frozenset({"large_fresh", "large_fresh_pair", "sustained"})
+"""Of those, the rules that look back an hour (the others look at 20 or 5 minutes)."""
+
+
 def _fraction(share: Decimal) -> tuple[int, int]:
     numerator, denominator = share.as_integer_ratio()
     return numerator, denominator
@@ -334,6 +346,10 @@ class VelocityDetector:
         burst_warn_share: Decimal = Decimal("0.03"),
         burst_freeze_share: Decimal = Decimal("0.06"),
         burst_crowd_share: Decimal = Decimal("0.2"),
+        sustained_min_count: int = 8,
+        sustained_freeze_share: Decimal = Decimal("0.05"),
+        sustained_ratio: int = 3,
+        sustained_crowd_ratio: int = 2,
         fast_window_s: int = 300,
         large_share: Decimal = Decimal("0.01"),
         large_pair_count: int = 2,
@@ -393,6 +409,11 @@ class VelocityDetector:
         self._burst_freeze = _fraction(burst_freeze_share)
         self.burst_crowd_share = burst_crowd_share
         self._burst_crowd = _fraction(burst_crowd_share)
+        self.sustained_min_count = sustained_min_count
+        self.sustained_freeze_share = sustained_freeze_share
+        self._sustained = _fraction(sustained_freeze_share)
+        self.sustained_ratio = sustained_ratio
+        self.sustained_crowd_ratio = sustained_crowd_ratio
         self._bleed_warn = _fraction(bleed_warn_share)
         self._bleed_freeze = _fraction(bleed_freeze_share)
         self._total_long = _fraction(total_long_freeze_share)
@@ -652,6 +673,7 @@ class VelocityDetector:
                     score = _ratio(mid_total, ref_w, float(self.burst_freeze_share))
                     fired.append((level, score, "burst"))
                 self._large_pair(state, units, fired)
+                self._sustained_burst(state, conc, units, ref_c, fired)
 
             if count_day >= self.bleed_min_count:
                 ref_b = state.reference_units(state.window(self.bleed_window_s))
@@ -796,6 +818,46 @@ class VelocityDetector:
                     (2, max(1.0, _ratio(units, ref_f, float(self.large_share))), "large_pair")
                 )
 
+    def _sustained_burst(
+        self,
+        state: WalletState,
+        conc: Window,
+        units: int,
+        ref_c: int,
+        fired: list[tuple[int, float, str]],
+    ) -> None:
+        """Mid-size payments to new addresses kept up for an hour (a drain too slow for the
+        burst rule; see the module doc). Customers whose sizes run into mid-size (a long tail, a
+        low balance at a busy hour, a panic) make that share of the payments all day, or come
+        as a crowd; a drain makes it suddenly, among the usual number of payments.
+        """
+        count = conc.mid_count + 1
+        if self.sustained_min_count <= 0 or count < self.sustained_min_count:
+            return
+        total = conc.mid_total + units
+        if not _reaches(total, ref_c, self._sustained):
+            return
+        day = state.window(self.bleed_window_s)
+        hour_count, day_count = conc.count + 1, day.count + 1
+        # Not a crowd: the hour holds at most sustained_crowd_ratio times the day's hourly average
+        # of payments (a panic's customers come many times as fast as usual, and larger).
+        if hour_count * self.bleed_window_s > self.sustained_crowd_ratio * day_count * 3600:
+            return
+        # Sudden: payments of a mid-size now make sustained_ratio times the share of the hour's
+        # payments that they make of the day's. Sized against today's balance for both: at a
+        # busy hour the balance runs low, and customers' usual sizes become mid-size shares.
+        is_midsize = state.is_midsize
+        day_mid = 1 + sum(1 for o in day.items if o.new and is_midsize(o.units))
+        hour_mid = 1 + sum(1 for o in conc.items if o.new and is_midsize(o.units))
+        if hour_mid * day_count < self.sustained_ratio * day_mid * hour_count:
+            return
+        # One payment is not a rate: without the largest (a whale among customers), the rest
+        # must reach the share too.
+        largest = max(units, max((o.units for o in conc.items if o.new and o.mid), default=0))
+        if not _reaches(total - largest, ref_c, self._sustained):
+            return
+        fired.append((2, _ratio(total, ref_c, float(self.sustained_freeze_share)), "sustained"))
+
     def _large_fresh(
         self,
         transfer: TransferView,
@@ -883,12 +945,12 @@ class VelocityDetector:
                 1,
                 "new address",
             )
-        elif rules & {"burst", "large_fresh", "large_pair"}:
+        elif rules & _MIDSIZE_RULES:
             span_w = (
                 window
                 if "burst" in rules
                 else conc
-                if "large_fresh" in rules
+                if rules & _HOUR_RULES
                 else state.window(self.fast_window_s)
             )
             focus = [o for o in span_w.evidence(new_only=True) if o.mid]

@@ -165,6 +165,71 @@ def test_a_second_large_payment_to_another_new_address_within_minutes_freezes() 
     assert not any(r and r.freeze for r in results)
 
 
+def spaced_payments(
+    detector: VelocityDetector, large: int, customers_per_slot: int, first: int | None = None
+) -> list[Finding | None]:
+    """A day of customers (0.1-0.3%, three every 8 minutes, each refilled), then 15 slots of
+    8 minutes, each with ``customers_per_slot`` customers and one payment of ``large`` (the
+    first: ``first``) to a fresh address; the findings of those 15 payments."""
+    state = make_state(wallet(balance="1000000"))
+    minute, serial = 0.0, 0
+
+    def customers(count: int, start: float) -> None:
+        nonlocal serial
+        for i in range(count):
+            amount = 1000 + 500 * (serial % 5)
+            t = start + i * 8 / count
+            judge_and_learn(state, detector, transfer(f"C{serial}", amount, minutes=t))
+            deposit = transfer(f"D{serial}", amount, minutes=t + 0.5, direction=Direction.IN)
+            judge_and_learn(state, detector, deposit)
+            serial += 1
+
+    for _ in range(180):
+        customers(3, minute)
+        minute += 8
+    found = []
+    for k in range(15):
+        customers(customers_per_slot, minute)
+        amount = first if k == 0 and first is not None else large
+        found.append(
+            judge_and_learn(state, detector, transfer(f"T{k}", amount, minutes=minute + 7))
+        )
+        minute += 8
+    return found
+
+
+def test_mid_size_payments_to_fresh_addresses_kept_up_for_an_hour_freeze() -> None:
+    # 0.8% every 8 minutes: too slow for the burst rule (2% in 20 minutes), under 1% each.
+    found = spaced_payments(VelocityDetector(), 8000, 3)
+    first = next(k for k, f in enumerate(found) if f is not None and f.freeze)
+    assert first == 7  # the eighth: 6.4% in the hour
+    frozen = found[first]
+    assert frozen is not None
+    assert frozen.metrics["rule_sustained"] == "1"
+    # Without the rule the same payments only warn, all 15 of them (12% of the wallet).
+    off = spaced_payments(VelocityDetector(sustained_min_count=0), 8000, 3)
+    assert not any(f is not None and f.freeze for f in off)
+
+
+@pytest.mark.parametrize(("rest", "frozen_at"), [(6000, None), (7500, 7)])
+def test_one_whale_among_mid_size_payments_is_not_a_sustained_rate(
+    rest: int, frozen_at: int | None
+) -> None:
+    # A 3% whale, then seven more payments: the rest must reach 5% without it (0.6% x 7 = 4.2%
+    # does not, though 7.2% with the whale would; 0.75% x 7 = 5.25% does).
+    found = spaced_payments(VelocityDetector(), rest, 3, first=30000)
+    sustained = [
+        k for k, f in enumerate(found) if f is not None and f.metrics.get("rule_sustained")
+    ]
+    assert (sustained[0] if sustained else None) == frozen_at
+
+
+def test_mid_size_payments_inside_a_crowd_of_customers_do_not_freeze_as_sustained() -> None:
+    # The same payments among customers coming four times as fast (a panic): not sudden.
+    found = spaced_payments(VelocityDetector(), 8000, 12)
+    assert not any(f is not None and f.metrics.get("rule_sustained") for f in found)
+
+
 def test_total_outflow_to_known_addresses_freezes_at_thirty_percent() -> None:
     state = make_state(wallet(balance="1000", known=("MM1", "MM2", "MM3", "MM4")))
     detector = VelocityDetector()
