@@ -259,10 +259,27 @@ def _token_fleet(
     return tuple(out)
 
 
-def scenarios(quick: bool = False) -> list[Scenario]:
-    """The scenarios ``drainwatch evaluate`` runs; ``quick`` shortens the normal-traffic one."""
+DRAIN_DAY = 17.5
+"""The day of the file most drains start on (at 15:00 UTC)."""
+DRAIN_DAYS = (7.0, 18.5)
+"""The days ``drain_day`` may be: the judges score from day 7, and the longest drains need the
+three days that follow (21 in all)."""
+
+
+def scenarios(quick: bool = False, drain_day: float = DRAIN_DAY) -> list[Scenario]:
+    """The scenarios ``drainwatch evaluate`` runs; ``quick`` shortens the normal-traffic one.
+
+    ``drain_day`` moves the drains that start on day 17.5 (not Coincheck, the surge drain, which
+    starts in a panic, or ``second-week``); a wallet's rules differ by its age.
+
+    >>> [s.wallets[1].drains[0].start_s / DAY for s in scenarios(drain_day=9) if s.name ==
+    ...  "fresh-fanout"]
+    [9.125]
+    """
+    if not DRAIN_DAYS[0] <= drain_day <= DRAIN_DAYS[1]:
+        raise ValueError(f"drain_day must be between {DRAIN_DAYS[0]} and {DRAIN_DAYS[1]}")
     days = 21.0
-    at = 17.5 * DAY + 3 * 3600  # a weekday, late morning
+    at = drain_day * DAY + 3 * 3600
     surge_at = 14 * DAY + 12 * 3600  # inside the panic of day 14 (08:00-16:00)
     one = DrainSpec
     result = [
@@ -773,8 +790,17 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     parser.add_argument("--keep", type=Path, help="keep the generated files in this directory")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument(
+        "--drain-day",
+        type=float,
+        default=DRAIN_DAY,
+        help=f"the day most drains start (default {DRAIN_DAY}; from {DRAIN_DAYS[0]} to "
+        f"{DRAIN_DAYS[1]}): a wallet's rules differ by its age",
+    )
     args = parser.parse_args(argv)
-    chosen = scenarios(quick=args.quick)
+    if not DRAIN_DAYS[0] <= args.drain_day <= DRAIN_DAYS[1]:
+        parser.error(f"--drain-day must be between {DRAIN_DAYS[0]} and {DRAIN_DAYS[1]}")
+    chosen = scenarios(quick=args.quick, drain_day=args.drain_day)
     if args.scenario:
         chosen = [s for s in chosen if s.name in set(args.scenario)]
     results = run_all(chosen, workers=args.workers, directory=args.keep)

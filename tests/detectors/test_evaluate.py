@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from detectors import DetectionEngine
-from detectors.evaluate import FixedRule, Scenario, evaluate_main, first_large, score
+from detectors.evaluate import (
+    FixedRule,
+    Scenario,
+    evaluate_main,
+    first_large,
+    scenarios,
+    score,
+)
 from detectors.traffic import DrainSpec, HotWalletSpec, generate_traffic
 from tests.detectors.factories import config, transfer
 
@@ -71,6 +78,31 @@ def test_fixed_rule_freezes_at_five_percent_in_twenty_minutes() -> None:
 def test_unknown_scenario_runs_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     assert evaluate_main(["--scenario", "no-such-scenario", "--workers", "1"]) == 0
     assert "| scenario |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("day", ["6.5", "19"])
+def test_a_drain_day_outside_the_scored_file_is_refused(
+    day: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main(["--drain-day", day, "--scenario", "spaced-fresh"])
+    assert exit_info.value.code == 2
+    assert "--drain-day must be between 7.0 and 18.5" in capsys.readouterr().err
+
+
+def test_the_drain_day_moves_the_drains_but_not_the_surge_or_coincheck() -> None:
+    late, early = (
+        {s.name: s for s in scenarios(quick=True, drain_day=day)} for day in (17.5, 10.5)
+    )
+    moved = {
+        name
+        for name, scenario in late.items()
+        if [d.start_s for w in scenario.wallets for d in w.drains]
+        != [d.start_s for w in early[name].wallets for d in w.drains]
+    }
+    assert {"spaced-fresh", "warmed-thief", "many-wallets"} <= moved
+    assert not moved & {"surge-drain", "second-week", "coincheck-2018", "normal-traffic"}
+    assert early["spaced-fresh"].wallets[2].drains[0].start_s == 10.5 * 86400 + 3 * 3600
 
 
 def test_late_counts_a_freeze_after_the_first_transfer_above_one_percent() -> None:
