@@ -227,18 +227,15 @@ class _LargePayments:
         """Payments that make ``dest`` a candidate for trust: one to a configured counterparty."""
         return 1 if dest in self.known else self.regular
 
-    def _ordinary(self) -> Iterator[int]:
-        """The payments to destinations that are not regular counterparties."""
+    def _ordinary(self, before: float = math.inf) -> Iterator[int]:
+        """The payments (made before ``before``) to destinations that are not regular
+        counterparties."""
         paid, regular, known = self.paid, self.regular, self.known
-        return (u for _, u, d in self.items if paid[d] < regular and d not in known)
+        return (u for t, u, d in self.items if t < before and paid[d] < regular and d not in known)
 
     def high_before(self, moment: float) -> int:
         """The largest ordinary payment (see :meth:`_ordinary`) made before ``moment``."""
-        paid, regular, known = self.paid, self.regular, self.known
-        return max(
-            (u for t, u, d in self.items if t < moment and paid[d] < regular and d not in known),
-            default=0,
-        )
+        return max(self._ordinary(moment), default=0)
 
     def _recount(self) -> None:
         self.paid = +self.paid  # drops the destinations no longer in the history
@@ -538,8 +535,10 @@ class VelocityDetector:
     def _bar(self, transfer: TransferView, state: WalletState, reference: int) -> int | None:
         """:meth:`fresh_bar` against the balance ``reference`` (the hour's start)."""
         learned = self._learned_bar(transfer, state)
-        if learned is None:
-            return None
+        return self._floored(reference, learned) if learned is not None else None
+
+    def _floored(self, reference: int, learned: int) -> int:
+        """``learned``, but never under ``fresh_floor_share`` of the balance ``reference``."""
         num, den = self._fresh_floor
         return max(-(-reference * num // den), learned)
 
@@ -550,11 +549,12 @@ class VelocityDetector:
         min_history_s: float | None = None,
         *,
         tail: bool = True,
+        before: float | None = None,
     ) -> int | None:
-        """The learned largest ordinary payment times the return-level factor (between
-        ``fresh_factor`` and ``fresh_factor_max``; with ``tail=False`` just ``fresh_factor``),
-        or ``None`` while the wallet is younger than ``min_history_s`` (default
-        ``fresh_min_history_s``)."""
+        """The learned largest ordinary payment (of those made before ``before``, if given)
+        times the return-level factor (between ``fresh_factor`` and ``fresh_factor_max``; with
+        ``tail=False`` just ``fresh_factor``), or ``None`` while the wallet is younger than
+        ``min_history_s`` (default ``fresh_min_history_s``)."""
         history = self._fresh.get((transfer.chain, transfer.wallet, transfer.asset))
         now = transfer.epoch
         if min_history_s is None:
@@ -578,7 +578,8 @@ class VelocityDetector:
             wanted = math.exp(steps * history.spread(self.fresh_tail_k))
             if wanted * den > num:
                 num, den = min(math.ceil(wanted * 1000), self._factor_max_milli), 1000
-        learned: int = -(-history.high * num // den) * 10 ** (state.scale - history.scale)
+        high = history.high if before is None else history.high_before(before)
+        learned: int = -(-high * num // den) * 10 ** (state.scale - history.scale)
         return learned
 
     def score_one(self, transfer: TransferView, state: WalletState) -> Finding | None:
@@ -656,7 +657,7 @@ class VelocityDetector:
                 score = max(1.0, _ratio(to_dest, ref_c, float(self.repeat_freeze_share)))
                 fired.append((2, score, "repeat"))
             if self.large_fresh and seen is None and _reaches(units, ref_c, self._fresh_floor):
-                self._large_fresh(transfer, state, ref_c, units, fired)
+                self._large_fresh(transfer, state, conc, units, fired)
 
             if state.is_midsize(units):
                 mid_total = window.mid_total + units
@@ -848,12 +849,18 @@ class VelocityDetector:
         # busy hour the balance runs low, and customers' usual sizes become mid-size shares.
         is_midsize = state.is_midsize
         day_mid = 1 + sum(1 for o in day.items if o.new and is_midsize(o.units))
-        hour_mid = 1 + sum(1 for o in conc.items if o.new and is_midsize(o.units))
+        # One pass over the hour: its payments of a mid-size now, and the largest of those
+        # counted in ``total`` (mid-size when paid).
+        hour_mid, largest = 1, units
+        for o in conc.items:
+            if o.new:
+                hour_mid += is_midsize(o.units)
+                if o.mid and o.units > largest:
+                    largest = o.units
         if hour_mid * day_count < self.sustained_ratio * day_mid * hour_count:
             return
         # One payment is not a rate: without the largest (a whale among customers), the rest
         # must reach the share too.
-        largest = max(units, max((o.units for o in conc.items if o.new and o.mid), default=0))
         if not _reaches(total - largest, ref_c, self._sustained):
             return
         fired.append((2, _ratio(total, ref_c, float(self.sustained_freeze_share)), "sustained"))
@@ -862,11 +869,12 @@ class VelocityDetector:
         self,
         transfer: TransferView,
         state: WalletState,
-        ref_c: int,
+        conc: Window,
         units: int,
         fired: list[tuple[int, float, str]],
     ) -> None:
         """A payment to a first-seen address larger than this wallet's ordinary ones: freeze."""
+        ref_c = state.reference_units(conc)
         bar = self._bar(transfer, state, ref_c)
         if bar is not None:
             if units >= bar > 0:
@@ -878,19 +886,16 @@ class VelocityDetector:
         # shown its whales yet, so one payment above the bar is not enough; a second one within
         # fresh_young_pair_s, the first to another new address, is (whales come alone). The bar
         # is fresh_factor times the largest ordinary payment before that time.
-        history = self._fresh.get((transfer.chain, transfer.wallet, transfer.asset))
-        now = transfer.epoch
-        if history is None or now - history.first_time < self.single_min_history_s:
+        horizon = transfer.epoch - self.fresh_young_pair_s
+        learned = self._learned_bar(
+            transfer, state, self.single_min_history_s, tail=False, before=horizon
+        )
+        if learned is None:
             return
-        horizon = now - self.fresh_young_pair_s
-        num, den = self._fresh_factor
-        high = history.high_before(horizon) * 10 ** (state.scale - history.scale)
-        floor_num, floor_den = self._fresh_floor
-        bar = max(-(-ref_c * floor_num // floor_den), -(-high * num // den))
+        bar = self._floored(ref_c, learned)
         if units < bar or bar <= 0:
             return
-        window = state.window(self.concentration_window_s)
-        if any(o.new and o.units >= bar and o.time > horizon for o in window.items):
+        if any(o.new and o.units >= bar and o.time > horizon for o in conc.items):
             fired.append((2, units / bar, "large_fresh_pair"))
 
     def _finding(
