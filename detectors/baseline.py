@@ -15,6 +15,12 @@ usually sees in that time:
   over at least ``fast_min_count`` (10) payments to new addresses: customer-sized transfers at
   many times the usual rate, caught in minutes (one whale's withdrawal is not a rate).
 
+What this hour usually sees in a window is never less than a part (``peak_share``, 0.4, and
+``fast_peak_share``, 0.2) of the busiest such window this hour usually has, learned the same way:
+a wallet that pays out in batches (each hour's withdrawals sent at once) sees an hour's worth in
+a minute every hour, and that is its usual; for one that pays as customers ask, the busiest
+window is a few times the average one and the part is under it.
+
 Both tiers speak only when the window stands out from the rest of the last hour too
 (``sudden_ratio``, 3x): a surge lasts for hours, a drain starts from ordinary traffic. And one
 payment is not a rate: either tier freezes only when the window's payments other than the
@@ -112,6 +118,14 @@ class _Profile:
     size: RunningMean | None = None
     """Mean of ln(median payment to a new destination) over the wallet-hours that had one."""
     size_hours: int = 0
+    peaks: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    """The busiest ``window_s`` and ``fast_window_s`` of this wallet-hour's new-destination
+    outflow (the windows ending in it)."""
+    peak_by_hour: list[list[RunningMean]] = field(default_factory=list)
+    """Per tier, per hour of the day: the usual busiest window of that hour."""
+    peak_overall: list[RunningMean] = field(default_factory=list)
+    expected_peaks: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    """The usual busiest window of each tier for the current hour (cached at rollover)."""
 
 
 class BaselineDetector:
@@ -160,6 +174,8 @@ class BaselineDetector:
         recent_window_s: int = 3600,
         crowd_size_ratio: int = 2,
         crowd_min_hours: int = 24,
+        peak_share: float = 0.4,
+        fast_peak_share: float = 0.2,
     ) -> None:
         self.name = name
         self.window_s = window_s
@@ -181,6 +197,7 @@ class BaselineDetector:
         self.recent_window_s = recent_window_s
         self.crowd_size_ratio = crowd_size_ratio
         self.crowd_min_hours = crowd_min_hours
+        self.peak_shares = (peak_share, fast_peak_share)
         self._profiles: dict[tuple[str, str, str], _Profile] = {}
 
     @property
@@ -196,6 +213,8 @@ class BaselineDetector:
                 by_hour=[_ewmean(self.fading_factor) for _ in range(24)],
                 overall=_ewmean(self.fading_factor / 24),
                 size=_ewmean(self.fading_factor / 24),
+                peak_by_hour=[[_ewmean(self.fading_factor) for _ in range(24)] for _ in range(2)],
+                peak_overall=[_ewmean(self.fading_factor / 24) for _ in range(2)],
             )
             self._profiles[key] = profile
         return profile
@@ -299,6 +318,11 @@ class BaselineDetector:
         unit = 10.0**state.scale
         ref_f = ref / unit
         usual = max(profile.expected, self.floor_share_per_h * ref_f) * window_s / 3600
+        # A wallet that pays out in batches (every customer's withdrawal of the hour sent at
+        # once) has a busy few minutes every hour: the usual window is at least a part of the
+        # busiest one this hour usually has.
+        tier = 0 if window_s == self.window_s else 1
+        usual = max(usual, profile.expected_peaks[tier] * self.peak_shares[tier])
         ratio = new_total / unit / usual if usual > 0 else float("inf")
         warn_ratio, freeze_ratio = ratios
         if ratio < warn_ratio:
@@ -367,10 +391,16 @@ class BaselineDetector:
         now = state.now
         if now >= profile.hour_start + 3600:
             self._roll(profile, now)
-        if state.is_new_destination(transfer.counterparty, now, state.units_of(transfer)):
+        units = state.units_of(transfer)
+        if state.is_new_destination(transfer.counterparty, now, units):
             amount = transfer.amount / 10**transfer.decimals
             profile.hour_value += amount
             profile.hour_sizes.append(amount)
+            # The windows are the ones judge() just brought up to date.
+            peaks = profile.peaks
+            unit = 10.0**state.scale
+            peaks[0] = max(peaks[0], (state.window(self.window_s).new_total + units) / unit)
+            peaks[1] = max(peaks[1], (state.window(self.fast_window_s).new_total + units) / unit)
 
     def _roll(self, profile: _Profile, now: float) -> None:
         """Close the hours since the last one (empty hours count as zero) and cache the next."""
@@ -379,11 +409,17 @@ class BaselineDetector:
         if profile.hour_start != float("-inf"):
             missed = min(int((now - profile.hour_start) // 3600), 24 * 7)
             hour = int(profile.hour_start // 3600)
+            peaks = profile.peaks
             for step in range(missed):
                 value = profile.hour_value if step == 0 else 0.0
                 profile.by_hour[(hour + step) % 24].update(value)
                 overall.update(value)
                 profile.hours += 1
+                for tier, peak in enumerate(peaks):
+                    busiest = peak if step == 0 else 0.0
+                    profile.peak_by_hour[tier][(hour + step) % 24].update(busiest)
+                    profile.peak_overall[tier].update(busiest)
+            profile.peaks = [0.0, 0.0]
             sizes = profile.hour_sizes
             if sizes:
                 median = median_high(sizes)
@@ -397,3 +433,8 @@ class BaselineDetector:
         # The hour-of-day profile, steadied by the overall mean: a quiet night hour learned from
         # a few days is not trusted to be quieter than a third of the average hour.
         profile.expected = max(this_hour, overall.get() / 3)
+        this = int(profile.hour_start // 3600) % 24
+        profile.expected_peaks = [
+            max(by_hour[this].get(), everyday.get() / 3)
+            for by_hour, everyday in zip(profile.peak_by_hour, profile.peak_overall, strict=True)
+        ]

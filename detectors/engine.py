@@ -11,9 +11,10 @@ events with deterministic ids. Two policies sit between findings and alerts:
   another within ``cooldown_s``; later critical findings still go out as evidence, at severity
   ``info`` (recorded, not paged again), without freeze, with ``freeze_suppressed`` in their
   metrics. A warning is not repeated while its episode lasts (findings of that detector on
-  that wallet less than ``cooldown_s`` apart) unless its score grew by ``escalation_factor``
-  or ``warning_repeat_s`` (4 h) passed since it was said: a withdrawal surge is said once or
-  twice a day per wallet, not every hour.
+  that wallet less than ``warning_episode_s``, twice ``cooldown_s``, apart: a wallet that pays
+  out in hourly batches makes a finding per batch) unless its score grew by
+  ``escalation_factor`` or ``warning_repeat_s`` (4 h) passed since it was said: a withdrawal
+  surge is said once or twice a day per wallet, not every hour.
 
 >>> from datetime import UTC, datetime
 >>> from drainwatch.config import loads
@@ -107,6 +108,8 @@ class DetectionEngine:
         escalation_factor: A repeated non-critical alert needs this much more score.
         warning_repeat_s: A warning whose episode goes on is said again after this long
             (at least ``cooldown_s``).
+        warning_episode_s: Findings of one (wallet, detector) less than this apart are one
+            episode (default: twice ``cooldown_s``).
         reconcile: Start ledger reconciliation at once (a backtest with a ledger file); by
             default it starts with the first approved withdrawal seen.
         new_destination_age_s: How long a destination stays "new" after its first payment.
@@ -123,6 +126,7 @@ class DetectionEngine:
         cooldown_s: int = 3600,
         escalation_factor: float = 1.5,
         warning_repeat_s: int = 4 * 3600,
+        warning_episode_s: int | None = None,
         reconcile: bool = False,
         new_destination_age_s: int = 86400,
         correlator: IncidentCorrelator | bool | None = True,
@@ -135,6 +139,7 @@ class DetectionEngine:
         self.cooldown_s = cooldown_s
         self.escalation_factor = escalation_factor
         self.warning_repeat_s = max(warning_repeat_s, cooldown_s)
+        self.warning_episode_s = 2 * cooldown_s if warning_episode_s is None else warning_episode_s
         self.new_destination_age_s = new_destination_age_s
         if correlator is True:
             correlator = IncidentCorrelator()
@@ -528,12 +533,12 @@ class DetectionEngine:
                 extra["cooldown_remaining_s"] = str(int(self.cooldown_s - (now - last.freeze_time)))
             elif (
                 not freeze
-                and now - last.seen < self.cooldown_s
+                and now - last.seen < self.warning_episode_s
                 and now - last.time < self.warning_repeat_s
                 and finding.severity.rank <= last.severity.rank
                 and finding.score < last.score * self.escalation_factor
             ):
-                # The same episode (findings less than ``cooldown_s`` apart), no worse: seen.
+                # The same episode (findings less than ``warning_episode_s`` apart), no worse.
                 last.seen = now
                 return None
         finding = finding.described()

@@ -187,6 +187,7 @@ def _fleet(
     drains: dict[int, tuple[DrainSpec, ...]] | None = None,
     market_maker_every_h: float = 36,
     whales_per_week: float = 3.0,
+    payout_cycle_s: float = 0.0,
 ) -> tuple[HotWalletSpec, ...]:
     """``count`` hot wallets over Ethereum, Bitcoin and Tron, each with its cold wallet."""
     chains = (
@@ -217,6 +218,7 @@ def _fleet(
                 address_prefix=chain[0].upper(),
                 usd_price=price,
                 drains=(drains or {}).get(index, ()),
+                payout_cycle_s=payout_cycle_s,
             )
         )
     return tuple(out)
@@ -346,6 +348,12 @@ def scenarios(quick: bool = False, drain_day: float = DRAIN_DAY) -> list[Scenari
                     tuple(replace(w, surge_multiplier=16.0) for w in _fleet(6, whales_per_week=0)),
                     51,
                 ),
+                (
+                    "batched-payouts",
+                    "each hour's withdrawals (whales' and the market maker's too) sent at once",
+                    _fleet(6, payout_cycle_s=3600),
+                    81,
+                ),
             )
         ),
         Scenario(
@@ -363,6 +371,15 @@ def scenarios(quick: bool = False, drain_day: float = DRAIN_DAY) -> list[Scenari
             "fresh-fanout",
             "60 transfers of ~0.8% each to fresh addresses, one every ~30 s",
             _fleet(4, drains={1: (one(at, "fresh_fanout", 0.008, 60, 30),)}),
+            days,
+            panic_days=(9, 14),
+        ),
+        Scenario(
+            "batched-fanout",
+            "fresh-fanout between the payout batches of wallets that pay out hourly",
+            _fleet(
+                4, drains={1: (one(at + 1200, "fresh_fanout", 0.008, 60, 30),)}, payout_cycle_s=3600
+            ),
             days,
             panic_days=(9, 14),
         ),

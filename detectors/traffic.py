@@ -6,6 +6,7 @@ never paid before: new customers every day), whales (a few a week, 0.5-3% each, 
 fresh address), customer deposits, treasury top-ups from the exchange's listed cold wallet when the
 balance runs low and sweeps back to it when it runs high, a market maker that regularly withdraws
 3-6% to its usual address, and panic days with a 3-6x withdrawal surge of somewhat larger sizes.
+Withdrawals may be sent in payout batches (``payout_cycle_s``) instead of one by one.
 Harder options: customer sizes capped higher (``customer_cap``), whale sizes log-normal up to
 10% (``whale_tail``).
 Every withdrawal has an approval in the ledger seconds to minutes before it. A :class:`DrainSpec`
@@ -116,6 +117,11 @@ class HotWalletSpec:
     """No traffic for this wallet from this time on (the wallet was drained)."""
     drains: tuple[DrainSpec, ...] = ()
     surge_multiplier: float = 4.0
+    payout_cycle_s: float = 0.0
+    """Withdrawals (customers', whales', the market maker's) are sent in batches at each
+    multiple of this many seconds, within ``payout_spread_s``, as exchanges that pay out in
+    cycles do (0: each as soon as it is asked for). Drains are not batched."""
+    payout_spread_s: float = 60.0
 
 
 @dataclass
@@ -271,6 +277,13 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
     customers: list[str] = []
     withdrawal_no = 0
     stop = (spec.stop_at - start).total_seconds() if spec.stop_at else math.inf
+    cycle = spec.payout_cycle_s
+
+    def sent(t: float) -> float:
+        """When a withdrawal asked for at ``t`` leaves: at once, or in the next batch."""
+        if cycle <= 0:
+            return t
+        return (t // cycle + 1) * cycle + rng.uniform(0, spec.payout_spread_s)
 
     def emit(t: float, sender: str, receiver: str, units: int) -> Row:
         row: Row = {
@@ -334,8 +347,9 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
             # The thief's own withdrawal as a customer: approved and ordinary, not malicious.
             receiver = thieves[int(kind[4:])]
             units = target // 2000
-            approve(t, receiver, units)
-            emit(t, spec.address, receiver, units)
+            when = sent(t)
+            approve(when, receiver, units)
+            emit(when, spec.address, receiver, units)
             balance -= units
         elif kind == "withdraw":
             boost = 1.3 if panic(t) else 1.0
@@ -343,8 +357,9 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
             if units > balance * 0.9 or units <= 0:
                 continue  # the exchange queues it until the next top-up
             receiver = customer()
-            approve(t, receiver, units)
-            emit(t, spec.address, receiver, units)
+            when = sent(t)
+            approve(when, receiver, units)
+            emit(when, spec.address, receiver, units)
             balance -= units
         elif kind == "whale":
             share = _share(rng, 0.01, 0.005, 0.1) if spec.whale_tail else rng.uniform(0.005, 0.03)
@@ -352,8 +367,9 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
             if units > balance * 0.9:
                 continue
             receiver = rng.choice(whales) if rng.random() < 0.5 else _address(rng, spec)
-            approve(t, receiver, units)
-            emit(t, spec.address, receiver, units)
+            when = sent(t)
+            approve(when, receiver, units)
+            emit(when, spec.address, receiver, units)
             balance -= units
         elif kind == "deposit":
             units = int(target * _share(rng, 0.0006, 0.0001, 0.006))
@@ -363,8 +379,9 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
             units = int(target * rng.uniform(*spec.market_maker_share))
             if units > balance * 0.9:
                 continue
-            approve(t, market_maker, units)
-            emit(t, spec.address, market_maker, units)
+            when = sent(t)
+            approve(when, market_maker, units)
+            emit(when, spec.address, market_maker, units)
             balance -= units
         elif balance < target * 0.6:
             emit(t, spec.cold_address, spec.address, target - balance)

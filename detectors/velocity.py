@@ -24,6 +24,14 @@ higher one:
   ``sustained_ratio``, 3x, the share of the hour's payments that they make of the day's) and
   not a crowd (the hour holds at most ``sustained_crowd_ratio``, 2x, the day's hourly average
   of payments): a drain of ~0.8% every 8 minutes, too slow for the burst rule, under 1% each;
+* **large pair**: a second payment of at least ``large_share`` (1%) of the balance to another
+  new address within ``fast_window_s`` (5 min): freeze (a whale's large withdrawal comes
+  alone). Inside one of the wallet's payout batches it warns: an exchange that sends each
+  hour's withdrawals at once sends the hour's whales together. A wallet pays in batches when
+  its busiest ``fast_window_s`` of an hour has held on average ``batch_share`` (60%) of the
+  hour's payments, and a payment is in one when the last ``fast_window_s`` hold at least two
+  customer-sized payments (under 1%) and a third of the last hour's; a drain between batches
+  is large payments in an empty stretch;
 * **slow bleed**: one new address paid at least ``bleed_min_count`` times within
   ``bleed_window_s``, together ``bleed_warn_share`` / ``bleed_freeze_share`` (default 4 times,
   1.5% / 2.5% in 24 h);
@@ -242,6 +250,48 @@ class _LargePayments:
         self.high = max(self._ordinary(), default=0)
 
 
+@dataclass(slots=True)
+class _Cadence:
+    """How one wallet's payments spread over its hours: as customers ask, or in batches.
+
+    An exchange that pays out in cycles sends each hour's (or cycle's) withdrawals at once: a
+    few minutes hold nearly all of the hour's payments, whales among them. Payments sent as
+    customers ask spread over the hour.
+    """
+
+    hour_start: float = -math.inf
+    count: int = 0
+    """External payments in this wallet-hour."""
+    busiest: int = 0
+    """The most external payments of one fast window (ending in this hour)."""
+    hours: int = 0
+    """Wallet-hours learned (with at least ``_BATCH_MIN_COUNT`` payments)."""
+    batching: float = 0.0
+    """Exponentially weighted mean of ``busiest / count`` over the learned hours: about 0.2 for
+    payments sent as they are asked for, near 1 for a wallet that sends each hour's at once."""
+
+    def add(self, now: float, in_window: int) -> None:
+        """Count a payment, ``in_window`` of them (itself included) in the last fast window."""
+        if now >= self.hour_start + 3600:
+            if self.count >= _BATCH_MIN_COUNT:
+                share = min(1.0, self.busiest / self.count)
+                weight = 1.0 if self.hours == 0 else _BATCH_FADING
+                self.batching += weight * (share - self.batching)
+                self.hours += 1
+            self.hour_start = now - now % 3600
+            self.count = self.busiest = 0
+        self.count += 1
+        self.busiest = max(self.busiest, in_window)
+
+
+_BATCH_MIN_COUNT: Final = 5
+"""Payments a wallet-hour needs to say anything about how they were sent."""
+_BATCH_MIN_SMALL: Final = 2
+"""Payments under ``large_share`` (customers) a fast window needs to be a payout batch."""
+_BATCH_FADING: Final = 0.05
+_BATCH_MIN_HOURS: Final = 24
+
+
 _MIDSIZE_RULES = frozenset({"burst", "large_fresh", "large_pair", "large_fresh_pair", "sustained"})
 """Rules about payments above a customer's size to new addresses: described by those payments."""
 _HOUR_RULES = frozenset({"large_fresh", "large_fresh_pair", "sustained"})
@@ -372,8 +422,10 @@ class VelocityDetector:
         fresh_young_pair_s: int = 3600,
         large_fresh: bool = True,
         regular_trust_factor: Decimal = Decimal(2),
+        batch_share: float = 0.6,
     ) -> None:
         self.name = name
+        self.batch_share = batch_share
         self.window_s = window_s
         self.concentration_window_s = concentration_window_s
         self.freeze_share = freeze_share
@@ -438,6 +490,7 @@ class VelocityDetector:
         self._history_s = fresh_history_days * 86400
         self._repeat = _fraction(repeat_freeze_share)
         self._fresh: dict[tuple[str, str, str], _LargePayments] = {}
+        self._cadence: dict[tuple[str, str, str], _Cadence] = {}
         # Exact integer fractions for the decisions; floats only for the score.
         self._freeze = _fraction(freeze_share)
         self._warn = _fraction(warn_share)
@@ -487,6 +540,7 @@ class VelocityDetector:
     def adopt(self, other: VelocityDetector) -> None:
         """Take over what ``other`` learned of its wallets (none of them ours)."""
         self._fresh.update(other._fresh)
+        self._cadence.update(other._cadence)
 
     def learn_one(self, transfer: TransferView) -> None:
         """Without the state nothing is learned: the engine calls :meth:`learn_with_state`."""
@@ -509,8 +563,13 @@ class VelocityDetector:
         if dest in state.internal:
             return
         key = (transfer.chain, transfer.wallet, transfer.asset)
-        history = self._fresh.get(key)
         now = state.now
+        if self.batch_share > 0:
+            cadence = self._cadence.get(key)
+            if cadence is None:
+                cadence = self._cadence[key] = _Cadence()
+            cadence.add(now, state.window(self.fast_window_s).count + 1)
+        history = self._fresh.get(key)
         if history is None:
             history = self._fresh[key] = _LargePayments(
                 now, state.scale, self.fresh_regular_count, state.known
@@ -673,7 +732,7 @@ class VelocityDetector:
                         level = 1
                     score = _ratio(mid_total, ref_w, float(self.burst_freeze_share))
                     fired.append((level, score, "burst"))
-                self._large_pair(state, units, fired)
+                self._large_pair(transfer, state, units, fired)
                 self._sustained_burst(state, conc, units, ref_c, fired)
 
             if count_day >= self.bleed_min_count:
@@ -800,12 +859,18 @@ class VelocityDetector:
         return recent < self.total_crowd_ratio * earlier
 
     def _large_pair(
-        self, state: WalletState, units: int, fired: list[tuple[int, float, str]]
+        self,
+        transfer: TransferView,
+        state: WalletState,
+        units: int,
+        fired: list[tuple[int, float, str]],
     ) -> None:
         """Large payments to different new addresses minutes apart (a fan-out drain).
 
         A whale's large withdrawal to a fresh address comes alone; ``large_pair_count`` of at
-        least ``large_share`` each within ``fast_window_s`` do not.
+        least ``large_share`` each within ``fast_window_s`` do not. Unless they leave in one of
+        the wallet's payout batches (see :meth:`in_payout_batch`), where a whale's comes with
+        the hour's others: then they warn.
         """
         if self.large_pair_count <= 0:
             return
@@ -815,9 +880,36 @@ class VelocityDetector:
         if _reaches(units, ref_f, large):
             count = 1 + sum(1 for o in fast.items if o.new and _reaches(o.units, ref_f, large))
             if count >= self.large_pair_count:
-                fired.append(
-                    (2, max(1.0, _ratio(units, ref_f, float(self.large_share))), "large_pair")
-                )
+                level = 1 if self.in_payout_batch(transfer, state) else 2
+                score = max(1.0, _ratio(units, ref_f, float(self.large_share)))
+                fired.append((level, score, "large_pair"))
+
+    def in_payout_batch(self, transfer: TransferView, state: WalletState) -> bool:
+        """Whether ``transfer`` leaves in one of its wallet's payout batches.
+
+        The wallet must have paid in batches (over its last ``_BATCH_MIN_HOURS`` hours or more,
+        the busiest fast window of an hour held on average at least ``batch_share`` of the
+        hour's payments), and the last fast window must look like one of them: at least
+        ``_BATCH_MIN_SMALL`` payments under ``large_share`` of the balance (the batch's
+        customers), and with this payment a third of the last hour's payments. A drain between
+        batches is large payments in an empty stretch; on a wallet that pays as customers ask,
+        nothing is a batch.
+        """
+        if self.batch_share <= 0:
+            return False
+        cadence = self._cadence.get((transfer.chain, transfer.wallet, transfer.asset))
+        if (
+            cadence is None
+            or cadence.hours < _BATCH_MIN_HOURS
+            or cadence.batching < self.batch_share
+        ):
+            return False
+        fast = state.window(self.fast_window_s)
+        ref = state.reference_units(fast)
+        large = self._large
+        small = sum(1 for o in fast.items if not _reaches(o.units, ref, large))
+        in_hour = state.window(self.concentration_window_s).count + 1
+        return small >= _BATCH_MIN_SMALL and 3 * (fast.count + 1) >= in_hour
 
     def _sustained_burst(
         self,

@@ -15,13 +15,11 @@ from drainwatch.events import Direction, Transfer
 from tests.detectors.factories import T0, wallet
 
 
-def run(
-    detector: BaselineDetector, state: WalletState, seconds: float, amount: int, to: str
-) -> Finding | None:
-    t = Transfer.create(
+def move(seconds: float, amount: int, to: str, direction: Direction = Direction.OUT) -> Transfer:
+    return Transfer.create(
         chain="nem",
         wallet="HOT",
-        direction=Direction.OUT,
+        direction=direction,
         counterparty=to,
         asset="XEM",
         amount=amount,
@@ -30,6 +28,12 @@ def run(
         position=0,
         time=T0 + timedelta(seconds=seconds),
     )
+
+
+def run(
+    detector: BaselineDetector, state: WalletState, seconds: float, amount: int, to: str
+) -> Finding | None:
+    t = move(seconds, amount, to)
     state.prepare(t)
     finding = detector.score_one(t, state)
     if not (finding and finding.freeze):
@@ -169,3 +173,29 @@ def test_score_one_is_pure_and_the_detector_pickles() -> None:
     before = pickle.dumps((detector, state))
     detector.score_one(probe, state)
     assert pickle.dumps((detector, state)) == before
+
+
+def refill(state: WalletState, seconds: float, amount: int, serial: int) -> None:
+    t = move(seconds, amount, f"DEPOSIT{serial}", Direction.IN)
+    state.prepare(t)
+    state.apply(t)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_wallet_that_pays_out_in_hourly_batches_expects_its_busy_minute(batched: bool) -> None:
+    detector = BaselineDetector()
+    state = WalletState(wallet(balance="1000000"), "XEM")
+    # Four days of six withdrawals of 0.6% an hour, each refilled: sent together at the top of
+    # each hour (a payout batch), or one every ten minutes.
+    for i in range(96 * 6):
+        hour, k = divmod(i, 6)
+        second = hour * 3600 + (k if batched else k * 600)
+        assert run(detector, state, second, 6000, f"C{i}") is None
+        refill(state, second, 6000, i)
+    # A busy hour: three hours' withdrawals (10.8% of the balance) leave within a minute.
+    start = 96 * 3600
+    findings = [run(detector, state, start + k, 6000, f"B{k}") for k in range(18)]
+    assert not any(f is not None and f.freeze for f in findings)
+    # Nine times the usual twenty minutes; for a wallet that sends an hour's at once, its usual
+    # busiest stretch is a whole hour's, and three of those at once is no news.
+    assert any(findings) is not batched

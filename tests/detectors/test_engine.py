@@ -156,7 +156,7 @@ def test_repeated_warnings_need_a_higher_score() -> None:
     minutes = [0, 20, 40, 60, 80, 200, 250]
     results = [e.process(transfer(f"W{i}", 30, minutes=m)) for i, m in enumerate(minutes)]
     # Each is 3% to a new address: the same warning. Said once while findings keep coming less
-    # than an hour (the cooldown) apart, and again after two quiet hours.
+    # than two hours (twice the cooldown) apart, and again after two quiet hours.
     assert [summary(r) for r in results] == [
         [("velocity", "warning", False)],
         [],
@@ -166,6 +166,19 @@ def test_repeated_warnings_need_a_higher_score() -> None:
         [("velocity", "warning", False)],
         [],
     ]
+
+
+def test_a_finding_every_hour_is_one_episode() -> None:
+    # A wallet that pays out in hourly batches: a warning at each batch of a surge, 61 minutes
+    # apart. Said when it starts and again after the repeat time (4 h), not at every batch.
+    e = engine()
+    results = [e.process(transfer(f"W{i}", 30, minutes=i * 61)) for i in range(9)]
+    said = [i * 61 for i, r in enumerate(results) if r]
+    assert said == [0, 244, 488]
+    # Findings more than two hours apart are separate episodes.
+    e = engine()
+    results = [e.process(transfer(f"W{i}", 30, minutes=i * 121)) for i in range(3)]
+    assert all(results)
 
 
 def test_a_warning_episode_that_goes_on_is_said_again_after_the_repeat_time() -> None:

@@ -168,3 +168,25 @@ def test_a_warmed_thief_was_paid_as_a_customer_days_before_its_drain() -> None:
     assert to_thief[1:] == traffic.malicious
     assert len(traffic.malicious) == 3
     assert [a["to"] for a in traffic.ledger].count("THIEF") == 1  # approved, as a customer's
+
+
+def test_payout_batches_send_each_hours_withdrawals_at_once_but_not_the_drain() -> None:
+    drain = DrainSpec(3 * 86400 + 1234, "burst", 0.05, 3, 90, thief="THIEF")
+    spec = replace(HOT, balance=Decimal(10**6), drains=(drain,))
+    batched = replace(spec, payout_cycle_s=3600, payout_spread_s=60)
+    traffic = generate_traffic([batched], START, days=4, seed=5)
+    external = ("COLD", "HOT")
+
+    def seconds(r: dict[str, Any]) -> float:
+        return (datetime.fromisoformat(r["ts"]) - START).total_seconds()
+
+    paid = [r for r in traffic.transfers if r["from"] == "HOT" and r["to"] not in external]
+    ordinary = [r for r in paid if r not in traffic.malicious]
+    assert len(ordinary) > 1000
+    assert all(seconds(r) % 3600 <= 60 for r in ordinary)
+    assert traffic.transfers == sorted(traffic.transfers, key=lambda r: r["ts"])
+    # The drain is the thief's, not the exchange's: at its own times.
+    assert seconds(traffic.malicious[0]) == 3 * 86400 + 1234
+    # Each approval still comes seconds to minutes before its transfer.
+    approvals = sorted(seconds(a) for a in traffic.ledger)
+    assert all(a % 3600 >= 3600 - 240 or a % 3600 <= 60 for a in approvals)

@@ -834,3 +834,45 @@ def test_a_slow_bleed_to_a_warmed_address_is_judged_as_to_a_new_one() -> None:
         as_the_engine(state, detector, transfer("WARMED", 40, minutes=3 * day + 20 * i))
         for i in range(12)
     )
+
+
+def payout_hours(state: WalletState, detector: VelocityDetector, *, batched: bool) -> float:
+    """Two days of 20 customer withdrawals an hour (0.1-0.3%, each refilled), sent in one batch
+    at the top of each hour or one every three minutes; returns the minute after."""
+    for i in range(48 * 20):
+        hour, k = divmod(i, 20)
+        minute = hour * 60 + (k / 40 if batched else k * 3)
+        amount = 1000 + 500 * (i % 5)
+        assert judge_and_learn(state, detector, transfer(f"C{i}", amount, minutes=minute)) is None
+        deposit = transfer(f"D{i}", amount, minutes=minute, direction=Direction.IN)
+        judge_and_learn(state, detector, deposit)
+    return 48 * 60.0
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_two_whales_in_a_payout_batch_warn_but_a_pair_between_batches_freezes(
+    batched: bool,
+) -> None:
+    state, detector = make_state(wallet(balance="1000000")), VelocityDetector()
+    minute = payout_hours(state, detector, batched=batched)
+    # The next hour's batch: 18 customers and two whales of 1.2% to fresh addresses.
+    for k in range(18):
+        judge_and_learn(state, detector, transfer(f"N{k}", 2000, minutes=minute + k / 40))
+    whales = [
+        judge_and_learn(state, detector, transfer(f"W{k}", 12_000, minutes=minute + 0.5 + k / 60))
+        for k in range(2)
+    ]
+    pair = whales[1]
+    assert pair is not None
+    assert pair.metrics["rule_large_pair"] == "1"
+    # A wallet that pays as customers ask has no batches: two such payments at once freeze.
+    assert pair.freeze is not batched
+    if batched:
+        # Between batches, two large payments to new addresses are no batch: they freeze.
+        for k in range(2):
+            late = judge_and_learn(
+                state, detector, transfer(f"T{k}", 12_000, minutes=minute + 30 + k)
+            )
+        assert late is not None
+        assert late.freeze
+        assert late.metrics["rule_large_pair"] == "1"
