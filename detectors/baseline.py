@@ -118,14 +118,30 @@ class _Profile:
     size: RunningMean | None = None
     """Mean of ln(median payment to a new destination) over the wallet-hours that had one."""
     size_hours: int = 0
-    peaks: list[float] = field(default_factory=lambda: [0.0, 0.0])
-    """The busiest ``window_s`` and ``fast_window_s`` of this wallet-hour's new-destination
-    outflow (the windows ending in it)."""
+    hour_times: list[float] = field(default_factory=list)
+    """When this wallet-hour's payments to new destinations (``hour_sizes``) left."""
     peak_by_hour: list[list[RunningMean]] = field(default_factory=list)
     """Per tier, per hour of the day: the usual busiest window of that hour."""
     peak_overall: list[RunningMean] = field(default_factory=list)
     expected_peaks: list[float] = field(default_factory=lambda: [0.0, 0.0])
     """The usual busiest window of each tier for the current hour (cached at rollover)."""
+
+
+def _busiest_value(times: list[float], values: list[float], span_s: float) -> float:
+    """The most that ``values`` (at ``times``, in order) add up to within any ``span_s``.
+
+    >>> _busiest_value([0, 10, 400], [1.0, 2.0, 2.5], 300)
+    3.0
+    """
+    most = total = 0.0
+    first = 0
+    for last, moment in enumerate(times):
+        total += values[last]
+        while moment - times[first] >= span_s:
+            total -= values[first]
+            first += 1
+        most = max(most, total)
+    return most
 
 
 class BaselineDetector:
@@ -198,6 +214,7 @@ class BaselineDetector:
         self.crowd_size_ratio = crowd_size_ratio
         self.crowd_min_hours = crowd_min_hours
         self.peak_shares = (peak_share, fast_peak_share)
+        self._peak_windows = (window_s, fast_window_s)
         self._profiles: dict[tuple[str, str, str], _Profile] = {}
 
     @property
@@ -396,11 +413,7 @@ class BaselineDetector:
             amount = transfer.amount / 10**transfer.decimals
             profile.hour_value += amount
             profile.hour_sizes.append(amount)
-            # The windows are the ones judge() just brought up to date.
-            peaks = profile.peaks
-            unit = 10.0**state.scale
-            peaks[0] = max(peaks[0], (state.window(self.window_s).new_total + units) / unit)
-            peaks[1] = max(peaks[1], (state.window(self.fast_window_s).new_total + units) / unit)
+            profile.hour_times.append(now)
 
     def _roll(self, profile: _Profile, now: float) -> None:
         """Close the hours since the last one (empty hours count as zero) and cache the next."""
@@ -409,7 +422,9 @@ class BaselineDetector:
         if profile.hour_start != float("-inf"):
             missed = min(int((now - profile.hour_start) // 3600), 24 * 7)
             hour = int(profile.hour_start // 3600)
-            peaks = profile.peaks
+            # The busiest 20 and 5 minutes of the hour that ended.
+            sizes, times = profile.hour_sizes, profile.hour_times
+            peaks = [_busiest_value(times, sizes, span) for span in self._peak_windows]
             for step in range(missed):
                 value = profile.hour_value if step == 0 else 0.0
                 profile.by_hour[(hour + step) % 24].update(value)
@@ -419,8 +434,7 @@ class BaselineDetector:
                     busiest = peak if step == 0 else 0.0
                     profile.peak_by_hour[tier][(hour + step) % 24].update(busiest)
                     profile.peak_overall[tier].update(busiest)
-            profile.peaks = [0.0, 0.0]
-            sizes = profile.hour_sizes
+            times.clear()
             if sizes:
                 median = median_high(sizes)
                 if median > 0 and profile.size is not None:

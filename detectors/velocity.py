@@ -250,6 +250,20 @@ class _LargePayments:
         self.high = max(self._ordinary(), default=0)
 
 
+def busiest(times: list[float], span_s: float) -> int:
+    """The most of ``times`` (in order) within any ``span_s`` seconds.
+
+    >>> busiest([0, 10, 20, 400, 405], 300)
+    3
+    """
+    most, first = 0, 0
+    for last, moment in enumerate(times):
+        while moment - times[first] >= span_s:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
 @dataclass(slots=True)
 class _Cadence:
     """How one wallet's payments spread over its hours: as customers ask, or in batches.
@@ -260,28 +274,25 @@ class _Cadence:
     """
 
     hour_start: float = -math.inf
-    count: int = 0
-    """External payments in this wallet-hour."""
-    busiest: int = 0
-    """The most external payments of one fast window (ending in this hour)."""
+    times: list[float] = field(default_factory=list)
+    """When this wallet-hour's external payments left."""
     hours: int = 0
     """Wallet-hours learned (with at least ``_BATCH_MIN_COUNT`` payments)."""
     batching: float = 0.0
-    """Exponentially weighted mean of ``busiest / count`` over the learned hours: about 0.2 for
-    payments sent as they are asked for, near 1 for a wallet that sends each hour's at once."""
+    """Exponentially weighted mean, over the learned hours, of the share of an hour's payments
+    that its busiest fast window held: about 0.2 for payments sent as they are asked for, near 1
+    for a wallet that sends each hour's at once."""
 
-    def add(self, now: float, in_window: int) -> None:
-        """Count a payment, ``in_window`` of them (itself included) in the last fast window."""
-        if now >= self.hour_start + 3600:
-            if self.count >= _BATCH_MIN_COUNT:
-                share = min(1.0, self.busiest / self.count)
-                weight = 1.0 if self.hours == 0 else _BATCH_FADING
-                self.batching += weight * (share - self.batching)
-                self.hours += 1
-            self.hour_start = now - now % 3600
-            self.count = self.busiest = 0
-        self.count += 1
-        self.busiest = max(self.busiest, in_window)
+    def roll(self, now: float, span_s: float) -> None:
+        """Learn the wallet-hour that ended (if it had enough payments) and start ``now``'s."""
+        times = self.times
+        if len(times) >= _BATCH_MIN_COUNT:
+            share = busiest(times, span_s) / len(times)
+            weight = 1.0 if self.hours == 0 else _BATCH_FADING
+            self.batching += weight * (share - self.batching)
+            self.hours += 1
+        self.hour_start = now - now % 3600
+        times.clear()
 
 
 _BATCH_MIN_COUNT: Final = 5
@@ -568,7 +579,9 @@ class VelocityDetector:
             cadence = self._cadence.get(key)
             if cadence is None:
                 cadence = self._cadence[key] = _Cadence()
-            cadence.add(now, state.window(self.fast_window_s).count + 1)
+            if now >= cadence.hour_start + 3600:
+                cadence.roll(now, self.fast_window_s)
+            cadence.times.append(now)
         history = self._fresh.get(key)
         if history is None:
             history = self._fresh[key] = _LargePayments(
