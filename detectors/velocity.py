@@ -250,10 +250,10 @@ class _LargePayments:
         self.high = max(self._ordinary(), default=0)
 
 
-def busiest(times: list[float], span_s: float) -> int:
+def _busiest(times: list[float], span_s: float) -> int:
     """The most of ``times`` (in order) within any ``span_s`` seconds.
 
-    >>> busiest([0, 10, 20, 400, 405], 300)
+    >>> _busiest([0, 10, 20, 400, 405], 300)
     3
     """
     most, first = 0, 0
@@ -287,7 +287,7 @@ class _Cadence:
         """Learn the wallet-hour that ended (if it had enough payments) and start ``now``'s."""
         times = self.times
         if len(times) >= _BATCH_MIN_COUNT:
-            share = busiest(times, span_s) / len(times)
+            share = _busiest(times, span_s) / len(times)
             weight = 1.0 if self.hours == 0 else _BATCH_FADING
             self.batching += weight * (share - self.batching)
             self.hours += 1
