@@ -50,6 +50,7 @@ __all__ = [
     "StateLearner",
     "WalletState",
     "Window",
+    "busiest_total",
     "format_units",
     "outgrows",
     "paid_first",
@@ -110,6 +111,24 @@ def ratio_string(numerator: int, denominator: int, places: int = 6) -> str:
         return "1"
     scaled = (2 * numerator * _POW10[places] + denominator) // (2 * denominator)
     return format_units(scaled, places)
+
+
+def busiest_total(times: list[float], values: list[float], span_s: float) -> float:
+    """The most that ``values`` (at ``times``, in order) add up to within any ``span_s``
+    seconds: the busiest stretch of a wallet-hour, by value or (values of 1) by count.
+
+    >>> busiest_total([0, 10, 400], [1.0, 2.0, 2.5], 300)
+    3.0
+    """
+    most = total = 0.0
+    first = 0
+    for last, moment in enumerate(times):
+        total += values[last]
+        while moment - times[first] >= span_s:
+            total -= values[first]
+            first += 1
+        most = max(most, total)
+    return most
 
 
 @dataclass(frozen=True, slots=True)

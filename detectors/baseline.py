@@ -76,6 +76,7 @@ from detectors.base import (
     Finding,
     WalletState,
     Window,
+    busiest_total,
     format_units,
     ratio_string,
 )
@@ -127,21 +128,21 @@ class _Profile:
     """The usual busiest window of each tier for the current hour (cached at rollover)."""
 
 
-def _busiest_value(times: list[float], values: list[float], span_s: float) -> float:
-    """The most that ``values`` (at ``times``, in order) add up to within any ``span_s``.
+def _learn_hours(
+    by_hour: list[RunningMean], overall: RunningMean, value: float, hour: int, hours: int
+) -> None:
+    """Learn ``value`` for the wallet-hour ``hour`` (hours since the epoch) and zero for the
+    ``hours - 1`` empty ones after it, per hour of the day and overall."""
+    for step in range(hours):
+        x = value if step == 0 else 0.0
+        by_hour[(hour + step) % 24].update(x)
+        overall.update(x)
 
-    >>> _busiest_value([0, 10, 400], [1.0, 2.0, 2.5], 300)
-    3.0
-    """
-    most = total = 0.0
-    first = 0
-    for last, moment in enumerate(times):
-        total += values[last]
-        while moment - times[first] >= span_s:
-            total -= values[first]
-            first += 1
-        most = max(most, total)
-    return most
+
+def _steadied(by_hour: list[RunningMean], overall: RunningMean, hour_of_day: int) -> float:
+    """The hour of day's learned mean, steadied by the overall one: a quiet night hour learned
+    from a few days is not trusted to be quieter than a third of the average hour."""
+    return max(by_hour[hour_of_day].get(), overall.get() / 3)
 
 
 class BaselineDetector:
@@ -422,18 +423,14 @@ class BaselineDetector:
         if profile.hour_start != float("-inf"):
             missed = min(int((now - profile.hour_start) // 3600), 24 * 7)
             hour = int(profile.hour_start // 3600)
-            # The busiest 20 and 5 minutes of the hour that ended.
             sizes, times = profile.hour_sizes, profile.hour_times
-            peaks = [_busiest_value(times, sizes, span) for span in self._peak_windows]
-            for step in range(missed):
-                value = profile.hour_value if step == 0 else 0.0
-                profile.by_hour[(hour + step) % 24].update(value)
-                overall.update(value)
-                profile.hours += 1
-                for tier, peak in enumerate(peaks):
-                    busiest = peak if step == 0 else 0.0
-                    profile.peak_by_hour[tier][(hour + step) % 24].update(busiest)
-                    profile.peak_overall[tier].update(busiest)
+            _learn_hours(profile.by_hour, overall, profile.hour_value, hour, missed)
+            # And the hour's busiest 20 and 5 minutes.
+            for by_hour, everyday, span_s in zip(
+                profile.peak_by_hour, profile.peak_overall, self._peak_windows, strict=True
+            ):
+                _learn_hours(by_hour, everyday, busiest_total(times, sizes, span_s), hour, missed)
+            profile.hours += missed
             times.clear()
             if sizes:
                 median = median_high(sizes)
@@ -443,12 +440,9 @@ class BaselineDetector:
                 sizes.clear()
         profile.hour_start = now - now % 3600
         profile.hour_value = 0.0
-        this_hour = profile.by_hour[int(profile.hour_start // 3600) % 24].get()
-        # The hour-of-day profile, steadied by the overall mean: a quiet night hour learned from
-        # a few days is not trusted to be quieter than a third of the average hour.
-        profile.expected = max(this_hour, overall.get() / 3)
-        this = int(profile.hour_start // 3600) % 24
+        this_hour = int(profile.hour_start // 3600) % 24
+        profile.expected = _steadied(profile.by_hour, overall, this_hour)
         profile.expected_peaks = [
-            max(by_hour[this].get(), everyday.get() / 3)
+            _steadied(by_hour, everyday, this_hour)
             for by_hour, everyday in zip(profile.peak_by_hour, profile.peak_overall, strict=True)
         ]

@@ -279,12 +279,6 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
     stop = (spec.stop_at - start).total_seconds() if spec.stop_at else math.inf
     cycle = spec.payout_cycle_s
 
-    def sent(t: float) -> float:
-        """When a withdrawal asked for at ``t`` leaves: at once, or in the next batch."""
-        if cycle <= 0:
-            return t
-        return (t // cycle + 1) * cycle + rng.uniform(0, spec.payout_spread_s)
-
     def emit(t: float, sender: str, receiver: str, units: int) -> Row:
         row: Row = {
             "ts": _iso(start + timedelta(seconds=int(t))),
@@ -313,6 +307,13 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
                 "withdrawal_id": f"{spec.label}-{withdrawal_no}",
             }
         )
+
+    def pay_out(t: float, receiver: str, units: int) -> None:
+        """An approved withdrawal asked for at ``t``: sent at once, or in the next batch."""
+        if cycle > 0:
+            t = (t // cycle + 1) * cycle + rng.uniform(0, spec.payout_spread_s)
+        approve(t, receiver, units)
+        emit(t, spec.address, receiver, units)
 
     def customer() -> str:
         if customers and rng.random() < 0.2:
@@ -347,9 +348,7 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
             # The thief's own withdrawal as a customer: approved and ordinary, not malicious.
             receiver = thieves[int(kind[4:])]
             units = target // 2000
-            when = sent(t)
-            approve(when, receiver, units)
-            emit(when, spec.address, receiver, units)
+            pay_out(t, receiver, units)
             balance -= units
         elif kind == "withdraw":
             boost = 1.3 if panic(t) else 1.0
@@ -357,9 +356,7 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
             if units > balance * 0.9 or units <= 0:
                 continue  # the exchange queues it until the next top-up
             receiver = customer()
-            when = sent(t)
-            approve(when, receiver, units)
-            emit(when, spec.address, receiver, units)
+            pay_out(t, receiver, units)
             balance -= units
         elif kind == "whale":
             share = _share(rng, 0.01, 0.005, 0.1) if spec.whale_tail else rng.uniform(0.005, 0.03)
@@ -367,9 +364,7 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
             if units > balance * 0.9:
                 continue
             receiver = rng.choice(whales) if rng.random() < 0.5 else _address(rng, spec)
-            when = sent(t)
-            approve(when, receiver, units)
-            emit(when, spec.address, receiver, units)
+            pay_out(t, receiver, units)
             balance -= units
         elif kind == "deposit":
             units = int(target * _share(rng, 0.0006, 0.0001, 0.006))
@@ -379,9 +374,7 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
             units = int(target * rng.uniform(*spec.market_maker_share))
             if units > balance * 0.9:
                 continue
-            when = sent(t)
-            approve(when, market_maker, units)
-            emit(when, spec.address, market_maker, units)
+            pay_out(t, market_maker, units)
             balance -= units
         elif balance < target * 0.6:
             emit(t, spec.cold_address, spec.address, target - balance)

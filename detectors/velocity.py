@@ -115,6 +115,7 @@ from detectors.base import (
     Outflow,
     WalletState,
     Window,
+    busiest_total,
     format_units,
     ratio_string,
 )
@@ -250,20 +251,6 @@ class _LargePayments:
         self.high = max(self._ordinary(), default=0)
 
 
-def _busiest(times: list[float], span_s: float) -> int:
-    """The most of ``times`` (in order) within any ``span_s`` seconds.
-
-    >>> _busiest([0, 10, 20, 400, 405], 300)
-    3
-    """
-    most, first = 0, 0
-    for last, moment in enumerate(times):
-        while moment - times[first] >= span_s:
-            first += 1
-        most = max(most, last - first + 1)
-    return most
-
-
 @dataclass(slots=True)
 class _Cadence:
     """How one wallet's payments spread over its hours: as customers ask, or in batches.
@@ -287,7 +274,7 @@ class _Cadence:
         """Learn the wallet-hour that ended (if it had enough payments) and start ``now``'s."""
         times = self.times
         if len(times) >= _BATCH_MIN_COUNT:
-            share = _busiest(times, span_s) / len(times)
+            share = busiest_total(times, [1.0] * len(times), span_s) / len(times)
             weight = 1.0 if self.hours == 0 else _BATCH_FADING
             self.batching += weight * (share - self.batching)
             self.hours += 1
@@ -882,7 +869,7 @@ class VelocityDetector:
 
         A whale's large withdrawal to a fresh address comes alone; ``large_pair_count`` of at
         least ``large_share`` each within ``fast_window_s`` do not. Unless they leave in one of
-        the wallet's payout batches (see :meth:`in_payout_batch`), where a whale's comes with
+        the wallet's payout batches (see :meth:`_in_payout_batch`), where a whale's comes with
         the hour's others: then they warn.
         """
         if self.large_pair_count <= 0:
@@ -893,12 +880,15 @@ class VelocityDetector:
         if _reaches(units, ref_f, large):
             count = 1 + sum(1 for o in fast.items if o.new and _reaches(o.units, ref_f, large))
             if count >= self.large_pair_count:
-                level = 1 if self.in_payout_batch(transfer, state) else 2
+                level = 1 if self._in_payout_batch(transfer, fast, ref_f, state) else 2
                 score = max(1.0, _ratio(units, ref_f, float(self.large_share)))
                 fired.append((level, score, "large_pair"))
 
-    def in_payout_batch(self, transfer: TransferView, state: WalletState) -> bool:
-        """Whether ``transfer`` leaves in one of its wallet's payout batches.
+    def _in_payout_batch(
+        self, transfer: TransferView, fast: Window, ref: int, state: WalletState
+    ) -> bool:
+        """Whether ``transfer`` leaves in one of its wallet's payout batches (``fast``: the
+        fast window, ``ref``: the balance at its start).
 
         The wallet must have paid in batches (over its last ``_BATCH_MIN_HOURS`` hours or more,
         the busiest fast window of an hour held on average at least ``batch_share`` of the
@@ -917,8 +907,6 @@ class VelocityDetector:
             or cadence.batching < self.batch_share
         ):
             return False
-        fast = state.window(self.fast_window_s)
-        ref = state.reference_units(fast)
         large = self._large
         small = sum(1 for o in fast.items if not _reaches(o.units, ref, large))
         in_hour = state.window(self.concentration_window_s).count + 1
