@@ -354,6 +354,21 @@ def scenarios(quick: bool = False, drain_day: float = DRAIN_DAY) -> list[Scenari
                     _fleet(6, payout_cycle_s=3600),
                     81,
                 ),
+                (
+                    "batched-bank-run",
+                    "bank-run paid out hourly: a panic hour's withdrawals leave in one batch",
+                    tuple(
+                        replace(w, surge_multiplier=16.0)
+                        for w in _fleet(6, whales_per_week=0, payout_cycle_s=3600)
+                    ),
+                    52,
+                ),
+                (
+                    "batched-busy",
+                    "busy-wallets paid out hourly: a panic hour's batch takes 30% at once",
+                    _fleet(2, withdrawals_per_day=5000, payout_cycle_s=3600),
+                    62,
+                ),
             )
         ),
         Scenario(

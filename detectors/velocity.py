@@ -45,7 +45,8 @@ higher one:
   of the hour) and not a crowd, and warns otherwise: a withdrawal surge goes on for hours, and
   at its start it is a crowd (at least ``total_crowd_min_count``, 30, payments in the window whose
   median is under ``total_crowd_ratio``, 2x, the median of the rest of the hour's: many customers
-  paying what customers pay);
+  paying what customers pay; on a wallet that pays in batches, whose hour holds nothing before
+  the batch, 2x its usual payment, the median of its last 24 wallet-hours' medians);
 * **repeat**: the ``repeat_min_count``-th payment (default 3) to the same new address within
   ``concentration_window_s`` that brings it to ``repeat_freeze_share`` (default 1%): freeze;
 * **large fresh**: per wallet, the largest amount it paid within ``fresh_history_days`` (28)
@@ -263,12 +264,28 @@ class _Cadence:
     hour_start: float = -math.inf
     times: list[float] = field(default_factory=list)
     """When this wallet-hour's external payments left."""
+    units: list[int] = field(default_factory=list)
+    """How much each of them paid, at ``scale``."""
+    scale: int = 0
+    """The decimal scale of ``units`` and ``medians`` (the wallet state's when learned)."""
     hours: int = 0
     """Wallet-hours learned (with at least ``_BATCH_MIN_COUNT`` payments)."""
     batching: float = 0.0
     """Exponentially weighted mean, over the learned hours, of the share of an hour's payments
     that its busiest fast window held: about 0.2 for payments sent as they are asked for, near 1
     for a wallet that sends each hour's at once."""
+    medians: deque[int] = field(default_factory=lambda: deque(maxlen=_USUAL_HOURS))
+    """The median payment of each of the last learned wallet-hours, at ``scale``."""
+
+    def add(self, time: float, units: int, scale: int) -> None:
+        """Count a payment of ``units`` at ``scale`` in the current wallet-hour."""
+        if scale > self.scale:
+            factor: int = 10 ** (scale - self.scale)
+            self.units = [u * factor for u in self.units]
+            self.medians = deque((m * factor for m in self.medians), maxlen=_USUAL_HOURS)
+            self.scale = scale
+        self.times.append(time)
+        self.units.append(units * 10 ** (self.scale - scale))
 
     def roll(self, now: float, span_s: float) -> None:
         """Learn the wallet-hour that ended (if it had enough payments) and start ``now``'s."""
@@ -278,8 +295,20 @@ class _Cadence:
             weight = 1.0 if self.hours == 0 else _BATCH_FADING
             self.batching += weight * (share - self.batching)
             self.hours += 1
+            self.medians.append(median_high(self.units))
         self.hour_start = now - now % 3600
         times.clear()
+        self.units.clear()
+
+    def batches(self, share: float) -> bool:
+        """Whether the wallet pays in batches: over ``_BATCH_MIN_HOURS`` learned hours or more,
+        its busiest fast window of an hour held on average ``share`` of the hour's payments."""
+        return share > 0 and self.hours >= _BATCH_MIN_HOURS and self.batching >= share
+
+    def usual_payment(self, scale: int) -> int:
+        """The median of the learned hours' median payments, at ``scale``: what the wallet's
+        customers usually take."""
+        return median_high(self.medians) * 10 ** (scale - self.scale) if self.medians else 0
 
 
 _BATCH_MIN_COUNT: Final = 5
@@ -288,6 +317,8 @@ _BATCH_MIN_SMALL: Final = 2
 """Payments under ``large_share`` (customers) a fast window needs to be a payout batch."""
 _BATCH_FADING: Final = 0.05
 _BATCH_MIN_HOURS: Final = 24
+_USUAL_HOURS: Final = 24
+"""Wallet-hours whose median payments make a batching wallet's usual payment."""
 
 
 _MIDSIZE_RULES = frozenset({"burst", "large_fresh", "large_pair", "large_fresh_pair", "sustained"})
@@ -562,19 +593,19 @@ class VelocityDetector:
             return
         key = (transfer.chain, transfer.wallet, transfer.asset)
         now = state.now
+        units = state.units_of(transfer)
         if self.batch_share > 0:
             cadence = self._cadence.get(key)
             if cadence is None:
                 cadence = self._cadence[key] = _Cadence()
             if now >= cadence.hour_start + 3600:
                 cadence.roll(now, self.fast_window_s)
-            cadence.times.append(now)
+            cadence.add(now, units, state.scale)
         history = self._fresh.get(key)
         if history is None:
             history = self._fresh[key] = _LargePayments(
                 now, state.scale, self.fresh_regular_count, state.known
             )
-        units = state.units_of(transfer)
         if _reaches(units, state.balance_units(), self._record):
             history.forget(now - self._history_s)
             history.add(now, units, dest, state.scale)
@@ -678,7 +709,7 @@ class VelocityDetector:
             # maker's payouts) is not part of a drain: the rule counts the rest.
             trusted_w, trusted_c = self._trusted(transfer, state, window, conc, units)
             totals = (total - trusted_w, total_c - trusted_c)
-            self._total(window, conc, units, totals, (ref_w, ref_c), fired)
+            self._total(transfer, state, window, conc, units, totals, (ref_w, ref_c), fired)
 
         seen = state.first_seen(dest, units)
         if dest not in state.known and (
@@ -757,6 +788,8 @@ class VelocityDetector:
 
     def _total(  # noqa: PLR0917 - what judge() already worked out
         self,
+        transfer: TransferView,
+        state: WalletState,
         window: Window,
         conc: Window,
         units: int,
@@ -776,7 +809,7 @@ class VelocityDetector:
         # like the rest of the hour's only warns (the whale, fan-out and rate rules still judge
         # each payment).
         top = 2 if self._sudden(total, total_c - total) else 1
-        if top == 2 and self._crowd(window, conc, units):
+        if top == 2 and self._crowd(window, conc, units, self._batching(transfer), state.scale):
             top = 1
         if reaches_w:
             level = min(top, 2 if _reaches(total, ref_w, self._total_freeze) else 1)
@@ -840,10 +873,18 @@ class VelocityDetector:
         stretches = self.concentration_window_s - self.window_s
         return recent * stretches >= self.total_sudden_ratio * before * self.window_s
 
-    def _crowd(self, window: Window, conc: Window, units: int) -> bool:
+    def _crowd(
+        self, window: Window, conc: Window, units: int, cadence: _Cadence | None, scale: int
+    ) -> bool:
         """Whether the last ``window_s`` is a crowd: at least ``total_crowd_min_count`` payments
         whose median is under ``total_crowd_ratio`` times the median of the rest of
         ``concentration_window_s`` (at least 10 payments there; fewer: not a crowd).
+
+        On a wallet that pays in batches (``cadence``, see :meth:`_batching`) the rest of the
+        hour is empty or the tail of the last batch: there the median is compared with the
+        wallet's usual payment, the median of its last hours' medians (``scale``: the state's).
+        A panic's batch is hundreds of customers paying what customers pay; a drain inside it
+        is still judged payment by payment by the single-address, large-fresh and burst rules.
 
         Only asked when the total rule is about to freeze (a sort of the hour's payments).
         """
@@ -852,11 +893,20 @@ class VelocityDetector:
             return False
         hour = conc.items
         cut = len(hour) - window.count
-        if cut < _CROWD_MIN_BEFORE:
+        if cadence is not None:
+            earlier = cadence.usual_payment(scale)
+        elif cut >= _CROWD_MIN_BEFORE:
+            earlier = median_high(o.units for o in hour[:cut])
+        else:
             return False
-        earlier = median_high(o.units for o in hour[:cut])
         recent = median_high([*(o.units for o in hour[cut:]), units])
         return recent < self.total_crowd_ratio * earlier
+
+    def _batching(self, transfer: TransferView) -> _Cadence | None:
+        """The cadence of ``transfer``'s wallet if it pays in batches (see
+        :meth:`_Cadence.batches` with ``batch_share``), else ``None``."""
+        cadence = self._cadence.get((transfer.chain, transfer.wallet, transfer.asset))
+        return cadence if cadence is not None and cadence.batches(self.batch_share) else None
 
     def _large_pair(
         self,
@@ -898,14 +948,7 @@ class VelocityDetector:
         batches is large payments in an empty stretch; on a wallet that pays as customers ask,
         nothing is a batch.
         """
-        if self.batch_share <= 0:
-            return False
-        cadence = self._cadence.get((transfer.chain, transfer.wallet, transfer.asset))
-        if (
-            cadence is None
-            or cadence.hours < _BATCH_MIN_HOURS
-            or cadence.batching < self.batch_share
-        ):
+        if self._batching(transfer) is None:
             return False
         large = self._large
         small = sum(1 for o in fast.items if not _reaches(o.units, ref, large))

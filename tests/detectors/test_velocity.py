@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 
 from detectors.base import Finding, WalletState
-from detectors.velocity import VelocityDetector, _LargePayments
+from detectors.velocity import VelocityDetector, _Cadence, _LargePayments
 from drainwatch.config import DetectionConfig, WalletConfig
 from drainwatch.events import Direction, Severity, Transfer
 from tests.detectors.factories import transfer, wallet
@@ -876,3 +876,55 @@ def test_two_whales_in_a_payout_batch_warn_but_a_pair_between_batches_freezes(
         assert late is not None
         assert late.freeze
         assert late.metrics["rule_large_pair"] == "1"
+
+
+def panic_batch(
+    state: WalletState, detector: VelocityDetector, minute: float, count: int, amount: int
+) -> list[Finding]:
+    """``count`` payments of ``amount`` to fresh addresses within the minute after ``minute``."""
+    findings = []
+    for k in range(count):
+        t = transfer(f"P{k}", amount + k % 3, minutes=minute + k / (count + 1))
+        found = judge_and_learn(state, detector, t)
+        findings += [found] if found else []
+    return findings
+
+
+@pytest.mark.parametrize(
+    ("batch_share", "amount", "frozen"),
+    [
+        (0.6, 2000, False),  # a batching wallet's panic batch: customers, a crowd
+        (0.0, 2000, True),  # the same batch where batches are not learned: nothing to compare
+        (0.6, 6000, True),  # a batch of three times the usual payment: a drain
+    ],
+)
+def test_a_panic_batch_of_customer_sized_payments_is_a_crowd_on_a_batching_wallet(
+    batch_share: float, amount: int, frozen: bool
+) -> None:
+    # Two days of hourly batches of 20 customers (0.1-0.3% each), then a batch that takes 30%
+    # of the balance within a minute: the rest of the hour holds no payment to compare it with,
+    # so the wallet's usual payment (the median of its hours' medians) says what a crowd is.
+    state = make_state(wallet(balance="1000000"))
+    detector = VelocityDetector(batch_share=batch_share)
+    minute = payout_hours(state, detector, batched=True)
+    findings = panic_batch(state, detector, minute, 300_000 // amount, amount)
+    totals = [f for f in findings if f.metrics.get("rule_total") == "1"]
+    assert totals, "30% within a minute: the total rule speaks"
+    assert any(f.freeze for f in findings) is frozen
+
+
+def test_a_wallets_usual_payment_is_kept_at_the_states_scale() -> None:
+    cadence = _Cadence()
+    for k in range(5):
+        cadence.add(60.0 * k, 4 + k, 0)  # 4..8 units: median 6
+    cadence.roll(3600.0, 300)
+    assert cadence.usual_payment(0) == 6
+    cadence.add(3600.0, 75, 1)  # a transfer with one more decimal: 7.5
+    assert cadence.units == [75]
+    assert cadence.usual_payment(1) == 60
+    assert cadence.usual_payment(2) == 600
+    for k in range(4):
+        cadence.add(3660.0 + k, 70, 1)
+    cadence.roll(7200.0, 300)
+    assert list(cadence.medians) == [60, 70]
+    assert cadence.usual_payment(1) == 70  # median_high of two
