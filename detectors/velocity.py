@@ -285,7 +285,7 @@ class _Cadence:
             self.medians = deque((m * factor for m in self.medians), maxlen=_USUAL_HOURS)
             self.scale = scale
         self.times.append(time)
-        self.units.append(units * 10 ** (self.scale - scale))
+        self.units.append(units if scale == self.scale else units * 10 ** (self.scale - scale))
 
     def roll(self, now: float, span_s: float) -> None:
         """Learn the wallet-hour that ended (if it had enough payments) and start ``now``'s."""
