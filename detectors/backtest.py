@@ -68,8 +68,9 @@ from drainwatch.events import (
 
 log = logging.getLogger(__name__)
 
+_HEX: Final = ("0x", "0X")
+
 __all__ = [
-    "AddressCache",
     "BacktestSummary",
     "ProgressBar",
     "Replay",
@@ -122,28 +123,6 @@ class _Line(msgspec.Struct):
 
 
 _decode_line = msgspec.json.Decoder(_Line).decode
-
-
-class AddressCache(dict[str, str]):
-    """Addresses as read -> :func:`~drainwatch.events.normalize_address` of them, remembered.
-
-    A wallet's own address is on nearly every line; a lookup costs a fraction of normalising.
-    Bounded: emptied when it holds ``limit`` addresses.
-
-    >>> cache = AddressCache()
-    >>> cache["0xAB"], cache["0xAB"], len(cache)
-    ('0xab', '0xab', 1)
-    """
-
-    def __init__(self, limit: int = 1 << 20) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def __missing__(self, address: str) -> str:
-        if len(self) >= self.limit:
-            self.clear()
-        normal = self[address] = normalize_address(address)
-        return normal
 
 
 class _LineError(ValueError):
@@ -387,8 +366,6 @@ class Replay:
             if (key := (w.chain.casefold(), w.address)) in (only if only is not None else {key})
         }
         self._chains: dict[str, str] = {}
-        self.addresses = AddressCache()
-        """Addresses as read, normalised; a caller routing lines itself may share it."""
         self._listed = frozenset(w.address for w in config.wallets)
         self.elsewhere: dict[str, set[str]] = {}
         """Listed addresses seen on a line whose chain lists no wallet there: those chains."""
@@ -432,15 +409,20 @@ class Replay:
             and not asset.isspace()
         ):
             return self._parse_checked(number, raw)
-        addresses = self.addresses
+        # Letters and digits (checked above): only a hex address with capitals needs normalising
+        # (normalize_address, inlined for the common case: most addresses are seen once).
+        if sender.startswith(_HEX) and not sender.islower():
+            sender = normalize_address(sender)
+        if receiver.startswith(_HEX) and not receiver.islower():
+            receiver = normalize_address(receiver)
         return when, self._moves(
             number,
             raw,
             when,
             chain,
             asset,
-            addresses[sender],
-            addresses[receiver],
+            sender,
+            receiver,
             units,
             decimals,
             line.tx_hash,

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
+from typing import Final
 
 import msgspec
 import orjson
@@ -52,7 +53,7 @@ from detectors.correlation import IncidentCorrelator
 from detectors.engine import DetectionEngine
 from detectors.errors import BacktestInputError
 from drainwatch.config import Config
-from drainwatch.events import normalize_address
+from drainwatch.events import is_normal_address, normalize_address
 
 __all__ = ["Outcome", "RoundResult", "deal_wallets", "run_parts"]
 
@@ -82,6 +83,7 @@ class _Route(msgspec.Struct):
 
 
 _decode_route = msgspec.json.Decoder(_Route).decode
+_HEX: Final = ("0x", "0X")
 _PROGRESS_EVERY = 8192
 _SAMPLE_LINES = 50_000
 _bytes_done: Synchronized[int] | None = None
@@ -153,6 +155,7 @@ def deal_wallets(config: Config, path: Path, count: int) -> list[set[_Key]]:
     # A wallet listed once per asset is one wallet: its assets' states go to one worker.
     keys = list(dict.fromkeys((w.chain.casefold(), w.address) for w in config.wallets))
     load = dict.fromkeys(keys, 0)
+    addresses = {address for _, address in keys}
     for number, raw in read_lines(path):
         if number > _SAMPLE_LINES:
             break
@@ -160,11 +163,11 @@ def deal_wallets(config: Config, path: Path, count: int) -> list[set[_Key]]:
             route = _decode_route(raw)
         except msgspec.DecodeError:
             continue
-        chain = route.chain.casefold()
         for address in (route.sender, route.to):
-            key = (chain, normalize_address(address))
-            if key in load:
-                load[key] += 1
+            if address in addresses or not is_normal_address(address):
+                key = (route.chain.casefold(), normalize_address(address))
+                if key in load:
+                    load[key] += 1
     groups: list[set[_Key]] = [set() for _ in range(count)]
     totals = [0] * count
     for key in sorted(keys, key=lambda k: -load[k]):
@@ -172,6 +175,20 @@ def deal_wallets(config: Config, path: Path, count: int) -> list[set[_Key]]:
         groups[target].add(key)
         totals[target] += load[key]
     return groups
+
+
+def _routes(config: Config, mine: set[_Key]) -> dict[str, dict[str, bool]]:
+    """Watched address -> {chain slug case-folded: whether the wallet is in ``mine``}.
+
+    Routing looks a line's addresses up as written; only an address that is not normal (see
+    :func:`~drainwatch.events.is_normal_address`) is normalised first, so a line paying a
+    customer's fresh address costs one failed lookup per address.
+    """
+    routes: dict[str, dict[str, bool]] = {}
+    for wallet in config.wallets:
+        key = (wallet.chain.casefold(), wallet.address)
+        routes.setdefault(wallet.address, {})[key[0]] = key in mine
+    return routes
 
 
 class _Worker:
@@ -182,12 +199,13 @@ class _Worker:
         self.index = index
         self.count = len(groups)
         self.mine = groups[index]
-        self.watched_keys = {(w.chain.casefold(), w.address) for w in config.wallets}
+        self.routes = _routes(config, self.mine)
+        """Watched address -> {chain slug case-folded: the wallet is this worker's}."""
+        self.chains: dict[str, str] = {}
         self.correlator = _RecordingCorrelator()
         self.engine = DetectionEngine(config, correlator=self.correlator)
         self.replay = Replay(config, self.engine, only=self.mine)
         self.spelled = spellings(config)
-        self.addresses = self.replay.addresses  # routing and parsing share one cache
         self.lines: Iterator[tuple[int, bytes]] = read_lines(path)
         self.pending: tuple[int, bytes] | None = None
         self.snapshots: dict[int, bytes] = {}
@@ -245,11 +263,23 @@ class _Worker:
             judge = number % self.count == self.index  # malformed, probably: one worker reports
             touches = False
         else:
-            chain = route.chain.casefold()
-            sender = (chain, self.addresses[route.sender])
-            receiver = (chain, self.addresses[route.to])
-            judge = sender in self.mine or receiver in self.mine
-            touches = sender in self.watched_keys or receiver in self.watched_keys
+            judge = touches = False
+            routes = self.routes
+            for address in (route.sender, route.to):
+                chains = routes.get(address)
+                if chains is None and not (
+                    # is_normal_address, inlined: this runs for both addresses of every line
+                    address.isalnum() and (address.islower() or not address.startswith(_HEX))
+                ):
+                    chains = routes.get(normalize_address(address))
+                if chains is not None:
+                    chain = self.chains.get(route.chain)
+                    if chain is None:
+                        chain = self.chains[route.chain] = route.chain.casefold()
+                    mine = chains.get(chain)
+                    if mine is not None:
+                        touches = True
+                        judge = judge or mine
             if not touches and number % self.count == self.index:
                 judge = True  # checked for errors, judged by nobody
         if self.index == 0 and touches:

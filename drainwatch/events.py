@@ -58,6 +58,7 @@ __all__ = [
     "decode",
     "encode",
     "event_id",
+    "is_normal_address",
     "normalize_address",
     "wallet_key",
 ]
@@ -148,11 +149,27 @@ def normalize_address(address: str) -> str:
     >>> normalize_address(" 1BoatSLRHtKNngkdXEeobR76b53LETtpyT ")
     '1BoatSLRHtKNngkdXEeobR76b53LETtpyT'
     """
-    if not address.isalnum():  # letters and digits only (the usual case): nothing to strip
+    if address.isalnum():  # letters and digits only (the usual case): nothing to strip
+        if address.islower() or not address.startswith(_HEX_PREFIXES):
+            return address  # already normal: no new string (a backtest's every address)
+    else:
         address = address.strip()
     if address[:2] in _HEX_PREFIXES:
         return "0x" + address[2:].lower()
     return address
+
+
+def is_normal_address(address: str) -> bool:
+    """Whether :func:`normalize_address` would return ``address`` unchanged, for most addresses.
+
+    True only when it certainly would (letters and digits, and no upper case after a hex
+    prefix); a False asks the caller to normalise. A cheap test for routing lines: an address
+    that is normal and not in a lookup table needs no normalising to be known as not there.
+
+    >>> is_normal_address("0xabcdef01"), is_normal_address("NB3B39D35"), is_normal_address("0xAB")
+    (True, True, False)
+    """
+    return address.isalnum() and (address.islower() or not address.startswith(_HEX_PREFIXES))
 
 
 def wallet_key(chain: str, wallet: str) -> str:

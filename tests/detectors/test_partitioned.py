@@ -208,3 +208,42 @@ def test_wallets_no_transfer_touched_are_named_with_the_chains_the_file_uses(
         warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert any("hot-1" in m and "'tron', not 'trx'" in m for m in warned), warned
         assert any(m.startswith("wallet idle ") for m in warned), warned
+
+
+def test_lines_that_spell_a_wallet_otherwise_reach_its_worker(tmp_path: Path) -> None:
+    # Routing looks addresses up as written and normalises only those that are not normal: a
+    # hot wallet written checksum-style, with "0X", or padded, and a chain in capitals, must
+    # still reach the worker that judges it, or its drain would go unjudged in the split run.
+    drain = DrainSpec(1.5 * DAY, "burst", 0.06, 5, 60)
+    wallets = _fleet({0: (drain,)})
+    config, transfers = _files(tmp_path, wallets, days=3)
+    plain = run_backtest(config, transfers, None, tmp_path / "plain.jsonl", workers=1)
+    hot = wallets[0].address.encode()
+    spellings = [
+        b'"0x' + hot[2:].upper() + b'"',
+        b'"0X' + hot[2:] + b'"',
+        b'" ' + hot + b' "',
+        b'"' + hot + b'"',
+    ]
+    lines = transfers.read_bytes().splitlines()
+    respelled = [
+        line.replace(b'"' + hot + b'"', spellings[number % len(spellings)]).replace(
+            b'"chain":"ethereum"',
+            b'"chain":"Ethereum"' if number % 3 == 0 else b'"chain":"ethereum"',
+        )
+        for number, line in enumerate(lines)
+    ]
+    assert respelled != lines
+    other = tmp_path / "respelled.jsonl"
+    other.write_bytes(b"\n".join(respelled) + b"\n")
+    two = run_backtest(config, other, None, tmp_path / "two.jsonl", workers=2)
+    assert (two.watched_transfers, two.alerts, two.freezes) == (
+        plain.watched_transfers,
+        plain.alerts,
+        plain.freezes,
+    )
+    run_backtest(config, other, None, tmp_path / "one.jsonl", workers=1)
+    two_alerts = (tmp_path / "two.jsonl").read_bytes()
+    assert (tmp_path / "one.jsonl").read_bytes() == two_alerts
+    freezes = [orjson.loads(x) for x in two_alerts.splitlines() if b'"freeze":true' in x]
+    assert "hot-0" in {a["wallet_label"] for a in freezes}
