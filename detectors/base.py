@@ -426,12 +426,14 @@ class Window:
     __slots__ = (
         "_log",
         "_start",
+        "changes",
         "horizon",
         "mid_count",
         "mid_total",
         "new_total",
         "span_s",
         "total",
+        "watermark",
     )
 
     def __init__(self, log: _OutflowLog, span_s: int) -> None:
@@ -439,6 +441,10 @@ class Window:
         self.span_s = span_s
         self._start = 0
         self.horizon = float("-inf")
+        self.watermark = float("nan")
+        self.changes = -1
+        """The event time and the owner's count of log changes the view was last synced at (a
+        cache: a pickle carries neither, and a view unpickled is synced at its first read)."""
         self.total = 0
         """Everything external that left in the window."""
         self.new_total = 0
@@ -457,6 +463,7 @@ class Window:
     def sync(self, watermark: float) -> None:
         """Recompute the view for the latest event time ``watermark``."""
         log = self._log
+        self.watermark = watermark
         self.horizon = horizon = watermark - self.span_s
         start = self._start = bisect.bisect_right(log.times, horizon)
         self.total = log.cum_total[-1] - log.cum_total[start]
@@ -584,7 +591,6 @@ class WalletState:
         self._floor_units = self._compute_floor()
         self._log = _OutflowLog()
         self._windows = {span: Window(self._log, span) for span in self.windows_s}
-        self._synced: dict[int, tuple[float, int]] = {}
         self._changes = 0
         """Counts changes to the log, so a window is recomputed only when something moved."""
         self._longest = max(self.windows_s, default=0)
@@ -607,12 +613,10 @@ class WalletState:
         """The latest event time seen."""
         self.now = float("-inf")
         """Event time of the transfer being judged (set by :meth:`prepare`)."""
+        self.units = 0
+        """Amount of the transfer being judged at this state's scale (set by :meth:`prepare`):
+        :meth:`units_of` it, worked out once for the detectors that all need it."""
         self.applied_count = 0
-
-    def __getstate__(self) -> dict[str, object]:
-        # Which windows are up to date is a cache, not state: reading a window must not change
-        # what a snapshot of the state looks like.
-        return {**self.__dict__, "_synced": {}}
 
     # -- reading (what detectors may call) ---------------------------------------------------
 
@@ -624,10 +628,10 @@ class WalletState:
     def window(self, span_s: int) -> Window:
         """The window of ``span_s`` seconds (it must be one of ``windows_s``), up to date."""
         window = self._windows[span_s]
-        stamp = (self.watermark, self._changes)
-        if self._synced.get(span_s) != stamp:
+        changes = self._changes
+        if window.changes != changes or window.watermark != self.watermark:
             window.sync(self.watermark)
-            self._synced[span_s] = stamp
+            window.changes = changes
         return window
 
     def _floor(self) -> int:
@@ -719,19 +723,20 @@ class WalletState:
     # -- updating (the engine's job) ---------------------------------------------------------
 
     def prepare(self, transfer: TransferView) -> None:
-        """Get ready to judge ``transfer``: widen the scale, advance event time, forget the old.
+        """Get ready to judge ``transfer``: widen the scale, take its :attr:`units`, advance event
+        time, forget the old.
 
         Passing time is not learning: this runs before ``score_one``.
         """
         if transfer.decimals > self.scale:
             self._rescale(transfer.decimals)
+        self.units = units = transfer.amount * _POW10[self.scale - transfer.decimals]
         balance_after = transfer.balance_after
         if balance_after is not None and not self.has_applied(transfer.dedup_key):
             # The chain's balance after this block, plus what this transfer took, is the balance
             # it was judged against (several transfers in one block make it a little low, so
             # their shares a little high: the cautious side).
             after = balance_after * _POW10[self.scale - transfer.decimals]
-            units = self.units_of(transfer)
             self._anchor(
                 max(after + units if transfer.direction is Direction.OUT else after - units, 0)
             )

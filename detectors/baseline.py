@@ -252,7 +252,7 @@ class BaselineDetector:
         if profile is None or profile.hours < self.min_hours:
             return None
         dest = transfer.counterparty
-        units = state.units_of(transfer)
+        units = state.units
         if state.is_internal(dest) or not state.is_new_destination(dest, state.now, units):
             return None
         finding = self._judge(
@@ -409,7 +409,7 @@ class BaselineDetector:
         now = state.now
         if now >= profile.hour_start + 3600:
             self._roll(profile, now)
-        units = state.units_of(transfer)
+        units = state.units
         if state.is_new_destination(transfer.counterparty, now, units):
             amount = transfer.amount / 10**transfer.decimals
             profile.hour_value += amount

@@ -85,7 +85,7 @@ class _Route(msgspec.Struct):
 _decode_route = msgspec.json.Decoder(_Route).decode
 _HEX: Final = ("0x", "0X")
 _PROGRESS_EVERY = 8192
-_SAMPLE_LINES = 50_000
+_SAMPLE_LINES = 20_000
 _bytes_done: Synchronized[int] | None = None
 """Bytes read by worker 0, shared with the parent for the progress bar."""
 

@@ -593,7 +593,7 @@ class VelocityDetector:
             return
         key = (transfer.chain, transfer.wallet, transfer.asset)
         now = state.now
-        units = state.units_of(transfer)
+        units = state.units
         if self.batch_share > 0:
             cadence = self._cadence.get(key)
             if cadence is None:
@@ -688,7 +688,7 @@ class VelocityDetector:
         dest = transfer.counterparty
         if dest in state.internal:
             return None
-        units = state.units_of(transfer)
+        units = state.units
         if units <= 0:
             return None
         if state.role == "cold" and dest not in state.known:
