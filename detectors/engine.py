@@ -314,7 +314,10 @@ class DetectionEngine:
         alert is returned. ``detected_at`` defaults to the wall clock, or with ``at_event_time``
         (a backtest) to the transfer's own time.
         """
-        state = self._route(transfer.chain, transfer.wallet, transfer.asset)
+        try:  # the route as looked up before (None too), without a call on the hot path
+            state = self._routes[transfer.chain, transfer.wallet, transfer.asset]
+        except KeyError:
+            state = self._route(transfer.chain, transfer.wallet, transfer.asset)
         if state is None:
             return []
         if transfer.status is TransferStatus.RETRACTED:

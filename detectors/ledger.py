@@ -150,6 +150,8 @@ class LedgerReconciliation:
 
     def score_one(self, transfer: TransferView, state: WalletState) -> Finding | None:
         """A critical freeze finding when an outflow matches no open approval."""
+        if not self.active:  # no approval seen yet: nothing to reconcile (the usual backtest)
+            return None
         if not self._questioned(transfer, state) or self._match(transfer) is not None:
             return None
         units = state.units_of(transfer)

@@ -7,7 +7,7 @@ they are, and one worker process per group reads the file, judges only its own w
 reported), and records every abnormal finding it passed to its correlator.
 
 The workers go through the file in rounds of lines, in step (25,000 lines at first, longer while
-keeping the snapshots costs over 5% of a round). After each round the parent replays every
+keeping the snapshots costs over 2% of a round). After each round the parent replays every
 worker's findings of the round, in file order, through one correlator that has seen all the rounds
 before: when they make no incident, no wallet's alerts could have depended on another's, and the
 round's alerts, ordered by line, are the sequential run's alerts exactly. When they do make one (a
@@ -65,10 +65,10 @@ _Finding = tuple[_Position, str, float, int]
 """(position, wallet key, event time, level) of a finding shown to the correlator."""
 
 ROUND_LINES = 25_000
-"""Lines in the first round; later rounds grow while the snapshots cost over 5% of a round."""
+"""Lines in the first round; later rounds grow while the snapshots cost over 2% of a round."""
 MAX_ROUND_LINES = 400_000
 """The most lines a round grows to: a bound on what a drain across wallets costs twice."""
-_SNAPSHOT_SHARE = 0.05
+_SNAPSHOT_SHARE = 0.02
 _PIPELINE = 1
 """Rounds asked for before the parent checks the oldest one. Asking two ahead, so that a worker
 never waits for the parent's check, measured no faster here and wasted more at an incident."""
@@ -422,7 +422,7 @@ def run_parts(
     """Run ``workers`` forked worker processes in rounds; see the module doc.
 
     ``round_lines`` fixes the rounds' length; by default the first has :data:`ROUND_LINES` lines
-    and each next one twice as many while the snapshots took over 5% of the round.
+    and each next one twice as many while the snapshots took over 2% of the round.
     """
     length = round_lines or ROUND_LINES
     bar = ProgressBar(path) if progress else None
