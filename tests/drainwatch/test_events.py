@@ -18,6 +18,8 @@ from drainwatch.events import (
     Transfer,
     TransferStatus,
     decode,
+    is_normal_address,
+    normalize_address,
 )
 
 T0 = datetime(2018, 1, 25, 15, 2, tzinfo=UTC)
@@ -119,3 +121,40 @@ def test_alert_round_trip_and_severity_order() -> None:
 
 def test_status_defaults_to_confirmed() -> None:
     assert make_transfer().status is TransferStatus.CONFIRMED
+
+
+_ADDRESSES = [
+    "0xabcdef0000000000000000000000000000000001",
+    "0xABCDEF0000000000000000000000000000000001",
+    "0XABCDEF0000000000000000000000000000000001",
+    "0Xabcdef0000000000000000000000000000000001",
+    "0x0000000000000000000000000000000000000000",
+    " 0xabcdef0000000000000000000000000000000001",
+    "0xabcdef0000000000000000000000000000000001\t",
+    "1BoatSLRHtKNngkdXEeobR76b53LETtpyT",
+    " 1BoatSLRHtKNngkdXEeobR76b53LETtpyT ",
+    "NB3B39D350413930B15B72A370A065B823BC6F0D6",
+    "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq",
+    "TXYZopYRdj2D9XRtbG411XZZ3kM5VkAeBf",
+    "0x",
+    "",
+    "0xÄbc",
+]
+
+
+@pytest.mark.parametrize("address", _ADDRESSES)
+def test_an_address_said_to_be_normal_is_left_as_it_is(address: str) -> None:
+    # Routing trusts is_normal_address to skip normalising; it must never say so wrongly.
+    normal = normalize_address(address)
+    assert normalize_address(normal) == normal  # idempotent
+    if is_normal_address(address):
+        assert normal == address
+    if normal.isalnum():  # and a normalised address is known as normal: no second normalising
+        assert is_normal_address(normal)
+
+
+def test_evm_addresses_in_any_case_are_one_address() -> None:
+    lower = "0xabcdef0000000000000000000000000000000001"
+    for spelled in (lower, lower.upper().replace("0X", "0x"), "0X" + lower[2:], f" {lower} "):
+        assert normalize_address(spelled) == lower
+    assert normalize_address("NB3B39D35") == "NB3B39D35"  # other chains keep their case
