@@ -58,6 +58,7 @@ from detectors.errors import BacktestInputError
 from detectors.move import Move
 from drainwatch.config import Config, WalletConfig, wallets_by_key
 from drainwatch.events import (
+    HEX_PREFIXES,
     Alert,
     ApprovedWithdrawal,
     Direction,
@@ -67,8 +68,6 @@ from drainwatch.events import (
 )
 
 log = logging.getLogger(__name__)
-
-_HEX: Final = ("0x", "0X")
 
 __all__ = [
     "BacktestSummary",
@@ -411,9 +410,9 @@ class Replay:
             return self._parse_checked(number, raw)
         # Letters and digits (checked above): only a hex address with capitals needs normalising
         # (normalize_address, inlined for the common case: most addresses are seen once).
-        if sender.startswith(_HEX) and not sender.islower():
+        if sender.startswith(HEX_PREFIXES) and not sender.islower():
             sender = normalize_address(sender)
-        if receiver.startswith(_HEX) and not receiver.islower():
+        if receiver.startswith(HEX_PREFIXES) and not receiver.islower():
             receiver = normalize_address(receiver)
         return when, self._moves(
             number,

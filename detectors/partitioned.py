@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
-from typing import Final
 
 import msgspec
 import orjson
@@ -53,7 +52,7 @@ from detectors.correlation import IncidentCorrelator
 from detectors.engine import DetectionEngine
 from detectors.errors import BacktestInputError
 from drainwatch.config import Config
-from drainwatch.events import is_normal_address, normalize_address
+from drainwatch.events import HEX_PREFIXES, is_normal_address, normalize_address
 
 __all__ = ["Outcome", "RoundResult", "deal_wallets", "run_parts"]
 
@@ -83,7 +82,6 @@ class _Route(msgspec.Struct):
 
 
 _decode_route = msgspec.json.Decoder(_Route).decode
-_HEX: Final = ("0x", "0X")
 _PROGRESS_EVERY = 8192
 _SAMPLE_LINES = 20_000
 _bytes_done: Synchronized[int] | None = None
@@ -269,7 +267,8 @@ class _Worker:
                 chains = routes.get(address)
                 if chains is None and not (
                     # is_normal_address, inlined: this runs for both addresses of every line
-                    address.isalnum() and (address.islower() or not address.startswith(_HEX))
+                    address.isalnum()
+                    and (address.islower() or not address.startswith(HEX_PREFIXES))
                 ):
                     chains = routes.get(normalize_address(address))
                 if chains is not None:

@@ -41,6 +41,7 @@ __all__ = [
     "ALERTS",
     "DEADLETTER",
     "FREEZES",
+    "HEX_PREFIXES",
     "LEDGER",
     "TOPICS",
     "TRANSFERS",
@@ -135,7 +136,8 @@ class FreezeAction(StrEnum):
     UNFREEZE = "unfreeze"
 
 
-_HEX_PREFIXES: Final = ("0x", "0X")
+HEX_PREFIXES: Final = ("0x", "0X")
+"""How an EVM hex address starts (either case); :func:`normalize_address` lower-cases those."""
 
 
 def normalize_address(address: str) -> str:
@@ -150,11 +152,11 @@ def normalize_address(address: str) -> str:
     '1BoatSLRHtKNngkdXEeobR76b53LETtpyT'
     """
     if address.isalnum():  # letters and digits only (the usual case): nothing to strip
-        if address.islower() or not address.startswith(_HEX_PREFIXES):
+        if address.islower() or not address.startswith(HEX_PREFIXES):
             return address  # already normal: no new string (a backtest's every address)
     else:
         address = address.strip()
-    if address[:2] in _HEX_PREFIXES:
+    if address[:2] in HEX_PREFIXES:
         return "0x" + address[2:].lower()
     return address
 
@@ -169,7 +171,7 @@ def is_normal_address(address: str) -> bool:
     >>> is_normal_address("0xabcdef01"), is_normal_address("NB3B39D35"), is_normal_address("0xAB")
     (True, True, False)
     """
-    return address.isalnum() and (address.islower() or not address.startswith(_HEX_PREFIXES))
+    return address.isalnum() and (address.islower() or not address.startswith(HEX_PREFIXES))
 
 
 def wallet_key(chain: str, wallet: str) -> str:
