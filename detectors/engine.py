@@ -377,7 +377,7 @@ class DetectionEngine:
         if any(f.freeze for f in findings) or transfer.direction is not Direction.OUT:
             return None
         dest = transfer.counterparty
-        units = state.units_of(transfer)
+        units = state.units
         if state.is_internal(dest) or not state.is_new_destination(dest, state.now, units):
             return None
         ref = state.balance_units()

@@ -104,7 +104,7 @@ class FixedRule:
         """Freeze when the window's outflow, with this transfer, reaches the share."""
         if transfer.direction is not Direction.OUT or state.is_internal(transfer.counterparty):
             return None
-        units = state.units_of(transfer)
+        units = state.units
         window = state.window(self.window_s)
         total = window.total + units
         ref = state.reference_units(window)

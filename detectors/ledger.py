@@ -154,7 +154,7 @@ class LedgerReconciliation:
             return None
         if not self._questioned(transfer, state) or self._match(transfer) is not None:
             return None
-        units = state.units_of(transfer)
+        units = state.units
         before = state.balance_units()
         return Finding(
             detector=self.name,

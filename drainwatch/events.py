@@ -151,11 +151,9 @@ def normalize_address(address: str) -> str:
     >>> normalize_address(" 1BoatSLRHtKNngkdXEeobR76b53LETtpyT ")
     '1BoatSLRHtKNngkdXEeobR76b53LETtpyT'
     """
-    if address.isalnum():  # letters and digits only (the usual case): nothing to strip
-        if address.islower() or not address.startswith(HEX_PREFIXES):
-            return address  # already normal: no new string (a backtest's every address)
-    else:
-        address = address.strip()
+    if is_normal_address(address):
+        return address  # the usual case: no new string
+    address = address.strip()
     if address[:2] in HEX_PREFIXES:
         return "0x" + address[2:].lower()
     return address
