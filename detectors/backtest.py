@@ -52,6 +52,7 @@ from typing import Any, Final
 import msgspec
 import orjson
 
+from detectors.approval import Approval
 from detectors.base import to_units
 from detectors.engine import DetectionEngine
 from detectors.errors import BacktestInputError
@@ -60,7 +61,6 @@ from drainwatch.config import Config, WalletConfig, wallets_by_key
 from drainwatch.events import (
     HEX_PREFIXES,
     Alert,
-    ApprovedWithdrawal,
     Direction,
     event_id,
     normalize_address,
@@ -73,7 +73,9 @@ __all__ = [
     "BacktestSummary",
     "ProgressBar",
     "Replay",
+    "TransferLine",
     "alert_record",
+    "decode_line",
     "parse_amount",
     "parse_ts",
     "run_backtest",
@@ -108,7 +110,7 @@ class BacktestSummary:
         return self.transfers_read / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
-class _Line(msgspec.Struct):
+class TransferLine(msgspec.Struct):
     """A transfers.jsonl line as msgspec reads it when every field has its usual type."""
 
     ts: str
@@ -121,7 +123,8 @@ class _Line(msgspec.Struct):
     usd_value: float | None = None
 
 
-_decode_line = msgspec.json.Decoder(_Line).decode
+decode_line = msgspec.json.Decoder(TransferLine).decode
+"""Read a line into a :class:`TransferLine`; ``msgspec.DecodeError`` for an unusual one."""
 
 
 class _LineError(ValueError):
@@ -275,33 +278,90 @@ def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """(line number, bytes) of every non-blank line."""
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            if raw.strip():
+            if not raw.isspace():
                 yield number, raw
 
 
-def _approvals(path: Path) -> Iterator[ApprovedWithdrawal]:
+class _ApprovalLine(msgspec.Struct):
+    """A ledger.jsonl line as msgspec reads it when every field has its usual type."""
+
+    ts: str
+    chain: str
+    asset: str
+    to: str
+    amount: str | int
+    tx_hash: str | None = None
+
+
+_decode_approval = msgspec.json.Decoder(_ApprovalLine).decode
+
+
+def _approvals(path: Path) -> Iterator[Approval]:
+    """The ledger file's approvals in file order; a malformed line raises BacktestInputError."""
     for number, raw in read_lines(path):
         try:
-            data = _load(raw)
-            when = parse_ts(data.get("ts"))
-            chain, asset, to = _text(data, "chain"), _text(data, "asset"), _text(data, "to")
-            if "amount" not in data:
-                raise _LineError("missing field 'amount'")
-            units, decimals = parse_amount(data["amount"])
-            withdrawal = data.get("withdrawal_id")
-            tx_hash = _optional_text(data, "tx_hash")
+            approval = _read_approval(raw)
         except _LineError as exc:
             raise BacktestInputError(str(path), number, str(exc)) from None
-        yield ApprovedWithdrawal.model_construct(
-            id=event_id("ledger", chain, withdrawal if withdrawal is not None else number),
-            time=when,
-            chain=chain,
-            asset=asset,
-            to=normalize_address(to),
-            amount=Decimal(f"{units}E-{decimals}"),
-            wallet=None,
-            tx_hash=tx_hash,
-        )
+        yield approval
+
+
+def _read_approval(raw: bytes) -> Approval:
+    """One ledger.jsonl line: msgspec reads the usual ones, like :meth:`Replay.parse`; anything
+    unusual goes through :func:`_read_approval_checked`."""
+    try:
+        line = _decode_approval(raw)
+    except msgspec.DecodeError:
+        return _read_approval_checked(raw)
+    ts, amount, chain, asset, to = line.ts, line.amount, line.chain, line.asset, line.to
+    if ts[-1:] != "Z":
+        return _read_approval_checked(raw)
+    try:
+        when = datetime.fromisoformat(ts).timestamp()  # "Z": UTC, like parse_ts
+    except ValueError:
+        return _read_approval_checked(raw)
+    if isinstance(amount, str):
+        whole, _, frac = amount.partition(".")
+        digits = whole + frac
+        if not (whole and digits.isascii() and digits.isdigit()):
+            return _read_approval_checked(raw)
+        units, decimals = int(digits), len(frac)
+    elif amount >= 0:
+        units, decimals = amount, 0
+    else:
+        return _read_approval_checked(raw)
+    if not (
+        chain and not chain.isspace() and asset and not asset.isspace() and to and not to.isspace()
+    ):
+        return _read_approval_checked(raw)
+    return Approval(
+        when,
+        chain,
+        asset,
+        normalize_address(to),
+        Decimal(f"{units}E-{decimals}"),
+        line.tx_hash or None,
+    )
+
+
+def _read_approval_checked(raw: bytes) -> Approval:
+    """:func:`_read_approval` for any line: every field checked, a :class:`_LineError` when
+    wrong."""
+    data = _load(raw)
+    when = parse_ts(data.get("ts"))
+    chain, asset, to = _text(data, "chain"), _text(data, "asset"), _text(data, "to")
+    if "amount" not in data:
+        raise _LineError("missing field 'amount'")
+    units, decimals = parse_amount(data["amount"])
+    tx_hash = _optional_text(data, "tx_hash")
+    return Approval(
+        when.timestamp(),
+        chain,
+        asset,
+        normalize_address(to),
+        Decimal(f"{units}E-{decimals}"),
+        tx_hash,
+    )
 
 
 def spellings(config: Config) -> dict[str, str]:
@@ -377,9 +437,16 @@ class Replay:
         which accepts everything the contract allows and names what is wrong otherwise.
         """
         try:
-            line = _decode_line(raw)
+            line = decode_line(raw)
         except msgspec.DecodeError:
             return self._parse_checked(number, raw)
+        return self.parse_decoded(number, raw, line)
+
+    def parse_decoded(
+        self, number: int, raw: bytes, line: TransferLine
+    ) -> tuple[float, list[Move]]:
+        """:meth:`parse` for a line already read by :func:`decode_line` (a split run's worker
+        reads each line once to route it)."""
         ts = line.ts
         if ts[-1:] != "Z":
             return self._parse_checked(number, raw)
@@ -637,7 +704,7 @@ def _run_sequential(  # noqa: PLR0917
 ) -> BacktestSummary:
     approvals = _approvals(ledger_path) if ledger_path is not None else iter(())
     pending = next(approvals, None)
-    pending_at = pending.time.timestamp() if pending is not None else 0.0
+    pending_at = pending.epoch if pending is not None else 0.0
     ledger_entries = 0
     read = watched = alerts = freezes = 0
     first = 1
@@ -665,7 +732,7 @@ def _run_sequential(  # noqa: PLR0917
                 engine.process_approval(pending)
                 ledger_entries += 1
                 pending = next(approvals, None)
-                pending_at = pending.time.timestamp() if pending is not None else 0.0
+                pending_at = pending.epoch if pending is not None else 0.0
             if moves:
                 watched += 1
                 for move in moves:

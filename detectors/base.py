@@ -34,9 +34,10 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Final, Protocol, runtime_checkable
 
+from detectors.approval import ApprovalView
 from detectors.move import TransferView
 from drainwatch.config import WalletConfig
-from drainwatch.events import ApprovedWithdrawal, Direction, Severity, normalize_address
+from drainwatch.events import Direction, Severity, normalize_address
 
 __all__ = [
     "DEFAULT_WINDOWS_S",
@@ -915,7 +916,7 @@ class Detector(Protocol):
 class LedgerAware(Protocol):
     """A detector that also reads the exchange's approved withdrawals (topic ``LEDGER``)."""
 
-    def learn_approval(self, approval: ApprovedWithdrawal) -> None:
+    def learn_approval(self, approval: ApprovalView) -> None:
         """Remember an approved withdrawal."""
         ...
 

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from detectors.approval import ApprovalView
 from detectors.base import Detector, Finding, LedgerAware, StateLearner, WalletState, ratio_string
 from detectors.baseline import BaselineDetector
 from detectors.correlation import IncidentCorrelator
@@ -493,7 +494,7 @@ class DetectionEngine:
             shadow="correlation" in self._shadow,
         )
 
-    def process_approval(self, approval: ApprovedWithdrawal) -> list[Alert]:
+    def process_approval(self, approval: ApprovalView) -> list[Alert]:
         """Hand an approved withdrawal to the detectors that read the ledger."""
         for learn_approval in self._approval_readers:
             learn_approval(approval)

@@ -13,7 +13,7 @@ ledger feed every outflow would look unexplained.
 
 >>> from datetime import UTC, datetime
 >>> from drainwatch.config import WalletConfig
->>> from drainwatch.events import Direction, Transfer
+>>> from drainwatch.events import ApprovedWithdrawal, Direction, Transfer
 >>> t0 = datetime(2018, 1, 25, 15, 0, tzinfo=UTC)
 >>> rec = LedgerReconciliation()
 >>> rec.learn_approval(ApprovedWithdrawal(id="w1", time=t0, chain="nem", asset="XEM",
@@ -33,33 +33,24 @@ True
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Final
+from typing import Any, Final, NamedTuple
 
+from detectors.approval import ApprovalView
 from detectors.base import Finding, WalletState, format_units
 from detectors.move import TransferView
-from drainwatch.events import (
-    ApprovedWithdrawal,
-    Direction,
-    Severity,
-    TransferStatus,
-    normalize_address,
-)
+from drainwatch.events import Direction, Severity, TransferStatus, normalize_address
 
 __all__ = ["LedgerReconciliation"]
 
+_Key = tuple[str, str, str]
+"""What an approval and a transfer must share: chain and asset case-folded, destination."""
 
-@dataclass(frozen=True, slots=True)
-class _Approval:
+
+class _Approval(NamedTuple):
     time: float
     amount: Decimal
-    approval_id: str
     tx_hash: str | None
-
-
-def _match_key(chain: str, asset: str, to: str) -> tuple[str, str, str]:
-    return chain.casefold(), normalize_address(asset).casefold(), normalize_address(to)
 
 
 class LedgerReconciliation:
@@ -82,8 +73,17 @@ class LedgerReconciliation:
         self.match_window_s = match_window_s
         self.amount_tolerance = amount_tolerance
         self.active = active
-        self._open: dict[tuple[str, str, str], list[_Approval]] = {}
+        self._open: dict[_Key, list[_Approval]] = {}
         self._latest = float("-inf")
+        self._assets: dict[tuple[str, str], tuple[str, str]] = {}
+        """(chain, asset) as written -> as matched: both case-folded, the asset normalised."""
+        self._matched: tuple[TransferView | None, tuple[_Key, int] | None] = (None, None)
+        """The last transfer matched and its match: the engine asks up to three times per
+        outflow (score, explain, learn), and the approvals change only in between."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A snapshot carries the approvals, not the last transfer looked at.
+        return {**self.__dict__, "_matched": (None, None)}
 
     def adopt(self, other: LedgerReconciliation) -> None:
         """Join another engine's wallets: only while neither has seen an approval.
@@ -94,17 +94,25 @@ class LedgerReconciliation:
         if self.active or other.active or self._open or other._open:
             raise ValueError("ledger reconciliation state cannot be split between engines")
 
-    def learn_approval(self, approval: ApprovedWithdrawal) -> None:
+    def learn_approval(self, approval: ApprovalView) -> None:
         """Remember an approval until it explains a transfer or grows too old."""
         self.active = True
-        when = approval.time.timestamp()
+        self._matched = (None, None)
+        when = approval.epoch
         if when > self._latest + self.match_window_s:
             self._expire(when)
         self._latest = max(self._latest, when)
-        key = _match_key(approval.chain, approval.asset, approval.to)
-        self._open.setdefault(key, []).append(
-            _Approval(when, approval.amount, approval.id, approval.tx_hash)
-        )
+        key = self._key(approval.chain, approval.asset, approval.to)
+        self._open.setdefault(key, []).append(_Approval(when, approval.amount, approval.tx_hash))
+
+    def _key(self, chain: str, asset: str, to: str) -> _Key:
+        try:
+            folded_chain, folded_asset = self._assets[chain, asset]
+        except KeyError:
+            folded_chain, folded_asset = self._assets.setdefault(
+                (chain, asset), (chain.casefold(), normalize_address(asset).casefold())
+            )
+        return folded_chain, folded_asset, normalize_address(to)
 
     def _expire(self, now: float) -> None:
         horizon = now - 2 * self.match_window_s
@@ -115,8 +123,16 @@ class LedgerReconciliation:
             else:
                 del self._open[key]
 
-    def _match(self, transfer: TransferView) -> tuple[tuple[str, str, str], int] | None:
-        key = _match_key(transfer.chain, transfer.asset, transfer.counterparty)
+    def _match(self, transfer: TransferView) -> tuple[_Key, int] | None:
+        last, match = self._matched
+        if last is transfer:
+            return match
+        match = self._find(transfer)
+        self._matched = (transfer, match)
+        return match
+
+    def _find(self, transfer: TransferView) -> tuple[_Key, int] | None:
+        key = self._key(transfer.chain, transfer.asset, transfer.counterparty)
         candidates = self._open.get(key)
         if not candidates:
             return None
@@ -181,6 +197,7 @@ class LedgerReconciliation:
             return
         match = self._match(transfer)
         if match is not None:
+            self._matched = (None, None)
             key, index = match
             del self._open[key][index]
             if not self._open[key]:

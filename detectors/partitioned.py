@@ -42,8 +42,10 @@ import orjson
 from detectors.backtest import (
     ProgressBar,
     Replay,
+    TransferLine,
     alert_record,
     collector_paused,
+    decode_line,
     line_error,
     read_lines,
     spellings,
@@ -255,9 +257,20 @@ class _Worker:
 
     def _line(self, number: int, raw: bytes, result: RoundResult) -> bool:
         """Route and maybe judge one line; False at a malformed line this worker reports."""
+        # A usual line is read whole, once: its routing fields say whose it is, and its owner
+        # judges it without reading it again. Reading the routing fields alone costs 0.37 us a
+        # line, the whole line 0.44 us; each worker judges about 1/workers of the lines.
+        line: TransferLine | None
+        route: TransferLine | _Route | None
         try:
-            route = _decode_route(raw)
+            route = line = decode_line(raw)
         except msgspec.DecodeError:
+            line = None
+            try:
+                route = _decode_route(raw)
+            except msgspec.DecodeError:
+                route = None
+        if route is None:
             judge = number % self.count == self.index  # malformed, probably: one worker reports
             touches = False
         else:
@@ -288,7 +301,10 @@ class _Worker:
         if not judge:
             return True
         try:
-            _, moves = self.replay.parse(number, raw)
+            if line is None:
+                _, moves = self.replay.parse(number, raw)
+            else:
+                _, moves = self.replay.parse_decoded(number, raw, line)
         except ValueError as exc:
             result.error = line_error(self.path, number, exc)
             return False

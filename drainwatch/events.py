@@ -347,6 +347,11 @@ class ApprovedWithdrawal(Event):
         """The bus key: ``chain:to`` (the source wallet is often unknown to the ledger)."""
         return wallet_key(self.chain, self.wallet or self.to)
 
+    @property
+    def epoch(self) -> float:
+        """The approval time in seconds since 1970 (UTC)."""
+        return self.time.timestamp()
+
 
 TOPICS: Final[dict[str, type[Event]]] = {
     TRANSFERS: Transfer,

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import orjson
 import pytest
 
 from detectors import BacktestInputError, run_backtest
+from detectors.backtest import _read_approval, _read_approval_checked
 from drainwatch.config import Config, load, loads
 from tests.detectors.traffic import INCIDENT_PATH, CoincheckScenario, coincheck_scenario
 
@@ -285,6 +287,82 @@ def test_malformed_ledger_line(tmp_path: Path) -> None:
     with pytest.raises(BacktestInputError) as caught:
         backtest(tmp_path, [line()], ledger=ledger)
     assert (caught.value.path, caught.value.line_number) == (str(ledger), 2)
+
+
+_APPROVAL = (
+    b'{"ts":"2018-01-25T15:01:00Z","chain":"ethereum","asset":"ETH","to":"0xabc1",'
+    b'"amount":"2.50","withdrawal_id":"w1","tx_hash":"t1"}'
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (_APPROVAL, (1516892460.0, "ethereum", "ETH", "0xabc1", Decimal("2.50"), "t1")),
+        # Read by the checked path; each gives the same approval as the usual spelling would.
+        (
+            _APPROVAL.replace(b"25T15:01:00Z", b"26T00:01:00+09:00"),
+            (1516892460.0, "ethereum", "ETH", "0xabc1", Decimal("2.50"), "t1"),
+        ),
+        (
+            _APPROVAL.replace(b"Z", b"z"),
+            (1516892460.0, "ethereum", "ETH", "0xabc1", Decimal("2.50"), "t1"),
+        ),
+        (
+            _APPROVAL.replace(b'"0xabc1"', b'" 0XABC1 "'),
+            (1516892460.0, "ethereum", "ETH", "0xabc1", Decimal("2.50"), "t1"),
+        ),
+        (
+            _APPROVAL.replace(b'"2.50"', b"2.5"),
+            (1516892460.0, "ethereum", "ETH", "0xabc1", Decimal("2.5"), "t1"),
+        ),
+        (
+            _APPROVAL.replace(b'"2.50"', b'"25E-1"'),
+            (1516892460.0, "ethereum", "ETH", "0xabc1", Decimal("2.5"), "t1"),
+        ),
+        (
+            _APPROVAL.replace(b'"2.50"', b"7"),
+            (1516892460.0, "ethereum", "ETH", "0xabc1", Decimal(7), "t1"),
+        ),
+        (
+            _APPROVAL.replace(b'"t1"', b'""'),
+            (1516892460.0, "ethereum", "ETH", "0xabc1", Decimal("2.50"), None),
+        ),
+        (
+            _APPROVAL.replace(b'"w1"', b"[1, 2]"),
+            (1516892460.0, "ethereum", "ETH", "0xabc1", Decimal("2.50"), "t1"),
+        ),
+    ],
+)
+def test_ledger_lines_read_fast_or_checked_give_one_approval(
+    raw: bytes, expected: tuple[object, ...]
+) -> None:
+    fast, checked = _read_approval(raw), _read_approval_checked(raw)
+    fields = ("epoch", "chain", "asset", "to", "amount", "tx_hash")
+    assert tuple(getattr(fast, f) for f in fields) == expected
+    assert tuple(getattr(checked, f) for f in fields) == expected
+
+
+@pytest.mark.parametrize(
+    ("replace", "reason"),
+    [
+        ((b'"2.50"', b'"-2.5"'), "amount is negative"),
+        ((b'"2.50"', b"-3"), "amount is negative"),
+        ((b'"ETH"', b'" "'), "field 'asset' is not a non-empty string"),
+        ((b'"0xabc1"', b'""'), "field 'to' is not a non-empty string"),
+        ((b'"ethereum"', b"null"), "missing field 'chain'"),
+        ((b"15:01:00Z", b"15:01:00"), "ts has no UTC offset"),
+        ((b'"t1"', b"5"), "field 'tx_hash' is not a string"),
+    ],
+)
+def test_a_malformed_ledger_line_says_what_is_wrong(
+    tmp_path: Path, replace: tuple[bytes, bytes], reason: str
+) -> None:
+    ledger = tmp_path / "l.jsonl"
+    ledger.write_bytes(_APPROVAL + b"\n" + _APPROVAL.replace(*replace) + b"\n")
+    with pytest.raises(BacktestInputError, match=reason) as caught:
+        backtest(tmp_path, [line()], ledger=ledger)
+    assert caught.value.line_number == 2
 
 
 def test_amounts_beyond_float_precision_are_exact(tmp_path: Path) -> None:

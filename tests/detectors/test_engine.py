@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,7 +11,9 @@ import orjson
 
 import detectors
 from detectors import run_backtest
+from detectors.base import WalletState
 from detectors.engine import DetectionEngine, default_detectors
+from detectors.ledger import LedgerReconciliation
 from detectors.traffic import (
     DrainSpec,
     config_toml,
@@ -210,6 +213,26 @@ def test_reconciliation_ignores_inflows_internal_and_stale_approvals() -> None:
     assert e.process(transfer("COLD", 50, minutes=1)) == []
     e.process_approval(approval("LATE", "5", minutes=0))
     assert summary(e.process(transfer("LATE", 5, minutes=11))) == [("ledger", "critical", True)]
+
+
+def test_reconciliation_asks_the_approvals_again_once_they_change() -> None:
+    # The ledger detector remembers its last match (the engine asks up to three times per
+    # outflow); an approval arriving, or one used up, must make it look again.
+    ledger = LedgerReconciliation(active=True)
+    state = WalletState(wallet(), "XEM")
+    paid = transfer("CUSTOMER", 5)
+    state.prepare(paid)
+    assert ledger.score_one(paid, state) is not None  # nothing approved yet
+    ledger.learn_approval(approval("CUSTOMER", "5", minutes=-1))
+    assert ledger.score_one(paid, state) is None
+    assert ledger.explains(paid, state)
+    kept = pickle.loads(pickle.dumps(ledger))  # a snapshot carries the approval
+    ledger.learn_one(paid)  # used up
+    assert not ledger.explains(paid, state)
+    again = transfer("CUSTOMER", 5, tx="again")
+    state.prepare(again)
+    assert ledger.score_one(again, state) is not None
+    assert kept.score_one(again, state) is None
 
 
 def test_handle_runs_in_the_stage_loop_over_the_embedded_bus() -> None:
