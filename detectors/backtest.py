@@ -42,7 +42,7 @@ import math
 import os
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -71,11 +71,13 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BacktestSummary",
+    "LedgerFeed",
     "ProgressBar",
     "Replay",
     "TransferLine",
     "alert_record",
     "decode_line",
+    "line_time",
     "parse_amount",
     "parse_ts",
     "run_backtest",
@@ -304,6 +306,69 @@ def _approvals(path: Path) -> Iterator[Approval]:
         except _LineError as exc:
             raise BacktestInputError(str(path), number, str(exc)) from None
         yield approval
+
+
+class LedgerFeed:
+    """The ledger file's approvals, handed to an engine as the transfers' time goes by.
+
+    Approvals precede their transfers, give or take a little clock skew: before each transfers
+    line, every approval up to ``lookahead_s`` after the line's time is handed over (in file
+    order). ``skip`` leaves out the first approvals (handed over already by a split run).
+
+    Raises:
+        BacktestInputError: from :meth:`hand_over` or :meth:`finish`, at a malformed ledger line.
+    """
+
+    def __init__(
+        self, path: Path | None, engine: DetectionEngine, lookahead_s: float, skip: int = 0
+    ) -> None:
+        self.engine = engine
+        self.lookahead_s = lookahead_s
+        self.path = path
+        self._approvals = _approvals(path) if path is not None else iter(())
+        for _ in range(skip):
+            next(self._approvals)
+        self.handed = skip
+        """Approvals handed over so far."""
+        self._pending = next(self._approvals, None)
+        self._pending_at = self._pending.epoch if self._pending is not None else 0.0
+
+    def hand_over(self, when: float) -> None:
+        """Hand over the approvals due before a transfers line of time ``when``."""
+        pending = self._pending
+        if pending is None:
+            return
+        horizon = when + self.lookahead_s
+        if self._pending_at > horizon:
+            return
+        process_approval = self.engine.process_approval
+        approvals = self._approvals
+        pending_at = self._pending_at
+        while pending is not None and pending_at <= horizon:
+            process_approval(pending)
+            self.handed += 1
+            pending = next(approvals, None)
+            pending_at = pending.epoch if pending is not None else 0.0
+        self._pending, self._pending_at = pending, pending_at
+
+    def finish(self) -> int:
+        """Read the rest, so that a malformed tail is still reported; the approvals in all."""
+        if self._pending is None:
+            return self.handed
+        return self.handed + 1 + sum(1 for _ in self._approvals)
+
+
+def line_time(raw: bytes, line: TransferLine | None) -> float | None:
+    """A transfers line's time as :meth:`Replay.parse` reads it (``line``: the line read by
+    :func:`decode_line`, if it could be); None if it has no time the contract accepts."""
+    try:
+        ts = line.ts if line is not None else _load(raw).get("ts")
+        if isinstance(ts, str) and ts[-1:] == "Z":
+            with suppress(ValueError):
+                return datetime.fromisoformat(ts).timestamp()
+        return parse_ts(ts).timestamp()
+    except _LineError:
+        return None
 
 
 def _read_approval(raw: bytes) -> Approval:
@@ -597,8 +662,8 @@ def run_backtest(
     """Replay a transfers file (and optionally a ledger) and write the alerts; see the module doc.
 
     ``workers`` processes split the wallets between them (default: one per CPU core) when the
-    result is certain to be the same as one process's (see :mod:`detectors.partitioned`); with a
-    ledger or a given ``engine`` the run is always one process.
+    result is certain to be the same as one process's (see :mod:`detectors.partitioned`), with a
+    ledger too; with a given ``engine`` the run is always one process.
 
     Raises:
         BacktestInputError: a line breaks the contract (the error names file and line).
@@ -606,19 +671,29 @@ def run_backtest(
     started = time.perf_counter()
     transfers_path = Path(transfers_path)
     count = min(workers or os.cpu_count() or 1, len({w.key for w in config.wallets}))
-    if engine is None and ledger_path is None and count > 1:
+    ledger = None if ledger_path is None else Path(ledger_path)
+    if engine is None and count > 1:
         from detectors.partitioned import run_parts
 
-        split = run_parts(config, transfers_path, count, progress=progress)
+        split = run_parts(
+            config,
+            transfers_path,
+            count,
+            progress=progress,
+            ledger=ledger,
+            ledger_lookahead_s=ledger_lookahead_s,
+        )
         if split.resume_line is None:
             with Path(alerts_out).open("wb") as out:
                 out.writelines(line + b"\n" for line, _ in split.alerts)
             if split.error is not None:
                 raise split.error
+            # Read the whole ledger, like one process, so that a malformed tail is reported.
+            ledger_entries = sum(1 for _ in _approvals(ledger)) if ledger is not None else 0
             return BacktestSummary(
                 transfers_read=split.read,
                 watched_transfers=split.watched,
-                ledger_entries=0,
+                ledger_entries=ledger_entries,
                 alerts=len(split.alerts),
                 freezes=sum(freeze for _, freeze in split.alerts),
                 elapsed_s=time.perf_counter() - started,
@@ -630,20 +705,25 @@ def run_backtest(
         return _run_sequential(
             config,
             transfers_path,
-            None,
+            ledger,
             Path(alerts_out),
             progress,
             split.engine,
             ledger_lookahead_s,
             started,
             settled=_Settled(
-                split.resume_line, split.alerts, split.read, split.watched, split.elsewhere
+                split.resume_line,
+                split.alerts,
+                split.read,
+                split.watched,
+                split.elsewhere,
+                split.approvals,
             ),
         )
     return _run_sequential(
         config,
         transfers_path,
-        None if ledger_path is None else Path(ledger_path),
+        ledger,
         Path(alerts_out),
         progress,
         engine or DetectionEngine(config, reconcile=ledger_path is not None),
@@ -661,6 +741,8 @@ class _Settled:
     read: int
     watched: int
     elsewhere: dict[str, set[str]]
+    approvals: int = 0
+    """Approvals the joined engine has learned (the ledger file's first ones)."""
 
 
 def unseen_wallets(
@@ -702,10 +784,9 @@ def _run_sequential(  # noqa: PLR0917
     *,
     settled: _Settled | None = None,
 ) -> BacktestSummary:
-    approvals = _approvals(ledger_path) if ledger_path is not None else iter(())
-    pending = next(approvals, None)
-    pending_at = pending.epoch if pending is not None else 0.0
-    ledger_entries = 0
+    feed = LedgerFeed(
+        ledger_path, engine, ledger_lookahead_s, settled.approvals if settled is not None else 0
+    )
     read = watched = alerts = freezes = 0
     first = 1
     bar = ProgressBar(transfers_path) if progress else None
@@ -725,14 +806,7 @@ def _run_sequential(  # noqa: PLR0917
                 when, moves = replay.parse(number, raw)
             except _LineError as exc:
                 raise line_error(transfers_path, number, exc) from None
-            # Approvals precede their transfers, give or take a little clock skew: hand over
-            # everything up to shortly after this line's time.
-            horizon = when + ledger_lookahead_s
-            while pending is not None and pending_at <= horizon:
-                engine.process_approval(pending)
-                ledger_entries += 1
-                pending = next(approvals, None)
-                pending_at = pending.epoch if pending is not None else 0.0
+            feed.hand_over(when)
             if moves:
                 watched += 1
                 for move in moves:
@@ -742,8 +816,7 @@ def _run_sequential(  # noqa: PLR0917
                         freezes += alert.freeze
             if bar is not None:
                 bar.advance(len(raw))
-        if pending is not None:  # read the rest, so a malformed tail is still reported
-            ledger_entries += 1 + sum(1 for _ in approvals)
+        ledger_entries = feed.finish()
     if bar is not None:
         bar.close()
     return BacktestSummary(

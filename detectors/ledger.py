@@ -51,6 +51,8 @@ class _Approval(NamedTuple):
     time: float
     amount: Decimal
     tx_hash: str | None
+    seq: int
+    """Which approval this is, counted from the first one learned."""
 
 
 class LedgerReconciliation:
@@ -80,19 +82,41 @@ class LedgerReconciliation:
         self._matched: tuple[TransferView | None, tuple[_Key, int] | None] = (None, None)
         """The last transfer matched and its match: the engine asks up to three times per
         outflow (score, explain, learn), and the approvals change only in between."""
+        self.learned = 0
+        """Approvals learned so far."""
+        self.used: list[int] | None = None
+        """When a list, for a backtest split between processes (:mod:`detectors.partitioned`):
+        the approvals (by number, counted from the first learned) outflows matched."""
+        self.compared: list[int] | None = None
+        """Likewise: the open approvals an outflow that matched none was compared with."""
 
     def __getstate__(self) -> dict[str, Any]:
         # A snapshot carries the approvals, not the last transfer looked at.
-        return {**self.__dict__, "_matched": (None, None)}
+        return {**self.__dict__, "_matched": (None, None), "used": None, "compared": None}
 
     def adopt(self, other: LedgerReconciliation) -> None:
-        """Join another engine's wallets: only while neither has seen an approval.
+        """Join another engine's wallets, in a backtest split between processes.
 
-        Approvals are shared by every wallet (any of them may use one up), so a run with a ledger
-        is never split between engines.
+        Every engine of a split run learned the same approvals in the same order, and each used
+        up only what its own wallets' outflows matched. While no approval one engine used up was
+        matched or compared by another (the split run checks that with :attr:`used` and
+        :attr:`compared`), the approvals still open in every engine are those the one-process
+        run has open. An engine that has learned no approval yet takes the other's over.
         """
-        if self.active or other.active or self._open or other._open:
-            raise ValueError("ledger reconciliation state cannot be split between engines")
+        if self.learned == 0 and not self._open:
+            self.__dict__.update(other.__getstate__())
+            return
+        if other.learned != self.learned:
+            raise ValueError("ledger reconciliation: engines learned different approvals")
+        theirs = {a.seq for approvals in other._open.values() for a in approvals}
+        for key in list(self._open):
+            kept = [a for a in self._open[key] if a.seq in theirs]
+            if kept:
+                self._open[key] = kept
+            else:
+                del self._open[key]
+        self._assets.update(other._assets)
+        self._matched = (None, None)
 
     def learn_approval(self, approval: ApprovalView) -> None:
         """Remember an approval until it explains a transfer or grows too old."""
@@ -103,7 +127,10 @@ class LedgerReconciliation:
             self._expire(when)
         self._latest = max(self._latest, when)
         key = self._key(approval.chain, approval.asset, approval.to)
-        self._open.setdefault(key, []).append(_Approval(when, approval.amount, approval.tx_hash))
+        self._open.setdefault(key, []).append(
+            _Approval(when, approval.amount, approval.tx_hash, self.learned)
+        )
+        self.learned += 1
 
     def _key(self, chain: str, asset: str, to: str) -> _Key:
         try:
@@ -129,6 +156,13 @@ class LedgerReconciliation:
             return match
         match = self._find(transfer)
         self._matched = (transfer, match)
+        if self.used is not None and self.compared is not None:
+            if match is not None:
+                key, index = match
+                self.used.append(self._open[key][index].seq)
+            else:
+                key = self._key(transfer.chain, transfer.asset, transfer.counterparty)
+                self.compared.extend(a.seq for a in self._open.get(key, ()))
         return match
 
     def _find(self, transfer: TransferView) -> tuple[_Key, int] | None:
@@ -172,6 +206,7 @@ class LedgerReconciliation:
             return None
         units = state.units
         before = state.balance_units()
+        key = self._key(transfer.chain, transfer.asset, transfer.counterparty)
         return Finding(
             detector=self.name,
             severity=Severity.CRITICAL,
@@ -184,7 +219,9 @@ class LedgerReconciliation:
             metrics={
                 "amount": format_units(units, state.scale),
                 "balance_before": format_units(before, state.scale),
-                "open_approvals": str(sum(len(v) for v in self._open.values())),
+                # Open approvals to this address (of other amounts or times): not all open
+                # approvals, which would depend on other wallets' payouts.
+                "approvals_to_address": str(len(self._open.get(key, ()))),
                 "rule_unapproved_outflow": "1",
             },
             transfer_ids=(transfer.id,),

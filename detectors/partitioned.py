@@ -1,7 +1,7 @@
 """A backtest split over processes by wallet, merged into exactly the sequential result.
 
-Wallet states are independent of each other except through incident correlation (and the
-ledger, whose approvals any wallet may use up). So the wallets are dealt into groups by how busy
+Wallet states are independent of each other except through incident correlation and the
+ledger, whose approvals any wallet may use up. So the wallets are dealt into groups by how busy
 they are, and one worker process per group reads the file, judges only its own wallets' transfers
 (and checks its share of the lines that touch no watched wallet, so a malformed line is still
 reported), and records every abnormal finding it passed to its correlator.
@@ -18,8 +18,17 @@ the correlator is the parent's, which has seen exactly what the sequential run's
 backtest goes on in one process from the first line of that round. Only the rounds from the
 incident on cost one-process time; the rounds cost about a tenth on a file without one.
 
-With a ledger, or with an engine given by the caller, the backtest always runs in one process.
-Only the routing fields of a line are read for the other groups' lines, with msgspec.
+With a ledger, every worker hands every approval to its own engine at the same lines as one
+process does (the time of each line, its own or not, says which approvals are due), and each uses
+up only what its own wallets' outflows match. That is the one-process result as long as no
+approval one worker used up was matched, or compared with an outflow that matched nothing, by
+another (a market maker paid from wallets of two workers is fine while each payout has its own
+approval). The workers report both per round; when one approval was touched by two, the parent
+hands over to one process from that round, as at an incident: the joined engine keeps the
+approvals every worker still has open, which are the one-process run's.
+
+With an engine given by the caller, the backtest always runs in one process. A line is read
+once, with msgspec, to route it and, by its owner, to judge it.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import msgspec
 import orjson
 
 from detectors.backtest import (
+    LedgerFeed,
     ProgressBar,
     Replay,
     TransferLine,
@@ -47,12 +57,14 @@ from detectors.backtest import (
     collector_paused,
     decode_line,
     line_error,
+    line_time,
     read_lines,
     spellings,
 )
 from detectors.correlation import IncidentCorrelator
 from detectors.engine import DetectionEngine
 from detectors.errors import BacktestInputError
+from detectors.ledger import LedgerReconciliation
 from drainwatch.config import Config
 from drainwatch.events import HEX_PREFIXES, is_normal_address, normalize_address
 
@@ -115,6 +127,13 @@ class RoundResult:
     watched: int = 0
     """Lines touching any watched wallet (counted by worker 0 only)."""
     error: BacktestInputError | None = None
+    error_line: int = 0
+    """The transfers line this worker stopped at: ``error`` names it, or the ledger line whose
+    approval was due before it."""
+    approvals_used: list[int] = field(default_factory=list)
+    """The approvals (by number) this worker's outflows matched."""
+    approvals_compared: list[int] = field(default_factory=list)
+    """The open approvals this worker's outflows that matched none were compared with."""
     done: bool = False
     """The file is read to its end (or to this worker's malformed line)."""
     elapsed_s: float = 0.0
@@ -137,9 +156,12 @@ class Outcome:
     error: BacktestInputError | None = None
     """The first malformed line (every alert before it is in ``alerts``)."""
     resume_line: int | None = None
-    """The first line of the round where an incident formed; None when the split run finished."""
+    """The first line of the round where an incident formed, or where two workers compared
+    outflows with the same approval; None when the split run finished."""
     engine: DetectionEngine | None = None
     """All wallets' state as of ``resume_line``, with the correlator of the sequential run."""
+    approvals: int = 0
+    """The approvals ``engine`` has learned (the ledger file's first ones)."""
     seen: set[str] = field(default_factory=set)
     """Keys of the wallets some transfer was counted for."""
     elsewhere: dict[str, set[str]] = field(default_factory=dict)
@@ -194,7 +216,14 @@ def _routes(config: Config, mine: set[_Key]) -> dict[str, dict[str, bool]]:
 class _Worker:
     """Worker ``index`` of ``len(groups)``: judges the wallets of ``groups[index]``."""
 
-    def __init__(self, config: Config, path: Path, index: int, groups: list[set[_Key]]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        path: Path,
+        index: int,
+        groups: list[set[_Key]],
+        ledger: _Ledger | None = None,
+    ) -> None:
         self.path = path
         self.index = index
         self.count = len(groups)
@@ -203,8 +232,17 @@ class _Worker:
         """Watched address -> {chain slug case-folded: the wallet is this worker's}."""
         self.chains: dict[str, str] = {}
         self.correlator = _RecordingCorrelator()
-        self.engine = DetectionEngine(config, correlator=self.correlator)
+        self.engine = DetectionEngine(
+            config, correlator=self.correlator, reconcile=ledger is not None
+        )
         self.replay = Replay(config, self.engine, only=self.mine)
+        self.feed: LedgerFeed | None = None
+        """Every approval, handed over before each line of the file as in one process."""
+        self.ledger: LedgerReconciliation | None = None
+        if ledger is not None:
+            self.feed = LedgerFeed(ledger.path, self.engine, ledger.lookahead_s)
+            self.ledger = _reconciliation(self.engine)
+            self.ledger.used, self.ledger.compared = [], []
         self.spelled = spellings(config)
         self.lines: Iterator[tuple[int, bytes]] = read_lines(path)
         self.pending: tuple[int, bytes] | None = None
@@ -250,6 +288,10 @@ class _Worker:
                 break
         result.findings = self.correlator.seen
         self.correlator.seen = []
+        ledger = self.ledger
+        if ledger is not None and ledger.used is not None and ledger.compared is not None:
+            result.approvals_used, result.approvals_compared = ledger.used, ledger.compared
+            ledger.used, ledger.compared = [], []
         if result.done:
             result.seen = self.engine.wallets_seen()
         result.elapsed_s = time.perf_counter() - started
@@ -298,15 +340,23 @@ class _Worker:
                 judge = True  # checked for errors, judged by nobody
         if self.index == 0 and touches:
             result.watched += 1
+        feed = self.feed
         if not judge:
+            if feed is not None:  # the line's time hands over approvals, for every worker
+                when = line_time(raw, line)
+                if when is not None:
+                    return self._hand_over(feed, number, when, result)
             return True
         try:
             if line is None:
-                _, moves = self.replay.parse(number, raw)
+                when, moves = self.replay.parse(number, raw)
             else:
-                _, moves = self.replay.parse_decoded(number, raw, line)
+                when, moves = self.replay.parse_decoded(number, raw, line)
         except ValueError as exc:
             result.error = line_error(self.path, number, exc)
+            result.error_line = number
+            return False
+        if feed is not None and not self._hand_over(feed, number, when, result):
             return False
         for move_index, move in enumerate(moves):
             self.correlator.position = (number, move_index)
@@ -320,14 +370,72 @@ class _Worker:
                 )
         return True
 
+    @staticmethod
+    def _hand_over(feed: LedgerFeed, number: int, when: float, result: RoundResult) -> bool:
+        """Hand over the approvals due before line ``number``; False at a malformed one."""
+        try:
+            feed.hand_over(when)
+        except BacktestInputError as exc:
+            result.error = exc
+            result.error_line = number
+            return False
+        return True
 
-def _serve(
-    conn: Connection, config: Config, path: Path, index: int, groups: list[set[_Key]]
+
+@dataclass(frozen=True)
+class _Ledger:
+    """The ledger file of a split run, and how far ahead of a line its approvals are read."""
+
+    path: Path
+    lookahead_s: float
+
+
+def _reconciliation(engine: DetectionEngine) -> LedgerReconciliation:
+    """The engine's ledger detector."""
+    return next(d for d in engine.detectors if isinstance(d, LedgerReconciliation))
+
+
+@dataclass
+class _Approvals:
+    """Which worker used up each approval, and which compared one with an outflow it did not
+    explain, over the rounds so far."""
+
+    users: dict[int, int] = field(default_factory=dict)
+    comparers: dict[int, set[int]] = field(default_factory=dict)
+
+    def shared(self, results: list[RoundResult]) -> bool:
+        """Whether, with this round's ``results``, an approval one worker used up was matched
+        or compared by another: then a worker may have found open what one process would not
+        (a market maker paid from two wallets' workers is fine while each payout has its own
+        approval)."""
+        touched: list[int] = []
+        for index, result in enumerate(results):
+            for approval in result.approvals_used:
+                if self.users.setdefault(approval, index) != index:
+                    return True
+            for approval in result.approvals_compared:
+                self.comparers.setdefault(approval, set()).add(index)
+                touched.append(approval)
+            touched += result.approvals_used
+        for approval in touched:
+            user = self.users.get(approval)
+            if user is not None and self.comparers.get(approval, {user}) - {user}:
+                return True
+        return False
+
+
+def _serve(  # noqa: PLR0917
+    conn: Connection,
+    config: Config,
+    path: Path,
+    index: int,
+    groups: list[set[_Key]],
+    ledger: _Ledger | None,
 ) -> None:
     """A worker process: a round per line number received, the snapshot on "snapshot"."""
     with collector_paused():
         try:
-            worker = _Worker(config, path, index, groups)
+            worker = _Worker(config, path, index, groups, ledger)
             while (command := conn.recv()) is not None:
                 if isinstance(command, tuple):  # ("snapshot", first line of the round)
                     conn.send_bytes(worker.snapshots[command[1]])
@@ -359,7 +467,9 @@ def _joined(
 
 
 @contextmanager
-def _started(config: Config, path: Path, workers: int) -> Iterator[list[Connection]]:
+def _started(
+    config: Config, path: Path, workers: int, ledger: _Ledger | None
+) -> Iterator[list[Connection]]:
     """``workers`` forked worker processes, one pipe each; stopped on the way out."""
     global _bytes_done  # noqa: PLW0603 - handed to the forked workers
     context = multiprocessing.get_context("fork")
@@ -367,7 +477,9 @@ def _started(config: Config, path: Path, workers: int) -> Iterator[list[Connecti
     groups = deal_wallets(config, path, workers)
     pipes = [context.Pipe() for _ in range(workers)]
     processes = [
-        context.Process(target=_serve, args=(child, config, path, index, groups), daemon=True)
+        context.Process(
+            target=_serve, args=(child, config, path, index, groups, ledger), daemon=True
+        )
         for index, (_, child) in enumerate(pipes)
     ]
     for process in processes:
@@ -435,32 +547,47 @@ def run_parts(
     *,
     progress: bool = False,
     round_lines: int | None = None,
+    ledger: Path | None = None,
+    ledger_lookahead_s: float = 120.0,
 ) -> Outcome:
     """Run ``workers`` forked worker processes in rounds; see the module doc.
 
     ``round_lines`` fixes the rounds' length; by default the first has :data:`ROUND_LINES` lines
-    and each next one twice as many while the snapshots took over 2% of the round.
+    and each next one twice as many while the snapshots took over 2% of the round. With a
+    ``ledger`` file, every worker hands every approval to its engine, ``ledger_lookahead_s``
+    ahead of each line as :func:`~detectors.backtest.run_backtest` does.
     """
     length = round_lines or ROUND_LINES
     bar = ProgressBar(path) if progress else None
     correlator = IncidentCorrelator()
     outcome = Outcome(alerts=[], read=0, watched=0)
-    with _started(config, path, workers) as conns:
+    approvals = _Approvals()
+    feed = _Ledger(ledger, ledger_lookahead_s) if ledger is not None else None
+    with _started(config, path, workers, feed) as conns:
         rounds = _Rounds(conns, bar)
         for _ in range(_PIPELINE):
             rounds.ask(length)
         while True:
             start, length, results = rounds.collect()
-            errors = [r.error for r in results if r.error is not None]
-            error = min(errors, key=lambda e: e.line_number) if errors else None
-            stop = error.line_number if error is not None else start + length
+            # One process reads a line before the approvals due by its time: at one line, the
+            # transfers file's error comes first.
+            errors = [
+                (r.error_line, r.error.path != str(path), r.error)
+                for r in results
+                if r.error is not None
+            ]
+            stop, _, error = min(errors, key=lambda e: e[:2]) if errors else (0, False, None)
+            stop = stop or start + length
             for result in results:
                 for address, chains in result.elsewhere.items():
                     outcome.elsewhere.setdefault(address, set()).update(chains)
             before = copy.deepcopy(correlator)
-            if _incident_forms(correlator, sorted(f for r in results for f in r.findings), stop):
+            if approvals.shared(results) or _incident_forms(
+                correlator, sorted(f for r in results for f in r.findings), stop
+            ):
                 outcome.resume_line = start
                 outcome.engine = _joined(config, rounds.snapshots(start), before)
+                outcome.approvals = _reconciliation(outcome.engine).learned
                 break
             alerts = sorted(a for r in results for a in r.alerts)
             outcome.alerts += [(line, freeze) for pos, line, freeze in alerts if pos[0] < stop]

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from detectors import BacktestInputError, DetectionEngine, partitioned, run_backtest
+from detectors.approval import Approval
 from detectors.evaluate import FixedRule
 from detectors.partitioned import deal_wallets, run_parts
 from detectors.traffic import DrainSpec, HotWalletSpec, config_toml, generate_traffic, write_jsonl
@@ -156,9 +157,13 @@ def test_an_engine_refuses_to_adopt_what_it_cannot_join(tmp_path: Path) -> None:
         DetectionEngine(config, detectors=[FixedRule()]).adopt(
             DetectionEngine(config, detectors=[FixedRule()])
         )
-    # Approvals are shared by every wallet: a ledger run is never split between engines.
+    # Engines of one split run learned the same approvals; others cannot be joined.
+    learned = DetectionEngine(config, reconcile=True)
+    learned.process_approval(
+        Approval(START.timestamp(), "ethereum", "ETH", "0xc1", Decimal(1), None)
+    )
     with pytest.raises(ValueError, match="ledger"):
-        DetectionEngine(config, reconcile=True).adopt(DetectionEngine(config))
+        learned.adopt(DetectionEngine(config, reconcile=True))
 
 
 def test_rounds_that_grow_still_give_the_one_process_result(
@@ -247,3 +252,125 @@ def test_lines_that_spell_a_wallet_otherwise_reach_its_worker(tmp_path: Path) ->
     assert (tmp_path / "one.jsonl").read_bytes() == two_alerts
     freezes = [orjson.loads(x) for x in two_alerts.splitlines() if b'"freeze":true' in x]
     assert "hot-0" in {a["wallet_label"] for a in freezes}
+
+
+def _ledger_files(
+    tmp_path: Path, wallets: list[HotWalletSpec], days: float
+) -> tuple[Config, Path, Path]:
+    traffic = generate_traffic(wallets, START, days=days, seed=5, panic_days=(2,))
+    return (
+        loads(config_toml(wallets)),
+        write_jsonl(tmp_path / "transfers.jsonl", traffic.transfers),
+        write_jsonl(tmp_path / "ledger.jsonl", traffic.ledger),
+    )
+
+
+def _both_with(
+    config: Config, transfers: Path, ledger: Path, tmp_path: Path
+) -> tuple[bytes, bytes]:
+    one = run_backtest(config, transfers, ledger, tmp_path / "one.jsonl", workers=1)
+    two = run_backtest(config, transfers, ledger, tmp_path / "two.jsonl", workers=2)
+    assert (one.transfers_read, one.watched_transfers, one.ledger_entries, one.alerts) == (
+        two.transfers_read,
+        two.watched_transfers,
+        two.ledger_entries,
+        two.alerts,
+    )
+    return (tmp_path / "one.jsonl").read_bytes(), (tmp_path / "two.jsonl").read_bytes()
+
+
+def test_a_ledger_run_in_two_processes_is_the_one_process_result(tmp_path: Path) -> None:
+    # Every worker hands every approval over; each wallet pays only its own customers, so no
+    # approval is compared with two workers' outflows and the split result stands.
+    drain = DrainSpec(2.5 * DAY, "burst", 0.002, 3, 60)  # small: only the ledger freezes at once
+    config, transfers, ledger = _ledger_files(tmp_path, _fleet({2: (drain,)}), days=3)
+    split = run_parts(config, transfers, 2, ledger=ledger)
+    assert split.resume_line is None
+    one, two = _both_with(config, transfers, ledger, tmp_path)
+    assert one == two
+    alerts = [orjson.loads(line) for line in one.splitlines()]
+    ledger_freezes = [a for a in alerts if a["detector"] == "ledger" and a["freeze"]]
+    assert [a["wallet_label"] for a in ledger_freezes][:1] == ["hot-2"]
+    assert ledger_freezes[0]["metrics"]["approvals_to_address"] == "0"
+
+
+def _eth_pair() -> list[HotWalletSpec]:
+    return [w for w in _fleet() if w.chain == "ethereum"]
+
+
+def test_two_workers_paying_one_approved_address_hand_over_to_one_process(
+    tmp_path: Path,
+) -> None:
+    # Two hot wallets, one per worker, pay the same customer the same amount a minute apart, and
+    # the ledger approved it once. In one process the first payment uses the approval up and the
+    # second freezes its wallet; each worker alone would find the approval open. The split run
+    # sees that both compared outflows with one approval and goes on in one process.
+    config, transfers, ledger = _ledger_files(tmp_path, _eth_pair(), days=4)
+    groups = deal_wallets(config, transfers, 2)
+    hot = [w.address for w in config.wallets if w.role == "hot"]
+    assert [sum((("ethereum", a) in g) for a in hot) for g in groups] == [1, 1]
+    rows = transfers.read_bytes().splitlines()
+    middle = len(rows) // 2
+    ts = orjson.loads(rows[middle])["ts"]
+    paid = [
+        orjson.dumps(
+            {
+                "ts": ts,
+                "chain": "ethereum",
+                "asset": "ETH",
+                "tx_hash": f"shared-{i}",
+                "from": wallet,
+                "to": "0x" + "5" * 40,
+                "amount": "3.25",
+            }
+        )
+        for i, wallet in enumerate(hot)
+    ]
+    transfers.write_bytes(b"\n".join([*rows[:middle], *paid, *rows[middle:]]) + b"\n")
+    approvals = [orjson.loads(line) for line in ledger.read_bytes().splitlines()]
+    approvals.append(
+        {
+            "ts": ts,
+            "chain": "ethereum",
+            "asset": "ETH",
+            "to": "0x" + "5" * 40,
+            "amount": "3.25",
+            "withdrawal_id": "shared",
+        }
+    )
+    approvals.sort(key=lambda row: row["ts"])
+    write_jsonl(ledger, approvals)
+    split = run_parts(config, transfers, 2, ledger=ledger)
+    assert split.resume_line is not None
+    assert 1 < split.resume_line <= middle + 1  # the rounds before were settled split
+    assert split.approvals > 0  # the joined engine goes on with the ledger where it was
+    one, two = _both_with(config, transfers, ledger, tmp_path)
+    assert one == two
+    second = [orjson.loads(line) for line in one.splitlines() if b"shared-1" in line]
+    assert [(a["detector"], a["freeze"]) for a in second] == [("ledger", True)]
+
+
+@pytest.mark.parametrize("where", ["middle", "tail"])
+def test_a_malformed_ledger_line_stops_a_split_run_where_it_stops_one_process(
+    tmp_path: Path, where: str
+) -> None:
+    drain = DrainSpec(1.5 * DAY, "burst", 0.06, 5, 60)
+    config, transfers, ledger = _ledger_files(tmp_path, _fleet({2: (drain,)}), days=3)
+    lines = ledger.read_bytes().splitlines()
+    bad = len(lines) // 2 if where == "middle" else len(lines)
+    if where == "middle":
+        lines[bad] = lines[bad].replace(b'"amount":"', b'"amount":"-')
+    else:  # after the last transfer's time: read only at the end
+        lines.append(b'{"ts": "2030-01-01T00:00:00Z", "chain": "ethereum"}')
+    ledger.write_bytes(b"\n".join(lines) + b"\n")
+    errors = []
+    outputs = []
+    for workers in (1, 2):
+        out = tmp_path / f"alerts-{workers}.jsonl"
+        with pytest.raises(BacktestInputError) as caught:
+            run_backtest(config, transfers, ledger, out, workers=workers)
+        errors.append((caught.value.path, caught.value.line_number, caught.value.reason))
+        outputs.append(out.read_bytes())
+    assert errors[0] == errors[1] == (str(ledger), bad + 1, errors[0][2])
+    assert outputs[0] == outputs[1]
+    assert outputs[0].count(b'"freeze":true') >= 1
