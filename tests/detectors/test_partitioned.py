@@ -52,15 +52,13 @@ def _files(tmp_path: Path, wallets: list[HotWalletSpec], days: float) -> tuple[C
     return loads(config_toml(wallets)), write_jsonl(tmp_path / "transfers.jsonl", traffic.transfers)
 
 
-def _both(config: Config, transfers: Path, tmp_path: Path) -> tuple[bytes, bytes]:
-    one = run_backtest(config, transfers, None, tmp_path / "one.jsonl", workers=1)
-    two = run_backtest(config, transfers, None, tmp_path / "two.jsonl", workers=2)
-    assert (one.transfers_read, one.watched_transfers, one.alerts, one.freezes) == (
-        two.transfers_read,
-        two.watched_transfers,
-        two.alerts,
-        two.freezes,
-    )
+def _both(
+    config: Config, transfers: Path, tmp_path: Path, ledger: Path | None = None
+) -> tuple[bytes, bytes]:
+    one = run_backtest(config, transfers, ledger, tmp_path / "one.jsonl", workers=1)
+    two = run_backtest(config, transfers, ledger, tmp_path / "two.jsonl", workers=2)
+    fields = ("transfers_read", "watched_transfers", "ledger_entries", "alerts", "freezes")
+    assert [getattr(one, f) for f in fields] == [getattr(two, f) for f in fields]
     return (tmp_path / "one.jsonl").read_bytes(), (tmp_path / "two.jsonl").read_bytes()
 
 
@@ -265,20 +263,6 @@ def _ledger_files(
     )
 
 
-def _both_with(
-    config: Config, transfers: Path, ledger: Path, tmp_path: Path
-) -> tuple[bytes, bytes]:
-    one = run_backtest(config, transfers, ledger, tmp_path / "one.jsonl", workers=1)
-    two = run_backtest(config, transfers, ledger, tmp_path / "two.jsonl", workers=2)
-    assert (one.transfers_read, one.watched_transfers, one.ledger_entries, one.alerts) == (
-        two.transfers_read,
-        two.watched_transfers,
-        two.ledger_entries,
-        two.alerts,
-    )
-    return (tmp_path / "one.jsonl").read_bytes(), (tmp_path / "two.jsonl").read_bytes()
-
-
 def test_a_ledger_run_in_two_processes_is_the_one_process_result(tmp_path: Path) -> None:
     # Every worker hands every approval over; each wallet pays only its own customers, so no
     # approval is compared with two workers' outflows and the split result stands.
@@ -286,7 +270,7 @@ def test_a_ledger_run_in_two_processes_is_the_one_process_result(tmp_path: Path)
     config, transfers, ledger = _ledger_files(tmp_path, _fleet({2: (drain,)}), days=3)
     split = run_parts(config, transfers, 2, ledger=ledger)
     assert split.resume_line is None
-    one, two = _both_with(config, transfers, ledger, tmp_path)
+    one, two = _both(config, transfers, tmp_path, ledger)
     assert one == two
     alerts = [orjson.loads(line) for line in one.splitlines()]
     ledger_freezes = [a for a in alerts if a["detector"] == "ledger" and a["freeze"]]
@@ -344,7 +328,7 @@ def test_two_workers_paying_one_approved_address_hand_over_to_one_process(
     assert split.resume_line is not None
     assert 1 < split.resume_line <= middle + 1  # the rounds before were settled split
     assert split.approvals > 0  # the joined engine goes on with the ledger where it was
-    one, two = _both_with(config, transfers, ledger, tmp_path)
+    one, two = _both(config, transfers, tmp_path, ledger)
     assert one == two
     second = [orjson.loads(line) for line in one.splitlines() if b"shared-1" in line]
     assert [(a["detector"], a["freeze"]) for a in second] == [("ledger", True)]
