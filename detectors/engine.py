@@ -82,7 +82,9 @@ def default_detectors(config: Config, reconcile: bool = False) -> list[Detector]
     return [
         VelocityDetector.from_config(config.detection),
         BaselineDetector(),
-        LedgerReconciliation(active=reconcile),
+        LedgerReconciliation(
+            active=reconcile, match_window_s=config.detection.ledger_match_window_s
+        ),
     ]
 
 

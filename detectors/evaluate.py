@@ -188,6 +188,7 @@ def _fleet(
     market_maker_every_h: float = 36,
     whales_per_week: float = 3.0,
     payout_cycle_s: float = 0.0,
+    approve_when_asked: bool = False,
 ) -> tuple[HotWalletSpec, ...]:
     """``count`` hot wallets over Ethereum, Bitcoin and Tron, each with its cold wallet."""
     chains = (
@@ -219,6 +220,7 @@ def _fleet(
                 usd_price=price,
                 drains=(drains or {}).get(index, ()),
                 payout_cycle_s=payout_cycle_s,
+                approve_when_asked=approve_when_asked,
             )
         )
     return tuple(out)
@@ -524,6 +526,19 @@ def scenarios(quick: bool = False, drain_day: float = DRAIN_DAY) -> list[Scenari
             "fresh-fanout+ledger",
             "the fresh-fanout drain with the exchange's ledger feed",
             _fleet(4, drains={1: (one(at, "fresh_fanout", 0.008, 60, 30),)}),
+            days,
+            panic_days=(9, 14),
+            ledger=True,
+        ),
+        Scenario(
+            "queued-ledger",
+            "fresh-fanout+ledger paid out hourly, each withdrawal approved when asked for",
+            _fleet(
+                4,
+                drains={1: (one(at, "fresh_fanout", 0.008, 60, 30),)},
+                payout_cycle_s=3600,
+                approve_when_asked=True,
+            ),
             days,
             panic_days=(9, 14),
             ledger=True,

@@ -65,7 +65,7 @@ class LedgerReconciliation:
         self,
         *,
         name: str = "ledger",
-        match_window_s: int = 600,
+        match_window_s: int = 10800,
         amount_tolerance: Decimal = Decimal("0.02"),
         active: bool = False,
         late_s: int = 120,
@@ -76,7 +76,8 @@ class LedgerReconciliation:
         self.amount_tolerance = amount_tolerance
         self.active = active
         self._open: dict[_Key, list[_Approval]] = {}
-        self._latest = float("-inf")
+        self._expired_at = float("-inf")
+        """The approval time of the last pruning: approvals are pruned once per window."""
         self._assets: dict[tuple[str, str], tuple[str, str]] = {}
         """(chain, asset) as written -> as matched: both case-folded, the asset normalised."""
         self._matched: tuple[TransferView | None, tuple[_Key, int] | None] = (None, None)
@@ -123,9 +124,9 @@ class LedgerReconciliation:
         self.active = True
         self._matched = (None, None)
         when = approval.epoch
-        if when > self._latest + self.match_window_s:
+        if when > self._expired_at + self.match_window_s:
             self._expire(when)
-        self._latest = max(self._latest, when)
+            self._expired_at = when
         key = self._key(approval.chain, approval.asset, approval.to)
         self._open.setdefault(key, []).append(
             _Approval(when, approval.amount, approval.tx_hash, self.learned)

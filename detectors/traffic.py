@@ -122,6 +122,9 @@ class HotWalletSpec:
     multiple of this many seconds, within ``payout_spread_s``, as exchanges that pay out in
     cycles do (0: each as soon as it is asked for). Drains are not batched."""
     payout_spread_s: float = 60.0
+    approve_when_asked: bool = False
+    """The ledger approves each withdrawal when it is asked for, not just before it is sent: with
+    ``payout_cycle_s``, up to a cycle before its payout."""
 
 
 @dataclass
@@ -310,9 +313,12 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
 
     def pay_out(t: float, receiver: str, units: int) -> None:
         """An approved withdrawal asked for at ``t``: sent at once, or in the next batch."""
+        if spec.approve_when_asked:
+            approve(t, receiver, units)
         if cycle > 0:
             t = (t // cycle + 1) * cycle + rng.uniform(0, spec.payout_spread_s)
-        approve(t, receiver, units)
+        if not spec.approve_when_asked:
+            approve(t, receiver, units)
         emit(t, spec.address, receiver, units)
 
     def customer() -> str:

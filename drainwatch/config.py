@@ -246,6 +246,9 @@ class DetectionConfig(_Model):
     """Freeze at one payment to a first-seen address larger than this wallet's customers and
     whales pay (learned per wallet over 28 days; silent for its first 14). Off: such a payment
     is left to the rules that need several."""
+    ledger_match_window_s: int = Field(default=10800, gt=0)
+    """How long before its on-chain transfer an approved withdrawal may have been approved (the
+    exchange's payout queue): an outflow matched by no approval this recent freezes."""
     shadow: tuple[str, ...] = ()
     """Detectors that evaluate and alert but never request a freeze."""
 

@@ -23,7 +23,7 @@ from detectors.traffic import (
 )
 from detectors.velocity import VelocityDetector
 from drainwatch.bus import EmbeddedBus, TopicPartition
-from drainwatch.config import loads
+from drainwatch.config import Config, DetectionConfig, loads
 from drainwatch.events import (
     ALERTS,
     LEDGER,
@@ -212,7 +212,48 @@ def test_reconciliation_ignores_inflows_internal_and_stale_approvals() -> None:
     assert e.process(transfer("SRC", 50, direction=Direction.IN)) == []
     assert e.process(transfer("COLD", 50, minutes=1)) == []
     e.process_approval(approval("LATE", "5", minutes=0))
-    assert summary(e.process(transfer("LATE", 5, minutes=11))) == [("ledger", "critical", True)]
+    # Three hours is as long as an approval may wait in the payout queue.
+    assert summary(e.process(transfer("LATE", 5, minutes=181))) == [("ledger", "critical", True)]
+
+
+def test_an_approval_explains_a_payout_that_waited_in_the_queue() -> None:
+    # Approved, then paid 30 minutes later (a payout queue): explained under the default three
+    # hours; a config that allows 10 minutes freezes it.
+    for window_s, expected in ((None, []), (600, [("ledger", "critical", True)])):
+        detection = (
+            DetectionConfig()
+            if window_s is None
+            else DetectionConfig(ledger_match_window_s=window_s)
+        )
+        e = DetectionEngine(
+            Config(wallets=(wallet(),), detection=detection), clock=lambda: DETECTED
+        )
+        e.process_approval(approval("CUSTOMER", "5", minutes=0))
+        assert summary(e.process(transfer("CUSTOMER", 5, minutes=30))) == expected
+
+
+def test_approvals_never_paid_are_forgotten_while_others_keep_coming() -> None:
+    # One approval is never paid (the customer cancelled); approvals keep coming every minute
+    # for seven hours. It is forgotten after two windows, so the alert on a later unexplained
+    # payment to that address says no approval to it is open.
+    ledger = LedgerReconciliation(active=True)
+    state = WalletState(wallet(), "XEM")
+    ledger.learn_approval(approval("CANCELLED", "7", minutes=0))
+    for minute in range(1, 421):
+        ledger.learn_approval(approval(f"C{minute}", "1", minutes=minute))
+    unexplained = transfer("CANCELLED", 9, minutes=420)
+    state.prepare(unexplained)
+    finding = ledger.score_one(unexplained, state)
+    assert finding is not None
+    assert finding.metrics["approvals_to_address"] == "0"
+    # Within the window it is still open (and counted).
+    recent = LedgerReconciliation(active=True)
+    recent.learn_approval(approval("CANCELLED", "7", minutes=0))
+    soon = transfer("CANCELLED", 9, minutes=30)
+    state.prepare(soon)
+    finding = recent.score_one(soon, state)
+    assert finding is not None
+    assert finding.metrics["approvals_to_address"] == "1"
 
 
 def test_reconciliation_asks_the_approvals_again_once_they_change() -> None:

@@ -190,3 +190,26 @@ def test_payout_batches_send_each_hours_withdrawals_at_once_but_not_the_drain() 
     # Each approval still comes seconds to minutes before its transfer.
     approvals = sorted(seconds(a) for a in traffic.ledger)
     assert all(a % 3600 >= 3600 - 240 or a % 3600 <= 60 for a in approvals)
+
+
+def test_withdrawals_approved_when_asked_wait_for_their_batch() -> None:
+    spec = replace(HOT, balance=Decimal(10**6), payout_cycle_s=3600, approve_when_asked=True)
+    traffic = generate_traffic([spec], START, days=2, seed=5)
+
+    def seconds(r: dict[str, Any]) -> float:
+        return (datetime.fromisoformat(r["ts"]) - START).total_seconds()
+
+    approvals = [seconds(a) for a in traffic.ledger]
+    assert traffic.ledger == sorted(traffic.ledger, key=lambda a: a["ts"])
+    # Approved at any time of the hour (as asked), paid at the next full hour.
+    assert len({int(a % 3600) // 600 for a in approvals}) == 6
+    paid: dict[tuple[str, str], list[float]] = {}
+    for r in traffic.transfers:
+        if r["from"] == "HOT":
+            paid.setdefault((r["to"], r["amount"]), []).append(seconds(r))
+    waits = [
+        min(t - seconds(a) for t in paid[a["to"], a["amount"]] if t > seconds(a))
+        for a in traffic.ledger
+    ]
+    assert all(0 < wait <= 3600 + 60 + 240 for wait in waits)
+    assert max(waits) > 3000
