@@ -189,6 +189,7 @@ def _fleet(
     whales_per_week: float = 3.0,
     payout_cycle_s: float = 0.0,
     approve_when_asked: bool = False,
+    withdrawal_fee_share: float = 0.0,
 ) -> tuple[HotWalletSpec, ...]:
     """``count`` hot wallets over Ethereum, Bitcoin and Tron, each with its cold wallet."""
     chains = (
@@ -221,6 +222,7 @@ def _fleet(
                 drains=(drains or {}).get(index, ()),
                 payout_cycle_s=payout_cycle_s,
                 approve_when_asked=approve_when_asked,
+                withdrawal_fee_share=withdrawal_fee_share,
             )
         )
     return tuple(out)
@@ -538,6 +540,19 @@ def scenarios(quick: bool = False, drain_day: float = DRAIN_DAY) -> list[Scenari
                 drains={1: (one(at, "fresh_fanout", 0.008, 60, 30),)},
                 payout_cycle_s=3600,
                 approve_when_asked=True,
+            ),
+            days,
+            panic_days=(9, 14),
+            ledger=True,
+        ),
+        Scenario(
+            "fees+ledger",
+            "fresh-fanout+ledger with a fixed withdrawal fee taken from each payment (0.001% "
+            "of the working balance: 2% of a typical customer's payment, more of a small one)",
+            _fleet(
+                4,
+                drains={1: (one(at, "fresh_fanout", 0.008, 60, 30),)},
+                withdrawal_fee_share=0.00001,
             ),
             days,
             panic_days=(9, 14),

@@ -2,11 +2,13 @@
 
 With the exchange's ledger feed this is the strongest signal there is, so it freezes at the first
 unexplained transfer, even a tiny test. An outflow is explained by an approval on the same chain
-and asset, to the same address, for the same amount give or take ``amount_tolerance`` (fees), made
-at most ``match_window_s`` before it or ``late_s`` after it (clocks and queues reorder; in a
-backtest the approvals up to ``late_s`` ahead are read before each transfer), or by an approval
-naming its tx hash. Each approval explains
-one transfer. Internal transfers and configured counterparties are never questioned.
+and asset, to the same address, made at most ``match_window_s`` before it or ``late_s`` after it
+(clocks and queues reorder; in a backtest the approvals up to ``late_s`` ahead are read before
+each transfer), or by an approval naming its tx hash. The amount may be the approved amount give
+or take ``amount_tolerance``, or less: a withdrawal fee taken from the payment, or a withdrawal
+paid in parts. Paying the customer's address less than was approved moves nothing to anyone
+else, so it is safe to accept; paying more is not. An approval explains one transfer, or several
+that together pay it; internal transfers and configured counterparties are never questioned.
 
 The detector is inactive until it has seen an approval (or is built ``active=True``): without a
 ledger feed every outflow would look unexplained.
@@ -53,6 +55,8 @@ class _Approval(NamedTuple):
     tx_hash: str | None
     seq: int
     """Which approval this is, counted from the first one learned."""
+    left: Decimal
+    """What is still to be paid of ``amount`` (less after a payment in parts)."""
 
 
 class LedgerReconciliation:
@@ -109,9 +113,14 @@ class LedgerReconciliation:
             return
         if other.learned != self.learned:
             raise ValueError("ledger reconciliation: engines learned different approvals")
-        theirs = {a.seq for approvals in other._open.values() for a in approvals}
+        # An approval open in both: the one with less left (paid in part by one of them).
+        theirs = {a.seq: a for approvals in other._open.values() for a in approvals}
         for key in list(self._open):
-            kept = [a for a in self._open[key] if a.seq in theirs]
+            kept = [
+                min(a, theirs[a.seq], key=lambda b: b.left)
+                for a in self._open[key]
+                if a.seq in theirs
+            ]
             if kept:
                 self._open[key] = kept
             else:
@@ -129,7 +138,7 @@ class LedgerReconciliation:
             self._expired_at = when
         key = self._key(approval.chain, approval.asset, approval.to)
         self._open.setdefault(key, []).append(
-            _Approval(when, approval.amount, approval.tx_hash, self.learned)
+            _Approval(when, approval.amount, approval.tx_hash, self.learned, approval.amount)
         )
         self.learned += 1
 
@@ -174,15 +183,18 @@ class LedgerReconciliation:
         now = transfer.epoch
         value = Decimal(f"{transfer.amount}E-{transfer.decimals}")
         tolerance = self.amount_tolerance
+        # Else the approval with the least left that this payment pays in part (less than left).
+        part: tuple[Decimal, int] | None = None
         for index, approval in enumerate(candidates):
             if approval.tx_hash is not None and approval.tx_hash == transfer.tx_hash:
                 return key, index
-            if (
-                now - self.match_window_s <= approval.time <= now + self.late_s
-                and abs(value - approval.amount) <= approval.amount * tolerance
-            ):
-                return key, index
-        return None
+            if now - self.match_window_s <= approval.time <= now + self.late_s:
+                left = approval.left
+                if abs(value - left) <= left * tolerance:
+                    return key, index
+                if value < left and (part is None or left < part[0]):
+                    part = (left, index)
+        return None if part is None else (key, part[1])
 
     def _questioned(self, transfer: TransferView, state: WalletState) -> bool:
         return (
@@ -237,6 +249,15 @@ class LedgerReconciliation:
         if match is not None:
             self._matched = (None, None)
             key, index = match
-            del self._open[key][index]
-            if not self._open[key]:
+            approvals = self._open[key]
+            approval = approvals[index]
+            left = approval.left - Decimal(f"{transfer.amount}E-{transfer.decimals}")
+            if (
+                approval.tx_hash != transfer.tx_hash
+                and left > approval.amount * self.amount_tolerance
+            ):
+                approvals[index] = approval._replace(left=left)  # paid in part: the rest is open
+                return
+            del approvals[index]
+            if not approvals:
                 del self._open[key]

@@ -123,6 +123,9 @@ class HotWalletSpec:
     cycles do (0: each as soon as it is asked for). Drains are not batched."""
     payout_spread_s: float = 60.0
     approve_when_asked: bool = False
+    withdrawal_fee_share: float = 0.0
+    """A fixed withdrawal fee, as a share of the working balance, taken from each payment: the
+    ledger approves the amount asked for, the transfer pays it less the fee."""
     """The ledger approves each withdrawal when it is asked for, not just before it is sent: with
     ``payout_cycle_s``, up to a cycle before its payout."""
 
@@ -311,15 +314,20 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
             }
         )
 
-    def pay_out(t: float, receiver: str, units: int) -> None:
-        """An approved withdrawal asked for at ``t``: sent at once, or in the next batch."""
+    fee = int(target * spec.withdrawal_fee_share)
+
+    def pay_out(t: float, receiver: str, units: int) -> int:
+        """An approved withdrawal asked for at ``t``: sent at once, or in the next batch, less
+        the fee; returns the units sent."""
         if spec.approve_when_asked:
             approve(t, receiver, units)
         if cycle > 0:
             t = (t // cycle + 1) * cycle + rng.uniform(0, spec.payout_spread_s)
         if not spec.approve_when_asked:
             approve(t, receiver, units)
-        emit(t, spec.address, receiver, units)
+        sent = max(units - fee, 1) if fee else units
+        emit(t, spec.address, receiver, sent)
+        return sent
 
     def customer() -> str:
         if customers and rng.random() < 0.2:
@@ -354,24 +362,21 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
             # The thief's own withdrawal as a customer: approved and ordinary, not malicious.
             receiver = thieves[int(kind[4:])]
             units = target // 2000
-            pay_out(t, receiver, units)
-            balance -= units
+            balance -= pay_out(t, receiver, units)
         elif kind == "withdraw":
             boost = 1.3 if panic(t) else 1.0
             units = int(target * _share(rng, 0.0005 * boost, 0.0001, spec.customer_cap))
             if units > balance * 0.9 or units <= 0:
                 continue  # the exchange queues it until the next top-up
             receiver = customer()
-            pay_out(t, receiver, units)
-            balance -= units
+            balance -= pay_out(t, receiver, units)
         elif kind == "whale":
             share = _share(rng, 0.01, 0.005, 0.1) if spec.whale_tail else rng.uniform(0.005, 0.03)
             units = int(target * share)
             if units > balance * 0.9:
                 continue
             receiver = rng.choice(whales) if rng.random() < 0.5 else _address(rng, spec)
-            pay_out(t, receiver, units)
-            balance -= units
+            balance -= pay_out(t, receiver, units)
         elif kind == "deposit":
             units = int(target * _share(rng, 0.0006, 0.0001, 0.006))
             emit(t, _address(rng, spec), spec.address, units)
@@ -380,8 +385,7 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
             units = int(target * rng.uniform(*spec.market_maker_share))
             if units > balance * 0.9:
                 continue
-            pay_out(t, market_maker, units)
-            balance -= units
+            balance -= pay_out(t, market_maker, units)
         elif balance < target * 0.6:
             emit(t, spec.cold_address, spec.address, target - balance)
             balance = target

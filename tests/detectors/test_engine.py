@@ -232,6 +232,36 @@ def test_an_approval_explains_a_payout_that_waited_in_the_queue() -> None:
         assert summary(e.process(transfer("CUSTOMER", 5, minutes=30))) == expected
 
 
+def _ledger(alerts: list[Alert]) -> list[tuple[str, str, bool]]:
+    return [t for t in summary(alerts) if t[0] == "ledger"]
+
+
+def test_a_payout_less_than_approved_is_explained_and_more_is_not() -> None:
+    e = engine(reconcile=True)
+    # A withdrawal fee taken from the payment (10%, beyond the 2% tolerance): explained.
+    e.process_approval(approval("FEE", "5", minutes=0))
+    assert e.process(transfer("FEE", 4, minutes=1)) == []
+    # Paid in two parts: both explained, and nothing is left for a third payment.
+    e.process_approval(approval("SPLIT", "10", minutes=2))
+    assert e.process(transfer("SPLIT", 6, minutes=3)) == []
+    assert e.process(transfer("SPLIT", 4, minutes=4)) == []
+    assert _ledger(e.process(transfer("SPLIT", 1, minutes=5))) == [("ledger", "critical", True)]
+    # More than approved: not explained (a wallet not frozen yet).
+    e = engine(reconcile=True)
+    e.process_approval(approval("MORE", "5", minutes=6))
+    assert _ledger(e.process(transfer("MORE", 6, minutes=7))) == [("ledger", "critical", True)]
+
+
+def test_a_small_payment_does_not_use_up_a_larger_approval_it_could_share() -> None:
+    # Two approvals to one customer, 8 then 3, and a payment of 2 (the second's, less a fee):
+    # it pays the smaller approval in part, so the payment of 8 that follows finds its own.
+    e = engine(reconcile=True)
+    e.process_approval(approval("CUSTOMER", "8", minutes=0))
+    e.process_approval(approval("CUSTOMER", "3", minutes=0))
+    assert e.process(transfer("CUSTOMER", 2, minutes=1)) == []
+    assert e.process(transfer("CUSTOMER", 8, minutes=2)) == []
+
+
 def test_approvals_never_paid_are_forgotten_while_others_keep_coming() -> None:
     # One approval is never paid (the customer cancelled); approvals keep coming every minute
     # for seven hours. It is forgotten after two windows, so the alert on a later unexplained
@@ -360,3 +390,20 @@ def test_findings_described_on_demand_match_findings_described_at_once(tmp_path:
     assert any(r["freeze"] for r in records)
     assert all(r["summary"] and r["metrics"] for r in records)
     assert {r["detector"] for r in records} >= {"velocity", "baseline"}
+
+
+def test_joined_engines_keep_what_either_paid_in_part() -> None:
+    # A split backtest joins its workers' engines: an approval one of them saw paid in part
+    # stays open for the rest only, whichever engine is adopted first.
+    for order in ((0, 1), (1, 0)):
+        engines = [engine(reconcile=True), engine(reconcile=True)]
+        for e in engines:
+            e.process_approval(approval("CUSTOMER", "10", minutes=0))
+        assert engines[1].process(transfer("CUSTOMER", 6, minutes=1)) == []
+        joined = engine()
+        for index in order:
+            joined.adopt(engines[index])
+        assert joined.process(transfer("CUSTOMER", 4, minutes=2)) == []
+        assert _ledger(joined.process(transfer("CUSTOMER", 4, minutes=3, tx="again"))) == [
+            ("ledger", "critical", True)
+        ]

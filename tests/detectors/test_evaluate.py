@@ -213,3 +213,12 @@ def test_withdrawals_approved_when_asked_wait_for_their_batch() -> None:
     ]
     assert all(0 < wait <= 3600 + 60 + 240 for wait in waits)
     assert max(waits) > 3000
+
+
+def test_a_withdrawal_fee_is_taken_from_the_payment_not_the_approval() -> None:
+    spec = replace(HOT, balance=Decimal(10**6), withdrawal_fee_share=0.00001)  # 10 units
+    traffic = generate_traffic([spec], START, days=1, seed=5)
+    approved = {(a["to"], Decimal(a["amount"])) for a in traffic.ledger}
+    paid = [r for r in traffic.transfers if r["from"] == "HOT" and r["to"] not in ("COLD",)]
+    assert len(paid) > 100
+    assert all((r["to"], Decimal(r["amount"]) + 10) in approved for r in paid)
