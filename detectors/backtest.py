@@ -36,6 +36,7 @@ would turn it into a float).
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import logging
 import math
@@ -82,6 +83,7 @@ __all__ = [
     "parse_ts",
     "run_backtest",
     "spellings",
+    "unpayable_approvals",
     "unseen_wallets",
 ]
 
@@ -105,6 +107,9 @@ class BacktestSummary:
     elapsed_s: float
     unseen_wallets: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """Listed wallets no transfer touched: (name, chains the file spells with their address)."""
+    unpayable_approvals: tuple[tuple[str, str], ...] = ()
+    """(chain, asset) of ledger approvals that no listed wallet pays (see
+    :func:`unpayable_approvals`)."""
 
     @property
     def transfers_per_s(self) -> float:
@@ -326,8 +331,11 @@ class LedgerFeed:
         self.lookahead_s = lookahead_s
         self.path = path
         self._approvals = _approvals(path) if path is not None else iter(())
+        self.named: set[tuple[str, str]] = set()
+        """(chain, asset) of every approval read so far."""
         for _ in range(skip):
-            next(self._approvals)
+            skipped = next(self._approvals)
+            self.named.add((skipped.chain, skipped.asset))
         self.handed = skip
         """Approvals handed over so far."""
         self._pending = next(self._approvals, None)
@@ -344,8 +352,10 @@ class LedgerFeed:
         process_approval = self.engine.process_approval
         approvals = self._approvals
         pending_at = self._pending_at
+        named = self.named
         while pending is not None and pending_at <= horizon:
             process_approval(pending)
+            named.add((pending.chain, pending.asset))
             self.handed += 1
             pending = next(approvals, None)
             pending_at = pending.epoch if pending is not None else 0.0
@@ -355,7 +365,11 @@ class LedgerFeed:
         """Read the rest, so that a malformed tail is still reported; the approvals in all."""
         if self._pending is None:
             return self.handed
-        return self.handed + 1 + sum(1 for _ in self._approvals)
+        rest = 0
+        for approval in itertools.chain((self._pending,), self._approvals):
+            self.named.add((approval.chain, approval.asset))
+            rest += 1
+        return self.handed + rest
 
 
 def line_time(raw: bytes, line: TransferLine | None) -> float | None:
@@ -689,7 +703,11 @@ def run_backtest(
             if split.error is not None:
                 raise split.error
             # Read the whole ledger, like one process, so that a malformed tail is reported.
-            ledger_entries = sum(1 for _ in _approvals(ledger)) if ledger is not None else 0
+            named: set[tuple[str, str]] = set()
+            ledger_entries = 0
+            for approval in _approvals(ledger) if ledger is not None else ():
+                named.add((approval.chain, approval.asset))
+                ledger_entries += 1
             return BacktestSummary(
                 transfers_read=split.read,
                 watched_transfers=split.watched,
@@ -698,6 +716,7 @@ def run_backtest(
                 freezes=sum(freeze for _, freeze in split.alerts),
                 elapsed_s=time.perf_counter() - started,
                 unseen_wallets=unseen_wallets(config, split.seen, split.elsewhere),
+                unpayable_approvals=unpayable_approvals(config, named),
             )
         # Wallets alerted together from this round on: correlation may matter, so the rest of
         # the file is judged in one process, from the joined state of the round's start.
@@ -772,6 +791,33 @@ def unseen_wallets(
     return tuple(out)
 
 
+def unpayable_approvals(config: Config, named: set[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The (chain, asset) pairs of ``named`` (the ledger's approvals) that no listed wallet pays,
+    each logged as a warning.
+
+    Such an approval explains no payment, and when the ledger spells a chain or an asset
+    otherwise than the config and the transfers ("eth" for "ethereum"), every payment of that
+    wallet goes unexplained: each would freeze it.
+    """
+    paid = {
+        (w.chain.casefold(), None if w.asset is None else normalize_address(w.asset).casefold())
+        for w in config.wallets
+    }
+    out = []
+    for chain_name, asset in sorted(named):
+        folded = chain_name.casefold()
+        if (folded, None) in paid or (folded, normalize_address(asset).casefold()) in paid:
+            continue
+        log.warning(
+            "ledger approvals name chain %r and asset %r, which no listed wallet pays: they "
+            "explain no payment (check the ledger's chain and asset names against the config)",
+            chain_name,
+            asset,
+        )
+        out.append((chain_name, asset))
+    return tuple(out)
+
+
 def _run_sequential(  # noqa: PLR0917
     config: Config,
     transfers_path: Path,
@@ -827,6 +873,7 @@ def _run_sequential(  # noqa: PLR0917
         freezes=freezes,
         elapsed_s=time.perf_counter() - started,
         unseen_wallets=unseen_wallets(config, engine.wallets_seen(), replay.elsewhere),
+        unpayable_approvals=unpayable_approvals(config, feed.named),
     )
 
 

@@ -365,6 +365,35 @@ def test_a_malformed_ledger_line_says_what_is_wrong(
     assert caught.value.line_number == 2
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_approvals_no_listed_wallet_pays_are_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, workers: int
+) -> None:
+    # The nem wallet pays any asset; the Ethereum one only ETH. "eth" is not "ethereum".
+    approvals = [
+        {"ts": "2018-01-25T15:01:00Z", "chain": chain, "asset": asset, "to": "C", "amount": "1"}
+        for chain, asset in [
+            ("NEM", "XEM"),
+            ("ethereum", "eth"),
+            ("eth", "ETH"),
+            ("ethereum", "DAI"),
+        ]
+    ]
+    ledger = write(tmp_path / "l.jsonl", approvals)
+    rows = [line(), line(chain="ethereum", asset="ETH", tx_hash="e", **{"from": ETH_HOT})]
+    summary = run_backtest(
+        loads(CONFIG),
+        write(tmp_path / "t.jsonl", rows),
+        ledger,
+        tmp_path / "a.jsonl",
+        workers=workers,
+    )
+    assert summary.unpayable_approvals == (("eth", "ETH"), ("ethereum", "DAI"))
+    said = [r.getMessage() for r in caplog.records if "no listed wallet pays" in r.getMessage()]
+    assert len(said) == 2
+    assert "chain 'eth' and asset 'ETH'" in said[0]
+
+
 def test_amounts_beyond_float_precision_are_exact(tmp_path: Path) -> None:
     eth = {"chain": "ethereum", "asset": "ETH", "from": ETH_HOT}
     rows: list[dict[str, Any] | bytes] = [
