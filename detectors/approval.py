@@ -18,6 +18,7 @@ which the detectors never read. Both satisfy :class:`ApprovalView`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
@@ -41,6 +42,7 @@ class ApprovalView(Protocol):
     def tx_hash(self) -> str | None: ...
 
 
+@dataclass(slots=True)
 class Approval:
     """An approved withdrawal as the backtest reads it from a ledger line.
 
@@ -48,20 +50,9 @@ class Approval:
     units, exact.
     """
 
-    __slots__ = ("amount", "asset", "chain", "epoch", "to", "tx_hash")
-
-    def __init__(  # noqa: PLR0917 - the fields, positional for the hot path
-        self,
-        epoch: float,
-        chain: str,
-        asset: str,
-        to: str,
-        amount: Decimal,
-        tx_hash: str | None,
-    ) -> None:
-        self.epoch = epoch
-        self.chain = chain
-        self.asset = asset
-        self.to = to
-        self.amount = amount
-        self.tx_hash = tx_hash
+    epoch: float
+    chain: str
+    asset: str
+    to: str
+    amount: Decimal
+    tx_hash: str | None

@@ -42,7 +42,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -83,6 +83,7 @@ __all__ = [
     "parse_ts",
     "run_backtest",
     "spellings",
+    "tally_approvals",
     "unpayable_approvals",
     "unseen_wallets",
 ]
@@ -365,22 +366,33 @@ class LedgerFeed:
         """Read the rest, so that a malformed tail is still reported; the approvals in all."""
         if self._pending is None:
             return self.handed
-        rest = 0
-        for approval in itertools.chain((self._pending,), self._approvals):
-            self.named.add((approval.chain, approval.asset))
-            rest += 1
-        return self.handed + rest
+        rest = itertools.chain((self._pending,), self._approvals)
+        return self.handed + tally_approvals(rest, self.named)
+
+
+def tally_approvals(approvals: Iterable[Approval], named: set[tuple[str, str]]) -> int:
+    """Count ``approvals`` (reading them all: a malformed line raises), adding each one's
+    (chain, asset) to ``named``."""
+    count = 0
+    for approval in approvals:
+        named.add((approval.chain, approval.asset))
+        count += 1
+    return count
+
+
+def _epoch(ts: object) -> float:
+    """:func:`parse_ts` as seconds since 1970, the usual "Z" time read without its checks."""
+    if isinstance(ts, str) and ts[-1:] == "Z":
+        with suppress(ValueError):
+            return datetime.fromisoformat(ts).timestamp()  # "Z": UTC, like parse_ts
+    return parse_ts(ts).timestamp()
 
 
 def line_time(raw: bytes, line: TransferLine | None) -> float | None:
     """A transfers line's time as :meth:`Replay.parse` reads it (``line``: the line read by
     :func:`decode_line`, if it could be); None if it has no time the contract accepts."""
     try:
-        ts = line.ts if line is not None else _load(raw).get("ts")
-        if isinstance(ts, str) and ts[-1:] == "Z":
-            with suppress(ValueError):
-                return datetime.fromisoformat(ts).timestamp()
-        return parse_ts(ts).timestamp()
+        return _epoch(line.ts if line is not None else _load(raw).get("ts"))
     except _LineError:
         return None
 
@@ -392,54 +404,37 @@ def _read_approval(raw: bytes) -> Approval:
         line = _decode_approval(raw)
     except msgspec.DecodeError:
         return _read_approval_checked(raw)
-    ts, amount, chain, asset, to = line.ts, line.amount, line.chain, line.asset, line.to
-    if ts[-1:] != "Z":
-        return _read_approval_checked(raw)
+    chain, asset, to = line.chain, line.asset, line.to
     try:
-        when = datetime.fromisoformat(ts).timestamp()  # "Z": UTC, like parse_ts
-    except ValueError:
-        return _read_approval_checked(raw)
-    if isinstance(amount, str):
-        whole, _, frac = amount.partition(".")
-        digits = whole + frac
-        if not (whole and digits.isascii() and digits.isdigit()):
-            return _read_approval_checked(raw)
-        units, decimals = int(digits), len(frac)
-    elif amount >= 0:
-        units, decimals = amount, 0
-    else:
+        when = _epoch(line.ts)
+        units, decimals = parse_amount(line.amount)
+    except _LineError:  # the checking reader names the first thing wrong, in its order
         return _read_approval_checked(raw)
     if not (
         chain and not chain.isspace() and asset and not asset.isspace() and to and not to.isspace()
     ):
         return _read_approval_checked(raw)
-    return Approval(
-        when,
-        chain,
-        asset,
-        normalize_address(to),
-        Decimal(f"{units}E-{decimals}"),
-        line.tx_hash or None,
-    )
+    return _approval(when, chain, asset, to, units, decimals, line.tx_hash or None)
 
 
 def _read_approval_checked(raw: bytes) -> Approval:
     """:func:`_read_approval` for any line: every field checked, a :class:`_LineError` when
     wrong."""
     data = _load(raw)
-    when = parse_ts(data.get("ts"))
+    when = _epoch(data.get("ts"))
     chain, asset, to = _text(data, "chain"), _text(data, "asset"), _text(data, "to")
     if "amount" not in data:
         raise _LineError("missing field 'amount'")
     units, decimals = parse_amount(data["amount"])
     tx_hash = _optional_text(data, "tx_hash")
+    return _approval(when, chain, asset, to, units, decimals, tx_hash)
+
+
+def _approval(  # noqa: PLR0917 - the fields of one line
+    when: float, chain: str, asset: str, to: str, units: int, decimals: int, tx_hash: str | None
+) -> Approval:
     return Approval(
-        when.timestamp(),
-        chain,
-        asset,
-        normalize_address(to),
-        Decimal(f"{units}E-{decimals}"),
-        tx_hash,
+        when, chain, asset, normalize_address(to), Decimal(f"{units}E-{decimals}"), tx_hash
     )
 
 
@@ -586,18 +581,9 @@ class Replay:
         # Letters and digits only: nothing to strip; an EVM address is lower-cased.
         sender = normalize_address(_text(data, "from"))
         receiver = normalize_address(_text(data, "to"))
-        amount = data.get("amount")
-        if type(amount) is str:
-            whole, _, frac = amount.partition(".")
-            digits = whole + frac
-            if whole and digits.isascii() and digits.isdigit():
-                units, decimals = int(digits), len(frac)
-            else:
-                units, decimals = parse_amount(amount)
-        elif "amount" not in data:
+        if "amount" not in data:
             raise _LineError("missing field 'amount'")
-        else:
-            units, decimals = parse_amount(amount)
+        units, decimals = parse_amount(data["amount"])
         usd = data.get("usd_value")
         if usd is not None and (type(usd) is not float or not math.isfinite(usd)):
             _usd(usd)  # raises unless it is a number
@@ -704,10 +690,7 @@ def run_backtest(
                 raise split.error
             # Read the whole ledger, like one process, so that a malformed tail is reported.
             named: set[tuple[str, str]] = set()
-            ledger_entries = 0
-            for approval in _approvals(ledger) if ledger is not None else ():
-                named.add((approval.chain, approval.asset))
-                ledger_entries += 1
+            ledger_entries = tally_approvals(_approvals(ledger) if ledger else (), named)
             return BacktestSummary(
                 transfers_read=split.read,
                 watched_transfers=split.watched,

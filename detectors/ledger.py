@@ -35,6 +35,7 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Final, NamedTuple
 
@@ -57,6 +58,19 @@ class _Approval(NamedTuple):
     """Which approval this is, counted from the first one learned."""
     left: Decimal
     """What is still to be paid of ``amount`` (less after a payment in parts)."""
+
+
+class _Lookup(NamedTuple):
+    """What the open approvals say of one outflow."""
+
+    key: _Key
+    at: int | None
+    """Where in ``_open[key]`` the approval that explains it is; None if none does."""
+    value: Decimal | None
+    """The outflow's amount in the asset's units (None when no approval to it is open)."""
+
+
+_NOT_YET: Final = (None, None)
 
 
 class LedgerReconciliation:
@@ -84,20 +98,28 @@ class LedgerReconciliation:
         """The approval time of the last pruning: approvals are pruned once per window."""
         self._assets: dict[tuple[str, str], tuple[str, str]] = {}
         """(chain, asset) as written -> as matched: both case-folded, the asset normalised."""
-        self._matched: tuple[TransferView | None, tuple[_Key, int] | None] = (None, None)
-        """The last transfer matched and its match: the engine asks up to three times per
+        self._looked: tuple[TransferView, _Lookup] | tuple[None, None] = _NOT_YET
+        """The last outflow looked up and what was found: the engine asks up to three times per
         outflow (score, explain, learn), and the approvals change only in between."""
         self.learned = 0
         """Approvals learned so far."""
-        self.used: list[int] | None = None
-        """When a list, for a backtest split between processes (:mod:`detectors.partitioned`):
-        the approvals (by number, counted from the first learned) outflows matched."""
-        self.compared: list[int] | None = None
-        """Likewise: the open approvals an outflow that matched none was compared with."""
+        self.recording = False
+        """For a backtest split between processes (:mod:`detectors.partitioned`): note in
+        :attr:`used` and :attr:`compared` which approvals outflows were matched with."""
+        self.used: list[int] = []
+        """The approvals (by number, counted from the first learned) outflows matched."""
+        self.compared: list[int] = []
+        """The open approvals an outflow that matched none was compared with."""
 
     def __getstate__(self) -> dict[str, Any]:
-        # A snapshot carries the approvals, not the last transfer looked at.
-        return {**self.__dict__, "_matched": (None, None), "used": None, "compared": None}
+        # A snapshot carries the approvals, not the last transfer looked at, nor the notes.
+        return {
+            **self.__dict__,
+            "_looked": _NOT_YET,
+            "recording": False,
+            "used": [],
+            "compared": [],
+        }
 
     def adopt(self, other: LedgerReconciliation) -> None:
         """Join another engine's wallets, in a backtest split between processes.
@@ -115,23 +137,18 @@ class LedgerReconciliation:
             raise ValueError("ledger reconciliation: engines learned different approvals")
         # An approval open in both: the one with less left (paid in part by one of them).
         theirs = {a.seq: a for approvals in other._open.values() for a in approvals}
-        for key in list(self._open):
-            kept = [
-                min(a, theirs[a.seq], key=lambda b: b.left)
-                for a in self._open[key]
-                if a.seq in theirs
+        self._keep(
+            lambda approvals: [
+                min(a, theirs[a.seq], key=lambda b: b.left) for a in approvals if a.seq in theirs
             ]
-            if kept:
-                self._open[key] = kept
-            else:
-                del self._open[key]
+        )
         self._assets.update(other._assets)
-        self._matched = (None, None)
+        self._looked = _NOT_YET
 
     def learn_approval(self, approval: ApprovalView) -> None:
         """Remember an approval until it explains a transfer or grows too old."""
         self.active = True
-        self._matched = (None, None)
+        self._looked = _NOT_YET
         when = approval.epoch
         if when > self._expired_at + self.match_window_s:
             self._expire(when)
@@ -153,33 +170,35 @@ class LedgerReconciliation:
 
     def _expire(self, now: float) -> None:
         horizon = now - 2 * self.match_window_s
+        self._keep(lambda approvals: [a for a in approvals if a.time >= horizon])
+
+    def _keep(self, kept: Callable[[list[_Approval]], list[_Approval]]) -> None:
+        """Replace each address's open approvals by ``kept`` of them (an empty list: none)."""
         for key in list(self._open):
-            kept = [a for a in self._open[key] if a.time >= horizon]
-            if kept:
-                self._open[key] = kept
+            approvals = kept(self._open[key])
+            if approvals:
+                self._open[key] = approvals
             else:
                 del self._open[key]
 
-    def _match(self, transfer: TransferView) -> tuple[_Key, int] | None:
-        last, match = self._matched
-        if last is transfer:
-            return match
-        match = self._find(transfer)
-        self._matched = (transfer, match)
-        if self.used is not None and self.compared is not None:
-            if match is not None:
-                key, index = match
-                self.used.append(self._open[key][index].seq)
+    def _look(self, transfer: TransferView) -> _Lookup:
+        last, found = self._looked
+        if last is transfer and found is not None:
+            return found
+        found = self._find(transfer)
+        self._looked = (transfer, found)
+        if self.recording:
+            if found.at is not None:
+                self.used.append(self._open[found.key][found.at].seq)
             else:
-                key = self._key(transfer.chain, transfer.asset, transfer.counterparty)
-                self.compared.extend(a.seq for a in self._open.get(key, ()))
-        return match
+                self.compared.extend(a.seq for a in self._open.get(found.key, ()))
+        return found
 
-    def _find(self, transfer: TransferView) -> tuple[_Key, int] | None:
+    def _find(self, transfer: TransferView) -> _Lookup:
         key = self._key(transfer.chain, transfer.asset, transfer.counterparty)
         candidates = self._open.get(key)
         if not candidates:
-            return None
+            return _Lookup(key, None, None)
         now = transfer.epoch
         value = Decimal(f"{transfer.amount}E-{transfer.decimals}")
         tolerance = self.amount_tolerance
@@ -187,14 +206,14 @@ class LedgerReconciliation:
         part: tuple[Decimal, int] | None = None
         for index, approval in enumerate(candidates):
             if approval.tx_hash is not None and approval.tx_hash == transfer.tx_hash:
-                return key, index
+                return _Lookup(key, index, value)
             if now - self.match_window_s <= approval.time <= now + self.late_s:
                 left = approval.left
                 if abs(value - left) <= left * tolerance:
-                    return key, index
+                    return _Lookup(key, index, value)
                 if value < left and (part is None or left < part[0]):
                     part = (left, index)
-        return None if part is None else (key, part[1])
+        return _Lookup(key, None if part is None else part[1], value)
 
     def _questioned(self, transfer: TransferView, state: WalletState) -> bool:
         return (
@@ -209,17 +228,19 @@ class LedgerReconciliation:
 
     def explains(self, transfer: TransferView, state: WalletState) -> bool:
         """Whether an open approved withdrawal explains this outflow (pure)."""
-        return self._questioned(transfer, state) and self._match(transfer) is not None
+        return self._questioned(transfer, state) and self._look(transfer).at is not None
 
     def score_one(self, transfer: TransferView, state: WalletState) -> Finding | None:
         """A critical freeze finding when an outflow matches no open approval."""
         if not self.active:  # no approval seen yet: nothing to reconcile (the usual backtest)
             return None
-        if not self._questioned(transfer, state) or self._match(transfer) is not None:
+        if not self._questioned(transfer, state):
+            return None
+        found = self._look(transfer)
+        if found.at is not None:
             return None
         units = state.units
         before = state.balance_units()
-        key = self._key(transfer.chain, transfer.asset, transfer.counterparty)
         return Finding(
             detector=self.name,
             severity=Severity.CRITICAL,
@@ -234,7 +255,7 @@ class LedgerReconciliation:
                 "balance_before": format_units(before, state.scale),
                 # Open approvals to this address (of other amounts or times): not all open
                 # approvals, which would depend on other wallets' payouts.
-                "approvals_to_address": str(len(self._open.get(key, ()))),
+                "approvals_to_address": str(len(self._open.get(found.key, ()))),
                 "rule_unapproved_outflow": "1",
             },
             transfer_ids=(transfer.id,),
@@ -245,19 +266,18 @@ class LedgerReconciliation:
         """Use up the approval that explains this outflow, so it explains no other."""
         if not self.active or transfer.direction is not Direction.OUT:
             return
-        match = self._match(transfer)
-        if match is not None:
-            self._matched = (None, None)
-            key, index = match
-            approvals = self._open[key]
-            approval = approvals[index]
-            left = approval.left - Decimal(f"{transfer.amount}E-{transfer.decimals}")
+        found = self._look(transfer)
+        if found.at is not None and found.value is not None:
+            self._looked = _NOT_YET
+            approvals = self._open[found.key]
+            approval = approvals[found.at]
+            left = approval.left - found.value
             if (
                 approval.tx_hash != transfer.tx_hash
                 and left > approval.amount * self.amount_tolerance
             ):
-                approvals[index] = approval._replace(left=left)  # paid in part: the rest is open
+                approvals[found.at] = approval._replace(left=left)  # paid in part: rest open
                 return
-            del approvals[index]
+            del approvals[found.at]
             if not approvals:
-                del self._open[key]
+                del self._open[found.key]

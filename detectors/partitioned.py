@@ -242,7 +242,7 @@ class _Worker:
         if ledger is not None:
             self.feed = LedgerFeed(ledger.path, self.engine, ledger.lookahead_s)
             self.ledger = _reconciliation(self.engine)
-            self.ledger.used, self.ledger.compared = [], []
+            self.ledger.recording = True
         self.spelled = spellings(config)
         self.lines: Iterator[tuple[int, bytes]] = read_lines(path)
         self.pending: tuple[int, bytes] | None = None
@@ -289,7 +289,7 @@ class _Worker:
         result.findings = self.correlator.seen
         self.correlator.seen = []
         ledger = self.ledger
-        if ledger is not None and ledger.used is not None and ledger.compared is not None:
+        if ledger is not None:
             result.approvals_used, result.approvals_compared = ledger.used, ledger.compared
             ledger.used, ledger.compared = [], []
         if result.done:

@@ -47,9 +47,20 @@ def _small_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(partitioned, "MAX_ROUND_LINES", 2000)
 
 
-def _files(tmp_path: Path, wallets: list[HotWalletSpec], days: float) -> tuple[Config, Path]:
+def _ledger_files(
+    tmp_path: Path, wallets: list[HotWalletSpec], days: float
+) -> tuple[Config, Path, Path]:
     traffic = generate_traffic(wallets, START, days=days, seed=5, panic_days=(2,))
-    return loads(config_toml(wallets)), write_jsonl(tmp_path / "transfers.jsonl", traffic.transfers)
+    return (
+        loads(config_toml(wallets)),
+        write_jsonl(tmp_path / "transfers.jsonl", traffic.transfers),
+        write_jsonl(tmp_path / "ledger.jsonl", traffic.ledger),
+    )
+
+
+def _files(tmp_path: Path, wallets: list[HotWalletSpec], days: float) -> tuple[Config, Path]:
+    config, transfers, _ = _ledger_files(tmp_path, wallets, days)
+    return config, transfers
 
 
 def _both(
@@ -60,6 +71,22 @@ def _both(
     fields = ("transfers_read", "watched_transfers", "ledger_entries", "alerts", "freezes")
     assert [getattr(one, f) for f in fields] == [getattr(two, f) for f in fields]
     return (tmp_path / "one.jsonl").read_bytes(), (tmp_path / "two.jsonl").read_bytes()
+
+
+def _failing(
+    config: Config, transfers: Path, ledger: Path | None, tmp_path: Path
+) -> tuple[list[tuple[str, int, str]], list[bytes]]:
+    """Run in one process and in two, each expected to fail: (path, line, reason) and the
+    alerts written, per run."""
+    errors = []
+    outputs = []
+    for workers in (1, 2):
+        out = tmp_path / f"alerts-{workers}.jsonl"
+        with pytest.raises(BacktestInputError) as caught:
+            run_backtest(config, transfers, ledger, out, workers=workers)
+        errors.append((caught.value.path, caught.value.line_number, caught.value.reason))
+        outputs.append(out.read_bytes())
+    return errors, outputs
 
 
 def test_wallets_are_dealt_by_how_busy_they_are(tmp_path: Path) -> None:
@@ -112,16 +139,9 @@ def test_a_malformed_line_is_reported_and_the_alerts_before_it_kept(tmp_path: Pa
     bad = len(lines) - 50
     lines[bad] = lines[bad].replace(b'"amount":"', b'"amount":"-')
     transfers.write_bytes(b"\n".join(lines) + b"\n")
-    errors = []
-    outputs = []
-    for workers in (1, 2):
-        out = tmp_path / f"alerts-{workers}.jsonl"
-        with pytest.raises(BacktestInputError) as caught:
-            run_backtest(config, transfers, None, out, workers=workers)
-        errors.append((caught.value.line_number, caught.value.reason))
-        outputs.append(out.read_bytes())
-    assert errors[0] == errors[1] == (bad + 1, errors[0][1])
-    assert "negative" in errors[0][1]
+    errors, outputs = _failing(config, transfers, None, tmp_path)
+    assert errors[0] == errors[1] == (str(transfers), bad + 1, errors[0][2])
+    assert "negative" in errors[0][2]
     assert outputs[0] == outputs[1]
     assert outputs[0].count(b'"freeze":true') >= 1
 
@@ -252,17 +272,6 @@ def test_lines_that_spell_a_wallet_otherwise_reach_its_worker(tmp_path: Path) ->
     assert "hot-0" in {a["wallet_label"] for a in freezes}
 
 
-def _ledger_files(
-    tmp_path: Path, wallets: list[HotWalletSpec], days: float
-) -> tuple[Config, Path, Path]:
-    traffic = generate_traffic(wallets, START, days=days, seed=5, panic_days=(2,))
-    return (
-        loads(config_toml(wallets)),
-        write_jsonl(tmp_path / "transfers.jsonl", traffic.transfers),
-        write_jsonl(tmp_path / "ledger.jsonl", traffic.ledger),
-    )
-
-
 def test_a_ledger_run_in_two_processes_is_the_one_process_result(tmp_path: Path) -> None:
     # Every worker hands every approval over; each wallet pays only its own customers, so no
     # approval is compared with two workers' outflows and the split result stands.
@@ -347,14 +356,7 @@ def test_a_malformed_ledger_line_stops_a_split_run_where_it_stops_one_process(
     else:  # after the last transfer's time: read only at the end
         lines.append(b'{"ts": "2030-01-01T00:00:00Z", "chain": "ethereum"}')
     ledger.write_bytes(b"\n".join(lines) + b"\n")
-    errors = []
-    outputs = []
-    for workers in (1, 2):
-        out = tmp_path / f"alerts-{workers}.jsonl"
-        with pytest.raises(BacktestInputError) as caught:
-            run_backtest(config, transfers, ledger, out, workers=workers)
-        errors.append((caught.value.path, caught.value.line_number, caught.value.reason))
-        outputs.append(out.read_bytes())
+    errors, outputs = _failing(config, transfers, ledger, tmp_path)
     assert errors[0] == errors[1] == (str(ledger), bad + 1, errors[0][2])
     assert outputs[0] == outputs[1]
     assert outputs[0].count(b'"freeze":true') >= 1
