@@ -521,6 +521,8 @@ class Replay:
     ) -> tuple[float, list[Move]]:
         """:meth:`parse` for a line already read by :func:`decode_line` (a split run's worker
         reads each line once to route it)."""
+        # The time and the amount are read inline (the usual cases of _epoch and parse_amount):
+        # this runs for every watched line, and the calls would cost more than the reading.
         ts = line.ts
         if ts[-1:] != "Z":
             return self._parse_checked(number, raw)
