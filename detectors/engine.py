@@ -83,7 +83,9 @@ def default_detectors(config: Config, reconcile: bool = False) -> list[Detector]
         VelocityDetector.from_config(config.detection),
         BaselineDetector(),
         LedgerReconciliation(
-            active=reconcile, match_window_s=config.detection.ledger_match_window_s
+            active=reconcile,
+            match_window_s=config.detection.ledger_match_window_s,
+            repeat_trust=config.detection.ledger_repeat_trust,
         ),
     ]
 

@@ -558,6 +558,19 @@ def scenarios(quick: bool = False, drain_day: float = DRAIN_DAY) -> list[Scenari
             panic_days=(9, 14),
             ledger=True,
         ),
+        Scenario(
+            "unlisted-cold+ledger",
+            "unlisted-cold's sweeps (not in the ledger: they are no withdrawals) with the "
+            "ledger feed, and a slow bleed of ~0.4% every ~20 min to one address for two days",
+            tuple(
+                replace(w, deposits_per_day=w.withdrawals_per_day * 2)
+                for w in _fleet(4, drains={1: (one(at, "slow_bleed", 0.004, 144, 1200),)})
+            ),
+            days,
+            panic_days=(9, 14),
+            cold_wallets=False,
+            ledger=True,
+        ),
     ]
     return result
 

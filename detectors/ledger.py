@@ -10,6 +10,15 @@ paid in parts. Paying the customer's address less than was approved moves nothin
 else, so it is safe to accept; paying more is not. An approval explains one transfer, or several
 that together pay it; internal transfers and configured counterparties are never questioned.
 
+A destination the detector has already flagged ``repeat_trust`` times (3) more than a day before,
+such as the exchange's cold wallet when the config does not list it (its sweeps are not customer
+withdrawals, so the ledger never approves them), is not flagged again for payments up to
+``repeat_trust_factor`` (2x) the largest flagged one: each of those earlier payments froze the
+wallet and paged someone, so only an address the operators let through, on more than one day,
+is trusted, and never for much more than it had. Payments it approved do not count: a thief who
+withdrew to his address as a customer is not trusted. The other detectors judge these payments
+as usual.
+
 The detector is inactive until it has seen an approval (or is built ``active=True``): without a
 ledger feed every outflow would look unexplained.
 
@@ -71,6 +80,9 @@ class _Lookup(NamedTuple):
 
 
 _NOT_YET: Final = (None, None)
+_DAY_S: Final = 86400
+_FlagKey = tuple[str, str, str, str]
+"""Chain and asset as matched, the paying wallet, the destination."""
 
 
 class LedgerReconciliation:
@@ -78,6 +90,9 @@ class LedgerReconciliation:
 
     outflows_only: Final = True
     """Neither judges nor learns from inflows (the engine skips them)."""
+    learns_from_freezes: Final = True
+    """Keeps facts (the approvals used up, the outflows it flagged), so it learns from the
+    outflows it froze on too."""
 
     def __init__(
         self,
@@ -87,9 +102,18 @@ class LedgerReconciliation:
         amount_tolerance: Decimal = Decimal("0.02"),
         active: bool = False,
         late_s: int = 120,
+        repeat_trust: int = 3,
+        repeat_trust_factor: Decimal = Decimal(2),
+        repeat_history_s: int = 28 * _DAY_S,
     ) -> None:
         self.name = name
         self.late_s = late_s
+        self.repeat_trust = repeat_trust
+        self.repeat_trust_factor = repeat_trust_factor
+        self.repeat_history_s = repeat_history_s
+        self._flagged: dict[_FlagKey, list[tuple[float, Decimal]]] = {}
+        """(time, amount) of the outflows flagged per wallet and destination, for
+        ``repeat_history_s``: what makes a destination trusted (see the module doc)."""
         self.match_window_s = match_window_s
         self.amount_tolerance = amount_tolerance
         self.active = active
@@ -130,9 +154,13 @@ class LedgerReconciliation:
         :attr:`compared`), the approvals still open in every engine are those the one-process
         run has open. An engine that has learned no approval yet takes the other's over.
         """
+        # Each engine flagged its own wallets' outflows only: the union.
+        flagged = {**other._flagged, **self._flagged}
         if self.learned == 0 and not self._open:
             self.__dict__.update(other.__getstate__())
+            self._flagged = flagged
             return
+        self._flagged = flagged
         if other.learned != self.learned:
             raise ValueError("ledger reconciliation: engines learned different approvals")
         # An approval open in both: the one with less left (paid in part by one of them).
@@ -171,6 +199,10 @@ class LedgerReconciliation:
     def _expire(self, now: float) -> None:
         horizon = now - 2 * self.match_window_s
         self._keep(lambda approvals: [a for a in approvals if a.time >= horizon])
+        forgotten = now - self.repeat_history_s
+        for key, flagged in list(self._flagged.items()):
+            if max(when for when, _ in flagged) < forgotten:
+                del self._flagged[key]
 
     def _keep(self, kept: Callable[[list[_Approval]], list[_Approval]]) -> None:
         """Replace each address's open approvals by ``kept`` of them (an empty list: none)."""
@@ -237,7 +269,7 @@ class LedgerReconciliation:
         if not self._questioned(transfer, state):
             return None
         found = self._look(transfer)
-        if found.at is not None:
+        if found.at is not None or self._trusted(transfer, found.key):
             return None
         units = state.units
         before = state.balance_units()
@@ -261,6 +293,46 @@ class LedgerReconciliation:
             transfer_ids=(transfer.id,),
             tx_hashes=(transfer.tx_hash,),
         )
+
+    def _flag_key(self, transfer: TransferView, key: _Key) -> _FlagKey:
+        return key[0], key[1], transfer.wallet, key[2]
+
+    def _trusted(self, transfer: TransferView, key: _Key) -> bool:
+        """Whether an unexplained outflow goes to a destination flagged ``repeat_trust`` times
+        more than a day ago, and is at most ``repeat_trust_factor`` times the largest of those."""
+        if self.repeat_trust <= 0:
+            return False
+        flagged = self._flagged.get(self._flag_key(transfer, key))
+        if flagged is None or len(flagged) < self.repeat_trust:
+            return False
+        cutoff = transfer.epoch - _DAY_S
+        before = [amount for when, amount in flagged if when < cutoff]
+        if len(before) < self.repeat_trust:
+            return False
+        value = Decimal(f"{transfer.amount}E-{transfer.decimals}")
+        return value <= max(before) * self.repeat_trust_factor
+
+    def learn_with_state(self, transfer: TransferView, state: WalletState) -> None:
+        """Use up the approval that explains this outflow (:meth:`learn_one`), or remember it
+        as flagged: an outflow this detector questions, explained by no approval and not
+        trusted."""
+        if not self.active or transfer.direction is not Direction.OUT:
+            return
+        found = self._look(transfer)
+        if found.at is not None:
+            self.learn_one(transfer)
+            return
+        if (
+            self.repeat_trust <= 0
+            or not self._questioned(transfer, state)
+            or self._trusted(transfer, found.key)
+        ):
+            return
+        flagged = self._flagged.setdefault(self._flag_key(transfer, found.key), [])
+        forgotten = transfer.epoch - self.repeat_history_s
+        while flagged and flagged[0][0] < forgotten:
+            del flagged[0]
+        flagged.append((transfer.epoch, Decimal(f"{transfer.amount}E-{transfer.decimals}")))
 
     def learn_one(self, transfer: TransferView) -> None:
         """Use up the approval that explains this outflow, so it explains no other."""

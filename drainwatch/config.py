@@ -249,6 +249,11 @@ class DetectionConfig(_Model):
     ledger_match_window_s: int = Field(default=10800, gt=0)
     """How long before its on-chain transfer an approved withdrawal may have been approved (the
     exchange's payout queue): an outflow matched by no approval this recent freezes."""
+    ledger_repeat_trust: int = Field(default=3, ge=0)
+    """With a ledger: a destination whose unapproved payments froze the wallet this many times
+    more than a day ago (an unlisted cold wallet's sweeps) is not flagged again for up to twice
+    the largest of them (0: always flagged). List the exchange's own wallets instead where you
+    can."""
     shadow: tuple[str, ...] = ()
     """Detectors that evaluate and alert but never request a freeze."""
 
