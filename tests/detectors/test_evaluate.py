@@ -17,6 +17,7 @@ from detectors.evaluate import (
     first_large,
     scenarios,
     score,
+    variants,
 )
 from detectors.traffic import DrainSpec, HotWalletSpec, generate_traffic
 from tests.detectors.factories import config, transfer
@@ -78,6 +79,33 @@ def test_fixed_rule_freezes_at_five_percent_in_twenty_minutes() -> None:
 def test_unknown_scenario_runs_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     assert evaluate_main(["--scenario", "no-such-scenario", "--workers", "1"]) == 0
     assert "| scenario |" in capsys.readouterr().out
+
+
+def test_variants_are_drain_free_fleets_apart_from_the_scenarios() -> None:
+    names = {s.name for s in scenarios()}
+    shaped = variants()
+    assert len({v.name for v in shaped}) == len(shaped)
+    assert not names & {v.name for v in shaped}
+    assert all(not w.drains for v in shaped for w in v.wallets)
+    # Each differs from the default fleet in what its name says.
+    default = scenarios(quick=True)[1].wallets[0]
+    by_name = {v.name: v.wallets[0] for v in shaped}
+    assert by_name["quiet"].withdrawals_per_day == 60 < default.withdrawals_per_day
+    assert by_name["mm-weekly"].market_maker_every_h == 168
+    assert by_name["thin-wallet"].customer_cap == 0.02 > default.customer_cap
+
+
+def test_variants_run_only_when_asked(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        "detectors.evaluate.variants", lambda: [replace(SCENARIO, name="quiet", days=8.0)]
+    )
+    # A variant named without --variants is not among the scenarios: nothing runs.
+    assert evaluate_main(["--scenario", "quiet", "--workers", "1"]) == 0
+    assert "| quiet |" not in capsys.readouterr().out
+    assert evaluate_main(["--variants", "--scenario", "quiet", "--workers", "1"]) == 0
+    assert "| quiet | drainwatch |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("day", ["6.5", "19"])
