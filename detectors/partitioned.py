@@ -34,6 +34,7 @@ once, with msgspec, to route it and, by its owner, to judge it.
 from __future__ import annotations
 
 import copy
+import itertools
 import multiprocessing
 import pickle
 import time
@@ -178,6 +179,7 @@ def deal_wallets(config: Config, path: Path, count: int) -> list[set[_Key]]:
     keys = list(dict.fromkeys((w.chain.casefold(), w.address) for w in config.wallets))
     load = dict.fromkeys(keys, 0)
     addresses = {address for _, address in keys}
+    chains: dict[str, str] = {}
     for number, raw in read_lines(path):
         if number > _SAMPLE_LINES:
             break
@@ -186,10 +188,16 @@ def deal_wallets(config: Config, path: Path, count: int) -> list[set[_Key]]:
         except msgspec.DecodeError:
             continue
         for address in (route.sender, route.to):
-            if address in addresses or not is_normal_address(address):
-                key = (route.chain.casefold(), normalize_address(address))
-                if key in load:
-                    load[key] += 1
+            if address not in addresses:
+                if is_normal_address(address):
+                    continue  # a customer's, as written: no listed wallet
+                address = normalize_address(address)  # noqa: PLW2901 - its normal spelling
+            chain = chains.get(route.chain)
+            if chain is None:
+                chain = chains[route.chain] = route.chain.casefold()
+            key = (chain, address)
+            if key in load:
+                load[key] += 1
     groups: list[set[_Key]] = [set() for _ in range(count)]
     totals = [0] * count
     for key in sorted(keys, key=lambda k: -load[k]):
@@ -266,26 +274,8 @@ class _Worker:
             result.done = True
             result.seen = self.engine.wallets_seen()
             return result
-        done = _bytes_done if self.index == 0 else None
-        while True:
-            if self.pending is not None:
-                number, raw = self.pending
-                self.pending = None
-            else:
-                item = next(self.lines, None)
-                if item is None:
-                    result.done = self.stopped = True
-                    break
-                number, raw = item
-            if number >= until:
-                self.pending = (number, raw)
-                break
-            result.read += 1
-            if done is not None and not number % _PROGRESS_EVERY:
-                done.value += _PROGRESS_EVERY * len(raw)  # roughly: shown, not counted
-            if not self._line(number, raw, result):
-                result.done = self.stopped = True
-                break
+        if self._read_until(until, result):
+            result.done = self.stopped = True
         result.findings = self.correlator.seen
         self.correlator.seen = []
         ledger = self.ledger
@@ -297,56 +287,83 @@ class _Worker:
         result.elapsed_s = time.perf_counter() - started
         return result
 
-    def _line(self, number: int, raw: bytes, result: RoundResult) -> bool:
-        """Route and maybe judge one line; False at a malformed line this worker reports."""
-        # A usual line is read whole, once: its routing fields say whose it is, and its owner
-        # judges it without reading it again. Reading the routing fields alone costs 0.37 us a
-        # line, the whole line 0.44 us; each worker judges about 1/workers of the lines.
-        line: TransferLine | None
-        route: TransferLine | _Route | None
-        try:
-            route = line = decode_line(raw)
-        except msgspec.DecodeError:
-            line = None
+    def _read_until(self, until: int, result: RoundResult) -> bool:  # noqa: PLR0915 - hot loop
+        """Route every line numbered below ``until`` and judge this worker's; True when the
+        file ended or this worker stopped at a malformed line.
+
+        Routing is inlined in this loop over every line of the file, its own or not: only a
+        line this worker judges (about 1/workers of them) costs a call.
+        """
+        done = _bytes_done if self.index == 0 else None
+        pending, self.pending = self.pending, None
+        lines = self.lines if pending is None else itertools.chain((pending,), self.lines)
+        routes, chains, feed = self.routes, self.chains, self.feed
+        count, index = self.count, self.index
+        read = watched = 0
+        ended = True  # the file ended, or this worker's malformed line: nothing is pending
+        for number, raw in lines:
+            if number >= until:
+                self.pending = (number, raw)
+                ended = False
+                break
+            read += 1
+            if done is not None and not number % _PROGRESS_EVERY:
+                done.value += _PROGRESS_EVERY * len(raw)  # roughly: shown, not counted
+            # A usual line is read whole, once: its routing fields say whose it is, and its
+            # owner judges it without reading it again. Reading the routing fields alone costs
+            # 0.37 us a line, the whole line 0.44 us; each worker judges about 1/workers of them.
+            line: TransferLine | None
+            route: TransferLine | _Route | None
             try:
-                route = _decode_route(raw)
+                route = line = decode_line(raw)
             except msgspec.DecodeError:
-                route = None
-        if route is None:
-            judge = number % self.count == self.index  # malformed, probably: one worker reports
-            touches = False
-        else:
-            judge = touches = False
-            routes = self.routes
-            for address in (route.sender, route.to):
-                chains = routes.get(address)
-                if chains is None and not (
-                    # is_normal_address, inlined: this runs for both addresses of every line of
-                    # the file, in every worker (calling it, or a shared lookup helper, cost
-                    # 1,400 more instructions a line: about 2% of a worker, callgrind)
-                    address.isalnum()
-                    and (address.islower() or not address.startswith(HEX_PREFIXES))
-                ):
-                    chains = routes.get(normalize_address(address))
-                if chains is not None:
-                    chain = self.chains.get(route.chain)
-                    if chain is None:
-                        chain = self.chains[route.chain] = route.chain.casefold()
-                    mine = chains.get(chain)
-                    if mine is not None:
-                        touches = True
-                        judge = judge or mine
-            if not touches and number % self.count == self.index:
-                judge = True  # checked for errors, judged by nobody
-        if self.index == 0 and touches:
-            result.watched += 1
-        feed = self.feed
-        if not judge:
-            if feed is not None:  # the line's time hands over approvals, for every worker
+                line = None
+                try:
+                    route = _decode_route(raw)
+                except msgspec.DecodeError:
+                    route = None
+            if route is None:
+                judge = number % count == index  # malformed, probably: one worker reports
+                touches = False
+            else:
+                judge = touches = False
+                for address in (route.sender, route.to):
+                    found = routes.get(address)
+                    if found is None and not (
+                        # is_normal_address, inlined: this runs for both addresses of every
+                        # line of the file, in every worker (calling it, or a shared lookup
+                        # helper, cost 1,400 more instructions a line: about 2% of a worker)
+                        address.isalnum()
+                        and (address.islower() or not address.startswith(HEX_PREFIXES))
+                    ):
+                        found = routes.get(normalize_address(address))
+                    if found is not None:
+                        chain = chains.get(route.chain)
+                        if chain is None:
+                            chain = chains[route.chain] = route.chain.casefold()
+                        mine = found.get(chain)
+                        if mine is not None:
+                            touches = True
+                            judge = judge or mine
+                if not touches and number % count == index:
+                    judge = True  # checked for errors, judged by nobody
+            if touches and index == 0:
+                watched += 1
+            if judge:
+                if not self._judge(number, raw, line, result):
+                    break
+            elif feed is not None:  # the line's time hands over approvals, for every worker
                 when = line_time(raw, line)
-                if when is not None:
-                    return self._hand_over(feed, number, when, result)
-            return True
+                if when is not None and not self._hand_over(feed, number, when, result):
+                    break
+        result.read, result.watched = read, watched
+        return ended
+
+    def _judge(
+        self, number: int, raw: bytes, line: TransferLine | None, result: RoundResult
+    ) -> bool:
+        """Judge a line of this worker's (``line``: as :func:`decode_line` read it, or None);
+        False at a malformed line."""
         try:
             if line is None:
                 when, moves = self.replay.parse(number, raw)
@@ -356,6 +373,7 @@ class _Worker:
             result.error = line_error(self.path, number, exc)
             result.error_line = number
             return False
+        feed = self.feed
         if feed is not None and not self._hand_over(feed, number, when, result):
             return False
         for move_index, move in enumerate(moves):
