@@ -727,9 +727,14 @@ class BitcoinSource:
         known.update(self._watched_outputs(tx for tx, _ in self._mempool.values()))
         wanted = [i.prev for t in new for i in self._mempool[t][0].inputs if i.prev is not None]
         known.update(self.store.lookup(self.chain, wanted))
+        # With balances reported, a pending transfer carries the wallet's confirmed balance moved
+        # by it, as if mined next: a wallet's first transfer seen pending is then judged against
+        # its balance, not against nothing.
+        report = self._report_balances()
         for txid in new:
             tx, seen = self._mempool[txid]
             moves, _ = account([tx], self.watch, known, extend=False)
+            confirmed = self.store.balances(self.chain, {m.wallet for m in moves}) if report else {}
             transfers = (
                 movement_transfer(
                     m,
@@ -737,6 +742,11 @@ class BitcoinSource:
                     asset=self.symbol,
                     time=seen,
                     status=TransferStatus.PENDING,
+                    balance_after=(
+                        max(confirmed[m.wallet] - (m.sent - m.returned), 0)
+                        if m.wallet in confirmed
+                        else None
+                    ),
                 )
                 for m in moves
             )

@@ -51,6 +51,14 @@ TraceMode = Literal["auto", "debug", "trace", "off"]
 _BALANCE_OF = "0x70a08231"
 
 
+def _after(transfer: Transfer, now: int | None) -> int | None:
+    """The balance after a pending ``transfer`` from the balance ``now`` (None: unknown)."""
+    if now is None:
+        return None
+    moved = transfer.amount if transfer.direction is Direction.IN else -transfer.amount
+    return max(now + moved, 0)
+
+
 def _int(value: Any) -> int:
     if isinstance(value, int):
         return value
@@ -468,8 +476,20 @@ class EvmSource:
         def asset_of(t: Transfer) -> str | None:
             return self._contract_of.get(t.id) if t.position != 0 and t.position < 10_000 else None
 
-        pairs = list(dict.fromkeys((t.wallet, asset_of(t)) for t in transfers))
-        at = {"blockHash": block_hash}
+        balances = self._balances(
+            [(t.wallet, asset_of(t)) for t in transfers], {"blockHash": block_hash}
+        )
+        return [
+            t.model_copy(update={"balance_after": balances.get((t.wallet, asset_of(t)))})
+            for t in transfers
+        ]
+
+    def _balances(
+        self, wanted: Sequence[tuple[str, str | None]], at: str | Mapping[str, str]
+    ) -> dict[tuple[str, str | None], int]:
+        """Balances of (wallet, token contract or None for the native asset) at block ``at``;
+        one that could not be read is left out."""
+        pairs = list(dict.fromkeys(wanted))
         calls: list[tuple[str, Sequence[Any]]] = []
         for wallet, contract in pairs:
             if contract is None:
@@ -484,10 +504,7 @@ class EvmSource:
                 balances[pair] = (
                     _int(result) if not isinstance(result, bytes) else int.from_bytes(result, "big")
                 )
-        return [
-            t.model_copy(update={"balance_after": balances.get((t.wallet, asset_of(t)))})
-            for t in transfers
-        ]
+        return balances
 
     # -- the mempool --------------------------------------------------------------------
 
@@ -517,9 +534,25 @@ class EvmSource:
                 common,
             )
         data = _get(tx, "input", "data")
+        tokens: list[Transfer] = []
         if self.tokens and to is not None and data:
             call = decode_transfer_call(sender, data)
             if call is not None and (call[0] in self._assets or call[1] in self._assets):
                 info = self.token_info(str(to))
-                out += self._pair(call[0], call[1], info.symbol, call[2], info.decimals, 1, common)
-        return out
+                tokens = self._pair(
+                    call[0], call[1], info.symbol, call[2], info.decimals, 1, common
+                )
+        out += tokens
+        if not self.read_balances or not out:
+            return out
+        # The wallet's balance now, as if this transaction were mined next: without it, a
+        # wallet's first transfer seen pending (before any block carried its balance) would be
+        # judged against no balance at all, and look like all of it.
+        contract = normalize_address(str(to)) if tokens else None
+        natives = len(out) - len(tokens)  # the native transfers come first
+        wanted = [(t.wallet, None if i < natives else contract) for i, t in enumerate(out)]
+        balances = self._balances(wanted, "latest")
+        return [
+            t.model_copy(update={"balance_after": _after(t, balances.get(pair))})
+            for t, pair in zip(out, wanted, strict=True)
+        ]

@@ -52,6 +52,9 @@ class EvmPending:
         self._tracked: dict[str, list[Transfer]] = {}
         self._ignored: dict[str, None] = {}
         self._seen_at: dict[str, datetime] = {}
+        self._found: dict[str, list[Transfer]] = {}
+        """The transfers of each transaction in the pool, as built when it was first seen (with
+        the wallet's balance then)."""
 
     def on_hash(self, tx_hash: str) -> None:
         """A hash from ``newPendingTransactions`` (called from the subscriber thread)."""
@@ -91,8 +94,11 @@ class EvmPending:
                 live.add(tx_hash)
                 if tx_hash in self._ignored:
                     continue
-                found = self.source.pending_transfers(tx, self._stamp(tx_hash))
+                found = self._found.get(tx_hash)
+                if found is None:  # first seen: built once, so each snapshot repeats it exactly
+                    found = self.source.pending_transfers(tx, self._stamp(tx_hash))
                 if found:
+                    self._found[tx_hash] = found
                     out += found
                 else:
                     self._ignored[tx_hash] = None
@@ -125,7 +131,7 @@ class EvmPending:
         return out
 
     def _forget(self, live: set[str]) -> None:
-        for table in (self._ignored, self._seen_at):
+        for table in (self._ignored, self._seen_at, self._found):
             for tx_hash in [h for h in table if h not in live]:
                 del table[tx_hash]
 

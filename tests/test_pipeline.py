@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from drainwatch.bus.kafka import KafkaBus
 from drainwatch.config import Config, load
 from drainwatch.events import FREEZES, FreezeOrder, decode
 from tests.harness.configs import anvil_wallets_toml
-from tests.harness.services import AnvilService, KafkaService
+from tests.harness.services import AnvilFactory, AnvilService, KafkaService
 from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.services
@@ -109,31 +110,63 @@ def assert_one_freeze(ks: KillSwitch, hot: str, big_tx: str, timeline_path: Path
     timeline.close()
 
 
-def test_drain_on_anvil_is_frozen_through_the_embedded_bus(
-    anvil: AnvilService, killswitch: KillSwitch, tmp_path: Path
-) -> None:
-    hot, cold = accounts(anvil)
-    cfg = write_config(tmp_path / "drainwatch.toml", anvil, killswitch, hot, cold)
+@contextmanager
+def pipeline_running(cfg: Config) -> Iterator[None]:
+    """Every stage in one process on the embedded bus, in a thread, for the ``with`` body;
+    stopped at its end, and any error it raised is raised."""
     stop = threading.Event()
     errors: list[BaseException] = []
 
     def target() -> None:
         try:
             run_pipeline(cfg, "all", stop=stop)
-        except BaseException as exc:  # surfaced in the assertion below
+        except BaseException as exc:  # surfaced below
             errors.append(exc)
 
     thread = threading.Thread(target=target)
     thread.start()
     try:
-        ordinary, big = drain(anvil, hot)
-        wait_for(lambda: killswitch.store.is_frozen(CHAIN, hot), 30, "the freeze")
-        timeline = Timeline(str(cfg.alerts.timeline_path))
-        wait_for(lambda: len(timeline.transfers()) >= len(ordinary) + 2, 10, "the timeline")
+        yield
     finally:
         stop.set()
         thread.join(30)
     assert not errors, errors
+
+
+def test_a_wallets_first_transfer_seen_pending_is_judged_against_its_balance(
+    anvil_factory: AnvilFactory, killswitch: KillSwitch, tmp_path: Path
+) -> None:
+    # The mempool can show a wallet's first transfer before any block has carried the wallet's
+    # balance (under load, even with instant mining). Judged against no balance, an ordinary
+    # 5 ETH withdrawal was "100% of eth-hot-1 drained at once" and froze the wallet (a flaky
+    # freeze seen once in CI); the pending transfer now carries the wallet's balance.
+    node = anvil_factory("--no-mining")
+    hot, cold = accounts(node)
+    cfg = write_config(tmp_path / "drainwatch.toml", node, killswitch, hot, cold)
+    with pipeline_running(cfg):
+        tx = node.rpc(
+            "eth_sendTransaction", [{"from": hot, "to": fresh_address(1), "value": hex(5 * ETH)}]
+        )
+        timeline = Timeline(str(cfg.alerts.timeline_path))
+        wait_for(
+            lambda: tx in {t.transfer.tx_hash for t in timeline.transfers()}, 30, "the pending tx"
+        )
+        node.rpc("evm_mine")
+        wait_for(lambda: len(timeline.transfers()) >= 2, 30, "its confirmation")
+    assert not killswitch.store.frozen()
+    assert not [r.alert for r in Timeline(str(cfg.alerts.timeline_path)).alerts()]
+
+
+def test_drain_on_anvil_is_frozen_through_the_embedded_bus(
+    anvil: AnvilService, killswitch: KillSwitch, tmp_path: Path
+) -> None:
+    hot, cold = accounts(anvil)
+    cfg = write_config(tmp_path / "drainwatch.toml", anvil, killswitch, hot, cold)
+    with pipeline_running(cfg):
+        ordinary, big = drain(anvil, hot)
+        wait_for(lambda: killswitch.store.is_frozen(CHAIN, hot), 30, "the freeze")
+        timeline = Timeline(str(cfg.alerts.timeline_path))
+        wait_for(lambda: len(timeline.transfers()) >= len(ordinary) + 2, 10, "the timeline")
     assert_one_freeze(killswitch, hot, big, Path(cfg.alerts.timeline_path))
     recorded = {t.transfer.tx_hash for t in Timeline(cfg.alerts.timeline_path).transfers()}
     assert {*ordinary, big} <= recorded

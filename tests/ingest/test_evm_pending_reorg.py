@@ -82,6 +82,7 @@ def test_pending_native_and_token_transfers_are_confirmed_under_the_same_id(
     )
     drain(watcher)
     before = len(rec.transfers)
+    balance = w3.eth.get_balance(hot)
     native = node.rpc("eth_sendTransaction", [{"from": hot, "to": alice, "value": hex(3 * ETH)}])
     tok = node.rpc(
         "eth_sendTransaction", [{"from": hot, "to": token, "data": transfer_calldata(alice, 250)}]
@@ -93,6 +94,12 @@ def test_pending_native_and_token_transfers_are_confirmed_under_the_same_id(
     } == {
         (native, TransferStatus.PENDING, None, 0, "ETH", 3 * ETH),
         (tok, TransferStatus.PENDING, None, 1, "TKN", 250),
+    }
+    # Each carries the wallet's balance as if it were mined next (gas aside): a wallet's first
+    # transfer seen pending is judged against its balance, not against nothing.
+    assert {t.asset: t.balance_after for t in pending} == {
+        "ETH": balance - 3 * ETH,
+        "TKN": 1000 - 250,
     }
     watcher.poll_once()  # still pending: nothing new
     assert len(rec.transfers) == before + 2

@@ -72,9 +72,11 @@ def test_outflow_is_pending_first_then_confirmed_with_exact_satoshi(
     assert pending.counterparty == thief
     assert pending.counterparties == (thief, addr(cold))
     assert pending.block_number is None
+    assert pending.balance_after == change  # the confirmed balance, as if this were mined next
     cold_pending = only(rec.transfers, tx_hash=txid, wallet=addr(cold))
     assert (cold_pending.direction, cold_pending.amount) == (Direction.IN, 50_000_000)
     assert cold_pending.counterparty == addr(hot)
+    assert cold_pending.balance_after == 50_000_000
 
     block_hash = node.mine(1)[0]
     rec.batches.clear()
