@@ -262,6 +262,36 @@ def _stop_on_signals(stop: threading.Event) -> None:
             signal.signal(sig, lambda *_: stop.set())
 
 
+def balance_blind(config: Config) -> list[str]:
+    """Labels of the hot wallets whose balance live mode cannot read: on a Bitcoin chain with no
+    ``start_block`` (the watcher's UTXO set starts empty at the newest block) and with no
+    ``opening_balance``. Their balance is estimated from the stream, as in a backtest without
+    one: the first outflow reads as all of it and freezes the wallet.
+
+    >>> from drainwatch.config import loads
+    >>> cfg = loads('''
+    ... [[wallets]]
+    ... chain = "btc"
+    ... address = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"
+    ... label = "btc-hot"
+    ... [chains.btc]
+    ... kind = "bitcoin"
+    ... rpc = ["http://127.0.0.1:8334"]
+    ... ''')
+    >>> balance_blind(cfg)
+    ['btc-hot']
+    """
+    return [
+        w.label or w.address
+        for w in config.wallets
+        if w.role == "hot"
+        and w.opening_balance is None
+        and (chain := config.chains.get(w.chain)) is not None
+        and chain.kind == "bitcoin"
+        and chain.start_block is None
+    ]
+
+
 def run_pipeline(
     config: Config,
     stage: str = "all",
@@ -283,6 +313,12 @@ def run_pipeline(
                 )
             )
     if "detect" in wanted:
+        for label in balance_blind(config):
+            log.warning(
+                "%s: no opening_balance and its Bitcoin chain has no start_block, so its balance "
+                "is unknown: its first outflow will read as all of it and freeze it; set either",
+                label,
+            )
         threads.append(
             threading.Thread(target=detect_loop(config, bus).run, args=(stop,), name="detect")
         )

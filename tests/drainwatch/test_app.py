@@ -1,0 +1,75 @@
+"""Start-up checks of the pipeline (drainwatch.app)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import pytest
+
+from drainwatch.app import balance_blind, run_pipeline
+from drainwatch.config import Config, loads
+
+HOT = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"
+COLD = "bc1qxy2kgdygjrsqtzq2n0yrf2493p83kkfjhx0wlh"
+
+
+def config(
+    tmp_path: Path, *, start_block: str = "", opening: str = "", evm: bool = False
+) -> Config:
+    return loads(
+        f"""
+state_dir = "{tmp_path / "state"}"
+
+[[wallets]]
+chain = "btc"
+address = "{HOT}"
+label = "btc-hot"
+{opening}
+
+[[wallets]]
+chain = "btc"
+address = "{COLD}"
+label = "btc-cold"
+role = "cold"
+
+[[wallets]]
+chain = "eth"
+address = "0x{"11" * 20}"
+label = "eth-hot"
+
+[chains.btc]
+kind = "bitcoin"
+rpc = ["http://127.0.0.1:1"]
+{start_block}
+
+[chains.eth]
+kind = "evm"
+rpc = ["http://127.0.0.1:1"]
+
+[alerts]
+timeline_path = "{tmp_path / "timeline.sqlite3"}"
+"""
+    )
+
+
+def test_only_bitcoin_hot_wallets_with_no_balance_to_start_from_are_blind(
+    tmp_path: Path,
+) -> None:
+    # The EVM wallet's balance is read with every block; the cold wallet freezes on any outflow.
+    assert balance_blind(config(tmp_path)) == ["btc-hot"]
+    assert balance_blind(config(tmp_path, start_block="start_block = 100")) == []
+    assert balance_blind(config(tmp_path, opening='opening_balance = "12.5"')) == []
+
+
+def test_the_detect_stage_warns_about_each_blind_wallet_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    stop = threading.Event()
+    stop.set()  # start, warn, and stop at once
+    with caplog.at_level(logging.WARNING, logger="drainwatch.app"):
+        run_pipeline(config(tmp_path), "detect", stop=stop)
+    warned = [r.getMessage() for r in caplog.records if "opening_balance" in r.getMessage()]
+    assert len(warned) == 1
+    assert warned[0].startswith("btc-hot: no opening_balance")
