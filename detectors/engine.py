@@ -284,9 +284,17 @@ class DetectionEngine:
         been processed live. Returns how many transfers were counted.
         """
         counted = 0
-        for transfer in transfers:
-            self.process(transfer, emit=False)
-            counted += 1
+        # The approvals of the replayed hours are not replayed with them: the ledger would flag
+        # every payment, so it does not count those toward trusting a destination.
+        for ledger in self._ledgers:
+            ledger.counts_flags = False
+        try:
+            for transfer in transfers:
+                self.process(transfer, emit=False)
+                counted += 1
+        finally:
+            for ledger in self._ledgers:
+                ledger.counts_flags = True
         return counted
 
     def _route(self, chain: str, address: str, asset: str) -> WalletState | None:

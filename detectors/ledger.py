@@ -114,6 +114,9 @@ class LedgerReconciliation:
         self._flagged: dict[_FlagKey, list[tuple[float, Decimal]]] = {}
         """(time, amount) of the outflows flagged per wallet and destination, for
         ``repeat_history_s``: what makes a destination trusted (see the module doc)."""
+        self.counts_flags = True
+        """False while transfers are replayed without their approvals (a live detector's state
+        rebuild): what it flags then is not counted toward trusting a destination."""
         self.match_window_s = match_window_s
         self.amount_tolerance = amount_tolerance
         self.active = active
@@ -324,6 +327,7 @@ class LedgerReconciliation:
             return
         if (
             self.repeat_trust <= 0
+            or not self.counts_flags
             or not self._questioned(transfer, state)
             or self._trusted(transfer, found.key)
         ):

@@ -313,6 +313,20 @@ def test_only_flagged_payments_of_the_same_wallet_make_a_destination_trusted() -
     assert _ledger(strict.process(transfer("TREASURY", 10, minutes=2 * DAY_MIN)))
 
 
+def test_payments_replayed_in_a_state_rebuild_do_not_make_a_destination_trusted() -> None:
+    # A restarted detector replays its wallets' last two days of transfers, but not the
+    # approvals of those days: the ledger flags every replayed payment, and must not count them
+    # (every customer paid three times would be trusted after a restart).
+    e = engine(reconcile=True)
+    replayed = [transfer("CUSTOMER", 100, minutes=60 * hour) for hour in range(3)]
+    assert e.replay(replayed) == 3
+    assert _ledger(e.process(transfer("CUSTOMER", 100, minutes=2 * DAY_MIN)))
+    # The same payments judged live, each flagged and paging: trusted.
+    live = engine(reconcile=True)
+    _sweeps(live, "CUSTOMER", [100, 100, 100])
+    assert _ledger(live.process(transfer("CUSTOMER", 100, minutes=2 * DAY_MIN))) == []
+
+
 def test_flagged_payments_travel_with_snapshots_and_join_across_engines() -> None:
     # A snapshot carries what was flagged; a split backtest joins each worker's wallets.
     state = WalletState(wallet(), "XEM")
