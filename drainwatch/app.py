@@ -159,7 +159,8 @@ def rebuild_state(
 
 
 def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None) -> StageLoop:
-    """The detector stage: transfers and ledger in, alerts out.
+    """The detector stage: transfers (shared by the group) and the ledger (read whole by each
+    detector) in, alerts out.
 
     On every (re)assignment the partitions it did not hold before are replayed into the engine
     first, so a detector that took over wallets after a crash or a rebalance judges their next
@@ -177,15 +178,21 @@ def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None)
         if new:
             rebuild_state(bus, engine, loops[0].position, new)
 
+    # Every detector learns every approval: an approval is keyed by its destination, and the
+    # wallet that pays it may be any detector's. They are read again from the last two match
+    # windows on start, so a restarted detector has the approvals still open.
+    since_s = datetime.now(UTC).timestamp() - 2 * config.detection.ledger_match_window_s
     loop = StageLoop(
         bus,
-        [TRANSFERS, LEDGER],
+        [TRANSFERS],
         f"{config.bus.group_prefix}-detect",
         engine.handle,
         prefix=config.bus.topic_prefix,
         stage="detect",
         on_assign=on_assign,
         decoders={TRANSFERS: read_transfer},
+        broadcast=[LEDGER],
+        broadcast_since_ms=int(since_s * 1000),
     )
     loops.append(loop)
     return loop

@@ -27,7 +27,14 @@ import orjson
 from prometheus_client import Counter
 
 from drainwatch import metrics
-from drainwatch.bus.base import AssignCallback, Bus, Message, TopicPartition, TopicSpec
+from drainwatch.bus.base import (
+    AssignCallback,
+    Bus,
+    Follower,
+    Message,
+    TopicPartition,
+    TopicSpec,
+)
 from drainwatch.errors import DrainwatchError
 from drainwatch.events import (
     ALERTS,
@@ -137,6 +144,8 @@ class StageLoop:
         on_assign: AssignCallback | None = None,
         max_batch: int = 2000,
         decoders: Mapping[str, Decoder] | None = None,
+        broadcast: Sequence[str] = (),
+        broadcast_since_ms: int = 0,
     ) -> None:
         self.bus = bus
         self.max_batch = max_batch
@@ -149,6 +158,11 @@ class StageLoop:
         self._producer = bus.producer()
         self._on_assign = on_assign
         self._consumer = bus.consumer(self.topics, group, on_assign=on_assign)
+        self._followers = [
+            Follower(bus, topic_name(prefix, t), broadcast_since_ms) for t in broadcast
+        ]
+        """``broadcast`` topics, read whole by this member (from ``broadcast_since_ms``), not
+        shared with the group: each poll's news is handled before the group's messages."""
         self._deadletter = topic_name(prefix, DEADLETTER)
         self._lag_due_s = 0.0
         self._handled = 0
@@ -166,8 +180,26 @@ class StageLoop:
 
     def run_once(self, timeout_s: float = 1.0) -> int:
         """Process one poll's worth of messages; return how many were read."""
-        messages = self._consumer.poll(timeout_s, self.max_batch)
         published: list[Event] = []
+        followed = [m for follower in self._followers for m in follower.poll()]
+        if followed:
+            # Before the group's poll: an approval is learned before the transfer it explains,
+            # and before a state rebuild (run from the group's poll) replays the wallets.
+            self._handle(followed, published)
+        messages = self._consumer.poll(timeout_s, self.max_batch)
+        self._handle(messages, published)
+        if messages or followed:
+            self._producer.flush()
+        if messages:
+            self._consumer.commit()
+        if messages or followed:
+            PROCESSED_TOTAL.labels(stage=self.stage).inc(len(messages) + len(followed))
+        if published:
+            metrics.observe_outputs(published)
+        self._record_lag()
+        return len(messages) + len(followed)
+
+    def _handle(self, messages: Sequence[Message], published: list[Event]) -> None:
         handle_seconds = metrics.STAGE_HANDLE_SECONDS.labels(stage=self.stage)
         for msg in messages:
             topic = self._logical(msg.topic)
@@ -194,13 +226,6 @@ class StageLoop:
                 # The histogram's lock costs as much as judging a quiet transfer: time every
                 # event that raised something, and a sample of the quiet ones.
                 handle_seconds.observe(time.perf_counter() - began)
-        if messages:
-            self._producer.flush()
-            self._consumer.commit()
-            PROCESSED_TOTAL.labels(stage=self.stage).inc(len(messages))
-            metrics.observe_outputs(published)
-        self._record_lag()
-        return len(messages)
 
     def _record_lag(self, every_s: float = 1.0) -> None:
         now = time.monotonic()

@@ -14,7 +14,9 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -24,7 +26,16 @@ import pytest
 from drainwatch.bus import TopicPartition
 from drainwatch.bus.kafka import KafkaBus
 from drainwatch.config import load
-from drainwatch.events import ALERTS, TRANSFERS, Alert, Direction, Transfer, decode
+from drainwatch.events import (
+    ALERTS,
+    LEDGER,
+    TRANSFERS,
+    Alert,
+    ApprovedWithdrawal,
+    Direction,
+    Transfer,
+    decode,
+)
 from drainwatch.stage import default_topics, topic_name
 from tests.harness.services import KafkaService
 from tests.harness.waiting import wait_for
@@ -87,14 +98,33 @@ def transfer(i: int, n: int, to: str, eth: int, at: datetime) -> Transfer:
     )
 
 
-def publish(bus: KafkaBus, prefix: str, transfers: list[Transfer]) -> None:
+def broker(kafka: KafkaService, prefix: str, tmp_path: Path) -> tuple[Path, KafkaBus]:
+    """The config file of the test's wallets on ``kafka``, and a bus with the topics made."""
+    path = tmp_path / "drainwatch.toml"
+    write_config(path, kafka, prefix)
+    bus = KafkaBus(kafka.bootstrap_servers)
+    bus.ensure_topics(default_topics(prefix, PARTITIONS))
+    return path, bus
+
+
+def send(bus: KafkaBus, topic: str, events: Sequence[Transfer | ApprovedWithdrawal]) -> None:
+    """Publish ``events`` keyed as the pipeline keys them, stamped with their own time."""
     producer = bus.producer()
-    for t in transfers:
-        producer.send(
-            topic_name(prefix, TRANSFERS), t.key, t.to_json(), int(t.time.timestamp() * 1000)
-        )
+    for e in events:
+        producer.send(topic, e.key, e.to_json(), int(e.time.timestamp() * 1000))
     producer.flush()
     producer.close()
+
+
+def publish(bus: KafkaBus, prefix: str, transfers: list[Transfer]) -> None:
+    send(bus, topic_name(prefix, TRANSFERS), transfers)
+
+
+def log_tails(procs: Mapping[str, object], logdir: Path) -> Callable[[], str]:
+    """The end of each detector's log, for a failure's message."""
+    return lambda: "\n".join(
+        f"--- {n}\n" + (logdir / f"{n}.log").read_text()[-4000:] for n in procs
+    )
 
 
 def alerts_on_topic(bus: KafkaBus, prefix: str) -> list[Alert]:
@@ -130,11 +160,8 @@ def test_a_killed_detector_loses_no_drain_and_repeats_no_alert(
     kafka: KafkaService, kafka_topic_prefix: str, tmp_path: Path
 ) -> None:
     prefix = kafka_topic_prefix
-    path = tmp_path / "drainwatch.toml"
-    write_config(path, kafka, prefix)
+    path, bus = broker(kafka, prefix, tmp_path)
     config = load(path)
-    bus = KafkaBus(kafka.bootstrap_servers)
-    bus.ensure_topics(default_topics(prefix, PARTITIONS))
 
     start = datetime.now(UTC) - timedelta(hours=20)
     ordinary = [
@@ -148,8 +175,7 @@ def test_a_killed_detector_loses_no_drain_and_repeats_no_alert(
 
     procs = {n: start_detector(n, path, tmp_path) for n in ("d1", "d2")}
 
-    def logs() -> str:
-        return "\n".join(f"--- {n}\n" + (tmp_path / f"{n}.log").read_text()[-4000:] for n in procs)
+    logs = log_tails(procs, tmp_path)
 
     try:
         wait_for(
@@ -230,3 +256,88 @@ def test_a_killed_detector_loses_no_drain_and_repeats_no_alert(
     assert "rebuilt" in (tmp_path / "d2.log").read_text(), logs()
     assert config.bus.partitions == PARTITIONS
     bus.close()
+
+
+def customer(i: int, n: int) -> str:
+    return "0x" + f"{0xC0570000 + i * 100 + n:040x}"
+
+
+def approvals_for(payments: list[Transfer]) -> list[ApprovedWithdrawal]:
+    return [
+        ApprovedWithdrawal(
+            id=f"approval-{t.tx_hash}",
+            time=t.time - timedelta(minutes=1),
+            chain=t.chain,
+            asset=t.asset,
+            to=t.counterparty,
+            amount=Decimal(t.amount).scaleb(-t.decimals),
+        )
+        for t in payments
+    ]
+
+
+def publish_approvals(bus: KafkaBus, prefix: str, approvals: list[ApprovedWithdrawal]) -> None:
+    send(bus, topic_name(prefix, LEDGER), approvals)
+
+
+def test_every_detector_of_a_group_learns_every_approval(
+    kafka: KafkaService, kafka_topic_prefix: str, tmp_path: Path
+) -> None:
+    # An approval is keyed by the customer's address, a transfer by the paying wallet: in one
+    # consumer group a detector would learn only the approvals of its ledger partitions, and
+    # freeze the payments of its wallets whose approvals another detector holds. Each follows
+    # the whole ledger instead; on start it reads the last two match windows of it again.
+    prefix = kafka_topic_prefix
+    path, bus = broker(kafka, prefix, tmp_path)
+    group = f"{prefix}dw-detect"
+    start = datetime.now(UTC) - timedelta(hours=2)
+    early = [
+        transfer(i, n, customer(i, n), 2, start + timedelta(minutes=9 * n))
+        for i in range(WALLETS)
+        for n in range(6)
+    ]
+    publish_approvals(bus, prefix, approvals_for(early))  # before the detectors start
+
+    procs = {n: start_detector(n, path, tmp_path) for n in ("d1", "d2")}
+
+    logs = log_tails(procs, tmp_path)
+
+    def judged() -> bool:
+        tps = [TopicPartition(topic_name(prefix, TRANSFERS), p) for p in range(PARTITIONS)]
+        return all(bus.committed(group, tp) == bus.end_offset(tp) for tp in tps)
+
+    try:
+        wait_for(
+            lambda: all(transfer_partitions(tmp_path / f"{n}.log", prefix) for n in procs),
+            90,
+            "both detectors to hold transfers partitions",
+            every_s=0.5,
+            context=logs,
+        )
+        publish(bus, prefix, early)
+        wait_for(judged, 90, "the early payments judged", every_s=0.5, context=logs)
+        # Approvals that come while the detectors run, each a minute before its payment.
+        later = [
+            transfer(i, n, customer(i, n), 2, start + timedelta(minutes=9 * n))
+            for i in range(WALLETS)
+            for n in range(6, 9)
+        ]
+        publish_approvals(bus, prefix, approvals_for(later))
+        time.sleep(1.0)
+        publish(bus, prefix, later)
+        wait_for(judged, 90, "the later payments judged", every_s=0.5, context=logs)
+        assert not [a for a in alerts_on_topic(bus, prefix) if a.detector == "ledger"], logs()
+        # The ledger is live on both: a payment nobody approved freezes its wallet at once.
+        thefts = [
+            transfer(i, 50, attacker(i), 1, start + timedelta(minutes=100)) for i in range(WALLETS)
+        ]
+        publish(bus, prefix, thefts)
+        wait_for(judged, 90, "the thefts judged", every_s=0.5, context=logs)
+        ledger = {a.wallet for a in alerts_on_topic(bus, prefix) if a.detector == "ledger"}
+        assert ledger == {wallet(i) for i in range(WALLETS)}
+        assert all(p.poll() is None for p in procs.values()), logs()
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(15)

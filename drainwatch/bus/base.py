@@ -6,6 +6,7 @@ crash repeats messages and never loses them; readers de-duplicate by event id.
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ __all__ = [
     "Bus",
     "BusError",
     "Consumer",
+    "Follower",
     "Message",
     "Producer",
     "TopicPartition",
@@ -126,6 +128,12 @@ class Bus(Protocol):
         next message of each partition will come from, so a state rebuild can replay up to it.
         """
 
+    def partitions(self, topic: str) -> list[TopicPartition]:
+        """Every partition of ``topic``."""
+
+    def end_offset(self, tp: TopicPartition) -> int:
+        """The offset the next message of this partition will get."""
+
     def offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int:
         """The first offset whose message timestamp is at or after ``timestamp_ms`` (or the end)."""
 
@@ -134,3 +142,50 @@ class Bus(Protocol):
 
     def close(self) -> None:
         """Release the bus."""
+
+
+class Follower:
+    """Every partition of one topic, read by this process for itself from ``since_ms`` on: no
+    group, nothing committed. What every member of a group must see whole, such as the ledger's
+    approvals (any detector's wallet may pay any of them), is followed this way, next to the
+    group's share of the keyed topics.
+
+    :meth:`poll` looks at the partitions' ends at most every ``every_s`` seconds (a look costs a
+    broker round trip per partition on Kafka).
+
+    >>> from drainwatch.bus.embedded import EmbeddedBus
+    >>> bus = EmbeddedBus(":memory:")
+    >>> p = bus.producer(); p.send("t", "a", b"old", 1_000); p.send("t", "b", b"new", 9_000)
+    >>> p.flush()
+    >>> [m.value for m in Follower(bus, "t", since_ms=5_000).poll()]
+    [b'new']
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        topic: str,
+        since_ms: int,
+        *,
+        every_s: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._bus = bus
+        self._every_s = every_s
+        self._clock = clock
+        self._due = float("-inf")
+        self._next = {tp: bus.offset_for_time(tp, since_ms) for tp in bus.partitions(topic)}
+
+    def poll(self) -> list[Message]:
+        """What arrived since the last poll (at most every ``every_s``; never waits)."""
+        now = self._clock()
+        if now < self._due:
+            return []
+        self._due = now + self._every_s
+        out: list[Message] = []
+        for tp, start in self._next.items():
+            end = self._bus.end_offset(tp)
+            if end > start:
+                out += self._bus.read_range(tp, start, end)
+                self._next[tp] = end
+        return out

@@ -14,6 +14,7 @@ from drainwatch.bus import (
     ConfluentBus,
     Consumer,
     EmbeddedBus,
+    Follower,
     KafkaBus,
     Message,
     TopicPartition,
@@ -225,3 +226,32 @@ def test_ensure_topics_is_idempotent(under_test: BusUnderTest) -> None:
     consumer = under_test.bus.consumer([name], under_test.group("g"))
     assert [m.value for m in consume(consumer, 1)] == [b"kept"]
     consumer.close()
+
+
+def test_a_follower_reads_every_partition_from_a_time_on_and_shares_nothing(
+    under_test: BusUnderTest,
+) -> None:
+    # What every member of a group must see whole (the ledger): two followers of one topic
+    # both get every partition's messages from a time on, and keep following.
+    topic = under_test.topic("follow", partitions=3)
+    base_ms = int(time.time() * 1000) - 60_000
+    produce(
+        under_test.bus,
+        [(topic, f"k{i}", b"old%d" % i, base_ms) for i in range(6)]
+        + [(topic, f"k{i}", b"new%d" % i, base_ms + 30_000) for i in range(6)],
+    )
+    bus = under_test.bus
+    followers = [Follower(bus, topic, since_ms=base_ms + 10_000, every_s=0) for _ in range(2)]
+    for follower in followers:
+        assert sorted(m.value for m in follower.poll()) == [b"new%d" % i for i in range(6)]
+        assert follower.poll() == []
+    produce(bus, [(topic, "k0", b"later", base_ms + 40_000)])
+    for follower in followers:
+        assert [m.value for m in follower.poll()] == [b"later"]
+    # Looking at most every every_s: a poll before that returns nothing, and loses nothing.
+    clock = iter([0.0, 0.5, 1.5]).__next__
+    slow = Follower(bus, topic, since_ms=base_ms + 35_000, every_s=1.0, clock=clock)
+    assert [m.value for m in slow.poll()] == [b"later"]
+    produce(bus, [(topic, "k1", b"last", base_ms + 50_000)])
+    assert slow.poll() == []
+    assert [m.value for m in slow.poll()] == [b"last"]
