@@ -158,11 +158,12 @@ class StageLoop:
         self._producer = bus.producer()
         self._on_assign = on_assign
         self._consumer = bus.consumer(self.topics, group, on_assign=on_assign)
-        self._followers = [
-            Follower(bus, topic_name(prefix, t), broadcast_since_ms) for t in broadcast
+        self._followers: list[Follower] = [
+            bus.follower(topic_name(prefix, t), broadcast_since_ms) for t in broadcast
         ]
         """``broadcast`` topics, read whole by this member (from ``broadcast_since_ms``), not
-        shared with the group: each poll's news is handled before the group's messages."""
+        shared with the group: what arrived by the end of each poll of the group is handled
+        before the group's messages."""
         self._deadletter = topic_name(prefix, DEADLETTER)
         self._lag_due_s = 0.0
         self._handled = 0
@@ -181,12 +182,11 @@ class StageLoop:
     def run_once(self, timeout_s: float = 1.0) -> int:
         """Process one poll's worth of messages; return how many were read."""
         published: list[Event] = []
-        followed = [m for follower in self._followers for m in follower.poll()]
-        if followed:
-            # Before the group's poll: an approval is learned before the transfer it explains,
-            # and before a state rebuild (run from the group's poll) replays the wallets.
-            self._handle(followed, published)
         messages = self._consumer.poll(timeout_s, self.max_batch)
+        # After the group's poll, which may have waited: an approval published before the
+        # transfer it explains is learned before that transfer is judged.
+        followed = [m for follower in self._followers for m in follower.poll()]
+        self._handle(followed, published)
         self._handle(messages, published)
         if messages or followed:
             self._producer.flush()
@@ -275,3 +275,5 @@ class StageLoop:
         """Flush what is pending and leave the group."""
         self._producer.close()
         self._consumer.close()
+        for follower in self._followers:
+            follower.close()

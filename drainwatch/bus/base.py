@@ -21,6 +21,7 @@ __all__ = [
     "Consumer",
     "Follower",
     "Message",
+    "OffsetFollower",
     "Producer",
     "TopicPartition",
     "TopicSpec",
@@ -134,6 +135,10 @@ class Bus(Protocol):
     def end_offset(self, tp: TopicPartition) -> int:
         """The offset the next message of this partition will get."""
 
+    def follower(self, topic: str, since_ms: int) -> Follower:
+        """Every partition of ``topic`` for this caller alone, from the first message stamped at
+        or after ``since_ms`` (see :class:`Follower`)."""
+
     def offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int:
         """The first offset whose message timestamp is at or after ``timestamp_ms`` (or the end)."""
 
@@ -144,20 +149,31 @@ class Bus(Protocol):
         """Release the bus."""
 
 
-class Follower:
-    """Every partition of one topic, read by this process for itself from ``since_ms`` on: no
-    group, nothing committed. What every member of a group must see whole, such as the ledger's
-    approvals (any detector's wallet may pay any of them), is followed this way, next to the
-    group's share of the keyed topics.
+class Follower(Protocol):
+    """Every partition of one topic, read by this process for itself: no group, nothing
+    committed. What every member of a group must see whole, such as the ledger's approvals (any
+    detector's wallet may pay any of them), is followed this way, next to the group's share of
+    the keyed topics."""
 
-    :meth:`poll` looks at the partitions' ends at most every ``every_s`` seconds (a look costs a
-    broker round trip per partition on Kafka).
+    def poll(self) -> list[Message]:
+        """What arrived since the last poll, without waiting for more."""
+
+    def close(self) -> None:
+        """Release the client."""
+
+
+class OffsetFollower:
+    """A :class:`Follower` on any bus, by its partitions' end offsets and ``read_range``, from the
+    first message stamped at or after ``since_ms``: the embedded bus's (a Kafka bus has a client
+    of its own for it, since a look at the ends costs a broker round trip per partition).
+
+    :meth:`poll` looks at most every ``every_s`` seconds.
 
     >>> from drainwatch.bus.embedded import EmbeddedBus
     >>> bus = EmbeddedBus(":memory:")
     >>> p = bus.producer(); p.send("t", "a", b"old", 1_000); p.send("t", "b", b"new", 9_000)
     >>> p.flush()
-    >>> [m.value for m in Follower(bus, "t", since_ms=5_000).poll()]
+    >>> [m.value for m in OffsetFollower(bus, "t", since_ms=5_000).poll()]
     [b'new']
     """
 
@@ -189,3 +205,6 @@ class Follower:
                 out += self._bus.read_range(tp, start, end)
                 self._next[tp] = end
         return out
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -149,6 +149,23 @@ def _message(record: ck.Message) -> Message:
     )
 
 
+def _good(records: list[ck.Message], what: str) -> list[ck.Message]:
+    """The records that are messages; a fatal error raises, a transient one is logged (a broker
+    down, a topic not there yet: librdkafka retries by itself), a partition's end is skipped."""
+    from confluent_kafka import KafkaError
+
+    good = []
+    for record in records:
+        err = record.error()
+        if err is None:
+            good.append(record)
+        elif err.fatal():
+            raise BusError(f"{what} failed: {err}")
+        elif err.code() != KafkaError._PARTITION_EOF:
+            log.warning("%s: %s", what, err)
+    return good
+
+
 def _error_of(exc: BaseException) -> ck.KafkaError | None:
     from confluent_kafka import KafkaError
 
@@ -375,6 +392,27 @@ class ConfluentBus:
             from_beginning=from_beginning,
             timeout_s=self._timeout_s,
         )
+
+    def follower(self, topic: str, since_ms: int) -> ConfluentFollower:
+        """A consumer assigned every partition of ``topic`` from ``since_ms`` on; it never joins
+        or commits to the group id librdkafka asks for."""
+        from confluent_kafka import Consumer, KafkaException
+
+        starts = [_ctp(tp, self.offset_for_time(tp, since_ms)) for tp in self.partitions(topic)]
+        config = {
+            **self._common("follower"),
+            **self.consumer_config,
+            "group.id": f"{self.client_id}-follower-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+        }
+        try:
+            client = Consumer(config)
+            client.assign(starts)
+        except KafkaException as exc:
+            raise BusError(f"cannot follow {topic} at {self.bootstrap_servers}: {exc}") from exc
+        return ConfluentFollower(client, topic)
 
     def partitions(self, topic: str) -> list[TopicPartition]:
         """Every partition of a topic (none if it does not exist)."""
@@ -681,7 +719,7 @@ class ConfluentConsumerAdapter:
 
     def poll(self, timeout_s: float = 1.0, max_records: int = 500) -> list[Message]:
         """Return the next messages, ordered by partition then offset."""
-        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka import KafkaException
 
         try:
             # poll() returns as soon as one message is there (consume() would wait out the
@@ -692,16 +730,7 @@ class ConfluentConsumerAdapter:
                 records.extend(self._client.consume(num_messages=max_records - 1, timeout=0))
         except KafkaException as exc:
             raise BusError(f"poll of {self.group} on {self.topics} failed: {exc}") from exc
-        good = []
-        for record in records:
-            err = record.error()
-            if err is None:
-                good.append(record)
-            elif err.fatal():
-                raise BusError(f"poll of {self.group} on {self.topics} failed: {err}")
-            elif err.code() != KafkaError._PARTITION_EOF:
-                # Transient (a broker down, a topic not there yet): librdkafka retries by itself.
-                log.warning("consumer %s on %s: %s", self.group, self.topics, err)
+        good = _good(records, f"consumer {self.group} on {self.topics}")
         arrived = [_message(r) for r in good]
         # librdkafka hands each partition's messages over in offset order: the last one seen
         # per partition is the one to commit after.
@@ -818,3 +847,27 @@ _MESSAGE_ORDER = operator.attrgetter("topic", "partition", "offset")
 
 def _tp_order(tp: TopicPartition) -> tuple[str, int]:
     return (tp.topic, tp.partition)
+
+
+class ConfluentFollower:
+    """A :class:`~drainwatch.bus.base.Follower` on confluent-kafka: librdkafka fetches in the
+    background, and :meth:`poll` takes what has arrived."""
+
+    def __init__(self, client: ck.Consumer, topic: str) -> None:
+        self._client = client
+        self._topic = topic
+
+    def poll(self) -> list[Message]:
+        """What has been fetched since the last poll (it does not wait)."""
+        from confluent_kafka import KafkaException
+
+        try:
+            records = self._client.consume(num_messages=500, timeout=0)
+        except KafkaException as exc:
+            raise BusError(f"following {self._topic} failed: {exc}") from exc
+        good = _good(records, f"following {self._topic}")
+        return sorted((_message(r) for r in good), key=_MESSAGE_ORDER)
+
+    def close(self) -> None:
+        """Close the client."""
+        self._client.close()

@@ -24,6 +24,7 @@ from drainwatch.bus.base import (
     AssignCallback,
     BusError,
     Message,
+    OffsetFollower,
     TopicPartition,
     TopicSpec,
     partition_for,
@@ -112,6 +113,10 @@ class EmbeddedBus:
     ) -> EmbeddedConsumer:
         """The only member of ``group``: it is assigned every partition of ``topics``."""
         return EmbeddedConsumer(self, list(topics), group, on_assign, from_beginning)
+
+    def follower(self, topic: str, since_ms: int) -> OffsetFollower:
+        """Every partition of ``topic`` from ``since_ms`` on, looked at on every poll."""
+        return OffsetFollower(self, topic, since_ms, every_s=0.0)
 
     def partitions(self, topic: str) -> list[TopicPartition]:
         """Every partition of a topic."""

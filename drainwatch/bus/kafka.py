@@ -304,6 +304,25 @@ class KafkaBus:
             raise BusError(f"cannot create a consumer for {self.bootstrap_servers}: {exc}") from exc
         return KafkaConsumerAdapter(client, list(topics), group, on_assign)
 
+    def follower(self, topic: str, since_ms: int) -> KafkaFollower:
+        """A group-less consumer assigned every partition of ``topic``, from ``since_ms`` on."""
+        config = {
+            **self._common("follower"),
+            **self._consumer_config,
+            "group_id": None,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+        }
+        starts = {tp: self.offset_for_time(tp, since_ms) for tp in self.partitions(topic)}
+        try:
+            client = KafkaConsumer(**config)
+            client.assign([_ktp(tp) for tp in starts])
+            for tp, offset in starts.items():
+                client.seek(_ktp(tp), offset)
+        except KafkaError as exc:
+            raise BusError(f"cannot follow {topic} at {self.bootstrap_servers}: {exc}") from exc
+        return KafkaFollower(client, topic)
+
     def partitions(self, topic: str) -> list[TopicPartition]:
         """Every partition of a topic (none if it does not exist)."""
         with self._lock:
@@ -623,3 +642,27 @@ def _offset(record: Any) -> int:
 
 def _tp_order(ktp: Any) -> tuple[str, int]:
     return (str(ktp.topic), int(ktp.partition))
+
+
+class KafkaFollower:
+    """A :class:`~drainwatch.bus.base.Follower` on kafka-python: a group-less consumer assigned
+    every partition, which fetches as it polls."""
+
+    def __init__(self, client: Any, topic: str) -> None:
+        self._client = client
+        self._topic = topic
+
+    def poll(self) -> list[Message]:
+        """What the client has fetched since the last poll (it does not wait)."""
+        try:
+            batch = self._client.poll(timeout_ms=0, max_records=500)
+        except KafkaError as exc:
+            raise BusError(f"following {self._topic} failed: {exc}") from exc
+        return sorted(
+            (_message(r) for records in batch.values() for r in records),
+            key=lambda m: (m.partition, m.offset),
+        )
+
+    def close(self) -> None:
+        """Close the client."""
+        self._client.close()

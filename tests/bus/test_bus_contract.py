@@ -17,6 +17,7 @@ from drainwatch.bus import (
     Follower,
     KafkaBus,
     Message,
+    OffsetFollower,
     TopicPartition,
     TopicSpec,
 )
@@ -228,6 +229,18 @@ def test_ensure_topics_is_idempotent(under_test: BusUnderTest) -> None:
     consumer.close()
 
 
+def follow(follower: Follower, count: int, timeout_s: float = 30.0) -> list[Message]:
+    """Poll until ``count`` messages arrived, then make sure no more come."""
+    got: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < count and time.monotonic() < deadline:
+        got.extend(follower.poll())
+        time.sleep(0.05)
+    time.sleep(0.5)
+    got.extend(follower.poll())
+    return got
+
+
 def test_a_follower_reads_every_partition_from_a_time_on_and_shares_nothing(
     under_test: BusUnderTest,
 ) -> None:
@@ -240,18 +253,25 @@ def test_a_follower_reads_every_partition_from_a_time_on_and_shares_nothing(
         [(topic, f"k{i}", b"old%d" % i, base_ms) for i in range(6)]
         + [(topic, f"k{i}", b"new%d" % i, base_ms + 30_000) for i in range(6)],
     )
-    bus = under_test.bus
-    followers = [Follower(bus, topic, since_ms=base_ms + 10_000, every_s=0) for _ in range(2)]
-    for follower in followers:
-        assert sorted(m.value for m in follower.poll()) == [b"new%d" % i for i in range(6)]
-        assert follower.poll() == []
-    produce(bus, [(topic, "k0", b"later", base_ms + 40_000)])
-    for follower in followers:
-        assert [m.value for m in follower.poll()] == [b"later"]
-    # Looking at most every every_s: a poll before that returns nothing, and loses nothing.
+    followers = [under_test.bus.follower(topic, since_ms=base_ms + 10_000) for _ in range(2)]
+    try:
+        for follower in followers:
+            got = follow(follower, 6)
+            assert sorted(m.value for m in got) == [b"new%d" % i for i in range(6)]
+        produce(under_test.bus, [(topic, "k0", b"later", base_ms + 40_000)])
+        for follower in followers:
+            assert [m.value for m in follow(follower, 1)] == [b"later"]
+    finally:
+        for follower in followers:
+            follower.close()
+
+
+def test_an_offset_follower_looks_at_most_every_every_s() -> None:
+    bus = EmbeddedBus(":memory:")
+    produce(bus, [("t", "k", b"first", 1_000)])
     clock = iter([0.0, 0.5, 1.5]).__next__
-    slow = Follower(bus, topic, since_ms=base_ms + 35_000, every_s=1.0, clock=clock)
-    assert [m.value for m in slow.poll()] == [b"later"]
-    produce(bus, [(topic, "k1", b"last", base_ms + 50_000)])
-    assert slow.poll() == []
-    assert [m.value for m in slow.poll()] == [b"last"]
+    slow = OffsetFollower(bus, "t", since_ms=0, every_s=1.0, clock=clock)
+    assert [m.value for m in slow.poll()] == [b"first"]
+    produce(bus, [("t", "k", b"second", 2_000)])
+    assert slow.poll() == []  # half a second on: not looked at, and not lost
+    assert [m.value for m in slow.poll()] == [b"second"]
