@@ -123,11 +123,11 @@ class HotWalletSpec:
     cycles do (0: each as soon as it is asked for). Drains are not batched."""
     payout_spread_s: float = 60.0
     approve_when_asked: bool = False
+    """The ledger approves each withdrawal when it is asked for, not just before it is sent: with
+    ``payout_cycle_s``, up to a cycle before its payout."""
     withdrawal_fee_share: float = 0.0
     """A fixed withdrawal fee, as a share of the working balance, taken from each payment: the
     ledger approves the amount asked for, the transfer pays it less the fee."""
-    """The ledger approves each withdrawal when it is asked for, not just before it is sent: with
-    ``payout_cycle_s``, up to a cycle before its payout."""
 
 
 @dataclass
