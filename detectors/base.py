@@ -37,7 +37,7 @@ from typing import Final, Protocol, runtime_checkable
 from detectors.approval import ApprovalView
 from detectors.move import TransferView
 from drainwatch.config import WalletConfig
-from drainwatch.events import Direction, Severity, normalize_address
+from drainwatch.events import Direction, Severity, TransferStatus, normalize_address
 
 __all__ = [
     "DEFAULT_WINDOWS_S",
@@ -64,6 +64,7 @@ DEFAULT_WINDOWS_S: Final = (60, 300, 1200, 3600, 86400)
 
 # Transfer.decimals is at most 255, so one table covers every rescale.
 _POW10: Final = tuple(10**i for i in range(512))
+_PENDING: Final = TransferStatus.PENDING
 
 
 def to_units(value: Decimal) -> tuple[int, int]:
@@ -733,7 +734,14 @@ class WalletState:
             self._rescale(transfer.decimals)
         self.units = units = transfer.amount * _POW10[self.scale - transfer.decimals]
         balance_after = transfer.balance_after
-        if balance_after is not None and not self.has_applied(transfer.dedup_key):
+        if (
+            balance_after is not None
+            and (self._opening is None or transfer.status is not _PENDING)
+            and not self.has_applied(transfer.dedup_key)
+        ):
+            # A pending transfer's balance (the latest mined one, moved by it) only while no
+            # balance is known: every transfer pending at once reads the same latest balance,
+            # and re-anchoring to it would undo the ones counted before.
             # The chain's balance after this block, plus what this transfer took, is the balance
             # it was judged against (several transfers in one block make it a little low, so
             # their shares a little high: the cautious side).
@@ -836,9 +844,11 @@ class WalletState:
                 self._first_seen[counterparty] = FirstSeen(now, units, key)
         self._applied[key] = (signed, counterparty, external)
         self.applied_count += 1
-        if transfer.balance_after is not None:
-            # A balance read from the chain beats the one tracked from the stream.
-            self._anchor(transfer.balance_after * _POW10[self.scale - transfer.decimals])
+        balance_after = transfer.balance_after
+        if balance_after is not None and transfer.status is not _PENDING:
+            # A balance read from the chain beats the one tracked from the stream (a pending
+            # transfer's anchored the balance in prepare, if at all: see there).
+            self._anchor(balance_after * _POW10[self.scale - transfer.decimals])
         return True
 
     def _anchor(self, balance: int) -> None:

@@ -377,6 +377,27 @@ def test_approvals_never_paid_are_forgotten_while_others_keep_coming() -> None:
     assert finding.metrics["approvals_to_address"] == "1"
 
 
+def test_a_pending_transfers_balance_anchors_only_a_wallet_with_none_known() -> None:
+    # Pending transfers each read the latest mined balance, moved by themselves: the first one
+    # tells a wallet with no balance what it holds; the next must not undo the first's count.
+    state = WalletState(wallet(balance=None), "XEM")
+
+    def seen(amount: int, after: int, minutes: int, status: TransferStatus) -> int:
+        t = transfer("C", amount, minutes=minutes, status=status).model_copy(
+            update={"balance_after": after}
+        )
+        state.prepare(t)
+        before = state.balance_units()
+        state.apply(t)
+        return before
+
+    pending = TransferStatus.PENDING
+    assert seen(100, 900, 0, pending) == 1000  # the latest balance was 1000
+    assert seen(100, 900, 1, pending) == 900  # still 1000 mined, but 100 is on its way already
+    assert seen(50, 750, 2, TransferStatus.CONFIRMED) == 800  # a mined balance re-anchors
+    assert state.balance_units() == 750
+
+
 def test_reconciliation_asks_the_approvals_again_once_they_change() -> None:
     # The ledger detector remembers its last match (the engine asks up to three times per
     # outflow); an approval arriving, or one used up, must make it look again.
