@@ -190,9 +190,8 @@ class StageLoop:
         self._handle(messages, published)
         if messages or followed:
             self._producer.flush()
-        if messages:
-            self._consumer.commit()
-        if messages or followed:
+            if messages:
+                self._consumer.commit()
             PROCESSED_TOTAL.labels(stage=self.stage).inc(len(messages) + len(followed))
         if published:
             metrics.observe_outputs(published)

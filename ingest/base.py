@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from drainwatch.errors import DrainwatchError
-from drainwatch.events import Transfer, TransferStatus
+from drainwatch.events import Direction, Transfer, TransferStatus
 from ingest import metrics
 from ingest.cursor import CursorStore
 from ingest.errors import ReorgTooDeepError
@@ -38,6 +38,7 @@ __all__ = [
     "PendingTracker",
     "Publish",
     "Watcher",
+    "as_if_mined",
     "next_range",
     "retracted",
 ]
@@ -115,6 +116,24 @@ def retracted(transfer: Transfer) -> Transfer:
     (True, 'retracted')
     """
     return transfer.model_copy(update={"status": TransferStatus.RETRACTED})
+
+
+def as_if_mined(transfer: Transfer, balance: int | None) -> Transfer:
+    """A pending ``transfer`` carrying the wallet's balance after it, were it mined next on top
+    of the mined ``balance`` (None: unknown, left out): a wallet's first transfer seen pending
+    is then judged against its balance, not against nothing.
+
+    >>> from datetime import UTC
+    >>> t = Transfer.create(chain="c", wallet="w", direction="out", counterparty="x", asset="A",
+    ...                     amount=30, decimals=0, tx_hash="0x1", position=0,
+    ...                     time=datetime(2024, 1, 1, tzinfo=UTC), status="pending")
+    >>> as_if_mined(t, 100).balance_after, as_if_mined(t, 10).balance_after
+    (70, 0)
+    """
+    if balance is None:
+        return transfer
+    moved = transfer.amount if transfer.direction is Direction.IN else -transfer.amount
+    return transfer.model_copy(update={"balance_after": max(balance + moved, 0)})
 
 
 class PendingTracker:

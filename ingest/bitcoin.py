@@ -32,7 +32,7 @@ from bitcoinlib.transactions import Transaction  # type: ignore[import-untyped,u
 
 from drainwatch.config import ChainConfig, WalletConfig
 from drainwatch.events import Direction, Transfer, TransferStatus
-from ingest.base import BlockData, Publish, Watcher
+from ingest.base import BlockData, Publish, Watcher, as_if_mined
 from ingest.btc_rpc import BitcoinRpc, BtcRpcError
 from ingest.cursor import CursorStore
 from ingest.errors import RpcError, WatcherError
@@ -727,9 +727,7 @@ class BitcoinSource:
         known.update(self._watched_outputs(tx for tx, _ in self._mempool.values()))
         wanted = [i.prev for t in new for i in self._mempool[t][0].inputs if i.prev is not None]
         known.update(self.store.lookup(self.chain, wanted))
-        # With balances reported, a pending transfer carries the wallet's confirmed balance moved
-        # by it, as if mined next: a wallet's first transfer seen pending is then judged against
-        # its balance, not against nothing.
+        # With balances reported, each carries the wallet's confirmed balance moved by it.
         report = self._report_balances()
         for txid in new:
             tx, seen = self._mempool[txid]
@@ -742,15 +740,12 @@ class BitcoinSource:
                     asset=self.symbol,
                     time=seen,
                     status=TransferStatus.PENDING,
-                    balance_after=(
-                        max(confirmed[m.wallet] - (m.sent - m.returned), 0)
-                        if m.wallet in confirmed
-                        else None
-                    ),
                 )
                 for m in moves
             )
-            self._pending_cache[txid] = tuple(t for t in transfers if t is not None)
+            self._pending_cache[txid] = tuple(
+                as_if_mined(t, confirmed.get(t.wallet)) for t in transfers if t is not None
+            )
 
     def _watched_outputs(self, txs: Iterable[ParsedTx]) -> dict[Outpoint, Utxo]:
         found: dict[Outpoint, Utxo] = {}

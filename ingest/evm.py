@@ -28,7 +28,7 @@ from web3 import Web3
 
 from drainwatch.config import WalletConfig, entry_for
 from drainwatch.events import Direction, Transfer, TransferStatus, normalize_address
-from ingest.base import BlockData
+from ingest.base import BlockData, as_if_mined
 from ingest.erc20 import (
     DECIMALS_CALL,
     SYMBOL_CALL,
@@ -49,14 +49,6 @@ log = logging.getLogger(__name__)
 
 TraceMode = Literal["auto", "debug", "trace", "off"]
 _BALANCE_OF = "0x70a08231"
-
-
-def _after(transfer: Transfer, now: int | None) -> int | None:
-    """The balance after a pending ``transfer`` from the balance ``now`` (None: unknown)."""
-    if now is None:
-        return None
-    moved = transfer.amount if transfer.direction is Direction.IN else -transfer.amount
-    return max(now + moved, 0)
 
 
 def _int(value: Any) -> int:
@@ -545,14 +537,9 @@ class EvmSource:
         out += tokens
         if not self.read_balances or not out:
             return out
-        # The wallet's balance now, as if this transaction were mined next: without it, a
-        # wallet's first transfer seen pending (before any block carried its balance) would be
-        # judged against no balance at all, and look like all of it.
+        # The wallet's latest balance, moved by this transaction (see as_if_mined).
         contract = normalize_address(str(to)) if tokens else None
         natives = len(out) - len(tokens)  # the native transfers come first
         wanted = [(t.wallet, None if i < natives else contract) for i, t in enumerate(out)]
         balances = self._balances(wanted, "latest")
-        return [
-            t.model_copy(update={"balance_after": _after(t, balances.get(pair))})
-            for t, pair in zip(out, wanted, strict=True)
-        ]
+        return [as_if_mined(t, balances.get(pair)) for t, pair in zip(out, wanted, strict=True)]

@@ -50,11 +50,10 @@ class EvmPending:
         self._new: list[str] = []
         self._lock = threading.Lock()
         self._tracked: dict[str, list[Transfer]] = {}
+        """The transfers of each transaction in the pool, built when it was first seen (with the
+        wallet's balance then), so each snapshot repeats them exactly."""
         self._ignored: dict[str, None] = {}
         self._seen_at: dict[str, datetime] = {}
-        self._found: dict[str, list[Transfer]] = {}
-        """The transfers of each transaction in the pool, as built when it was first seen (with
-        the wallet's balance then)."""
 
     def on_hash(self, tx_hash: str) -> None:
         """A hash from ``newPendingTransactions`` (called from the subscriber thread)."""
@@ -94,11 +93,11 @@ class EvmPending:
                 live.add(tx_hash)
                 if tx_hash in self._ignored:
                     continue
-                found = self._found.get(tx_hash)
-                if found is None:  # first seen: built once, so each snapshot repeats it exactly
+                found = self._tracked.get(tx_hash)
+                if found is None:
                     found = self.source.pending_transfers(tx, self._stamp(tx_hash))
                 if found:
-                    self._found[tx_hash] = found
+                    self._tracked[tx_hash] = found
                     out += found
                 else:
                     self._ignored[tx_hash] = None
@@ -131,7 +130,7 @@ class EvmPending:
         return out
 
     def _forget(self, live: set[str]) -> None:
-        for table in (self._ignored, self._seen_at, self._found):
+        for table in (self._ignored, self._seen_at, self._tracked):
             for tx_hash in [h for h in table if h not in live]:
                 del table[tx_hash]
 

@@ -6,7 +6,6 @@ crash repeats messages and never loses them; readers de-duplicate by event id.
 
 from __future__ import annotations
 
-import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -167,8 +166,6 @@ class OffsetFollower:
     first message stamped at or after ``since_ms``: the embedded bus's (a Kafka bus has a client
     of its own for it, since a look at the ends costs a broker round trip per partition).
 
-    :meth:`poll` looks at most every ``every_s`` seconds.
-
     >>> from drainwatch.bus.embedded import EmbeddedBus
     >>> bus = EmbeddedBus(":memory:")
     >>> p = bus.producer(); p.send("t", "a", b"old", 1_000); p.send("t", "b", b"new", 9_000)
@@ -177,27 +174,12 @@ class OffsetFollower:
     [b'new']
     """
 
-    def __init__(
-        self,
-        bus: Bus,
-        topic: str,
-        since_ms: int,
-        *,
-        every_s: float = 0.1,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, bus: Bus, topic: str, since_ms: int) -> None:
         self._bus = bus
-        self._every_s = every_s
-        self._clock = clock
-        self._due = float("-inf")
         self._next = {tp: bus.offset_for_time(tp, since_ms) for tp in bus.partitions(topic)}
 
     def poll(self) -> list[Message]:
-        """What arrived since the last poll (at most every ``every_s``; never waits)."""
-        now = self._clock()
-        if now < self._due:
-            return []
-        self._due = now + self._every_s
+        """What arrived since the last poll (never waits)."""
         out: list[Message] = []
         for tp, start in self._next.items():
             end = self._bus.end_offset(tp)

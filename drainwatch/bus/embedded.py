@@ -115,8 +115,8 @@ class EmbeddedBus:
         return EmbeddedConsumer(self, list(topics), group, on_assign, from_beginning)
 
     def follower(self, topic: str, since_ms: int) -> OffsetFollower:
-        """Every partition of ``topic`` from ``since_ms`` on, looked at on every poll."""
-        return OffsetFollower(self, topic, since_ms, every_s=0.0)
+        """Every partition of ``topic`` from ``since_ms`` on."""
+        return OffsetFollower(self, topic, since_ms)
 
     def partitions(self, topic: str) -> list[TopicPartition]:
         """Every partition of a topic."""

@@ -17,7 +17,6 @@ from drainwatch.bus import (
     Follower,
     KafkaBus,
     Message,
-    OffsetFollower,
     TopicPartition,
     TopicSpec,
 )
@@ -25,10 +24,6 @@ from drainwatch.bus import (
 
 class ContractBus(Bus, Protocol):
     """What the tests use beyond :class:`Bus`; every implementation offers it."""
-
-    def partitions(self, topic: str) -> list[TopicPartition]: ...
-
-    def end_offset(self, tp: TopicPartition) -> int: ...
 
     def committed(self, group: str, tp: TopicPartition) -> int | None: ...
 
@@ -264,14 +259,3 @@ def test_a_follower_reads_every_partition_from_a_time_on_and_shares_nothing(
     finally:
         for follower in followers:
             follower.close()
-
-
-def test_an_offset_follower_looks_at_most_every_every_s() -> None:
-    bus = EmbeddedBus(":memory:")
-    produce(bus, [("t", "k", b"first", 1_000)])
-    clock = iter([0.0, 0.5, 1.5]).__next__
-    slow = OffsetFollower(bus, "t", since_ms=0, every_s=1.0, clock=clock)
-    assert [m.value for m in slow.poll()] == [b"first"]
-    produce(bus, [("t", "k", b"second", 2_000)])
-    assert slow.poll() == []  # half a second on: not looked at, and not lost
-    assert [m.value for m in slow.poll()] == [b"second"]
