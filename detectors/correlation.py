@@ -18,6 +18,10 @@ once ``min_frozen`` wallets have been frozen on:
   frozen at once, one alert each (the Phemex and KuCoin pattern: dozens of hot wallets
   across chains emptied within minutes).
 
+Times are event times and need not come in order: "within ``window_s``" holds both ways, so a
+detector that reads one partition hours ahead of another, or another replica's alert late, does
+not join findings hours apart into an incident.
+
 >>> c = IncidentCorrelator(window_s=1800)
 >>> c.observe("tron:C", 0.0, level=1)
 (None, [])
@@ -45,6 +49,8 @@ __all__ = ["IncidentCorrelator"]
 @dataclass(slots=True)
 class _Incident:
     id: str
+    first: float
+    """The earliest finding of its members (event time)."""
     members: set[str] = field(default_factory=set)
     last: float = float("-inf")
 
@@ -84,31 +90,42 @@ class IncidentCorrelator:
         self._frozen: dict[str, float] = {}
         """wallet key -> when a freeze was last requested for it."""
 
+    def _near(self, first: float, last: float, now: float) -> bool:
+        """Whether a spell from ``first`` to ``last`` is within ``window_s`` of ``now``.
+
+        Event times are not in order across wallets when a detector catches up: it may read one
+        partition hours ahead of another, or another replica's alert late. A finding hours
+        before a spell is no more with it than one hours after (in order, ``first <= now``).
+        """
+        return first - self.window_s <= now <= last + self.window_s
+
+    def _open(self, now: float) -> _Incident | None:
+        incident = self._incident
+        if incident is None or not self._near(incident.first, incident.last, now):
+            return None
+        return incident
+
+    def _frozen_near(self, now: float) -> int:
+        return sum(
+            1
+            for first, last, level in self._recent.values()
+            if level >= 2 and self._near(first, last, now)
+        )
+
     def lowered(self, now: float) -> bool:
         """Whether the bar is lowered at ``now``: an open incident with ``min_frozen`` frozen."""
-        incident = self._incident
-        if incident is None or now - incident.last > self.window_s:
+        if self._open(now) is None:
             return False
-        frozen = sum(
-            1
-            for _, last, level in self._recent.values()
-            if level >= 2 and now - last <= self.window_s
-        )
-        return frozen >= self.min_frozen
+        return self._frozen_near(now) >= self.min_frozen
 
     def fleet_freeze_due(self, now: float) -> bool:
         """True once per incident, when ``fleet_frozen`` wallets have been frozen on."""
-        incident = self._incident
-        if incident is None or now - incident.last > self.window_s:
+        incident = self._open(now)
+        if incident is None:
             return False
         if self._fleet_done == incident.id:
             return False
-        frozen = sum(
-            1
-            for _, last, level in self._recent.values()
-            if level >= 2 and now - last <= self.window_s
-        )
-        if frozen < self.fleet_frozen:
+        if self._frozen_near(now) < self.fleet_frozen:
             return False
         self._fleet_done = incident.id
         return True
@@ -119,8 +136,8 @@ class IncidentCorrelator:
 
     def incident_of(self, wallet_key: str, now: float) -> str | None:
         """The open incident ``wallet_key`` belongs to, if any."""
-        incident = self._incident
-        if incident is None or now - incident.last > self.window_s:
+        incident = self._open(now)
+        if incident is None:
             return None
         return incident.id if wallet_key in incident.members else None
 
@@ -130,36 +147,48 @@ class IncidentCorrelator:
 
     def mark_frozen(self, wallet_key: str, now: float) -> None:
         """Remember that a freeze was requested for this wallet (no second one from here)."""
-        self._frozen[wallet_key] = now
+        self._frozen[wallet_key] = max(now, self._frozen.get(wallet_key, now))
 
-    def observe(self, wallet_key: str, now: float, level: int) -> tuple[str | None, list[str]]:
+    def observe(
+        self, wallet_key: str, now: float, level: int, incident_id: str | None = None
+    ) -> tuple[str | None, list[str]]:
         """Record an abnormal finding (``level`` 1 warning, 2 freeze) on ``wallet_key``.
 
         Returns the incident id the wallet now belongs to (None when it is alone), and the other
         wallets that joined an incident just now with only warnings, which should be frozen now.
+
+        A finding another detector replica made (read from the alerts topic) may come a little
+        out of time order; it passes the ``incident_id`` that replica gave it, which names the
+        incident here too when none is open yet, so the replicas' alerts share one id.
         """
         recent = self._recent
         for key in [k for k, (_, last, _) in recent.items() if now - last > self.window_s]:
             del recent[key]
-        first, _, highest = recent.get(wallet_key, (now, now, 0))
-        recent[wallet_key] = (first, now, max(highest, level))
+        first, last, highest = recent.get(wallet_key, (now, now, 0))
+        recent[wallet_key] = (min(first, now), max(last, now), max(highest, level))
         incident = self._incident
         if incident is not None and now - incident.last > self.window_s:
             incident = self._incident = None
+        if incident is not None and now < incident.first - self.window_s:
+            return None, []  # hours before the open incident: not part of it
+        near = {k: v for k, v in recent.items() if self._near(v[0], v[1], now)}
+        if incident is None and incident_id is not None:
+            incident = self._incident = _Incident(incident_id, now)
         if incident is None:
             # Warnings alone never make an incident: a market-wide withdrawal surge makes every
             # wallet warn at once. It takes one wallet that a detector froze on.
-            if len(recent) < self.min_wallets or max(v[2] for v in recent.values()) < 2:
+            if len(near) < self.min_wallets or max(v[2] for v in near.values()) < 2:
                 return None, []
-            leader, (since, _, _) = min(recent.items(), key=lambda item: (item[1][0], item[0]))
-            incident = self._incident = _Incident(event_id("incident", leader, since))
-        incident.last = now
-        incident.members.update(recent)
+            leader, (since, _, _) = min(near.items(), key=lambda item: (item[1][0], item[0]))
+            incident = self._incident = _Incident(event_id("incident", leader, since), since)
+        incident.first = min(incident.first, now)
+        incident.last = max(incident.last, now)
+        incident.members.update(near)
         if not self.lowered(now):
             return incident.id, []
         to_freeze = sorted(
             k
             for k in incident.members
-            if k in recent and k != wallet_key and not self.is_frozen(k, now) and recent[k][2] < 2
+            if k in near and k != wallet_key and not self.is_frozen(k, now) and near[k][2] < 2
         )
         return incident.id, to_freeze

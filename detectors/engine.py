@@ -73,6 +73,21 @@ _ROUTES_MAX = 65536
 Clock = Callable[[], datetime]
 
 
+def _everything(key: str) -> bool:
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class _Cause:
+    """What set incident freezes off: a transfer judged here, or another replica's alert."""
+
+    id: str
+    time: datetime
+    epoch: float
+    transfer_ids: tuple[str, ...]
+    tx_hashes: tuple[str, ...]
+
+
 def _wall_clock() -> datetime:
     return datetime.now(UTC)
 
@@ -120,6 +135,10 @@ class DetectionEngine:
         new_destination_age_s: How long a destination stays "new" after its first payment.
         correlator: Cross-wallet incident correlation (default: an :class:`IncidentCorrelator`;
             ``None`` turns it off).
+        owns: Whether this engine judges the wallet with this bus key (default: every wallet).
+            With several detector replicas, each judges the wallets of the transfers partitions
+            it holds, and correlates the others' findings from their alerts
+            (:meth:`process_alert`); it freezes on an incident only the wallets it owns.
     """
 
     def __init__(
@@ -135,8 +154,13 @@ class DetectionEngine:
         reconcile: bool = False,
         new_destination_age_s: int = 86400,
         correlator: IncidentCorrelator | bool | None = True,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self.config = config
+        self.owns: Callable[[str], bool] = owns or _everything
+        self.started_at = clock()
+        """Alerts of other replicas detected before this are history: they are correlated, but
+        what they called for was done then (:meth:`process_alert` emits nothing for them)."""
         self.detectors = (
             list(detectors) if detectors is not None else default_detectors(config, reconcile)
         )
@@ -452,42 +476,109 @@ class DetectionEngine:
             if any(a.freeze for a in alerts):
                 # Any freeze, a local one too: no second freeze request for this wallet.
                 correlator.mark_frozen(wallet.key, now)
-            if correlator.fleet_freeze_due(now):
-                # Several wallets emptied within minutes: freeze the whole hot fleet now rather
-                # than wait for each wallet's own first large transfer.
-                others = sorted(
-                    {
-                        *others,
-                        *(
-                            w.key
-                            for w in self.config.wallets
-                            if w.role == "hot"
-                            and w.key != wallet.key
-                            and not correlator.is_frozen(w.key, now)
-                        ),
-                    }
-                )
-            for key in others:
-                other = self._by_key.get(key)
-                if other is None:
-                    continue
-                correlator.mark_frozen(key, now)
-                alerts.append(self._incident_freeze(other, transfer, incident_id, detected_at))
+            # Several wallets emptied within minutes: freeze the whole hot fleet now rather
+            # than wait for each wallet's own first large transfer.
+            fleet = self._fleet(correlator, now, but=wallet.key)
+            alerts += self._incident_freezes(
+                sorted({*others, *fleet}) if fleet else others,
+                _Cause(
+                    transfer.id,
+                    transfer.time,
+                    transfer.epoch,
+                    (transfer.id,),
+                    (transfer.tx_hash,),
+                ),
+                now=now,
+                incident_id=incident_id,
+                detected_at=detected_at,
+            )
+        return alerts if emit else []
+
+    def _incident_freezes(
+        self,
+        keys: Iterable[str],
+        cause: _Cause,
+        *,
+        now: float,
+        incident_id: str | None,
+        detected_at: datetime | None,
+    ) -> list[Alert]:
+        """Freeze, with the incident, the wallets of ``keys`` this engine owns."""
+        correlator = self.correlator
+        assert correlator is not None
+        alerts = []
+        epoch = cause.epoch
+        for key in keys:
+            other = self._by_key.get(key)
+            if other is None or not self.owns(key):
+                continue  # another replica's: it freezes it when it reads the same alerts
+            correlator.mark_frozen(key, now)
+            self._emitted[(key, "correlation")] = _Emitted(
+                epoch, Severity.CRITICAL, 1.0, epoch, epoch
+            )
+            alerts.append(self._incident_freeze(other, cause, incident_id, detected_at))
+        return alerts
+
+    def _fleet(
+        self, correlator: IncidentCorrelator, now: float, but: str | None = None
+    ) -> set[str]:
+        """Every hot wallet not frozen yet (but ``but``), once the fleet freeze is due."""
+        if not correlator.fleet_freeze_due(now):
+            return set()
+        return {
+            w.key
+            for w in self.config.wallets
+            if w.role == "hot" and w.key != but and not correlator.is_frozen(w.key, now)
+        }
+
+    def process_alert(self, alert: Alert, *, emit: bool = True) -> list[Alert]:
+        """Correlate another detector replica's alert: freeze what the incident now calls for.
+
+        Every replica reads the whole alerts topic. An alert about a wallet this engine owns was
+        correlated when it was made (here, or in the state rebuild); its freeze is remembered
+        all the same (a restarted replica reads its own earlier alerts this way). Another
+        replica's finding counts toward the incident as if it were made here, and what the
+        incident then calls for (a warned wallet frozen, the hot fleet frozen) is done for the
+        wallets this engine owns, each replica freezing its own.
+        """
+        correlator = self.correlator
+        if correlator is None:
+            return []
+        key = alert.key
+        now = alert.time.timestamp()
+        metrics = alert.metrics
+        if alert.freeze:
+            correlator.mark_frozen(key, now)
+        if self.owns(key) or "rule_incident_member" in metrics:
+            return []
+        froze = alert.freeze or "would_freeze" in metrics or "freeze_suppressed" in metrics
+        if "rule_correlated" in metrics:
+            level = 1  # a warning the incident made a freeze
+        elif froze:
+            level = 1 if alert.detector in self._local else 2
+        else:
+            level = alert.severity.rank
+        if level < 1:
+            return []
+        incident_id, others = correlator.observe(key, now, level, alert.incident_id)
+        keys = sorted({*others, *self._fleet(correlator, now, but=key)})
+        cause = _Cause(alert.id, alert.time, now, alert.transfer_ids, alert.tx_hashes)
+        alerts = self._incident_freezes(
+            keys, cause, now=now, incident_id=incident_id, detected_at=None
+        )
         return alerts if emit else []
 
     def _incident_freeze(
         self,
         wallet: WalletConfig,
-        transfer: TransferView,
+        cause: _Cause,
         incident_id: str | None,
         detected_at: datetime | None,
     ) -> Alert:
         """Freeze a wallet that had only warned, now that it is part of an incident."""
-        now = transfer.epoch
-        self._emitted[(wallet.key, "correlation")] = _Emitted(now, Severity.CRITICAL, 1.0, now, now)
         return Alert(
-            id=event_id("correlation", wallet.key, transfer.id),
-            time=transfer.time,
+            id=event_id("correlation", wallet.key, cause.id),
+            time=cause.time,
             detected_at=detected_at or self.clock(),
             chain=wallet.chain,
             wallet=wallet.address,
@@ -500,8 +591,8 @@ class DetectionEngine:
                 "being drained"
             ),
             metrics={"rule_incident_member": "1"},
-            transfer_ids=(transfer.id,),
-            tx_hashes=(transfer.tx_hash,),
+            transfer_ids=cause.transfer_ids,
+            tx_hashes=cause.tx_hashes,
             incident_id=incident_id,
             shadow="correlation" in self._shadow,
         )
@@ -513,15 +604,19 @@ class DetectionEngine:
         return []
 
     def handle(self, topic: str, event: object) -> list[Output]:
-        """A :data:`drainwatch.stage.Handler`: transfers and approvals in, alerts out.
+        """A :data:`drainwatch.stage.Handler`: transfers, approvals and alerts in, alerts out.
 
         Transfers come as :class:`~drainwatch.events.Transfer` events or as the lean
-        :class:`~detectors.move.Move` records :func:`detectors.wire.read_transfer` makes.
+        :class:`~detectors.move.Move` records :func:`detectors.wire.read_transfer` makes. Alerts
+        (every replica's, read from the alerts topic) go to :meth:`process_alert`; those detected
+        before this engine was made are history, correlated without acting on them again.
         """
         if topic == TRANSFERS and isinstance(event, Transfer | Move):
             alerts = self.process(event)
         elif topic == LEDGER and isinstance(event, ApprovedWithdrawal):
             alerts = self.process_approval(event)
+        elif topic == ALERTS and isinstance(event, Alert):
+            alerts = self.process_alert(event, emit=event.detected_at >= self.started_at)
         else:
             return []
         return [Output(ALERTS, alert) for alert in alerts]

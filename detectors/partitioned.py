@@ -111,10 +111,12 @@ class _RecordingCorrelator(IncidentCorrelator):
         self.position: tuple[int, int] = (0, 0)
         self.seen: list[_Finding] = []
 
-    def observe(self, wallet_key: str, now: float, level: int) -> tuple[str | None, list[str]]:
+    def observe(
+        self, wallet_key: str, now: float, level: int, incident_id: str | None = None
+    ) -> tuple[str | None, list[str]]:
         line, move = self.position
         self.seen.append(((line, move, len(self.seen)), wallet_key, now, level))
-        return super().observe(wallet_key, now, level)
+        return super().observe(wallet_key, now, level, incident_id)
 
 
 @dataclass

@@ -159,17 +159,26 @@ def rebuild_state(
 
 
 def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None) -> StageLoop:
-    """The detector stage: transfers (shared by the group) and the ledger (read whole by each
-    detector) in, alerts out.
+    """The detector stage: transfers (shared by the group) in, alerts out; the ledger and the
+    alerts topic are read whole by each detector.
 
     On every (re)assignment the partitions it did not hold before are replayed into the engine
     first, so a detector that took over wallets after a crash or a rebalance judges their next
     transfers against their real recent history, and does not repeat their alerts.
+
+    The engine owns the wallets whose transfers partitions this detector holds. It correlates
+    the other replicas' alerts with its own findings, so a drain across wallets held by
+    different replicas is one incident, and freezes only its own wallets on it.
     """
     engine = engine or DetectionEngine(config)
     transfers = topic_name(config.bus.topic_prefix, TRANSFERS)
     held: set[TopicPartition] = set()
     loops: list[StageLoop] = []
+
+    def owns(key: str) -> bool:
+        return TopicPartition(transfers, bus.partition_of(transfers, key)) in held
+
+    engine.owns = owns
 
     def on_assign(tps: list[TopicPartition]) -> None:
         new = [tp for tp in tps if tp.topic == transfers and tp not in held]
@@ -180,8 +189,12 @@ def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None)
 
     # Every detector learns every approval: an approval is keyed by its destination, and the
     # wallet that pays it may be any detector's. They are read again from the last two match
-    # windows on start, so a restarted detector has the approvals still open.
-    since_s = datetime.now(UTC).timestamp() - 2 * config.detection.ledger_match_window_s
+    # windows on start, so a restarted detector has the approvals still open; and every alert,
+    # so that it has the incidents still open.
+    window_s = engine.correlator.window_s if engine.correlator is not None else 0
+    since_s = datetime.now(UTC).timestamp() - 2 * max(
+        config.detection.ledger_match_window_s, window_s
+    )
     loop = StageLoop(
         bus,
         [TRANSFERS],
@@ -191,7 +204,7 @@ def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None)
         stage="detect",
         on_assign=on_assign,
         decoders={TRANSFERS: read_transfer},
-        broadcast=[LEDGER],
+        broadcast=[LEDGER, ALERTS],
         broadcast_since_ms=int(since_s * 1000),
     )
     loops.append(loop)

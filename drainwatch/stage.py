@@ -186,7 +186,7 @@ class StageLoop:
         # After the group's poll, which may have waited: an approval published before the
         # transfer it explains is learned before that transfer is judged.
         followed = [m for follower in self._followers for m in follower.poll()]
-        self._handle(followed, published)
+        self._handle(followed, published, followed=True)
         self._handle(messages, published)
         if messages or followed:
             self._producer.flush()
@@ -198,7 +198,9 @@ class StageLoop:
         self._record_lag()
         return len(messages) + len(followed)
 
-    def _handle(self, messages: Sequence[Message], published: list[Event]) -> None:
+    def _handle(
+        self, messages: Sequence[Message], published: list[Event], *, followed: bool = False
+    ) -> None:
         handle_seconds = metrics.STAGE_HANDLE_SECONDS.labels(stage=self.stage)
         for msg in messages:
             topic = self._logical(msg.topic)
@@ -210,7 +212,8 @@ class StageLoop:
                 DEADLETTER_TOTAL.labels(topic=topic).inc()
                 self._producer.send(self._deadletter, msg.key, _deadletter_payload(msg, str(exc)))
                 continue
-            metrics.observe_input(event)
+            if not followed:  # a followed topic is read again from hours back on start
+                metrics.observe_input(event)
             began = time.perf_counter()
             outputs = 0
             for out in self.handler(topic, event):

@@ -75,6 +75,40 @@ def partition_for(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode()) % partitions
 
 
+def kafka_partition_for(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives a key (murmur2 of its UTF-8 bytes, as
+    the Java client, kafka-python and librdkafka's ``murmur2_random`` compute it).
+
+    >>> kafka_partition_for("ethereum:0xabc", 6) == kafka_partition_for("ethereum:0xabc", 6)
+    True
+    """
+    from kafka.partitioner.default import murmur2  # only Kafka buses need it
+
+    return int(murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+class MurmurPartitions:
+    """``partition_of`` for a bus on a Kafka broker, from its ``partitions`` (asked once per
+    topic: adding partitions moves keys anyway, and a restart is the time for it)."""
+
+    _partition_counts: dict[str, int]
+    """Set to ``{}`` by the bus's ``__init__``."""
+
+    def partitions(self, topic: str) -> list[TopicPartition]:
+        """Every partition of ``topic`` (the bus's own)."""
+        raise NotImplementedError
+
+    def partition_of(self, topic: str, key: str) -> int:
+        """The partition of ``topic`` a message keyed ``key`` goes to (Kafka's murmur2)."""
+        counts = self._partition_counts
+        count = counts.get(topic)
+        if count is None:
+            count = counts[topic] = len(self.partitions(topic))
+        if not count:
+            raise BusError(f"topic {topic} does not exist")
+        return kafka_partition_for(key, count)
+
+
 class Producer(Protocol):
     """Sends keyed messages; ``flush`` returns once every sent message is durable."""
 
@@ -133,6 +167,9 @@ class Bus(Protocol):
 
     def end_offset(self, tp: TopicPartition) -> int:
         """The offset the next message of this partition will get."""
+
+    def partition_of(self, topic: str, key: str) -> int:
+        """The partition of ``topic`` a message keyed ``key`` goes to."""
 
     def follower(self, topic: str, since_ms: int) -> Follower:
         """Every partition of ``topic`` for this caller alone, from the first message stamped at

@@ -39,7 +39,14 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from drainwatch.bus.base import AssignCallback, BusError, Message, TopicPartition, TopicSpec
+from drainwatch.bus.base import (
+    AssignCallback,
+    BusError,
+    Message,
+    MurmurPartitions,
+    TopicPartition,
+    TopicSpec,
+)
 
 if TYPE_CHECKING:
     import confluent_kafka as ck
@@ -173,7 +180,7 @@ def _error_of(exc: BaseException) -> ck.KafkaError | None:
     return arg if isinstance(arg, KafkaError) else None
 
 
-class ConfluentBus:
+class ConfluentBus(MurmurPartitions):
     """The bus on a Kafka cluster; producers and consumers are confluent-kafka clients.
 
     Args:
@@ -213,6 +220,7 @@ class ConfluentBus:
         self.producer_config = dict(producer_config or {})
         self.consumer_config = dict(consumer_config or {})
         self._lock = threading.RLock()
+        self._partition_counts = {}
         self._admin: AdminClient | None = None
         self._reader: ck.Consumer | None = None
 

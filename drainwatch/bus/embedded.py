@@ -122,6 +122,10 @@ class EmbeddedBus:
         """Every partition of a topic."""
         return [TopicPartition(topic, p) for p in range(self._partition_count(topic))]
 
+    def partition_of(self, topic: str, key: str) -> int:
+        """The partition of ``topic`` a message keyed ``key`` goes to."""
+        return partition_for(key, self._partition_count(topic))
+
     def end_offset(self, tp: TopicPartition) -> int:
         """The offset the next message of this partition will get."""
         with self._lock:

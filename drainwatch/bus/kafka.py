@@ -46,7 +46,14 @@ from kafka.errors import (
     UnknownMemberIdError,
 )
 
-from drainwatch.bus.base import AssignCallback, BusError, Message, TopicPartition, TopicSpec
+from drainwatch.bus.base import (
+    AssignCallback,
+    BusError,
+    Message,
+    MurmurPartitions,
+    TopicPartition,
+    TopicSpec,
+)
 
 __all__ = [
     "KafkaBus",
@@ -163,7 +170,7 @@ def split_overrides(
     return known[0][1], known[1][1], known[2][1]
 
 
-class KafkaBus:
+class KafkaBus(MurmurPartitions):
     """The bus on a Kafka cluster; producers and consumers are kafka-python clients.
 
     Args:
@@ -190,6 +197,7 @@ class KafkaBus:
         self.replication_factor = replication_factor
         self.read_timeout_s = read_timeout_s
         self.overrides = dict(overrides)
+        self._partition_counts = {}
         self._admin_config, self._producer_config, self._consumer_config = split_overrides(
             overrides
         )

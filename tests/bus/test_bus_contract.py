@@ -100,7 +100,7 @@ def test_round_trip_keeps_key_value_timestamp_and_order_per_key(under_test: BusU
         assert [m.value for m in got if m.key == key] == [v for _, k, v, _ in sent if k == key]
 
 
-def test_same_key_lands_on_one_partition(under_test: BusUnderTest) -> None:
+def test_same_key_lands_on_one_partition_the_bus_can_name(under_test: BusUnderTest) -> None:
     topic = under_test.topic("keys", partitions=4)
     keys = [f"ethereum:0x{i:040x}" for i in range(12)]
     produce(under_test.bus, [(topic, k, b"x", None) for _ in range(3) for k in keys])
@@ -111,6 +111,8 @@ def test_same_key_lands_on_one_partition(under_test: BusUnderTest) -> None:
 
     partitions_of = {k: {m.partition for m in got if m.key == k} for k in keys}
     assert all(len(p) == 1 for p in partitions_of.values()), partitions_of
+    # What a detector replica reckons it owns is where the producer put the key.
+    assert partitions_of == {k: {under_test.bus.partition_of(topic, k)} for k in keys}
     assert len(got) == 36
     assert len({m.partition for m in got}) > 1  # 12 keys do not all hash to one of 4 partitions
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Final
 
@@ -10,7 +12,7 @@ import pytest
 from detectors import BaselineDetector, DetectionEngine, IncidentCorrelator, VelocityDetector
 from detectors.evaluate import FixedRule
 from drainwatch.config import Config, DetectionConfig
-from drainwatch.events import Direction
+from drainwatch.events import ALERTS, Alert, Direction, Transfer
 from tests.detectors.factories import T0, transfer, wallet
 
 
@@ -46,6 +48,33 @@ def test_incident_id_is_deterministic_and_shared() -> None:
         assert c.incident_of("nem:A", 200.0) == incident
         ids.append(incident)
     assert ids[0] == ids[1]
+
+
+def test_a_finding_read_from_another_replica_names_the_incident_it_opened_there() -> None:
+    c = IncidentCorrelator()
+    c.observe("nem:A", 100.0, 1)
+    # Another replica's freeze, already in an incident there (it saw findings this one did not):
+    # the incident opens here under that replica's id, and an earlier finding counts in order.
+    assert c.observe("eth:B", 90.0, 2, incident_id="theirs") == ("theirs", [])
+    assert c.incident_of("nem:A", 200.0) == "theirs"
+    _, others = c.observe("btc:C", 150.0, 2, incident_id="theirs")
+    assert others == ["nem:A"]
+    c.observe("tron:D", 80.0, 1)  # an older finding does not move the incident back in time
+    assert c.incident_of("nem:A", 150.0 + 1800.0) == "theirs"
+
+
+def test_findings_hours_apart_are_no_incident_in_whatever_order_they_come() -> None:
+    # A detector catching up reads one partition hours ahead of another: a freeze at 10:00 read
+    # after one at 20:00 is not "within 30 minutes" of it.
+    c = IncidentCorrelator()
+    c.observe("eth:A", 36_000.0, 2)
+    assert c.observe("eth:B", 0.0, 2) == (None, [])
+    assert not c.lowered(0.0)
+    incident, _ = c.observe("eth:C", 36_100.0, 2)
+    assert incident is not None
+    assert c.incident_of("eth:A", 36_200.0) == incident
+    assert c.incident_of("eth:B", 36_200.0) is None
+    assert c.observe("eth:D", 100.0, 2) == (None, [])  # hours before the open incident
 
 
 def test_two_frozen_wallets_freeze_a_wallet_that_only_warned_and_lower_the_bar() -> None:
@@ -149,3 +178,111 @@ def test_a_wallet_frozen_by_a_rate_rule_is_not_frozen_again_by_the_incident() ->
     alerts = engine.process(transfer("C", 400, wallet="HOT3", minutes=2))
     assert alerts, "two wallets frozen on by a driving rule: the incident acts"
     assert "HOT1" not in {a.wallet for a in alerts}  # already frozen: no second request
+
+
+class Replicas:
+    """Two detector replicas splitting a fleet's wallets, each reading the whole alerts topic
+    (as ``drainwatch run detect`` does on Kafka): ``send`` gives a transfer to the replica that
+    owns its wallet, then shows every new alert to both replicas until nothing more comes."""
+
+    def __init__(self, config: Config, first: set[str], *, share: bool = True) -> None:
+        self.share = share
+        self.engines = (
+            DetectionEngine(config, owns=lambda key: key in first),
+            DetectionEngine(config, owns=lambda key: key not in first),
+        )
+        self.topic: list[Alert] = []
+        self.made_by: dict[str, int] = {}
+        """alert id -> the replica that made it."""
+
+    def send(self, t: Transfer) -> list[Alert]:
+        start = len(self.topic)
+        mine = next(i for i, e in enumerate(self.engines) if e.owns(t.key))
+        self._publish(mine, self.engines[mine].process(t))
+        read = start
+        while self.share and read < len(self.topic):
+            alert = self.topic[read]
+            read += 1
+            for i, engine in enumerate(self.engines):
+                self._publish(i, [o.event for o in engine.handle(ALERTS, alert)])  # type: ignore[misc]
+        return self.topic[start:]
+
+    def _publish(self, replica: int, alerts: Sequence[Alert]) -> None:
+        for alert in alerts:
+            self.made_by[alert.id] = replica
+            self.topic.append(alert)
+
+
+def keys(*names: str) -> set[str]:
+    return {w.key for w in fleet().wallets if w.address in names}
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_two_replicas_make_one_incident_of_a_drain_across_the_wallets_each_holds(
+    share: bool,
+) -> None:
+    # The same drain as above, with HOT1 and HOT3 on one replica and the rest on the other.
+    replicas = Replicas(fleet(), keys("HOT1", "HOT3"), share=share)
+    sent = [
+        transfer("T1", 30, wallet="HOT1", minutes=0),  # a warning
+        transfer("0xbad", 400, wallet="0xE0", chain="ethereum", asset="ETH", minutes=5),
+        transfer("T9", 400, wallet="HOT2", minutes=6),
+        transfer("T2", 15, wallet="HOT3", minutes=8),
+    ]
+    replicas.send(sent[0])
+    replicas.send(sent[1])
+    alerts = replicas.send(sent[2])
+    lowered = replicas.send(sent[3])
+    frozen = [a.wallet for a in replicas.topic if a.freeze]
+    if not share:
+        # What each replica saw alone: two frozen wallets on one, a warning on the other.
+        assert frozen == ["0xe0", "HOT2"]
+        assert lowered == []
+        return
+    # HOT1 only warned on its replica; the other froze two wallets: HOT1 is frozen, by its own
+    # replica, as one engine would have; then 1.5% of HOT3 freezes it, the bar being lowered.
+    assert frozen == ["0xe0", "HOT2", "HOT1", "HOT3"]
+    member = next(a for a in alerts if a.wallet == "HOT1")
+    assert (member.detector, replicas.made_by[member.id]) == ("correlation", 0)
+    assert [(a.detector, replicas.made_by[a.id]) for a in lowered] == [("correlation", 0)]
+    # Under the incident id one engine gives it (the first warning came before the incident).
+    one = DetectionEngine(fleet())
+    for t in sent:
+        one.process(t)
+    assert one.correlator is not None
+    expected = one.correlator.incident_of("nem:HOT1", T0.timestamp() + 600)
+    assert expected is not None
+    assert {a.incident_id for a in replicas.topic[1:]} == {expected}
+
+
+def test_a_fleet_freeze_is_made_once_per_wallet_by_the_replica_that_holds_it() -> None:
+    replicas = Replicas(fleet(), keys("HOT1", "HOT3"))
+    replicas.send(transfer("T1", 400, wallet="HOT1", minutes=0))
+    replicas.send(transfer("0xb", 400, wallet="0xE0", chain="ethereum", asset="ETH", minutes=2))
+    replicas.send(transfer("T3", 400, wallet="HOT3", minutes=4))
+    freezes = [(a.wallet, replicas.made_by[a.id]) for a in replicas.topic if a.freeze]
+    # HOT2 sent nothing: the replica holding it froze it when the third wallet was frozen,
+    # on the other replica; nobody froze it twice.
+    assert sorted(freezes) == [("0xe0", 1), ("HOT1", 0), ("HOT2", 1), ("HOT3", 0)]
+    assert len({a.incident_id for a in replicas.topic[1:]}) == 1
+    replicas.send(transfer("T4", 300, wallet="HOT3", minutes=5))
+    assert sum(a.freeze and a.wallet == "HOT2" for a in replicas.topic) == 1
+
+
+def test_a_restarted_replica_reads_the_old_alerts_as_history() -> None:
+    replicas = Replicas(fleet(), keys("HOT1", "HOT3"))
+    replicas.send(transfer("T1", 30, wallet="HOT1", minutes=0))
+    replicas.send(transfer("0xbad", 400, wallet="0xE0", chain="ethereum", asset="ETH", minutes=5))
+    replicas.send(transfer("T9", 400, wallet="HOT2", minutes=6))
+    assert any(a.freeze and a.wallet == "HOT1" for a in replicas.topic)
+    # The first replica restarts: it rebuilds HOT1 and HOT3 from their transfers, and reads
+    # the alerts topic again from hours back. It does nothing again (HOT1's freeze went out),
+    # but it knows the incident: 1.5% of HOT3 to a new address still freezes it.
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    restarted = DetectionEngine(fleet(), owns=replicas.engines[0].owns, clock=lambda: later)
+    restarted.replay([transfer("T1", 30, wallet="HOT1", minutes=0)])
+    again = [o for alert in replicas.topic for o in restarted.handle(ALERTS, alert)]
+    assert again == []
+    lowered = restarted.process(transfer("T2", 15, wallet="HOT3", minutes=8))
+    assert [(a.detector, a.freeze) for a in lowered] == [("correlation", True)]
+    assert lowered[0].incident_id == replicas.topic[-1].incident_id
