@@ -4,7 +4,9 @@ An incident groups
 
 * the alerts that carry the same ``incident_id`` (a correlating detector sets it), or, for alerts
   without one, the alerts of one wallet that follow each other within ``gap`` (6 h by default);
-  a wallet's run of unlabelled alerts that overlaps an incident naming that wallet joins it;
+  a wallet's run of unlabelled alerts that overlaps an incident naming that wallet joins it, and
+  so does another labelled incident naming that wallet within ``gap`` (two detector replicas may
+  name one incident twice);
 * the actions taken about those alerts: notifications, freezes and their answers, hooks, approvals;
 * the transfers of its wallets from ``lead`` before the first alert until ``tail`` after the last
   alert or action, plus every transfer an alert names as evidence, wherever it falls;
@@ -340,6 +342,7 @@ def group_alerts(alerts: Iterable[AlertRecord], gap: timedelta) -> list[AlertGro
             wallet = normalize_address(record.alert.wallet)
             by_wallet.setdefault((record.alert.chain, wallet), []).append(record)
 
+    explicit = _merge_sharing_wallets(explicit, gap)
     groups = {iid: list(records) for iid, records in explicit.items()}
     for (chain, wallet), records in by_wallet.items():
         runs: list[list[AlertRecord]] = [[records[0]]]
@@ -362,6 +365,34 @@ def group_alerts(alerts: Iterable[AlertRecord], gap: timedelta) -> list[AlertGro
     return sorted(result, key=lambda g: (g.first_at, g.id))
 
 
+def _within(a: Sequence[AlertRecord], b: Sequence[AlertRecord], gap: timedelta) -> bool:
+    """Whether two time-ordered runs of alerts come within ``gap`` of each other."""
+    return a[0].time - gap <= b[-1].time and b[0].time <= a[-1].time + gap
+
+
+def _merge_sharing_wallets(
+    explicit: Mapping[str, list[AlertRecord]], gap: timedelta
+) -> dict[str, list[AlertRecord]]:
+    """Labelled incidents naming a common wallet within ``gap`` of each other are one, under the
+    earliest one's id: two detector replicas that opened one incident at the same moment may
+    have named it twice (a wallet's unlabelled alerts within ``gap`` are one incident too)."""
+    merged: dict[str, list[AlertRecord]] = {}
+    wallets: dict[str, set[str]] = {}
+    for iid, records in sorted(explicit.items(), key=lambda item: (item[1][0].time, item[0])):
+        keys = {r.alert.key for r in records}
+        home = next(
+            (h for h, rs in merged.items() if keys & wallets[h] and _within(rs, records, gap)),
+            None,
+        )
+        if home is None:
+            merged[iid] = list(records)
+            wallets[iid] = keys
+        else:
+            merged[home] = sorted([*merged[home], *records], key=lambda r: (r.time, r.seq))
+            wallets[home] |= keys
+    return merged
+
+
 def _overlapping_explicit(
     explicit: Mapping[str, Sequence[AlertRecord]],
     key: str,
@@ -370,9 +401,7 @@ def _overlapping_explicit(
 ) -> str | None:
     """The labelled incident naming this wallet whose alerts come within ``gap`` of the run."""
     for iid, records in sorted(explicit.items(), key=lambda item: item[1][0].time):
-        if any(r.alert.key == key for r in records) and (
-            run[0].time - gap <= records[-1].time and records[0].time <= run[-1].time + gap
-        ):
+        if any(r.alert.key == key for r in records) and _within(run, records, gap):
             return iid
     return None
 
@@ -522,7 +551,8 @@ def assemble(
 
 
 def find_incident(incidents: Sequence[Incident], ref: str) -> Incident:
-    """The incident with this id, or the only one whose id starts with ``ref``.
+    """The incident with this id (or one an alert of it carries), or the only one whose id
+    starts with ``ref``.
 
     Raises:
         IncidentNotFoundError: None matches, or several do.
@@ -530,6 +560,9 @@ def find_incident(incidents: Sequence[Incident], ref: str) -> Incident:
     ref = ref.strip()
     for incident in incidents:
         if incident.id == ref:
+            return incident
+    for incident in incidents:
+        if any(r.alert.incident_id == ref for r in incident.alerts):
             return incident
     matches = [i for i in incidents if ref and i.id.startswith(ref)]
     if len(matches) == 1:

@@ -137,6 +137,29 @@ def test_a_labelled_incident_spans_wallets_and_absorbs_nearby_alerts(timeline: T
     assert [r.alert.summary for r in second.alerts] == ["next day"]
 
 
+def test_two_ids_for_one_incident_with_a_common_wallet_are_one_incident(
+    timeline: Timeline,
+) -> None:
+    # Two detector replicas opened the incident at the same moment and named it differently.
+    other = "NBZMQO7ZPBYNBDUR7F75MAKA2S3DHDCIFG775N3D"
+    third = "NCXIP5JXP5R3ZCQ7HRFQ2LNFOGQ2ZWOHY4A2I3Q6"
+    timeline.record_alert(alert(1, 0, Severity.CRITICAL, "hot", freeze=True, incident_id="a"))
+    timeline.record_alert(
+        alert(2, 1, Severity.CRITICAL, "sister", freeze=True, wallet=other, incident_id="b")
+    )
+    timeline.record_alert(alert(3, 2, Severity.CRITICAL, "hot again", freeze=True, incident_id="b"))
+    # A labelled incident of other wallets only, at the same time, stays apart.
+    timeline.record_alert(
+        alert(4, 3, Severity.CRITICAL, "elsewhere", freeze=True, wallet=third, incident_id="c")
+    )
+    incidents = incidents_from(timeline)
+    assert [(i.id, [r.alert.summary for r in i.alerts]) for i in incidents] == [
+        ("a", ["hot", "sister", "hot again"]),
+        ("c", ["elsewhere"]),
+    ]
+    assert find_incident(incidents, "b") is incidents[0]
+
+
 def test_transfers_come_from_the_window_plus_evidence(timeline: Timeline) -> None:
     old_evidence = transfer("0xold", -300, 50)  # 5 h before: outside the 1 h lead-in
     unrelated_old = transfer("0xolder", -200, 60)
