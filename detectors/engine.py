@@ -158,9 +158,6 @@ class DetectionEngine:
     ) -> None:
         self.config = config
         self.owns: Callable[[str], bool] = owns or _everything
-        self.started_at = clock()
-        """Alerts of other replicas detected before this are history: they are correlated, but
-        what they called for was done then (:meth:`process_alert` emits nothing for them)."""
         self.detectors = (
             list(detectors) if detectors is not None else default_detectors(config, reconcile)
         )
@@ -531,7 +528,7 @@ class DetectionEngine:
             if w.role == "hot" and w.key != but and not correlator.is_frozen(w.key, now)
         }
 
-    def process_alert(self, alert: Alert, *, emit: bool = True) -> list[Alert]:
+    def process_alert(self, alert: Alert) -> list[Alert]:
         """Correlate another detector replica's alert: freeze what the incident now calls for.
 
         Every replica reads the whole alerts topic. An alert about a wallet this engine owns was
@@ -540,6 +537,10 @@ class DetectionEngine:
         replica's finding counts toward the incident as if it were made here, and what the
         incident then calls for (a warned wallet frozen, the hot fleet frozen) is done for the
         wallets this engine owns, each replica freezing its own.
+
+        A restarted replica reads the last hours of alerts again and may come to the same
+        decisions again: they carry the ids they had (:meth:`_incident_freeze`), so the alerts
+        stage drops them, and a decision the crash cut off is made now rather than lost.
         """
         correlator = self.correlator
         if correlator is None:
@@ -563,10 +564,9 @@ class DetectionEngine:
         incident_id, others = correlator.observe(key, now, level, alert.incident_id)
         keys = sorted({*others, *self._fleet(correlator, now, but=key)})
         cause = _Cause(alert.id, alert.time, now, alert.transfer_ids, alert.tx_hashes)
-        alerts = self._incident_freezes(
+        return self._incident_freezes(
             keys, cause, now=now, incident_id=incident_id, detected_at=None
         )
-        return alerts if emit else []
 
     def _incident_freeze(
         self,
@@ -575,9 +575,14 @@ class DetectionEngine:
         incident_id: str | None,
         detected_at: datetime | None,
     ) -> Alert:
-        """Freeze a wallet that had only warned, now that it is part of an incident."""
+        """Freeze a wallet that had only warned, now that it is part of an incident.
+
+        One such alert per wallet and incident, whatever set it off: a restarted replica that
+        reads the alerts topic again, in another order, asks again under the same id, and the
+        alerts stage drops the repeat.
+        """
         return Alert(
-            id=event_id("correlation", wallet.key, cause.id),
+            id=event_id("correlation", wallet.key, incident_id or cause.id),
             time=cause.time,
             detected_at=detected_at or self.clock(),
             chain=wallet.chain,
@@ -608,15 +613,14 @@ class DetectionEngine:
 
         Transfers come as :class:`~drainwatch.events.Transfer` events or as the lean
         :class:`~detectors.move.Move` records :func:`detectors.wire.read_transfer` makes. Alerts
-        (every replica's, read from the alerts topic) go to :meth:`process_alert`; those detected
-        before this engine was made are history, correlated without acting on them again.
+        (every replica's, read from the alerts topic) go to :meth:`process_alert`.
         """
         if topic == TRANSFERS and isinstance(event, Transfer | Move):
             alerts = self.process(event)
         elif topic == LEDGER and isinstance(event, ApprovedWithdrawal):
             alerts = self.process_approval(event)
         elif topic == ALERTS and isinstance(event, Alert):
-            alerts = self.process_alert(event, emit=event.detected_at >= self.started_at)
+            alerts = self.process_alert(event)
         else:
             return []
         return [Output(ALERTS, alert) for alert in alerts]
