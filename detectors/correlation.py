@@ -38,6 +38,7 @@ not join findings hours apart into an incident.
 
 from __future__ import annotations
 
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -87,6 +88,8 @@ class IncidentCorrelator:
         self._recent: dict[str, tuple[float, float, int]] = {}
         """wallet key -> (first abnormal time in this spell, last time, highest level)."""
         self._incident: _Incident | None = None
+        self.latest = float("-inf")
+        """The latest time of a finding it was shown."""
         self._frozen: dict[str, float] = {}
         """wallet key -> when a freeze was last requested for it."""
 
@@ -141,6 +144,31 @@ class IncidentCorrelator:
             return None
         return incident.id if wallet_key in incident.members else None
 
+    def owed(self, keys: Iterable[str], hot: Container[str]) -> tuple[str | None, list[str]]:
+        """What the incident open now owes the wallets of ``keys``: those not frozen that it
+        would have frozen had they been judged here when it acted (a detector replica taking
+        over wallets that nobody held for a while, their replica having died).
+
+        Returns the incident's id and the wallets to freeze: every hot one (of ``hot``) once the
+        fleet freeze was made, every member that only warned once the bar was lowered.
+        """
+        now = self.latest
+        incident = self._open(now)
+        if incident is None:
+            return None, []
+        fleet = self._fleet_done == incident.id
+        lowered = self.lowered(now)
+        owed = [
+            key
+            for key in keys
+            if not self.is_frozen(key, now)
+            and (
+                (fleet and key in hot)
+                or (lowered and key in incident.members and self._recent.get(key, (0, 0, 2))[2] < 2)
+            )
+        ]
+        return incident.id, owed
+
     def adopt_frozen(self, other: IncidentCorrelator) -> None:
         """Also remember the freezes ``other`` was told of (its wallets, none of them ours)."""
         self._frozen.update(other._frozen)
@@ -161,6 +189,7 @@ class IncidentCorrelator:
         out of time order; it passes the ``incident_id`` that replica gave it, which names the
         incident here too when none is open yet, so the replicas' alerts share one id.
         """
+        self.latest = max(self.latest, now)
         recent = self._recent
         for key in [k for k, (_, last, _) in recent.items() if now - last > self.window_s]:
             del recent[key]

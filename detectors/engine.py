@@ -528,6 +528,28 @@ class DetectionEngine:
             if w.role == "hot" and w.key != but and not correlator.is_frozen(w.key, now)
         }
 
+    def take_over(self, keys: Iterable[str]) -> list[Alert]:
+        """Freeze what an open incident owes the wallets of ``keys``, just taken over.
+
+        A replica that dies in an incident leaves its wallets to nobody until the group gives
+        them to another: what the incident called for meanwhile (the fleet freeze, a warned
+        wallet frozen) was decided by replicas that did not hold them. The replica that takes
+        them over, once it has rebuilt their state, freezes them now, under the ids any replica
+        would have used (:meth:`_incident_freeze`).
+        """
+        correlator = self.correlator
+        if correlator is None:
+            return []
+        hot = {w.key for w in self.config.wallets if w.role == "hot"}
+        incident_id, owed = correlator.owed(keys, hot)
+        if incident_id is None or not owed:
+            return []
+        now = correlator.latest
+        cause = _Cause(incident_id, datetime.fromtimestamp(now, UTC), now, (), ())
+        return self._incident_freezes(
+            owed, cause, now=now, incident_id=incident_id, detected_at=None
+        )
+
     def process_alert(self, alert: Alert) -> list[Alert]:
         """Correlate another detector replica's alert: freeze what the incident now calls for.
 

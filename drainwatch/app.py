@@ -39,7 +39,7 @@ from drainwatch.events import (
     Transfer,
 )
 from drainwatch.metrics import MetricsServer, WalletMetrics, serve_metrics
-from drainwatch.stage import StageLoop, default_topics, topic_name
+from drainwatch.stage import Output, StageLoop, default_topics, topic_name
 from ingest import CursorStore, Watcher, bitcoin_watcher, evm_watcher
 
 __all__ = [
@@ -179,6 +179,7 @@ def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None)
         return TopicPartition(transfers, bus.partition_of(transfers, key)) in held
 
     engine.owns = owns
+    owed: list[Output] = []
 
     def on_assign(tps: list[TopicPartition]) -> None:
         new = [tp for tp in tps if tp.topic == transfers and tp not in held]
@@ -186,6 +187,19 @@ def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None)
         held.update(tps)
         if new:
             rebuild_state(bus, engine, loops[0].position, new)
+            # Wallets nobody held for a while (their replica died) in an incident that acted
+            # meanwhile: freeze them as it would have.
+            taken = {
+                w.key
+                for w in config.wallets
+                if TopicPartition(transfers, bus.partition_of(transfers, w.key)) in new
+            }
+            owed.extend(Output(ALERTS, alert) for alert in engine.take_over(sorted(taken)))
+
+    def take_owed() -> list[Output]:
+        outputs = owed[:]
+        owed.clear()
+        return outputs
 
     # Every detector learns every approval: an approval is keyed by its destination, and the
     # wallet that pays it may be any detector's. They are read again from the last two match
@@ -205,6 +219,7 @@ def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None)
         on_assign=on_assign,
         decoders={TRANSFERS: read_transfer},
         broadcast=[LEDGER, ALERTS],
+        ready=take_owed,
         broadcast_since_ms=int(since_s * 1000),
     )
     loops.append(loop)

@@ -146,6 +146,7 @@ class StageLoop:
         decoders: Mapping[str, Decoder] | None = None,
         broadcast: Sequence[str] = (),
         broadcast_since_ms: int = 0,
+        ready: Callable[[], Iterable[Output]] | None = None,
     ) -> None:
         self.bus = bus
         self.max_batch = max_batch
@@ -164,6 +165,9 @@ class StageLoop:
         """``broadcast`` topics, read whole by this member (from ``broadcast_since_ms``), not
         shared with the group: what arrived by the end of each poll of the group is handled
         before the group's messages."""
+        self._ready = ready
+        """What the stage made outside any message (in ``on_assign``, say), taken after each
+        poll and published with what the poll's messages make, before the commit."""
         self._deadletter = topic_name(prefix, DEADLETTER)
         self._lag_due_s = 0.0
         self._handled = 0
@@ -186,9 +190,12 @@ class StageLoop:
         # After the group's poll, which may have waited: an approval published before the
         # transfer it explains is learned before that transfer is judged.
         followed = [m for follower in self._followers for m in follower.poll()]
+        if self._ready is not None:
+            for out in self._ready():
+                self._publish(out, published)
         self._handle(followed, published, followed=True)
         self._handle(messages, published)
-        if messages or followed:
+        if messages or followed or published:
             self._producer.flush()
             if messages:
                 self._consumer.commit()
@@ -217,17 +224,18 @@ class StageLoop:
             began = time.perf_counter()
             outputs = 0
             for out in self.handler(topic, event):
-                ts_ms = int(getattr(out.event, "time").timestamp() * 1000)  # noqa: B009
-                self._producer.send(
-                    topic_name(self.prefix, out.topic), out.key, out.event.to_json(), ts_ms
-                )
-                published.append(out.event)
+                self._publish(out, published)
                 outputs += 1
             self._handled += 1
             if outputs or not self._handled % HANDLE_SAMPLE_EVERY:
                 # The histogram's lock costs as much as judging a quiet transfer: time every
                 # event that raised something, and a sample of the quiet ones.
                 handle_seconds.observe(time.perf_counter() - began)
+
+    def _publish(self, out: Output, published: list[Event]) -> None:
+        ts_ms = int(getattr(out.event, "time").timestamp() * 1000)  # noqa: B009
+        self._producer.send(topic_name(self.prefix, out.topic), out.key, out.event.to_json(), ts_ms)
+        published.append(out.event)
 
     def _record_lag(self, every_s: float = 1.0) -> None:
         now = time.monotonic()

@@ -16,7 +16,8 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -355,6 +356,54 @@ def test_every_detector_of_a_group_learns_every_approval(
         stop(procs)
 
 
+@contextmanager
+def two_detectors(
+    kafka: KafkaService, prefix: str, tmp_path: Path
+) -> Iterator[tuple[KafkaBus, dict[str, subprocess.Popen[bytes]], list[tuple[str, list[int]]]]]:
+    """Two detector processes sharing the transfers partitions; with the bus, the processes
+    and, for each, the wallets (by number) it holds, the one holding more first."""
+    _, bus = broker(kafka, prefix, tmp_path)
+    procs = {n: start_detector(n, tmp_path / "drainwatch.toml", tmp_path) for n in ("d1", "d2")}
+    transfers = topic_name(prefix, TRANSFERS)
+    try:
+        wait_until_shared(procs, tmp_path, prefix)
+        held = {n: transfer_partitions(tmp_path / f"{n}.log", prefix) for n in procs}
+        holds = {
+            n: [i for i in range(WALLETS) if bus.partition_of(transfers, f"eth:{wallet(i)}") in p]
+            for n, p in held.items()
+        }
+        yield bus, procs, sorted(holds.items(), key=lambda item: -len(item[1]))
+    finally:
+        stop(procs)
+        bus.close()
+
+
+def drain_within_minutes(bus: KafkaBus, prefix: str, drained: Sequence[int]) -> None:
+    """40% of each wallet to its attacker, a minute apart: each alone freezes its wallet."""
+    at = datetime.now(UTC) - timedelta(minutes=10)
+    publish(
+        bus,
+        prefix,
+        [
+            transfer(i, 7, attacker(i), 400, at + timedelta(minutes=k))
+            for k, i in enumerate(drained)
+        ],
+    )
+
+
+def wait_until_every_wallet_frozen(
+    bus: KafkaBus, prefix: str, procs: Mapping[str, object], logdir: Path
+) -> None:
+    wait_for(
+        lambda: every_wallet_frozen(bus, prefix),
+        120,
+        "a freeze for every wallet",
+        every_s=0.5,
+        context=log_tails(procs, logdir),
+    )
+    time.sleep(3.0)  # time for a second freeze of any wallet, were one coming
+
+
 def test_detectors_of_a_group_correlate_one_incident_across_the_wallets_each_holds(
     kafka: KafkaService, kafka_topic_prefix: str, tmp_path: Path
 ) -> None:
@@ -363,46 +412,17 @@ def test_detectors_of_a_group_correlate_one_incident_across_the_wallets_each_hol
     # sees three. Each follows the alerts topic, so both see the incident, and each freezes the
     # fleet wallets it holds: every wallet once, under one incident id.
     prefix = kafka_topic_prefix
-    path, bus = broker(kafka, prefix, tmp_path)
-    procs = {n: start_detector(n, path, tmp_path) for n in ("d1", "d2")}
-    logs = log_tails(procs, tmp_path)
-    transfers = topic_name(prefix, TRANSFERS)
-    try:
-        wait_until_shared(procs, tmp_path, prefix)
-        held = {n: transfer_partitions(tmp_path / f"{n}.log", prefix) for n in procs}
-        holder = {
-            i: next(n for n in procs if bus.partition_of(transfers, f"eth:{wallet(i)}") in held[n])
-            for i in range(WALLETS)
-        }
-        by_detector = {n: [i for i in range(WALLETS) if holder[i] == n] for n in procs}
-        one, other = sorted(procs, key=lambda n: -len(by_detector[n]))
-        assert len(by_detector[one]) >= 2, by_detector
-        assert by_detector[other], by_detector
-        drained = [by_detector[one][0], by_detector[other][0], by_detector[one][1]]
-        at = datetime.now(UTC) - timedelta(minutes=10)
-        publish(
-            bus,
-            prefix,
-            [
-                transfer(i, 7, attacker(i), 400, at + timedelta(minutes=k))
-                for k, i in enumerate(drained)
-            ],
-        )
-
-        wait_for(
-            lambda: every_wallet_frozen(bus, prefix),
-            90,
-            "a freeze for every wallet",
-            every_s=0.5,
-            context=logs,
-        )
-        time.sleep(3.0)  # time for a second freeze of any wallet, were one coming
-        assert all(p.poll() is None for p in procs.values()), logs()
-    finally:
-        stop(procs)
-    alerts = alerts_on_topic(bus, prefix)
+    with two_detectors(kafka, prefix, tmp_path) as (bus, procs, holds):
+        (_, one), (_, other) = holds
+        assert len(one) >= 2, holds
+        assert other, holds
+        drained = [one[0], other[0], one[1]]
+        drain_within_minutes(bus, prefix, drained)
+        wait_until_every_wallet_frozen(bus, prefix, procs, tmp_path)
+        assert all(p.poll() is None for p in procs.values())
+        alerts = alerts_on_topic(bus, prefix)
     freezes = sorted(a.wallet for a in alerts if a.freeze)
-    assert freezes == sorted(wallet(i) for i in range(WALLETS)), logs()
+    assert freezes == sorted(wallet(i) for i in range(WALLETS))
     fleet = [a for a in alerts if a.detector == "correlation"]
     assert {a.wallet for a in fleet} == {wallet(i) for i in range(WALLETS)} - {
         wallet(i) for i in drained
@@ -412,4 +432,30 @@ def test_detectors_of_a_group_correlate_one_incident_across_the_wallets_each_hol
     assert {a.wallet for a in alerts if a.incident_id is None} <= {wallet(i) for i in drained}
     assert len({a.incident_id for a in alerts if a.incident_id is not None}) == 1
     assert None not in {a.incident_id for a in fleet}
-    bus.close()
+
+
+def test_a_detector_taking_over_a_dead_ones_wallets_freezes_them_with_the_fleet(
+    kafka: KafkaService, kafka_topic_prefix: str, tmp_path: Path
+) -> None:
+    # One detector dies; three wallets of the other are drained before the group hands the dead
+    # one's wallets over. The fleet freeze is decided while nobody holds those: the survivor
+    # freezes them once it has taken them over.
+    prefix = kafka_topic_prefix
+    with two_detectors(kafka, prefix, tmp_path) as (bus, procs, holds):
+        (survivor, theirs), (dead, orphaned) = holds
+        assert len(theirs) >= 3, holds
+        assert orphaned, holds
+        procs[dead].send_signal(signal.SIGKILL)
+        procs[dead].wait(10)
+        drain_within_minutes(bus, prefix, theirs[:3])
+        wait_until_every_wallet_frozen(bus, prefix, procs, tmp_path)
+        assert procs[survivor].poll() is None
+        alerts = alerts_on_topic(bus, prefix)
+    assert sorted(a.wallet for a in alerts if a.freeze) == sorted(wallet(i) for i in range(WALLETS))
+    orphans = {wallet(i) for i in orphaned}
+    taken_over = [a for a in alerts if a.freeze and a.wallet in orphans]
+    # Frozen on taking them over (no transfer of theirs or of the incident's set it off then),
+    # not by the fleet freeze itself: the group had not handed them over yet.
+    assert [(a.detector, a.transfer_ids) for a in taken_over] == [("correlation", ())] * len(
+        orphans
+    )

@@ -307,3 +307,28 @@ def test_a_freeze_the_crash_cut_off_is_made_when_the_replica_restarts() -> None:
     restarted.replay([transfer("T1", 30, wallet="HOT1", minutes=0)])
     again = [a for alert in reversed(published) for a in restarted.process_alert(alert)]
     assert [a.id for a in again] == [member.id]
+
+
+def test_a_replica_taking_over_a_dead_ones_wallets_freezes_what_the_incident_owes_them() -> None:
+    # The first replica (HOT1, HOT2) dies; before the group gives its wallets to the second,
+    # three wallets of the second are drained: the fleet freeze comes while nobody holds HOT1
+    # and HOT2. The second replica freezes them once it has taken them over.
+    config = fleet()
+    config = config.model_copy(
+        update={"wallets": (*config.wallets, wallet("HOT4"), wallet("HOT5"))}
+    )
+    mine = {w.key for w in config.wallets if w.address not in ("HOT1", "HOT2")}
+    survivor = DetectionEngine(config, owns=lambda key: key in mine)
+    alerts = [
+        a
+        for i, hot in enumerate(("HOT3", "HOT4", "HOT5"))
+        for a in survivor.process(transfer(f"T{i}", 400, wallet=hot, minutes=i))
+    ]
+    # Its own fleet freeze covers only the wallet it holds (the Ethereum one).
+    assert sorted(a.wallet for a in alerts if a.freeze) == ["0xe0", "HOT3", "HOT4", "HOT5"]
+    taken = {w.key for w in config.wallets if w.address in ("HOT1", "HOT2")}
+    mine |= taken
+    owed = survivor.take_over(sorted(taken))
+    assert sorted(a.wallet for a in owed) == ["HOT1", "HOT2"]
+    assert all(a.freeze and a.incident_id == alerts[-1].incident_id for a in owed)
+    assert survivor.take_over(sorted(taken)) == []  # once
