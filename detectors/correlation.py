@@ -117,7 +117,7 @@ class IncidentCorrelator:
 
     def lowered(self, now: float) -> bool:
         """Whether the bar is lowered at ``now``: an open incident with ``min_frozen`` frozen."""
-        if self._open(now) is None:
+        if self._incident is None or self._open(now) is None:  # the first test is the hot path
             return False
         return self._frozen_near(now) >= self.min_frozen
 
