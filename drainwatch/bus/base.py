@@ -100,12 +100,12 @@ class MurmurPartitions:
 
     def partition_of(self, topic: str, key: str) -> int:
         """The partition of ``topic`` a message keyed ``key`` goes to (Kafka's murmur2)."""
-        counts = self._partition_counts
-        count = counts.get(topic)
+        count = self._partition_counts.get(topic)
         if count is None:
-            count = counts[topic] = len(self.partitions(topic))
-        if not count:
-            raise BusError(f"topic {topic} does not exist")
+            count = len(self.partitions(topic))
+            if not count:
+                raise BusError(f"topic {topic} does not exist")
+            self._partition_counts[topic] = count
         return kafka_partition_for(key, count)
 
 
