@@ -168,6 +168,9 @@ class StageLoop:
         self._ready = ready
         """What the stage made outside any message (in ``on_assign``, say), taken after each
         poll and published with what the poll's messages make, before the commit."""
+        self._unflushed: list[Output] = []
+        """What ``ready`` gave that no flush has confirmed yet (published again after a
+        failure: no message brings it back)."""
         self._deadletter = topic_name(prefix, DEADLETTER)
         self._lag_due_s = 0.0
         self._handled = 0
@@ -191,12 +194,14 @@ class StageLoop:
         # transfer it explains is learned before that transfer is judged.
         followed = [m for follower in self._followers for m in follower.poll()]
         if self._ready is not None:
-            for out in self._ready():
-                self._publish(out, published)
+            self._unflushed += self._ready()
+        for out in self._unflushed:
+            self._publish(out, published)
         self._handle(followed, published, followed=True)
         self._handle(messages, published)
         if messages or followed or published:
             self._producer.flush()
+            self._unflushed.clear()
             if messages:
                 self._consumer.commit()
             PROCESSED_TOTAL.labels(stage=self.stage).inc(len(messages) + len(followed))

@@ -1,0 +1,73 @@
+"""The stage loop's outputs made outside any message survive a failed flush."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from drainwatch.bus import BusError, EmbeddedBus, Producer, TopicPartition
+from drainwatch.events import ALERTS, TRANSFERS, Alert, Severity
+from drainwatch.stage import Output, StageLoop
+
+
+class _FirstFlushLost:
+    """A producer on the embedded bus whose first flush fails and loses what was sent (a broker
+    that went away with the batch)."""
+
+    def __init__(self, real: Producer) -> None:
+        self.real = real
+        self.queued: list[tuple[str, str, bytes, int | None]] = []
+        self.failures = 1
+
+    def send(self, topic: str, key: str, value: bytes, timestamp_ms: int | None = None) -> None:
+        self.queued.append((topic, key, value, timestamp_ms))
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        queued, self.queued = self.queued, []
+        if self.failures:
+            self.failures -= 1
+            raise BusError("broker gone")
+        for message in queued:
+            self.real.send(*message)
+        self.real.flush()
+
+    def close(self) -> None:
+        self.real.close()
+
+
+class _Bus(EmbeddedBus):
+    def producer(self) -> Any:
+        return _FirstFlushLost(super().producer())
+
+
+def test_what_ready_gave_is_published_again_after_a_failed_flush() -> None:
+    bus = _Bus(":memory:")
+    t = datetime(2024, 3, 1, tzinfo=UTC)
+    alert = Alert(
+        id="a1",
+        time=t,
+        detected_at=t,
+        chain="eth",
+        wallet="0xab",
+        severity=Severity.CRITICAL,
+        detector="correlation",
+        freeze=True,
+        summary="s",
+    )
+    given = [[Output(ALERTS, alert)]]
+    loop = StageLoop(
+        bus,
+        [TRANSFERS],
+        "g",
+        handler=lambda topic, event: [],
+        ready=lambda: given.pop() if given else [],
+    )
+    with pytest.raises(BusError):
+        loop.run_once(timeout_s=0.05)
+    loop.run_once(timeout_s=0.05)  # ready gives nothing now; what it gave before goes out
+    tp = TopicPartition(ALERTS, 0)
+    assert [m.key for m in bus.read_range(tp, 0, bus.end_offset(tp))] == [alert.key]
+    loop.run_once(timeout_s=0.05)  # and only once
+    assert bus.end_offset(tp) == 1
