@@ -88,8 +88,6 @@ class IncidentCorrelator:
         self._recent: dict[str, tuple[float, float, int]] = {}
         """wallet key -> (first abnormal time in this spell, last time, highest level)."""
         self._incident: _Incident | None = None
-        self.latest = float("-inf")
-        """The latest time of a finding it was shown."""
         self._frozen: dict[str, float] = {}
         """wallet key -> when a freeze was last requested for it."""
 
@@ -144,19 +142,21 @@ class IncidentCorrelator:
             return None
         return incident.id if wallet_key in incident.members else None
 
-    def owed(self, keys: Iterable[str], hot: Container[str]) -> tuple[str | None, list[str]]:
-        """What the incident open now owes the wallets of ``keys``: those not frozen that it
-        would have frozen had they been judged here when it acted (a detector replica taking
-        over wallets that nobody held for a while, their replica having died).
+    def owed(
+        self, keys: Iterable[str], hot: Container[str], now: float
+    ) -> tuple[str | None, list[str]]:
+        """What the incident open at ``now`` owes the wallets of ``keys``: those not frozen that
+        it would have frozen had they been judged here when it acted (wallets just taken over
+        from a replica that died, or whose rebuild decided nothing).
 
         Returns the incident's id and the wallets to freeze: every hot one (of ``hot``) once the
-        fleet freeze was made, every member that only warned once the bar was lowered.
+        fleet freeze is made or due (this marks it made), every member that only warned once
+        the bar was lowered.
         """
-        now = self.latest
         incident = self._open(now)
         if incident is None:
             return None, []
-        fleet = self._fleet_done == incident.id
+        fleet = self._fleet_done == incident.id or self.fleet_freeze_due(now)
         lowered = self.lowered(now)
         owed = [
             key
@@ -189,7 +189,6 @@ class IncidentCorrelator:
         out of time order; it passes the ``incident_id`` that replica gave it, which names the
         incident here too when none is open yet, so the replicas' alerts share one id.
         """
-        self.latest = max(self.latest, now)
         recent = self._recent
         for key in [k for k, (_, last, _) in recent.items() if now - last > self.window_s]:
             del recent[key]

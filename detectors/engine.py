@@ -473,6 +473,11 @@ class DetectionEngine:
             if any(a.freeze for a in alerts):
                 # Any freeze, a local one too: no second freeze request for this wallet.
                 correlator.mark_frozen(wallet.key, now)
+            if not emit:
+                # A state rebuild decides nothing for other wallets: what it would, it could not
+                # send, and remembering it as done would swallow it. take_over() decides once
+                # the rebuild is over.
+                return []
             # Several wallets emptied within minutes: freeze the whole hot fleet now rather
             # than wait for each wallet's own first large transfer.
             fleet = self._fleet(correlator, now, but=wallet.key)
@@ -528,23 +533,26 @@ class DetectionEngine:
             if w.role == "hot" and w.key != but and not correlator.is_frozen(w.key, now)
         }
 
-    def take_over(self, keys: Iterable[str]) -> list[Alert]:
-        """Freeze what an open incident owes the wallets of ``keys``, just taken over.
+    def take_over(self) -> list[Alert]:
+        """Freeze what an open incident owes the wallets this engine owns, after a rebuild.
 
-        A replica that dies in an incident leaves its wallets to nobody until the group gives
-        them to another: what the incident called for meanwhile (the fleet freeze, a warned
-        wallet frozen) was decided by replicas that did not hold them. The replica that takes
-        them over, once it has rebuilt their state, freezes them now, under the ids any replica
-        would have used (:meth:`_incident_freeze`).
+        Run when the engine has taken over wallets (a restart, a rebalance) and replayed their
+        transfers. A replica that dies in an incident leaves its wallets to nobody until the
+        group gives them to another: what the incident called for meanwhile (the fleet freeze,
+        a warned wallet frozen) was decided by replicas that did not hold them. And a rebuild
+        decides nothing for other wallets while it replays (:meth:`replay`). Both are made up
+        for here, at the latest event time the engine has seen, under the ids any replica would
+        have used (:meth:`_incident_freeze`); what was already asked is dropped downstream.
         """
         correlator = self.correlator
-        if correlator is None:
+        if correlator is None or not self._states:
             return []
+        now = max(state.now for state in self._states.values())
         hot = {w.key for w in self.config.wallets if w.role == "hot"}
-        incident_id, owed = correlator.owed(keys, hot)
+        keys = sorted({w.key for w in self.config.wallets if self.owns(w.key)})
+        incident_id, owed = correlator.owed(keys, hot, now)
         if incident_id is None or not owed:
             return []
-        now = correlator.latest
         cause = _Cause(incident_id, datetime.fromtimestamp(now, UTC), now, (), ())
         return self._incident_freezes(
             owed, cause, now=now, incident_id=incident_id, detected_at=None

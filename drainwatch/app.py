@@ -187,14 +187,9 @@ def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None)
         held.update(tps)
         if new:
             rebuild_state(bus, engine, loops[0].position, new)
-            # Wallets nobody held for a while (their replica died) in an incident that acted
-            # meanwhile: freeze them as it would have.
-            taken = {
-                w.key
-                for w in config.wallets
-                if TopicPartition(transfers, bus.partition_of(transfers, w.key)) in new
-            }
-            owed.extend(Output(ALERTS, alert) for alert in engine.take_over(sorted(taken)))
+            # Wallets nobody held for a while (their replica died), or whose rebuild decided
+            # nothing, in an incident that acted meanwhile: freeze them as it would have.
+            owed.extend(Output(ALERTS, alert) for alert in engine.take_over())
 
     def take_owed() -> list[Output]:
         outputs = owed[:]
