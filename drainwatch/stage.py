@@ -69,6 +69,12 @@ FAILURES_TOTAL = Counter(
 PROCESSED_TOTAL = Counter(
     "drainwatch_stage_messages_total", "Messages processed by a consuming stage.", ["stage"]
 )
+FOLLOWED_TOTAL = Counter(
+    "drainwatch_stage_followed_messages_total",
+    "Messages of a topic each member of a stage reads whole (not shared with its group): every "
+    "detector reads the ledger and every replica's alerts.",
+    ["stage", "topic"],
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +185,8 @@ class StageLoop:
         # Create the series up front so dashboards show 0, not "no data", before the first event.
         FAILURES_TOTAL.labels(stage=stage)
         PROCESSED_TOTAL.labels(stage=stage)
+        for topic in broadcast:
+            FOLLOWED_TOTAL.labels(stage=stage, topic=topic)
         metrics.STAGE_HANDLE_SECONDS.labels(stage=stage)
         for topic in topics:
             DEADLETTER_TOTAL.labels(topic=topic)
@@ -193,6 +201,8 @@ class StageLoop:
         # After the group's poll, which may have waited: an approval published before the
         # transfer it explains is learned before that transfer is judged.
         followed = [m for follower in self._followers for m in follower.poll()]
+        for msg in followed:
+            FOLLOWED_TOTAL.labels(stage=self.stage, topic=self._logical(msg.topic)).inc()
         if self._ready is not None:
             self._unflushed += self._ready()
         for out in self._unflushed:

@@ -401,9 +401,17 @@ def pipeline_dashboard() -> Json:
                     (
                         "sum by (stage) (rate(drainwatch_stage_messages_total[$__rate_interval]))",
                         "{{stage}}",
-                    )
+                    ),
+                    (
+                        "sum by (stage, topic) "
+                        "(rate(drainwatch_stage_followed_messages_total[$__rate_interval]))",
+                        "{{stage}} reads {{topic}} whole",
+                    ),
                 ],
                 unit="ops",
+                description="Each detector replica also reads the whole ledger and every "
+                "replica's alerts (incident correlation): a replica whose alerts rate stays at "
+                "0 while the others' moves is not correlating.",
             ),
             timeseries("Handler time per event", handle, unit="s"),
             timeseries(

@@ -9,7 +9,7 @@ import pytest
 
 from drainwatch.bus import BusError, EmbeddedBus, Producer, TopicPartition
 from drainwatch.events import ALERTS, TRANSFERS, Alert, Severity
-from drainwatch.stage import Output, StageLoop
+from drainwatch.stage import FOLLOWED_TOTAL, Output, StageLoop
 
 
 class _FirstFlushLost:
@@ -71,3 +71,17 @@ def test_what_ready_gave_is_published_again_after_a_failed_flush() -> None:
     assert [m.key for m in bus.read_range(tp, 0, bus.end_offset(tp))] == [alert.key]
     loop.run_once(timeout_s=0.05)  # and only once
     assert bus.end_offset(tp) == 1
+
+
+def test_messages_of_a_followed_topic_are_counted_per_topic() -> None:
+    bus = EmbeddedBus(":memory:")
+    loop = StageLoop(bus, [TRANSFERS], "g", handler=lambda topic, event: [], stage="followtest",
+                     broadcast=[ALERTS])  # fmt: skip
+    counter = FOLLOWED_TOTAL.labels(stage="followtest", topic=ALERTS)
+    before = counter._value.get()
+    producer = bus.producer()
+    for n in range(3):
+        producer.send(ALERTS, "eth:0xab", b"{}", 1_000 + n)  # malformed: dead-lettered, counted
+    producer.flush()
+    loop.run_once(timeout_s=0.05)
+    assert counter._value.get() - before == 3
