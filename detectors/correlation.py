@@ -164,7 +164,12 @@ class IncidentCorrelator:
             if not self.is_frozen(key, now)
             and (
                 (fleet and key in hot)
-                or (lowered and key in incident.members and self._recent.get(key, (0, 0, 2))[2] < 2)
+                or (
+                    lowered
+                    and key in incident.members
+                    and key in self._recent
+                    and self._recent[key][2] < 2
+                )
             )
         ]
         return incident.id, owed

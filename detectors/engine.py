@@ -446,10 +446,7 @@ class DetectionEngine:
         incident_id: str | None = None
         others: list[str] = []
         correlator = self.correlator
-        local = self._local
-        level = max(
-            (1 if f.detector in local else 2) if f.freeze else f.severity.rank for f in findings
-        )
+        level = max(self._level(f.detector, f.freeze, f.severity) for f in findings)
         if correlator is not None and level >= 1:
             incident_id, others = correlator.observe(wallet.key, now, level)
             if incident_id is not None and level == 1 and correlator.lowered(now):
@@ -495,6 +492,13 @@ class DetectionEngine:
                 detected_at=detected_at,
             )
         return alerts if emit else []
+
+    def _level(self, detector: str, froze: bool, severity: Severity) -> int:
+        """What a finding counts as in the correlator: 2 a freeze, 1 a warning (or the freeze of
+        a detector whose freezes stand for its own wallet only), 0 nothing."""
+        if froze:
+            return 1 if detector in self._local else 2
+        return severity.rank
 
     def _incident_freezes(
         self,
@@ -585,10 +589,8 @@ class DetectionEngine:
         froze = alert.freeze or "would_freeze" in metrics or "freeze_suppressed" in metrics
         if "rule_correlated" in metrics:
             level = 1  # a warning the incident made a freeze
-        elif froze:
-            level = 1 if alert.detector in self._local else 2
         else:
-            level = alert.severity.rank
+            level = self._level(alert.detector, froze, alert.severity)
         if level < 1:
             return []
         incident_id, others = correlator.observe(key, now, level, alert.incident_id)

@@ -201,8 +201,6 @@ class StageLoop:
         # After the group's poll, which may have waited: an approval published before the
         # transfer it explains is learned before that transfer is judged.
         followed = [m for follower in self._followers for m in follower.poll()]
-        for msg in followed:
-            FOLLOWED_TOTAL.labels(stage=self.stage, topic=self._logical(msg.topic)).inc()
         if self._ready is not None:
             self._unflushed += self._ready()
         for out in self._unflushed:
@@ -226,6 +224,8 @@ class StageLoop:
         handle_seconds = metrics.STAGE_HANDLE_SECONDS.labels(stage=self.stage)
         for msg in messages:
             topic = self._logical(msg.topic)
+            if followed:
+                FOLLOWED_TOTAL.labels(stage=self.stage, topic=topic).inc()
             decoder = self._decoders.get(topic)
             try:
                 event = decode(topic, msg.value) if decoder is None else decoder(msg.value)
