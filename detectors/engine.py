@@ -13,8 +13,10 @@ events with deterministic ids. Two policies sit between findings and alerts:
   metrics. A warning is not repeated while its episode lasts (findings of that detector on
   that wallet less than ``warning_episode_s``, twice ``cooldown_s``, apart: a wallet that pays
   out in hourly batches makes a finding per batch) unless its score grew by
-  ``escalation_factor`` or ``warning_repeat_s`` (4 h) passed since it was said: a withdrawal
-  surge is said once or twice a day per wallet, not every hour.
+  ``escalation_factor``, at least ``escalation_gap_s`` (5 min) after it was said, or
+  ``warning_repeat_s`` (4 h) passed since it was said: a withdrawal surge is said once or twice
+  a day per wallet, not every hour, and a surge that builds within a minute is said once, not
+  at every step of its rise.
 
 >>> from datetime import UTC, datetime
 >>> from drainwatch.config import loads
@@ -115,6 +117,8 @@ class _Emitted:
     freeze_time: float | None
     seen: float
     """The latest finding, alerted on or not: a warning episode lasts while findings come."""
+    held: float = 0.0
+    """The highest score held back since ``time`` because it came within ``escalation_gap_s``."""
 
 
 class DetectionEngine:
@@ -126,6 +130,8 @@ class DetectionEngine:
         clock: Wall clock for ``Alert.detected_at`` when ``process`` is not given one.
         cooldown_s: No second freeze for the same wallet and detector within this time.
         escalation_factor: A repeated non-critical alert needs this much more score.
+        escalation_gap_s: ... and comes at least this long after the last one said (a rise
+            within minutes is one alert; a higher severity or a freeze is never held back).
         warning_repeat_s: A warning whose episode goes on is said again after this long
             (at least ``cooldown_s``).
         warning_episode_s: Findings of one (wallet, detector) less than this apart are one
@@ -149,6 +155,7 @@ class DetectionEngine:
         clock: Clock = _wall_clock,
         cooldown_s: int = 3600,
         escalation_factor: float = 1.5,
+        escalation_gap_s: int = 300,
         warning_repeat_s: int = 4 * 3600,
         warning_episode_s: int | None = None,
         reconcile: bool = False,
@@ -164,6 +171,7 @@ class DetectionEngine:
         self.clock = clock
         self.cooldown_s = cooldown_s
         self.escalation_factor = escalation_factor
+        self.escalation_gap_s = escalation_gap_s
         self.warning_repeat_s = max(warning_repeat_s, cooldown_s)
         self.warning_episode_s = 2 * cooldown_s if warning_episode_s is None else warning_episode_s
         self.new_destination_age_s = new_destination_age_s
@@ -683,11 +691,18 @@ class DetectionEngine:
                 and now - last.seen < self.warning_episode_s
                 and now - last.time < self.warning_repeat_s
                 and finding.severity.rank <= last.severity.rank
-                and finding.score < last.score * self.escalation_factor
             ):
-                # The same episode (findings less than ``warning_episode_s`` apart), no worse.
-                last.seen = now
-                return None
+                # The same episode (findings less than ``warning_episode_s`` apart).
+                if finding.score < max(last.score, last.held) * self.escalation_factor:
+                    last.seen = now  # no worse than what was said, or held back since
+                    return None
+                if now - last.time < self.escalation_gap_s:
+                    # Worse, but within minutes of the last one said: held back. After the gap
+                    # a warning says something worse than the worst held back, not a step of
+                    # the same rise again.
+                    last.seen = now
+                    last.held = finding.score
+                    return None
         finding = finding.described()
         # The numbers are in this asset's units (a wallet may hold several).
         metrics = {"asset": transfer.asset, **finding.metrics, **extra}

@@ -11,9 +11,10 @@ import orjson
 
 import detectors
 from detectors import run_backtest
-from detectors.base import WalletState
+from detectors.base import Finding, WalletState
 from detectors.engine import DetectionEngine, default_detectors
 from detectors.ledger import LedgerReconciliation
+from detectors.move import TransferView
 from detectors.traffic import (
     DrainSpec,
     config_toml,
@@ -189,6 +190,44 @@ def test_a_warning_episode_that_goes_on_is_said_again_after_the_repeat_time() ->
     results = [e.process(transfer(f"W{i}", 30, minutes=i * 30)) for i in range(9)]
     said = [i * 30 for i, r in enumerate(results) if r]
     assert said == [0, 120, 240]
+
+
+class _ScoreIsAmount:
+    """A warning for every outflow, scored by its amount: a surge whose numbers rise."""
+
+    name = "rising"
+    outflows_only = True
+
+    def score_one(self, transfer: TransferView, state: WalletState) -> Finding | None:
+        return Finding(self.name, Severity.WARNING, False, float(state.units), "rising")
+
+    def learn_one(self, transfer: TransferView) -> None:
+        return None
+
+    def learn_approval(self, approval: object) -> None:
+        return None
+
+
+def test_a_warning_rising_within_minutes_is_said_once_then_only_when_worse_still() -> None:
+    # A panic's first minute: the numbers climb 8x, 20x, 30x, 45x within 40 seconds. Said
+    # once, not at every step; after the 5-minute gap a warning must be worse than the worst
+    # held back (45 * 1.5), not only than the one said.
+    e = DetectionEngine(config(), detectors=[_ScoreIsAmount()], correlator=None)
+    steps = [(0.0, 8), (0.1, 20), (0.3, 30), (0.6, 45), (6, 50), (7, 67), (8, 68), (8.5, 200)]
+    said = [
+        amount
+        for i, (minute, amount) in enumerate(steps)
+        if e.process(transfer(f"S{i}", amount, minutes=minute))
+    ]
+    assert said == [8, 68]
+    # Without the gap every 1.5-fold step is said, as before.
+    e = DetectionEngine(config(), detectors=[_ScoreIsAmount()], correlator=None, escalation_gap_s=0)
+    said = [
+        amount
+        for i, (minute, amount) in enumerate(steps)
+        if e.process(transfer(f"S{i}", amount, minutes=minute))
+    ]
+    assert said == [8, 20, 30, 45, 68, 200]
 
 
 def test_ledger_reconciliation_starts_with_the_first_approval() -> None:
