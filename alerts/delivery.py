@@ -60,6 +60,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+import orjson
+
 from alerts.channels import build_channels
 from alerts.channels.base import Channel, ChannelError, Notification, NotificationAction
 from alerts.routing import History, Plan, Sent, Verdict, fingerprint
@@ -114,6 +116,12 @@ CREATE TABLE IF NOT EXISTS escalations (
     PRIMARY KEY (incident_id, generation, channel)
 );
 CREATE INDEX IF NOT EXISTS escalations_due ON escalations (state, due_at);
+CREATE TABLE IF NOT EXISTS page_wallets (
+    page TEXT NOT NULL, wallet TEXT NOT NULL, last_time TEXT NOT NULL,
+    PRIMARY KEY (page, wallet)
+);
+CREATE INDEX IF NOT EXISTS page_wallets_wallet ON page_wallets (wallet, last_time);
+CREATE TABLE IF NOT EXISTS page_aliases (incident_id TEXT PRIMARY KEY, page TEXT NOT NULL);
 """
 
 
@@ -204,10 +212,13 @@ class Outbox:
 
     Args:
         path: The SQLite file, or ``":memory:"``.
+        join_s: An incident's first alert joins an open page of one of its wallets (see
+            :meth:`page_of`) that had an alert within this long (event time) before it.
     """
 
-    def __init__(self, path: str = ":memory:") -> None:
+    def __init__(self, path: str = ":memory:", *, join_s: float = 3600.0) -> None:
         self.path = path
+        self.join = timedelta(seconds=join_s)
         self._lock = threading.RLock()
         self._db = open_sqlite(path, create_dir=True)
         self._db.row_factory = sqlite3.Row
@@ -259,6 +270,44 @@ class Outbox:
             row["resolved_by"],
         )
 
+    def page_of(self, alert: Alert) -> str:
+        """The page an alert belongs to: its incident's (:func:`incident_of`), unless that is
+        an incident paged for the first time whose wallets already hold an open page.
+
+        A drain's first wallet is paged before the incident exists: its alerts name no incident
+        until a second wallet joins. The incident's first alert names its wallets
+        (``incident_wallets``); if one of them has an open page that had an alert within
+        ``join_s`` before, the incident joins that page for good, and the on-call person gets
+        one page for the drain, updated, not a second one. The same holds when two detector
+        replicas name one incident twice.
+        """
+        with self._lock:
+            return self._page_of(self._db, alert)[0]
+
+    def _page_of(self, db: sqlite3.Connection, alert: Alert) -> tuple[str, bool]:
+        """The page, and whether the incident joins it just now (to be remembered)."""
+        incident = incident_of(alert)
+        if alert.incident_id is None:
+            return incident, False
+        row = db.execute(
+            "SELECT page FROM page_aliases WHERE incident_id = ?", (incident,)
+        ).fetchone()
+        if row is not None:
+            return str(row["page"]), False
+        if db.execute("SELECT 1 FROM pages WHERE incident_id = ?", (incident,)).fetchone():
+            return incident, False
+        wallets = orjson.dumps(sorted({alert.key, *alert.incident_wallets})).decode()
+        row = db.execute(
+            "SELECT p.incident_id FROM pages p JOIN page_wallets w ON w.page = p.incident_id"
+            " WHERE p.resolved_at IS NULL AND w.last_time >= ?"
+            " AND w.wallet IN (SELECT value FROM json_each(?))"
+            " ORDER BY p.opened_at, p.incident_id LIMIT 1",
+            (to_iso(alert.time - self.join), wallets),
+        ).fetchone()
+        if row is None:
+            return incident, False
+        return str(row["incident_id"]), True
+
     def _open_pages(self, incident_id: str) -> tuple[frozenset[str], frozenset[str]]:
         """The channels holding the incident's open page, and those it was escalated to."""
         page = self.page(incident_id)
@@ -287,7 +336,7 @@ class Outbox:
             " AND alert_id != ? ORDER BY time DESC, seq DESC LIMIT 1",
             (fingerprint(alert), Verdict.NOTIFY.value, alert.id),
         )
-        open_pages, escalated_to = self._open_pages(incident_of(alert))
+        open_pages, escalated_to = self._open_pages(self.page_of(alert))
         return History(
             last_same_source=(
                 Sent(
@@ -308,10 +357,11 @@ class Outbox:
     def enqueue(self, alert: Alert, plan: Plan, *, now: datetime) -> RoutedRecord:
         """Record the decision for an alert and queue its notifications, atomically.
 
-        An alert already routed is left alone: the recorded decision is returned.
+        An alert already routed is left alone: the recorded decision is returned. Notifications
+        go to the alert's page (:meth:`page_of`).
         """
-        incident = incident_of(alert)
         with self._transaction() as db:
+            incident, joins = self._page_of(db, alert)
             cur = db.execute(
                 "INSERT OR IGNORE INTO routed (alert_id, incident_id, source, fingerprint,"
                 " severity, freeze, time, verdict, detail, routed_at)"
@@ -334,8 +384,20 @@ class Outbox:
                     "SELECT verdict, detail FROM routed WHERE alert_id = ?", (alert.id,)
                 ).fetchone()
                 return RoutedRecord(alert.id, incident, Verdict(row["verdict"]), row["detail"])
+            if joins:
+                db.execute(
+                    "INSERT OR IGNORE INTO page_aliases (incident_id, page) VALUES (?, ?)",
+                    (alert.incident_id, incident),
+                )
             if plan.notify:
                 generation, acknowledged = self._open_page(db, incident, now)
+                for wallet in {alert.key, *alert.incident_wallets}:
+                    db.execute(
+                        "INSERT INTO page_wallets (page, wallet, last_time) VALUES (?, ?, ?)"
+                        " ON CONFLICT (page, wallet) DO UPDATE SET"
+                        " last_time = MAX(last_time, excluded.last_time)",
+                        (incident, wallet, to_iso(alert.time)),
+                    )
                 for channel, action in plan.deliveries:
                     notification = Notification(
                         f"{alert.id}/{channel}/{action.value}", channel, action, incident, alert
@@ -412,6 +474,11 @@ class Outbox:
     ) -> list[Notification]:
         column = "acknowledged" if action is NotificationAction.ACKNOWLEDGE else "resolved"
         with self._transaction() as db:
+            alias = db.execute(
+                "SELECT page FROM page_aliases WHERE incident_id = ?", (incident_id,)
+            ).fetchone()
+            if alias is not None:
+                incident_id = str(alias["page"])  # an incident that joined a wallet's page
             page = db.execute(
                 "SELECT generation, acknowledged_at, resolved_at FROM pages WHERE incident_id = ?",
                 (incident_id,),

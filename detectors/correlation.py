@@ -142,6 +142,11 @@ class IncidentCorrelator:
             return None
         return incident.id if wallet_key in incident.members else None
 
+    def members(self, now: float) -> list[str]:
+        """The wallets of the incident open at ``now`` (sorted; empty when none is open)."""
+        incident = self._open(now)
+        return sorted(incident.members) if incident is not None else []
+
     def owed(
         self, keys: Iterable[str], hot: Container[str], now: float
     ) -> tuple[str | None, list[str]]:

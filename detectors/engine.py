@@ -501,6 +501,12 @@ class DetectionEngine:
             )
         return alerts if emit else []
 
+    def _members(self, incident_id: str | None, now: float) -> tuple[str, ...]:
+        """The wallets of the incident an alert names, for ``Alert.incident_wallets``."""
+        if incident_id is None or self.correlator is None:
+            return ()
+        return tuple(self.correlator.members(now))
+
     def _level(self, detector: str, froze: bool, severity: Severity) -> int:
         """What a finding counts as in the correlator: 2 a freeze, 1 a warning (or the freeze of
         a detector whose freezes stand for its own wallet only), 0 nothing."""
@@ -639,6 +645,7 @@ class DetectionEngine:
             transfer_ids=cause.transfer_ids,
             tx_hashes=cause.tx_hashes,
             incident_id=incident_id,
+            incident_wallets=self._members(incident_id, cause.epoch),
             shadow="correlation" in self._shadow,
         )
 
@@ -727,5 +734,6 @@ class DetectionEngine:
             transfer_ids=finding.transfer_ids,
             tx_hashes=finding.tx_hashes,
             incident_id=incident_id,
+            incident_wallets=self._members(incident_id, now),
             shadow=shadow,
         )

@@ -302,6 +302,9 @@ class Alert(Event):
     transfer_ids: tuple[str, ...] = ()
     tx_hashes: tuple[str, ...] = ()
     incident_id: str | None = None
+    incident_wallets: tuple[str, ...] = ()
+    """With ``incident_id``: the incident's wallets (bus keys) when the alert was made, so the
+    alerts stage can page a wallet's earlier alerts and its incident as one."""
     shadow: bool = False
     """True when the detector runs in shadow mode: recorded, never frozen on."""
 

@@ -189,6 +189,73 @@ def test_three_alerts_of_one_incident_are_one_page_updated(
     assert rig.outbox.counts() == {"pending": 0, "undeliverable": 0, "delivered": 6}
 
 
+OTHER = "NOTHERWALLET"
+
+
+def test_a_drain_of_several_wallets_is_one_page(pagerduty: PagerDutyReceiver) -> None:
+    # The first wallet is paged before any incident exists; the incident its second wallet
+    # opens names both, so it joins the first wallet's page, and so does the fleet freeze.
+    rig = make_rig({"oncall": PagerDutyChannel("oncall", ROUTING_KEY, pagerduty.url)}, ONCALL)
+    both = (INCIDENT, f"nem:{OTHER}")
+    rig.alerter.handle(ALERTS, at(0, id="w1", summary="31% of nem-hot gone"))
+    rig.alerter.handle(
+        ALERTS,
+        at(2, id="w2", wallet=OTHER, incident_id="inc-x", incident_wallets=both, summary="40%"),
+    )
+    rig.alerter.handle(
+        ALERTS,
+        at(
+            3,
+            id="fleet",
+            wallet="THIRD",
+            detector="correlation",
+            incident_id="inc-x",
+            incident_wallets=(*both, "nem:THIRD"),
+            summary="freezing nem-third",
+        ),
+    )
+    rig.worker.run_once()
+    assert [a.dedup_key for a in pagerduty.alerts] == [DEDUP]
+    assert rig.actions("oncall") == ["trigger", "update", "update"]
+    assert rig.outbox.page_of(at(9, id="later", wallet="THIRD", incident_id="inc-x")) == INCIDENT
+    # Acknowledging the incident acknowledges the page it joined.
+    [ack] = rig.alerter.acknowledge("inc-x", by="alice")
+    rig.worker.run_once()
+    assert (ack.incident_id, pagerduty.alerts[0].status) == (INCIDENT, "acknowledged")
+
+
+def test_an_incident_joins_only_an_open_recent_page_of_its_wallets(
+    pagerduty: PagerDutyReceiver,
+) -> None:
+    rig = make_rig({"oncall": PagerDutyChannel("oncall", ROUTING_KEY, pagerduty.url)}, ONCALL)
+    rig.alerter.handle(ALERTS, at(0, id="w1"))
+    named = {"wallet": OTHER, "incident_wallets": (INCIDENT, f"nem:{OTHER}")}
+    # Another wallet's incident, not naming the paged wallet: a page of its own.
+    elsewhere = at(1, id="e1", wallet="ELSEWHERE", incident_id="inc-e", summary="e")
+    assert rig.outbox.page_of(elsewhere) == "inc-e"
+    # Naming it, but more than an hour after its last alert: a page of its own.
+    assert rig.outbox.page_of(at(61, id="late", incident_id="inc-l", **named)) == "inc-l"
+    assert rig.outbox.page_of(at(59, id="near", incident_id="inc-n", **named)) == INCIDENT
+    # Once the wallet's page is resolved, an incident naming it opens its own.
+    rig.worker.run_once()
+    rig.alerter.resolve(INCIDENT, by="bob")
+    assert rig.outbox.page_of(at(5, id="x", incident_id="inc-r", **named)) == "inc-r"
+
+
+def test_two_names_for_one_incident_are_one_page(pagerduty: PagerDutyReceiver) -> None:
+    # Two detector replicas that opened one incident at once name it twice; the second name's
+    # first alert names a wallet of the first's page, and joins it.
+    rig = make_rig({"oncall": PagerDutyChannel("oncall", ROUTING_KEY, pagerduty.url)}, ONCALL)
+    pair = (INCIDENT, f"nem:{OTHER}")
+    rig.alerter.handle(ALERTS, at(0, id="a", incident_id="inc-a", incident_wallets=(INCIDENT,)))
+    rig.alerter.handle(
+        ALERTS, at(1, id="b", wallet=OTHER, incident_id="inc-b", incident_wallets=pair)
+    )
+    rig.worker.run_once()
+    assert [a.dedup_key for a in pagerduty.alerts] == ["drainwatch/inc-a"]
+    assert rig.actions("oncall") == ["trigger", "update"]
+
+
 def test_duplicates_are_suppressed_and_recorded(pagerduty: PagerDutyReceiver) -> None:
     rig = make_rig({"oncall": PagerDutyChannel("oncall", ROUTING_KEY, pagerduty.url)}, ONCALL)
     rig.alerter.handle(ALERTS, at(0, id="a1"))
