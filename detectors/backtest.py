@@ -30,7 +30,7 @@ would turn it into a float).
 >>> alert["ts"], alert["freeze"], alert["tx_hashes"]
 ('2018-01-25T15:02:00Z', True, ['a'])
 >>> alert["summary"]
-'40% of nem-hot drained at once to 1 new address; at this rate empty in 2 min'
+'40% of nem-hot drained at once to 1 new address; 600 XEM left, at this rate empty in 2 min'
 """
 
 from __future__ import annotations

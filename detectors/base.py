@@ -53,6 +53,7 @@ __all__ = [
     "Window",
     "busiest_total",
     "format_units",
+    "human_units",
     "outgrows",
     "paid_first",
     "paid_more",
@@ -99,6 +100,27 @@ def format_units(units: int, scale: int) -> str:
     whole, frac = divmod(units, _POW10[scale])
     digits = f"{frac:0{scale}d}".rstrip("0")
     return f"{sign}{whole}.{digits}" if digits else f"{sign}{whole}"
+
+
+def human_units(units: int, scale: int) -> str:
+    """``units / 10**scale`` for a person to read at a glance, rounded down (never more than
+    there is): whole units with thousands separators from 1,000 up, two decimals from 1, three
+    significant digits below. Alerts keep the exact figure in their metrics.
+
+    >>> human_units(422_999_910, 0), human_units(18_568_918_588, 8), human_units(10**18 // 3, 18)
+    ('422,999,910', '185.68', '0.333')
+    >>> human_units(10_857_641_429_708_819_745_024, 18), human_units(0, 6), human_units(5, 6)
+    ('10,857', '0', '0.000005')
+    """
+    whole, frac = divmod(abs(units), _POW10[scale])
+    if whole >= 1000:
+        return f"{whole:,}"
+    if whole >= 1 or frac == 0:
+        cents = frac * 100 // _POW10[scale]
+        return f"{whole}.{cents:02d}" if cents else str(whole)
+    digits = len(str(frac))  # frac < 10**scale: its leading zeros are scale - digits
+    keep = max(digits - 3, 0)
+    return format_units(frac // _POW10[keep] * _POW10[keep], scale)
 
 
 def ratio_string(numerator: int, denominator: int, places: int = 6) -> str:
@@ -626,6 +648,14 @@ class WalletState:
     def balance_known(self) -> bool:
         """Whether an opening balance anchors the tracked balance."""
         return self._opening is not None
+
+    def left_after(self, units: int) -> str:
+        """What the wallet holds once ``units`` left, for an alert's words ("12.5 ETH left"):
+        empty when no opening balance anchors the balance (an estimate is not a figure to act
+        on). Call before the transfer is counted."""
+        if self._opening is None:
+            return ""
+        return f"{human_units(max(self.balance_units() - units, 0), self.scale)} {self.asset} left"
 
     def window(self, span_s: int) -> Window:
         """The window of ``span_s`` seconds (it must be one of ``windows_s``), up to date."""

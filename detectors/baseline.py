@@ -356,10 +356,11 @@ class BaselineDetector:
 
         def describe() -> Description:
             share = ratio_string(new_total * 100, ref, 1)
+            left = state.left_after(units)
             return Description(
                 summary=(
                     f"{share}% of {label} left to new addresses in {window_s // 60} min, "
-                    f"{ratio:.0f}x what this hour usually sees"
+                    f"{ratio:.0f}x what this hour usually sees{'; ' + left if left else ''}"
                 ),
                 metrics={
                     "new_out": format_units(new_total, scale),

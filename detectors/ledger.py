@@ -284,6 +284,7 @@ class LedgerReconciliation:
             summary=(
                 f"{state.label} sent {format_units(units, state.scale)} {transfer.asset} to "
                 f"{transfer.counterparty}, which matches no approved withdrawal"
+                + (f"; {left}" if (left := state.left_after(units)) else "")
             ),
             metrics={
                 "amount": format_units(units, state.scale),

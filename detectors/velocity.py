@@ -96,7 +96,7 @@ True
 ('critical', True)
 >>> f.summary.split("; ")
 ['19.1% of nem-hot drained in 2 min to 1 new address (after a 10 XEM test)',
- 'at this rate empty in 9 min']
+ '423,000,000 XEM left, at this rate empty in 9 min']
 """
 
 from __future__ import annotations
@@ -1117,8 +1117,10 @@ class VelocityDetector:
         seen = state.first_seen(dest, units)
         if "test_then_drain" in rules and seen is not None:
             summary += f" (after a {state.to_decimal_string(seen.units)} {state.asset} test)"
+        left = state.left_after(units)
         summary += (
-            f"; at this rate empty in {describe_duration(empty_s, round_up=True)}"
+            f"; {left + ', ' if left else ''}at this rate empty in "
+            f"{describe_duration(empty_s, round_up=True)}"
             if after
             else "; the wallet is empty"
         )

@@ -251,7 +251,7 @@ def test_coincheck_first_big_transfer_summary_and_metrics() -> None:
     assert finding.freeze
     assert finding.summary == (
         "19.1% of nem-hot drained in 2 min to 1 new address (after a 10 XEM test); "
-        "at this rate empty in 9 min"
+        "423,000,000 XEM left, at this rate empty in 9 min"
     )
     assert finding.metrics["drained"] == "100000010"
     assert finding.metrics["balance_after"] == "423000000"
@@ -260,6 +260,22 @@ def test_coincheck_first_big_transfer_summary_and_metrics() -> None:
     assert len(finding.transfer_ids) == 2  # the test and the drain
     for value in finding.metrics.values():
         assert Decimal(value).is_finite()
+
+
+def test_what_is_left_is_said_only_when_an_opening_balance_anchors_it() -> None:
+    # With an opening balance the summary says what is left (the on-call's first question);
+    # without one the balance is an estimate, and the words leave it out.
+    said = []
+    for balance in ("523000010", None):
+        state = make_state(wallet(balance=balance, label="nem-hot"))
+        if balance is None:
+            judge(state, VelocityDetector(), transfer("SRC", 523_000_010, direction=Direction.IN))
+        finding = judge(state, VelocityDetector(), transfer("THIEF", 200_000_000, minutes=1))
+        assert finding is not None
+        assert finding.freeze
+        said.append(finding.summary.split("; ")[1])
+    assert said[0] == "323,000,010 XEM left, at this rate empty in 2 min"
+    assert said[1].startswith("at this rate empty in")
 
 
 def test_amounts_beyond_float_precision_stay_exact() -> None:
