@@ -279,7 +279,9 @@ class Outbox:
         (``incident_wallets``); if one of them has an open page that had an alert within
         ``join_s`` before, the incident joins that page for good, and the on-call person gets
         one page for the drain, updated, not a second one. The same holds when two detector
-        replicas name one incident twice.
+        replicas name one incident twice. A page someone has acknowledged is not joined: a
+        drain that spreads after a person took the first wallet pages again, rather than
+        update a page PagerDuty no longer notifies anyone about.
         """
         with self._lock:
             return self._page_of(self._db, alert)[0]
@@ -299,7 +301,7 @@ class Outbox:
         wallets = orjson.dumps(sorted({alert.key, *alert.incident_wallets})).decode()
         row = db.execute(
             "SELECT p.incident_id FROM pages p JOIN page_wallets w ON w.page = p.incident_id"
-            " WHERE p.resolved_at IS NULL AND w.last_time >= ?"
+            " WHERE p.resolved_at IS NULL AND p.acknowledged_at IS NULL AND w.last_time >= ?"
             " AND w.wallet IN (SELECT value FROM json_each(?))"
             " ORDER BY p.opened_at, p.incident_id LIMIT 1",
             (to_iso(alert.time - self.join), wallets),

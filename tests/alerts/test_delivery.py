@@ -236,8 +236,10 @@ def test_an_incident_joins_only_an_open_recent_page_of_its_wallets(
     # Naming it, but more than an hour after its last alert: a page of its own.
     assert rig.outbox.page_of(at(61, id="late", incident_id="inc-l", **named)) == "inc-l"
     assert rig.outbox.page_of(at(59, id="near", incident_id="inc-n", **named)) == INCIDENT
-    # Once the wallet's page is resolved, an incident naming it opens its own.
+    # Once someone took the wallet's page, or resolved it, an incident naming it opens its own.
     rig.worker.run_once()
+    rig.alerter.acknowledge(INCIDENT, by="alice")
+    assert rig.outbox.page_of(at(5, id="x", incident_id="inc-a", **named)) == "inc-a"
     rig.alerter.resolve(INCIDENT, by="bob")
     assert rig.outbox.page_of(at(5, id="x", incident_id="inc-r", **named)) == "inc-r"
 
