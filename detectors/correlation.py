@@ -143,9 +143,13 @@ class IncidentCorrelator:
         return incident.id if wallet_key in incident.members else None
 
     def members(self, now: float) -> list[str]:
-        """The wallets of the incident open at ``now`` (sorted; empty when none is open)."""
+        """The wallets of the incident open at ``now``, the first to turn abnormal first
+        (empty when none is open)."""
         incident = self._open(now)
-        return sorted(incident.members) if incident is not None else []
+        if incident is None:
+            return []
+        recent, never = self._recent, (float("inf"), 0.0, 0)
+        return sorted(incident.members, key=lambda k: (recent.get(k, never)[0], k))
 
     def owed(
         self, keys: Iterable[str], hot: Container[str], now: float

@@ -433,7 +433,7 @@ class DetectionEngine:
             score=1.0,
             summary=(
                 f"{ratio_string(units * 100, ref, 1)}% of {state.label} sent to a new address "
-                "while other wallets are being drained"
+                f"while {self._others(state.wallet.key, state.now)} losing value"
             ),
             metrics={"share": ratio_string(units, ref), "rule_incident_watch": "1"},
             transfer_ids=(transfer.id,),
@@ -500,6 +500,31 @@ class DetectionEngine:
                 detected_at=detected_at,
             )
         return alerts if emit else []
+
+    def _others(self, key: str, now: float, shown: int = 4) -> str:
+        """The incident's other wallets, for words: "eth-hot-1, btc-hot-2 and 3 more are".
+
+        >>> from drainwatch.config import loads
+        >>> engine = DetectionEngine(loads("".join(
+        ...     f'[[wallets]]\\nchain = "nem"\\naddress = "H{i}"\\nlabel = "hot-{i}"\\n'
+        ...     for i in range(7))))
+        >>> for i in range(7):
+        ...     _ = engine.correlator.observe(f"nem:H{i}", 60.0 * i, 2)
+        >>> engine._others("nem:H0", 400.0)
+        'hot-1, hot-2, hot-3, hot-4 and 2 more are'
+        >>> engine._others("nem:H0", 400.0, shown=9), engine._others("nem:H0", 9e9)
+        ('hot-1, hot-2, hot-3, hot-4, hot-5 and hot-6 are', 'other wallets are')
+        """
+        correlator = self.correlator
+        keys = [k for k in correlator.members(now) if k != key] if correlator else []
+        names = [self._by_key[k].name if k in self._by_key else k for k in keys]
+        if not names:
+            return "other wallets are"
+        if len(names) == 1:
+            return f"{names[0]} is"
+        if len(names) > shown:
+            return f"{', '.join(names[:shown])} and {len(names) - shown} more are"
+        return f"{', '.join(names[:-1])} and {names[-1]} are"
 
     def _members(self, incident_id: str | None, now: float) -> tuple[str, ...]:
         """The wallets of the incident an alert names, for ``Alert.incident_wallets``."""
@@ -638,8 +663,8 @@ class DetectionEngine:
             detector="correlation",
             freeze="correlation" not in self._shadow,
             summary=(
-                f"freezing {wallet.name} with the incident: other wallets of the exchange are "
-                "being drained"
+                f"freezing {wallet.name} with the incident: "
+                f"{self._others(wallet.key, cause.epoch)} losing value"
             ),
             metrics={"rule_incident_member": "1"},
             transfer_ids=cause.transfer_ids,

@@ -130,6 +130,12 @@ def test_three_wallets_frozen_within_minutes_freeze_the_whole_hot_fleet() -> Non
     fleet_alert = next(a for a in alerts if a.wallet == "HOT2")
     assert (fleet_alert.detector, fleet_alert.severity.value) == ("correlation", "critical")
     assert fleet_alert.incident_id == alerts[0].incident_id is not None
+    # It says which wallets are losing value, in the order they started, and names them all
+    # for the alerts stage (one page: docs/alert-routing.md).
+    assert fleet_alert.summary == (
+        "freezing nem-hot2 with the incident: nem-hot1, ethereum-0xe0 and nem-hot3 are losing value"
+    )
+    assert fleet_alert.incident_wallets == ("nem:HOT1", "ethereum:0xe0", "nem:HOT3")
     # Once per incident: the next drain transfer does not freeze the fleet again.
     again = engine.process(transfer("T4", 300, wallet="HOT3", minutes=5))
     assert not any(a.freeze and a.wallet == "HOT2" for a in again)
