@@ -278,7 +278,8 @@ class Outbox:
         until a second wallet joins. The incident's first alert names its wallets
         (``incident_wallets``); if one of them has an open page that had an alert within
         ``join_s`` before, the incident joins that page for good, and the on-call person gets
-        one page for the drain, updated, not a second one. The same holds when two detector
+        one page for the drain, updated, not a second one (of several such pages, the one
+        with the most severe alert, then the oldest). The same holds when two detector
         replicas name one incident twice. A page someone has acknowledged is not joined: a
         drain that spreads after a person took the first wallet pages again, rather than
         update a page PagerDuty no longer notifies anyone about.
@@ -303,8 +304,12 @@ class Outbox:
             "SELECT p.incident_id FROM pages p JOIN page_wallets w ON w.page = p.incident_id"
             " WHERE p.resolved_at IS NULL AND p.acknowledged_at IS NULL AND w.last_time >= ?"
             " AND w.wallet IN (SELECT value FROM json_each(?))"
-            " ORDER BY p.opened_at, p.incident_id LIMIT 1",
-            (to_iso(alert.time - self.join), wallets),
+            # The most severe page first: a wallet that only warned (to Slack, say) before the
+            # first freeze was paged must not draw the incident away from that page.
+            " ORDER BY (SELECT MAX(CASE r.severity WHEN 'critical' THEN 2 WHEN 'warning' THEN 1"
+            " ELSE 0 END) FROM routed r WHERE r.incident_id = p.incident_id AND r.verdict = ?)"
+            " DESC, p.opened_at, p.incident_id LIMIT 1",
+            (to_iso(alert.time - self.join), wallets, Verdict.NOTIFY.value),
         ).fetchone()
         if row is None:
             return incident, False

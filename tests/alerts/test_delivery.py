@@ -244,6 +244,29 @@ def test_an_incident_joins_only_an_open_recent_page_of_its_wallets(
     assert rig.outbox.page_of(at(5, id="x", incident_id="inc-r", **named)) == "inc-r"
 
 
+def test_an_incident_joins_the_page_of_its_first_freeze_not_an_earlier_warning(
+    pagerduty: PagerDutyReceiver, slack: Receiver
+) -> None:
+    # Warnings go to Slack, criticals to PagerDuty. A wallet warned, another was frozen: the
+    # incident naming both joins the frozen wallet's page, the one PagerDuty holds.
+    rig = make_rig(
+        {
+            "oncall": PagerDutyChannel("oncall", ROUTING_KEY, pagerduty.url),
+            "sec-slack": SlackChannel("sec-slack", slack.url),
+        },
+        [Route(Severity.WARNING, (), ("sec-slack",)), Route(Severity.CRITICAL, (), ("oncall",))],
+    )
+    pair = (INCIDENT, f"nem:{OTHER}")
+    rig.alerter.handle(ALERTS, at(0, id="warned", severity=W, freeze=False, summary="5% out"))
+    rig.alerter.handle(ALERTS, at(1, id="frozen", wallet=OTHER, summary="31% out"))
+    rig.alerter.handle(
+        ALERTS, at(2, id="inc", incident_id="inc-x", incident_wallets=pair, summary="40% out")
+    )
+    rig.worker.run_once()
+    assert [a.dedup_key for a in pagerduty.alerts] == [f"drainwatch/nem:{OTHER}"]
+    assert rig.actions("oncall") == ["trigger", "update"]
+
+
 def test_two_names_for_one_incident_are_one_page(pagerduty: PagerDutyReceiver) -> None:
     # Two detector replicas that opened one incident at once name it twice; the second name's
     # first alert names a wallet of the first's page, and joins it.
