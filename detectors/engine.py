@@ -94,6 +94,22 @@ def _wall_clock() -> datetime:
     return datetime.now(UTC)
 
 
+def _approved(finding: Finding) -> Finding:
+    """A freeze finding on an outflow the ledger explains: a warning that says why it is one.
+
+    Described at once (the engine calls this before the transfer is counted): rare, and the
+    words must say that the exchange approved it, for the person who reads the warning.
+    """
+    told = finding.described()
+    return replace(
+        told,
+        freeze=False,
+        severity=Severity.WARNING,
+        summary=f"{told.summary}; matches an approved withdrawal, so not frozen",
+        metrics={**told.metrics, "ledger_approved": "1"},
+    )
+
+
 def default_detectors(config: Config, reconcile: bool = False) -> list[Detector]:
     """The detectors live mode and the backtest both run, with the config's thresholds."""
     return [
@@ -385,10 +401,7 @@ class DetectionEngine:
         if findings and self._explained(transfer, state):
             # The exchange approved this withdrawal: the ledger vouches for it, so the other
             # detectors may warn but not freeze (an approved market-maker payout, a whale).
-            findings = [
-                replace(f, freeze=False, severity=Severity.WARNING) if f.freeze else f
-                for f in findings
-            ]
+            findings = [_approved(f) if f.freeze else f for f in findings]
         # A detector does not learn from what it froze on (unless it only keeps facts).
         frozen_by = {f.detector for f in findings if f.freeze} if findings else _NOBODY
         for name, learn_with_state in self._with_state:

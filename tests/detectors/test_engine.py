@@ -291,6 +291,19 @@ def test_a_payout_less_than_approved_is_explained_and_more_is_not() -> None:
     assert _ledger(e.process(transfer("MORE", 6, minutes=7))) == [("ledger", "critical", True)]
 
 
+def test_an_approved_payout_that_would_freeze_warns_and_says_it_was_approved() -> None:
+    # 30% of the wallet to a new address would freeze; the exchange approved it, so it warns,
+    # and the warning says why it is not a freeze.
+    e = engine(reconcile=True)
+    e.process_approval(approval("OTC-DESK", "300", minutes=0))
+    [alert] = e.process(transfer("OTC-DESK", 300, minutes=1))
+    assert (alert.detector, alert.severity, alert.freeze) == ("velocity", Severity.WARNING, False)
+    assert alert.summary.endswith("; matches an approved withdrawal, so not frozen")
+    assert alert.summary.startswith("30% of nem-hot drained at once to 1 new address")
+    assert alert.metrics["ledger_approved"] == "1"
+    assert alert.metrics["rule_single"] == "1"  # the numbers of the rule that would have frozen
+
+
 def test_a_small_payment_does_not_use_up_a_larger_approval_it_could_share() -> None:
     # Two approvals to one customer, 8 then 3, and a payment of 2 (the second's, less a fee):
     # it pays the smaller approval in part, so the payment of 8 that follows finds its own.
