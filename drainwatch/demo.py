@@ -101,8 +101,11 @@ class _Demo:
         alerter = Alerter(
             self.timeline, self.killswitch, ConsoleNotifier(cast(TextIO, console.file))
         )
-        # eth-tester cannot read a balance at a block hash (EIP-1898): track it from the stream
-        source = EvmSource(self.w3, "demo-evm", self.config.wallets, read_balances=False)
+        # eth-tester cannot read a balance at a block hash (EIP-1898): track it from the stream;
+        # nor trace calls (the demo's wallet pays from an account, not a contract)
+        source = EvmSource(
+            self.w3, "demo-evm", self.config.wallets, read_balances=False, traces="off"
+        )
         producer = bus.producer()
 
         head = self.w3.eth.block_number
