@@ -933,6 +933,12 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         help=f"the day most drains start (default {DRAIN_DAY}; from {DRAIN_DAYS[0]} to "
         f"{DRAIN_DAYS[1]}): a wallet's rules differ by its age",
     )
+    parser.add_argument(
+        "--opening-balances",
+        action="store_true",
+        help="give every wallet its opening balance (most drain-free fleets run without, the "
+        "harder case for an estimated balance; a known one is harder in a surge)",
+    )
     args = parser.parse_args(argv)
     if not DRAIN_DAYS[0] <= args.drain_day <= DRAIN_DAYS[1]:
         parser.error(f"--drain-day must be between {DRAIN_DAYS[0]} and {DRAIN_DAYS[1]}")
@@ -941,6 +947,8 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         chosen += variants()
     if args.scenario:
         chosen = [s for s in chosen if s.name in set(args.scenario)]
+    if args.opening_balances:
+        chosen = [replace(s, opening_balance=True) for s in chosen]
     results = run_all(chosen, workers=args.workers, directory=args.keep)
     print(table(results))
     if args.json is not None:

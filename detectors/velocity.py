@@ -24,10 +24,12 @@ higher one:
   ``sustained_ratio``, 3x, the share of the hour's payments that they make of the day's) and
   not a crowd (the hour holds at most ``sustained_crowd_ratio``, 2x, the day's hourly average
   of payments): a drain of ~0.8% every 8 minutes, too slow for the burst rule, under 1% each;
-* **large pair**: a second payment of at least ``large_share`` (1%) of the balance to another
-  new address within ``fast_window_s`` (5 min): freeze (a whale's large withdrawal comes
-  alone). Inside one of the wallet's payout batches it warns: an exchange that sends each
-  hour's withdrawals at once sends the hour's whales together. A wallet pays in batches when
+* **large pair**: a second payment of at least ``large_share`` (1%) of the balance at the
+  hour's start to another new address within ``fast_window_s`` (5 min): freeze (a whale's large
+  withdrawal comes alone; a surge that took half the wallet makes customers' sizes large shares
+  of what is left, not of what the hour began with). Inside one of the wallet's payout
+  batches it warns: an exchange that sends each hour's withdrawals at once sends the hour's
+  whales together. A wallet pays in batches when
   its busiest ``fast_window_s`` of an hour has held on average ``batch_share`` (60%) of the
   hour's payments, and a payment is in one when the last ``fast_window_s`` hold at least two
   customer-sized payments (under 1%) and a third of the last hour's; a drain between batches
@@ -763,7 +765,7 @@ class VelocityDetector:
                         level = 1
                     score = _ratio(mid_total, ref_w, float(self.burst_freeze_share))
                     fired.append((level, score, "burst"))
-                self._large_pair(transfer, state, units, fired)
+                self._large_pair(transfer, state, units, ref_c, fired)
                 self._sustained_burst(state, conc, units, ref_c, fired)
 
             if count_day >= self.bleed_min_count:
@@ -913,6 +915,7 @@ class VelocityDetector:
         transfer: TransferView,
         state: WalletState,
         units: int,
+        ref_c: int,
         fired: list[tuple[int, float, str]],
     ) -> None:
         """Large payments to different new addresses minutes apart (a fan-out drain).
@@ -925,13 +928,17 @@ class VelocityDetector:
         if self.large_pair_count <= 0:
             return
         fast = state.window(self.fast_window_s)
-        ref_f = state.reference_units(fast)
+        # Large against the balance at the hour's start: a withdrawal surge that took half the
+        # wallet in twenty minutes makes its customers' usual sizes large shares of what is
+        # left, and two of them come within minutes; a drain's are large shares either way.
+        ref = ref_c
         large = self._large
-        if _reaches(units, ref_f, large):
-            count = 1 + sum(1 for o in fast.items if o.new and _reaches(o.units, ref_f, large))
+        if _reaches(units, ref, large):
+            count = 1 + sum(1 for o in fast.items if o.new and _reaches(o.units, ref, large))
             if count >= self.large_pair_count:
+                ref_f = state.reference_units(fast)
                 level = 1 if self._in_payout_batch(transfer, fast, ref_f, state) else 2
-                score = max(1.0, _ratio(units, ref_f, float(self.large_share)))
+                score = max(1.0, _ratio(units, ref, float(self.large_share)))
                 fired.append((level, score, "large_pair"))
 
     def _in_payout_batch(

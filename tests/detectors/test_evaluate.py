@@ -108,6 +108,25 @@ def test_variants_run_only_when_asked(
     assert "| quiet | drainwatch |" in capsys.readouterr().out
 
 
+def test_opening_balances_are_given_to_every_fleet_when_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ran: list[list[bool]] = []
+
+    def run_all(chosen: list[Scenario], **_: object) -> list[object]:
+        ran.append([s.opening_balance for s in chosen])
+        return []
+
+    monkeypatch.setattr("detectors.evaluate.run_all", run_all)
+    monkeypatch.setattr("detectors.evaluate.table", lambda results: "")
+    evaluate_main(["--quick"])
+    evaluate_main(["--quick", "--opening-balances"])
+    without, given = ran
+    assert not all(without)  # the drain-free fleets run without by default
+    assert all(given)
+    assert len(given) == len(without)
+
+
 @pytest.mark.parametrize("day", ["6.5", "19"])
 def test_a_drain_day_outside_the_scored_file_is_refused(
     day: str, capsys: pytest.CaptureFixture[str]

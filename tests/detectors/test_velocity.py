@@ -361,6 +361,27 @@ def test_balance_read_from_the_chain_replaces_the_tracked_balance() -> None:
     assert finding.severity is Severity.WARNING
 
 
+def test_a_surge_that_emptied_half_the_wallet_does_not_make_its_customers_a_large_pair() -> None:
+    # 550 customers took 55% of the wallet in the last 18 minutes (a bank run on a lean hot
+    # wallet). Two more, of 0.7% of what the wallet held an hour ago, are 1.5% of what is left:
+    # a pair of large payments against the balance now, not against the hour's.
+    def last_two(balance: str, crowd: int) -> list[Finding | None]:
+        state, detector = make_state(wallet(balance=balance)), VelocityDetector()
+        for i in range(crowd):
+            judge(state, detector, transfer(f"C{i}", 100, minutes=40 + i * 18 / crowd))
+        return [
+            judge(state, detector, transfer(f"W{i}", 700, minutes=58.5 + i / 2)) for i in (0, 1)
+        ]
+
+    after_surge = last_two("100000", 550)
+    assert not any(f is not None and f.metrics.get("rule_large_pair") for f in after_surge)
+    # The same two payments from a wallet that held 45,000 all hour: a fan-out drain.
+    steady = last_two("45000", 0)[1]
+    assert steady is not None
+    assert steady.freeze
+    assert steady.metrics["rule_large_pair"] == "1"
+
+
 def judge_and_learn(state: WalletState, detector: VelocityDetector, t: Transfer) -> Finding | None:
     """What the engine does, learning included: learn (unless frozen) before counting."""
     state.prepare(t)
