@@ -95,6 +95,7 @@ CREATE TABLE IF NOT EXISTS routed (
 );
 CREATE INDEX IF NOT EXISTS routed_source ON routed (source, verdict, time);
 CREATE INDEX IF NOT EXISTS routed_fingerprint ON routed (fingerprint, verdict, time);
+CREATE INDEX IF NOT EXISTS routed_incident ON routed (incident_id, verdict);
 CREATE TABLE IF NOT EXISTS pages (
     incident_id TEXT PRIMARY KEY, generation INTEGER NOT NULL, opened_at TEXT NOT NULL,
     acknowledged_at TEXT, acknowledged_by TEXT, resolved_at TEXT, resolved_by TEXT
