@@ -4,9 +4,10 @@ An incident groups
 
 * the alerts that carry the same ``incident_id`` (a correlating detector sets it), or, for alerts
   without one, the alerts of one wallet that follow each other within ``gap`` (6 h by default);
-  a wallet's run of unlabelled alerts that overlaps an incident naming that wallet joins it, and
-  so does another labelled incident naming that wallet within ``gap`` (two detector replicas may
-  name one incident twice);
+  a wallet's run of unlabelled alerts that overlaps an incident naming that wallet (as the
+  wallet of one of its alerts, or among its ``incident_wallets``: a drain's first wallet is
+  alerted on before the incident exists) joins it, and so does another labelled incident naming
+  that wallet within ``gap`` (two detector replicas may name one incident twice);
 * the actions taken about those alerts: notifications, freezes and their answers, hooks, approvals;
 * the transfers of its wallets from ``lead`` before the first alert until ``tail`` after the last
   alert or action, plus every transfer an alert names as evidence, wherever it falls;
@@ -379,7 +380,7 @@ def _merge_sharing_wallets(
     merged: dict[str, list[AlertRecord]] = {}
     wallets: dict[str, set[str]] = {}
     for iid, records in sorted(explicit.items(), key=lambda item: (item[1][0].time, item[0])):
-        keys = {r.alert.key for r in records}
+        keys = {k for r in records for k in _named(r)}
         home = next(
             (h for h, rs in merged.items() if keys & wallets[h] and _within(rs, records, gap)),
             None,
@@ -401,9 +402,15 @@ def _overlapping_explicit(
 ) -> str | None:
     """The labelled incident naming this wallet whose alerts come within ``gap`` of the run."""
     for iid, records in sorted(explicit.items(), key=lambda item: item[1][0].time):
-        if any(r.alert.key == key for r in records) and _within(run, records, gap):
+        if any(key in _named(r) for r in records) and _within(run, records, gap):
             return iid
     return None
+
+
+def _named(record: AlertRecord) -> tuple[str, ...]:
+    """The wallets a labelled alert names: its own, and its incident's when it was made (the
+    first drained wallet's alerts came before the incident and name none)."""
+    return (record.alert.key, *record.alert.incident_wallets)
 
 
 def _actions_of(group: AlertGroup, actions: Iterable[ActionRecord]) -> list[ActionRecord]:
