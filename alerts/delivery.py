@@ -293,11 +293,9 @@ class Outbox:
         incident = incident_of(alert)
         if alert.incident_id is None:
             return incident, False
-        row = db.execute(
-            "SELECT page FROM page_aliases WHERE incident_id = ?", (incident,)
-        ).fetchone()
-        if row is not None:
-            return str(row["page"]), False
+        joined = self._joined(db, incident)
+        if joined is not None:
+            return joined, False
         if db.execute("SELECT 1 FROM pages WHERE incident_id = ?", (incident,)).fetchone():
             return incident, False
         wallets = orjson.dumps(sorted({alert.key, *alert.incident_wallets})).decode()
@@ -315,6 +313,14 @@ class Outbox:
         if row is None:
             return incident, False
         return str(row["incident_id"]), True
+
+    @staticmethod
+    def _joined(db: sqlite3.Connection, incident_id: str) -> str | None:
+        """The page an incident joined (:meth:`page_of`), if it joined one."""
+        row = db.execute(
+            "SELECT page FROM page_aliases WHERE incident_id = ?", (incident_id,)
+        ).fetchone()
+        return None if row is None else str(row["page"])
 
     def _open_pages(self, incident_id: str) -> tuple[frozenset[str], frozenset[str]]:
         """The channels holding the incident's open page, and those it was escalated to."""
@@ -482,11 +488,8 @@ class Outbox:
     ) -> list[Notification]:
         column = "acknowledged" if action is NotificationAction.ACKNOWLEDGE else "resolved"
         with self._transaction() as db:
-            alias = db.execute(
-                "SELECT page FROM page_aliases WHERE incident_id = ?", (incident_id,)
-            ).fetchone()
-            if alias is not None:
-                incident_id = str(alias["page"])  # an incident that joined a wallet's page
+            # An incident that joined a wallet's page acts on that page.
+            incident_id = self._joined(db, incident_id) or incident_id
             page = db.execute(
                 "SELECT generation, acknowledged_at, resolved_at FROM pages WHERE incident_id = ?",
                 (incident_id,),

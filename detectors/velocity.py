@@ -928,17 +928,17 @@ class VelocityDetector:
         if self.large_pair_count <= 0:
             return
         fast = state.window(self.fast_window_s)
-        # Large against the balance at the hour's start: a withdrawal surge that took half the
-        # wallet in twenty minutes makes its customers' usual sizes large shares of what is
-        # left, and two of them come within minutes; a drain's are large shares either way.
-        ref = ref_c
+        # Large against the balance at the hour's start (``ref_c``): a withdrawal surge that
+        # took half the wallet in twenty minutes makes its customers' usual sizes large shares
+        # of what is left, and two of them come within minutes; a drain's are large shares
+        # either way.
         large = self._large
-        if _reaches(units, ref, large):
-            count = 1 + sum(1 for o in fast.items if o.new and _reaches(o.units, ref, large))
+        if _reaches(units, ref_c, large):
+            count = 1 + sum(1 for o in fast.items if o.new and _reaches(o.units, ref_c, large))
             if count >= self.large_pair_count:
                 ref_f = state.reference_units(fast)
                 level = 1 if self._in_payout_batch(transfer, fast, ref_f, state) else 2
-                score = max(1.0, _ratio(units, ref, float(self.large_share)))
+                score = max(1.0, _ratio(units, ref_c, float(self.large_share)))
                 fired.append((level, score, "large_pair"))
 
     def _in_payout_batch(
