@@ -127,6 +127,38 @@ def test_opening_balances_are_given_to_every_fleet_when_asked(
     assert len(given) == len(without)
 
 
+def test_a_seed_draws_every_fleet_anew_and_keeps_its_shape(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ran: list[list[Scenario]] = []
+
+    def run_all(chosen: list[Scenario], **_: object) -> list[object]:
+        ran.append(chosen)
+        return []
+
+    monkeypatch.setattr("detectors.evaluate.run_all", run_all)
+    monkeypatch.setattr("detectors.evaluate.table", lambda results: "")
+    evaluate_main(["--quick", "--variants"])
+    evaluate_main(["--quick", "--variants", "--seed", "1"])
+    evaluate_main(["--quick", "--variants", "--seed", "2"])
+    tuned, one, two = ran
+    assert [replace(s, seed=0) for s in one] == [replace(s, seed=0) for s in tuned]
+    seeds = [{s.seed for s in run} for run in (tuned, one, two)]
+    assert not seeds[0] & seeds[1]
+    assert not seeds[1] & seeds[2]
+    assert not seeds[0] & seeds[2]
+    # The traffic itself differs, drains included.
+    drained = next(s for s in tuned if s.name == "fresh-fanout")
+    again = next(s for s in one if s.name == "fresh-fanout")
+    first, second = (
+        generate_traffic(s.wallets, START, 15.0, seed=s.seed, panic_days=s.panic_days)
+        for s in (drained, again)
+    )
+    assert first.transfers[:50] != second.transfers[:50]
+    assert [r["amount"] for r in first.malicious] != [r["amount"] for r in second.malicious]
+    assert len(first.malicious) == len(second.malicious)
+
+
 @pytest.mark.parametrize("day", ["6.5", "19"])
 def test_a_drain_day_outside_the_scored_file_is_refused(
     day: str, capsys: pytest.CaptureFixture[str]
