@@ -25,11 +25,14 @@ higher one:
   not a crowd (the hour holds at most ``sustained_crowd_ratio``, 2x, the day's hourly average
   of payments): a drain of ~0.8% every 8 minutes, too slow for the burst rule, under 1% each;
 * **large pair**: a second payment of at least ``large_share`` (1%) of the balance at the
-  hour's start to another new address within ``fast_window_s`` (5 min): freeze (a whale's large
-  withdrawal comes alone; a surge that took half the wallet makes customers' sizes large shares
-  of what is left, not of what the hour began with). Inside one of the wallet's payout
-  batches it warns: an exchange that sends each hour's withdrawals at once sends the hour's
-  whales together. A wallet pays in batches when
+  hour's start to another new address within ``fast_window_s`` (5 min), or a third of at least
+  1% of the balance at the fast window's start (never less than ``large_hour_floor``, 3/4, of
+  the hour's): freeze (a whale's large withdrawal comes alone; a surge that took half the
+  wallet makes customers' sizes large shares of what is left, not of what the hour began with,
+  and in a panic two long-tailed customers can come within minutes; a drain in 1.2% steps
+  inside a surge that took a fifth of the hour's balance is 0.95% steps of it). Inside one of
+  the wallet's payout batches it warns: an exchange that sends each hour's withdrawals at once
+  sends the hour's whales together. A wallet pays in batches when
   its busiest ``fast_window_s`` of an hour has held on average ``batch_share`` (60%) of the
   hour's payments, and a payment is in one when the last ``fast_window_s`` hold at least two
   customer-sized payments (under 1%) and a third of the last hour's; a drain between batches
@@ -431,6 +434,7 @@ class VelocityDetector:
         fast_window_s: int = 300,
         large_share: Decimal = Decimal("0.01"),
         large_pair_count: int = 2,
+        large_hour_floor: Decimal = Decimal("0.75"),
         bleed_window_s: int = 86400,
         bleed_min_count: int = 4,
         bleed_warn_share: Decimal = Decimal("0.015"),
@@ -476,6 +480,8 @@ class VelocityDetector:
         self.fast_window_s = fast_window_s
         self.large_share = large_share
         self._large = _fraction(large_share)
+        self.large_hour_floor = large_hour_floor
+        self._large_hour_floor = _fraction(large_hour_floor)
         self.large_pair_count = large_pair_count
         self.bleed_window_s = bleed_window_s
         self.bleed_min_count = bleed_min_count
@@ -921,25 +927,35 @@ class VelocityDetector:
         """Large payments to different new addresses minutes apart (a fan-out drain).
 
         A whale's large withdrawal to a fresh address comes alone; ``large_pair_count`` of at
-        least ``large_share`` each within ``fast_window_s`` do not. Unless they leave in one of
+        least ``large_share`` each within ``fast_window_s`` do not (one more when large only
+        against what a surge left; see the module doc). Unless they leave in one of
         the wallet's payout batches (see :meth:`_in_payout_batch`), where a whale's comes with
         the hour's others: then they warn.
         """
         if self.large_pair_count <= 0:
             return
         fast = state.window(self.fast_window_s)
-        # Large against the balance at the hour's start (``ref_c``): a withdrawal surge that
-        # took half the wallet in twenty minutes makes its customers' usual sizes large shares
-        # of what is left, and two of them come within minutes; a drain's are large shares
-        # either way.
+        # Two payments are large against the balance at the hour's start (``ref_c``): a
+        # withdrawal surge that took half the wallet in twenty minutes makes its customers'
+        # usual sizes large shares of what is left, and in a panic two of them come within
+        # minutes. Three are large against what is left at the fast window's start, but never
+        # against less than ``large_hour_floor`` of ``ref_c``: a drain in steps of 1.2% inside
+        # a surge that took a fifth of the hour's balance is 0.95% of it.
+        ref_f = state.reference_units(fast)
+        num, den = self._large_hour_floor
+        ref_s = max(ref_f, ref_c * num // den)
         large = self._large
-        if _reaches(units, ref_c, large):
-            count = 1 + sum(1 for o in fast.items if o.new and _reaches(o.units, ref_c, large))
-            if count >= self.large_pair_count:
-                ref_f = state.reference_units(fast)
-                level = 1 if self._in_payout_batch(transfer, fast, ref_f, state) else 2
-                score = max(1.0, _ratio(units, ref_c, float(self.large_share)))
-                fired.append((level, score, "large_pair"))
+        if not _reaches(units, ref_s, large):
+            return
+        new = [o.units for o in fast.items if o.new]
+        pair = (
+            _reaches(units, ref_c, large)
+            and 1 + sum(1 for u in new if _reaches(u, ref_c, large)) >= self.large_pair_count
+        )
+        if pair or 1 + sum(1 for u in new if _reaches(u, ref_s, large)) > self.large_pair_count:
+            level = 1 if self._in_payout_batch(transfer, fast, ref_f, state) else 2
+            score = max(1.0, _ratio(units, ref_c, float(self.large_share)))
+            fired.append((level, score, "large_pair"))
 
     def _in_payout_batch(
         self, transfer: TransferView, fast: Window, ref: int, state: WalletState

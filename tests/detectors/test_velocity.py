@@ -382,6 +382,21 @@ def test_a_surge_that_emptied_half_the_wallet_does_not_make_its_customers_a_larg
     assert steady.metrics["rule_large_pair"] == "1"
 
 
+def test_a_fan_out_after_a_surge_that_took_a_fifth_freezes_at_its_third_large_step() -> None:
+    # 200 customers took 20% of the wallet in the last hour (a withdrawal surge). Then a drain:
+    # payments of 1.1% of what is left to new addresses, 0.88% of what the hour began with.
+    # Two such in a panic are a pair of long-tailed customers; the third is a drain.
+    state, detector = make_state(wallet(balance="100000")), VelocityDetector()
+    for i in range(200):
+        judge(state, detector, transfer(f"C{i}", 100, minutes=i * 55 / 200))
+    steps = [judge(state, detector, transfer(f"T{i}", 880, minutes=58 + i / 2)) for i in range(3)]
+    assert not any(f is not None and f.freeze for f in steps[:2])
+    third = steps[2]
+    assert third is not None
+    assert third.freeze
+    assert third.metrics["rule_large_pair"] == "1"
+
+
 def judge_and_learn(state: WalletState, detector: VelocityDetector, t: Transfer) -> Finding | None:
     """What the engine does, learning included: learn (unless frozen) before counting."""
     state.prepare(t)
