@@ -17,7 +17,8 @@ higher one:
   least ``midsize_share`` of the balance (larger than nearly every customer withdrawal), together
   ``burst_warn_share`` / ``burst_freeze_share`` within ``window_s`` (default 3% / 6% in 20 min);
   a freeze only when they are at least ``burst_crowd_share`` (a fifth) of the window's
-  outflows, a warning otherwise: a withdrawal surge is a crowd that holds a few large ones;
+  outflows, a warning otherwise: a withdrawal surge is a crowd that holds a few large ones
+  (a warning this wallet's customers gave this week is info, below);
 * **sustained**: at least ``sustained_min_count`` (8) mid-size payments to new addresses within
   ``concentration_window_s`` (1 h), together ``sustained_freeze_share`` (5%) of the balance
   without the largest of them, freeze when they are sudden (payments of that size now make
@@ -52,6 +53,13 @@ higher one:
   median is under ``total_crowd_ratio``, 2x, the median of the rest of the hour's: many customers
   paying what customers pay; on a wallet that pays in batches, whose hour holds nothing before
   the batch, 2x its usual payment, the median of its last 24 wallet-hours' medians);
+* **familiar crowds**: a warning of the total rule that is not a freeze because the outflow is
+  like the hour's or a crowd's, or of the burst rule that does not freeze, is info when an hour
+  12 hours to ``crowd_memory_s`` (7 days) before saw one of that rule at least
+  ``1 / crowd_familiar_factor`` (2/3) as large (``rule_familiar_crowd``; the summary says "no
+  heavier than its busy hours this week"): a lean hot wallet whose customers take a fifth of it
+  at every day's peak warns on the first such day of the week and on a surge half again larger,
+  not every day; freezes are never touched;
 * **repeat**: the ``repeat_min_count``-th payment (default 3) to the same new address within
   ``concentration_window_s`` that brings it to ``repeat_freeze_share`` (default 1%): freeze;
 * **large fresh**: per wallet, the largest amount it paid within ``fresh_history_days`` (28)
@@ -332,6 +340,12 @@ _HOUR_RULES = frozenset({"large_fresh", "large_fresh_pair", "sustained"})
 """Of those, the rules that look back an hour (the others look at 20 or 5 minutes)."""
 
 
+_CROWD_QUIET_S = 12 * 3600
+"""Heavy outflow within the last 12 hours is the same episode: it does not make itself familiar."""
+_CROWD_HOUR_S = 3600
+"""One remembered score per hour of heavy outflow."""
+
+
 def _fraction(share: Decimal) -> tuple[int, int]:
     numerator, denominator = share.as_integer_ratio()
     return numerator, denominator
@@ -458,6 +472,8 @@ class VelocityDetector:
         large_fresh: bool = True,
         regular_trust_factor: Decimal = Decimal(2),
         batch_share: float = 0.6,
+        crowd_memory_s: int = 7 * 86400,
+        crowd_familiar_factor: Decimal = Decimal("1.5"),
     ) -> None:
         self.name = name
         self.batch_share = batch_share
@@ -528,6 +544,12 @@ class VelocityDetector:
         self._repeat = _fraction(repeat_freeze_share)
         self._fresh: dict[tuple[str, str, str], _LargePayments] = {}
         self._cadence: dict[tuple[str, str, str], _Cadence] = {}
+        self.crowd_memory_s = crowd_memory_s
+        self.crowd_familiar_factor = crowd_familiar_factor
+        self._crowd_familiar = float(crowd_familiar_factor)
+        # Per wallet, asset and rule: (first time, largest score) of each hour in which the
+        # total or the burst rule warned of what customers do, for ``crowd_memory_s``.
+        self._crowds: dict[tuple[str, str, str, str], deque[list[float]]] = {}
         # Exact integer fractions for the decisions; floats only for the score.
         self._freeze = _fraction(freeze_share)
         self._warn = _fraction(warn_share)
@@ -578,6 +600,7 @@ class VelocityDetector:
         """Take over what ``other`` learned of its wallets (none of them ours)."""
         self._fresh.update(other._fresh)
         self._cadence.update(other._cadence)
+        self._crowds.update(other._crowds)
 
     def learn_one(self, transfer: TransferView) -> None:
         """Without the state nothing is learned: the engine calls :meth:`learn_with_state`."""
@@ -770,6 +793,9 @@ class VelocityDetector:
                         # withdrawal surge) is not a burst: the mid-size ones must stand out.
                         level = 1
                     score = _ratio(mid_total, ref_w, float(self.burst_freeze_share))
+                    if level == 1 and self._familiar(transfer, now, score, "burst"):
+                        level = 0
+                        fired.append((0, 0.0, "familiar_crowd"))
                     fired.append((level, score, "burst"))
                 self._large_pair(transfer, state, units, ref_c, fired)
                 self._sustained_burst(state, conc, units, ref_c, fired)
@@ -819,12 +845,49 @@ class VelocityDetector:
         top = 2 if self._sudden(total, total_c - total) else 1
         if top == 2 and self._crowd(window, conc, units, self._batching(transfer), state.scale):
             top = 1
+        score_w = _ratio(total, ref_w, float(self.total_freeze_share)) if reaches_w else 0.0
+        score_c = _ratio(total_c, ref_c, float(self.total_long_freeze_share)) if reaches_c else 0.0
+        if top == 1 and self._familiar(transfer, state.now, max(score_w, score_c), "total"):
+            top = 0
+            fired.append((0, 0.0, "familiar_crowd"))
         if reaches_w:
             level = min(top, 2 if _reaches(total, ref_w, self._total_freeze) else 1)
-            fired.append((level, _ratio(total, ref_w, float(self.total_freeze_share)), "total"))
+            fired.append((level, score_w, "total"))
         if reaches_c:
-            score = _ratio(total_c, ref_c, float(self.total_long_freeze_share))
-            fired.append((top, score, "total"))
+            fired.append((top, score_c, "total"))
+
+    def _familiar(self, transfer: TransferView, now: float, score: float, rule: str) -> bool:
+        """Whether what ``rule`` would warn of is something this wallet's customers do.
+
+        Asked for heavy outflow like the hour's or a crowd's (the total rule) and for a burst
+        of mid-size payments that does not freeze. Remembers ``score`` for the hour, and
+        answers whether an hour at least 12 hours and at most ``crowd_memory_s`` ago saw one
+        at least ``1 / crowd_familiar_factor`` as large. A lean hot wallet whose customers take
+        a fifth of it at every day's peak warns on the first such day of the week and on a
+        surge half again larger, not every day.
+        """
+        if self.crowd_memory_s <= 0:
+            return False
+        key = (transfer.chain, transfer.wallet, transfer.asset, rule)
+        hours = self._crowds.get(key)
+        if hours is None:
+            hours = self._crowds[key] = deque()
+        while hours and hours[0][0] < now - self.crowd_memory_s:
+            hours.popleft()
+        familiar = False
+        bar = score / self._crowd_familiar
+        until = now - _CROWD_QUIET_S
+        for when, seen in hours:
+            if when > until:
+                break
+            if seen >= bar:
+                familiar = True
+                break
+        if hours and now - hours[-1][0] < _CROWD_HOUR_S:
+            hours[-1][1] = max(hours[-1][1], score)
+        else:
+            hours.append([now, score])
+        return familiar
 
     def _trusted(
         self,
@@ -1068,7 +1131,11 @@ class VelocityDetector:
         score = max(f[1] for f in fired)
         return Finding(
             detector=self.name,
-            severity=Severity.CRITICAL if level == 2 else Severity.WARNING,
+            severity=Severity.CRITICAL
+            if level == 2
+            else Severity.WARNING
+            if level == 1
+            else Severity.INFO,
             freeze=level == 2,
             score=score,
             summary="",
@@ -1140,6 +1207,8 @@ class VelocityDetector:
         seen = state.first_seen(dest, units)
         if "test_then_drain" in rules and seen is not None:
             summary += f" (after a {state.to_decimal_string(seen.units)} {state.asset} test)"
+        if "familiar_crowd" in rules:
+            summary += " (no heavier than its busy hours this week)"
         left = state.left_after(units)
         summary += (
             f"; {left + ', ' if left else ''}at this rate empty in "

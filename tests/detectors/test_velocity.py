@@ -397,6 +397,72 @@ def test_a_fan_out_after_a_surge_that_took_a_fifth_freezes_at_its_third_large_st
     assert third.metrics["rule_large_pair"] == "1"
 
 
+def test_a_crowd_the_wallet_saw_this_week_informs_and_a_larger_one_warns() -> None:
+    # A lean hot wallet whose customers take 40% of it in its busiest hour, every day (a
+    # deposit tops it up after each). The first day warns; the next days say so as info; a
+    # day when they take 65% (over 1.5x) warns again; a week later the 40% warns anew.
+    state, detector = make_state(wallet(balance="100000")), VelocityDetector()
+
+    def peak_hour(day: float, customers: int) -> set[Severity]:
+        start = day * 1440
+        seen = set()
+        for i in range(customers):
+            finding = judge(
+                state, detector, transfer(f"C{day}-{i}", 100, minutes=start + i * 60 / customers)
+            )
+            if finding is not None:
+                assert not finding.freeze
+                assert finding.metrics["rule_total"] == "1"
+                seen.add(finding.severity)
+                familiar = "rule_familiar_crowd" in finding.metrics
+                assert familiar is (finding.severity is Severity.INFO)
+                assert familiar is ("no heavier than its busy hours" in finding.described().summary)
+        deposit = transfer(f"D{day}", 100 * customers, minutes=start + 61, direction=Direction.IN)
+        judge(state, detector, deposit)
+        return seen
+
+    assert peak_hour(0, 400) == {Severity.WARNING}
+    assert peak_hour(1, 400) == {Severity.INFO}
+    assert peak_hour(2, 400) == {Severity.INFO}
+    assert Severity.WARNING in peak_hour(3, 650)
+    assert peak_hour(12, 400) == {Severity.WARNING}
+    # Without the memory every day warns.
+    state, detector = make_state(wallet(balance="100000")), VelocityDetector(crowd_memory_s=0)
+    assert peak_hour(0, 400) == {Severity.WARNING}
+    assert peak_hour(1, 400) == {Severity.WARNING}
+
+
+def test_a_burst_of_mid_size_customers_the_wallet_saw_this_week_informs() -> None:
+    # Five customers each take 0.7% within ten minutes (3.5%: a burst that warns) on a busy
+    # wallet, every day; a deposit puts it back. The second day says so as info; six of 0.9%
+    # (5.4%, over 1.5x) warn again.
+    state, detector = make_state(wallet(balance="100000")), VelocityDetector()
+
+    def burst(day: int, count: int, amount: int) -> list[Finding]:
+        found = []
+        for i in range(count):
+            t = transfer(f"M{day}-{i}", amount, minutes=day * 1440 + 2 * i)
+            finding = judge(state, detector, t)
+            if finding is not None:
+                found.append(finding)
+        judge(
+            state,
+            detector,
+            transfer(f"D{day}", count * amount, minutes=day * 1440 + 30, direction=Direction.IN),
+        )
+        return found
+
+    first = burst(0, 5, 700)
+    assert [(f.severity, f.freeze) for f in first] == [(Severity.WARNING, False)] * 1
+    assert first[0].metrics["rule_burst"] == "1"
+    again = burst(1, 5, 700)
+    assert [f.severity for f in again] == [Severity.INFO]
+    assert again[0].metrics["rule_familiar_crowd"] == "1"
+    larger = burst(2, 6, 900)
+    assert Severity.WARNING in {f.severity for f in larger}
+    assert not any(f.freeze for f in larger)
+
+
 def judge_and_learn(state: WalletState, detector: VelocityDetector, t: Transfer) -> Finding | None:
     """What the engine does, learning included: learn (unless frozen) before counting."""
     state.prepare(t)
