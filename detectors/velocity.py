@@ -1207,7 +1207,7 @@ class VelocityDetector:
         seen = state.first_seen(dest, units)
         if "test_then_drain" in rules and seen is not None:
             summary += f" (after a {state.to_decimal_string(seen.units)} {state.asset} test)"
-        if "familiar_crowd" in rules:
+        if "familiar_crowd" in rules and max(f[0] for f in fired) == 0:
             summary += " (no heavier than its busy hours this week)"
         left = state.left_after(units)
         summary += (
