@@ -340,6 +340,8 @@ _HOUR_RULES = frozenset({"large_fresh", "large_fresh_pair", "sustained"})
 """Of those, the rules that look back an hour (the others look at 20 or 5 minutes)."""
 
 
+_SEVERITY_OF_LEVEL: Final = (Severity.INFO, Severity.WARNING, Severity.CRITICAL)
+"""A finding's severity by the level of its highest rule (0 info, 1 warning, 2 freeze)."""
 _CROWD_QUIET_S = 12 * 3600
 """Heavy outflow within the last 12 hours is the same episode: it does not make itself familiar."""
 _CROWD_HOUR_S = 3600
@@ -793,9 +795,8 @@ class VelocityDetector:
                         # withdrawal surge) is not a burst: the mid-size ones must stand out.
                         level = 1
                     score = _ratio(mid_total, ref_w, float(self.burst_freeze_share))
-                    if level == 1 and self._familiar(transfer, now, score, "burst"):
+                    if level == 1 and self._familiar(transfer, now, score, "burst", fired):
                         level = 0
-                        fired.append((0, 0.0, "familiar_crowd"))
                     fired.append((level, score, "burst"))
                 self._large_pair(transfer, state, units, ref_c, fired)
                 self._sustained_burst(state, conc, units, ref_c, fired)
@@ -847,16 +848,22 @@ class VelocityDetector:
             top = 1
         score_w = _ratio(total, ref_w, float(self.total_freeze_share)) if reaches_w else 0.0
         score_c = _ratio(total_c, ref_c, float(self.total_long_freeze_share)) if reaches_c else 0.0
-        if top == 1 and self._familiar(transfer, state.now, max(score_w, score_c), "total"):
+        if top == 1 and self._familiar(transfer, state.now, max(score_w, score_c), "total", fired):
             top = 0
-            fired.append((0, 0.0, "familiar_crowd"))
         if reaches_w:
             level = min(top, 2 if _reaches(total, ref_w, self._total_freeze) else 1)
             fired.append((level, score_w, "total"))
         if reaches_c:
             fired.append((top, score_c, "total"))
 
-    def _familiar(self, transfer: TransferView, now: float, score: float, rule: str) -> bool:
+    def _familiar(
+        self,
+        transfer: TransferView,
+        now: float,
+        score: float,
+        rule: str,
+        fired: list[tuple[int, float, str]],
+    ) -> bool:
         """Whether what ``rule`` would warn of is something this wallet's customers do.
 
         Asked for heavy outflow like the hour's or a crowd's (the total rule) and for a burst
@@ -864,7 +871,8 @@ class VelocityDetector:
         answers whether an hour at least 12 hours and at most ``crowd_memory_s`` ago saw one
         at least ``1 / crowd_familiar_factor`` as large. A lean hot wallet whose customers take
         a fifth of it at every day's peak warns on the first such day of the week and on a
-        surge half again larger, not every day.
+        surge half again larger, not every day. A familiar one is marked in ``fired``
+        (``rule_familiar_crowd``); the rule then says it as info.
         """
         if self.crowd_memory_s <= 0:
             return False
@@ -887,6 +895,8 @@ class VelocityDetector:
             hours[-1][1] = max(hours[-1][1], score)
         else:
             hours.append([now, score])
+        if familiar:
+            fired.append((0, 0.0, "familiar_crowd"))
         return familiar
 
     def _trusted(
@@ -1131,11 +1141,7 @@ class VelocityDetector:
         score = max(f[1] for f in fired)
         return Finding(
             detector=self.name,
-            severity=Severity.CRITICAL
-            if level == 2
-            else Severity.WARNING
-            if level == 1
-            else Severity.INFO,
+            severity=_SEVERITY_OF_LEVEL[level],
             freeze=level == 2,
             score=score,
             summary="",
