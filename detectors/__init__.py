@@ -13,6 +13,7 @@ from detectors.correlation import IncidentCorrelator
 from detectors.engine import DetectionEngine, default_detectors
 from detectors.errors import BacktestInputError, DetectorError
 from detectors.ledger import LedgerReconciliation
+from detectors.snapshots import Snapshot, SnapshotStore, fingerprint, message_digest
 from detectors.velocity import VelocityDetector
 
 __all__ = [
@@ -26,9 +27,13 @@ __all__ = [
     "IncidentCorrelator",
     "LedgerAware",
     "LedgerReconciliation",
+    "Snapshot",
+    "SnapshotStore",
     "StateLearner",
     "VelocityDetector",
     "WalletState",
     "default_detectors",
+    "fingerprint",
+    "message_digest",
     "run_backtest",
 ]

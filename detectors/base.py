@@ -32,7 +32,7 @@ import bisect
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Final, Protocol, runtime_checkable
+from typing import Final, Protocol, TypeVar, runtime_checkable
 
 from detectors.approval import ApprovalView
 from detectors.move import TransferView
@@ -974,4 +974,49 @@ class StateLearner(Protocol):
 
     def learn_with_state(self, transfer: TransferView, state: WalletState) -> None:
         """Remember a transfer, judged against the state as it was before it."""
+        ...
+
+
+HeldWallets = Callable[[str, str], bool]
+"""Whether a (chain, wallet address) is one of the wallets a state snapshot is taken of (the
+chain compared case-blind, the address as :func:`~drainwatch.events.normalize_address` writes
+it)."""
+
+
+_Key = TypeVar("_Key", bound=tuple[str, ...])
+_Value = TypeVar("_Value")
+
+
+def split_by_wallet(
+    table: dict[_Key, _Value], held: HeldWallets, *, wallet_at: int = 1
+) -> tuple[dict[_Key, _Value], dict[_Key, _Value]]:
+    """A table keyed by (chain, ..., wallet, ...) split into the entries of the wallets ``held``
+    names and the others; the wallet is at ``wallet_at`` in the key, the chain first.
+
+    >>> split_by_wallet({("nem", "A", "XEM"): 1, ("nem", "B", "XEM"): 2}, lambda c, w: w == "A")
+    ({('nem', 'A', 'XEM'): 1}, {('nem', 'B', 'XEM'): 2})
+    """
+    mine: dict[_Key, _Value] = {}
+    others: dict[_Key, _Value] = {}
+    for key, value in table.items():
+        (mine if held(key[0], key[wallet_at]) else others)[key] = value
+    return mine, others
+
+
+@runtime_checkable
+class Snapshottable(Protocol):
+    """A detector whose per-wallet memory can be saved with its wallets and taken back.
+
+    A detector replica saves what it knows of the wallets of each transfers partition it holds,
+    with the offset it reached there; the replica that holds the partition next takes it back
+    and replays only what came after (see :mod:`detectors.snapshots`).
+    """
+
+    def held_part(self, held: HeldWallets) -> object:
+        """What the detector knows of the wallets ``held`` names (picklable, a copy)."""
+        ...
+
+    def restore_part(self, part: object, held: HeldWallets) -> None:
+        """Take back a :meth:`held_part` of the wallets ``held`` names, replacing what is known
+        of them."""
         ...

@@ -63,6 +63,7 @@ False
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -74,11 +75,13 @@ from river import stats
 from detectors.base import (
     Description,
     Finding,
+    HeldWallets,
     WalletState,
     Window,
     busiest_total,
     format_units,
     ratio_string,
+    split_by_wallet,
 )
 from detectors.move import TransferView
 from drainwatch.events import Direction, Severity, TransferStatus
@@ -387,6 +390,20 @@ class BaselineDetector:
     def adopt(self, other: BaselineDetector) -> None:
         """Take over what ``other`` learned of its wallets (none of them ours)."""
         self._profiles.update(other._profiles)
+
+    def held_part(self, held: HeldWallets) -> BaselineDetector:
+        """A copy that knows only the profiles of the wallets ``held`` names: their share of a
+        state snapshot (:meth:`restore_part` takes it back)."""
+        part = copy.copy(self)
+        part._profiles = split_by_wallet(self._profiles, held)[0]
+        return part
+
+    def restore_part(self, part: object, held: HeldWallets) -> None:
+        """Take back what :meth:`held_part` kept of the wallets ``held`` names (it replaces
+        what is known of them)."""
+        if not isinstance(part, BaselineDetector):
+            raise TypeError(f"not a baseline detector's part: {type(part).__name__}")
+        self._profiles = split_by_wallet(self._profiles, held)[1] | part._profiles
 
     def learn_one(self, transfer: TransferView) -> None:
         """Count an outflow in its wallet-hour; a completed hour updates the river means."""

@@ -36,12 +36,21 @@ events with deterministic ids. Two policies sit between findings and alerts:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from detectors.approval import ApprovalView
-from detectors.base import Detector, Finding, LedgerAware, StateLearner, WalletState, ratio_string
+from detectors.base import (
+    Detector,
+    Finding,
+    HeldWallets,
+    LedgerAware,
+    Snapshottable,
+    StateLearner,
+    WalletState,
+    ratio_string,
+)
 from detectors.baseline import BaselineDetector
 from detectors.correlation import IncidentCorrelator
 from detectors.ledger import LedgerReconciliation
@@ -66,7 +75,7 @@ from drainwatch.stage import Output
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DetectionEngine", "default_detectors"]
+__all__ = ["DetectionEngine", "HeldState", "default_detectors"]
 
 _NOBODY: frozenset[str] = frozenset()
 _ROUTES_MAX = 65536
@@ -121,6 +130,18 @@ def default_detectors(config: Config, reconcile: bool = False) -> list[Detector]
             repeat_trust=config.detection.ledger_repeat_trust,
         ),
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class HeldState:
+    """What a detection engine knows of some wallets (:meth:`DetectionEngine.held_state`)."""
+
+    keys: frozenset[str]
+    """The bus keys of the wallets it is of."""
+    states: dict[tuple[str, str, str], WalletState]
+    emitted: dict[tuple[str, str], _Emitted]
+    parts: list[object]
+    """Each detector's share, in the engine's order of detectors."""
 
 
 @dataclass(slots=True)
@@ -321,6 +342,61 @@ class DetectionEngine:
             adopt(theirs)
         if self.correlator is not None and other.correlator is not None:
             self.correlator.adopt_frozen(other.correlator)
+
+    def held_state(self, keys: Collection[str]) -> HeldState:
+        """What this engine knows of the wallets with these bus keys, for a state snapshot.
+
+        The wallets' states (windows, balances, destinations, the transfers already counted),
+        the alerts said of them (cooldowns, episodes) and what each detector learned of them: all
+        of it depends only on their transfers, which one transfers partition holds. What the
+        whole exchange shares (the ledger's approvals, the incidents) is read again from the
+        ledger and alerts topics by a restarted detector, and is not in it. The result shares the
+        engine's objects: pickle it before the engine goes on.
+
+        Raises:
+            TypeError: a detector that cannot give its share (see ``Snapshottable``).
+        """
+        keys = frozenset(keys)
+        held = self._held(keys)
+        parts: list[object] = []
+        for detector in self.detectors:
+            if not isinstance(detector, Snapshottable):
+                raise TypeError(f"detector {detector.name!r} cannot save its wallets' state")
+            parts.append(detector.held_part(held))
+        return HeldState(
+            keys=keys,
+            states={k: v for k, v in self._states.items() if wallet_key(k[0], k[1]) in keys},
+            emitted={k: v for k, v in self._emitted.items() if k[0] in keys},
+            parts=parts,
+        )
+
+    def restore(self, held: HeldState) -> None:
+        """Take back a :meth:`held_state` (of the same config and detectors): it replaces what
+        this engine knew of those wallets. Then replay what came after it (:meth:`replay`)."""
+        if len(held.parts) != len(self.detectors):
+            raise ValueError(
+                f"a state of {len(held.parts)} detectors cannot be restored into "
+                f"{len(self.detectors)}"
+            )
+        keys = held.keys
+        self._states = {
+            k: v for k, v in self._states.items() if wallet_key(k[0], k[1]) not in keys
+        } | held.states
+        self._emitted = {k: v for k, v in self._emitted.items() if k[0] not in keys} | held.emitted
+        self._routes.clear()
+        for detector, part in zip(self.detectors, held.parts, strict=True):
+            if not isinstance(detector, Snapshottable):
+                raise TypeError(f"detector {detector.name!r} cannot restore its wallets' state")
+            detector.restore_part(part, self._held(keys))
+
+    def _held(self, keys: frozenset[str]) -> HeldWallets:
+        """Whether a (chain, address) is a wallet with one of these bus keys."""
+        pairs = {(w.chain.casefold(), w.address) for w in self.config.wallets if w.key in keys}
+
+        def held(chain: str, address: str) -> bool:
+            return (chain.casefold(), normalize_address(address)) in pairs
+
+        return held
 
     def replay(self, transfers: Iterable[TransferView]) -> int:
         """Rebuild state from past transfers (after a restart) without emitting any alert.

@@ -49,7 +49,7 @@ from decimal import Decimal
 from typing import Any, Final, NamedTuple
 
 from detectors.approval import ApprovalView
-from detectors.base import Finding, WalletState, format_units
+from detectors.base import Finding, HeldWallets, WalletState, format_units, split_by_wallet
 from detectors.move import TransferView
 from drainwatch.events import Direction, Severity, TransferStatus, normalize_address
 
@@ -175,6 +175,19 @@ class LedgerReconciliation:
         )
         self._assets.update(other._assets)
         self._looked = _NOT_YET
+
+    def held_part(self, held: HeldWallets) -> dict[_FlagKey, list[tuple[float, Decimal]]]:
+        """What this detector keeps per wallet, of the wallets ``held`` names: the outflows it
+        flagged. The approvals are the whole exchange's; a restarted detector reads them again
+        from the ledger topic."""
+        return {k: list(v) for k, v in split_by_wallet(self._flagged, held, wallet_at=2)[0].items()}
+
+    def restore_part(self, part: object, held: HeldWallets) -> None:
+        """Take back what :meth:`held_part` kept of the wallets ``held`` names (it replaces
+        what is known of them)."""
+        if not isinstance(part, dict):
+            raise TypeError(f"not a ledger detector's part: {type(part).__name__}")
+        self._flagged = split_by_wallet(self._flagged, held, wallet_at=2)[1] | part
 
     def learn_approval(self, approval: ApprovalView) -> None:
         """Remember an approval until it explains a transfer or grows too old."""

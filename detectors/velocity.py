@@ -114,6 +114,7 @@ True
 
 from __future__ import annotations
 
+import copy
 import heapq
 import math
 from collections import Counter, deque
@@ -126,12 +127,14 @@ from typing import Final
 from detectors.base import (
     Description,
     Finding,
+    HeldWallets,
     Outflow,
     WalletState,
     Window,
     busiest_total,
     format_units,
     ratio_string,
+    split_by_wallet,
 )
 from detectors.move import TransferView
 from drainwatch.config import DetectionConfig
@@ -603,6 +606,24 @@ class VelocityDetector:
         self._fresh.update(other._fresh)
         self._cadence.update(other._cadence)
         self._crowds.update(other._crowds)
+
+    def held_part(self, held: HeldWallets) -> VelocityDetector:
+        """A copy that knows only what was learned of the wallets ``held`` names: their share
+        of a state snapshot (:meth:`restore_part` takes it back)."""
+        part = copy.copy(self)
+        part._fresh = split_by_wallet(self._fresh, held)[0]
+        part._cadence = split_by_wallet(self._cadence, held)[0]
+        part._crowds = split_by_wallet(self._crowds, held)[0]
+        return part
+
+    def restore_part(self, part: object, held: HeldWallets) -> None:
+        """Take back what :meth:`held_part` kept of the wallets ``held`` names (it replaces
+        what is known of them)."""
+        if not isinstance(part, VelocityDetector):
+            raise TypeError(f"not a velocity detector's part: {type(part).__name__}")
+        self._fresh = split_by_wallet(self._fresh, held)[1] | part._fresh
+        self._cadence = split_by_wallet(self._cadence, held)[1] | part._cadence
+        self._crowds = split_by_wallet(self._crowds, held)[1] | part._crowds
 
     def learn_one(self, transfer: TransferView) -> None:
         """Without the state nothing is learned: the engine calls :meth:`learn_with_state`."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,9 @@ from alerts import (
     stop_server,
 )
 from alerts.killswitch import HookRecord
-from detectors import DetectionEngine
+from detectors import DetectionEngine, SnapshotStore, fingerprint, message_digest
 from detectors.wire import read_transfer
-from drainwatch.bus import Bus, EmbeddedBus, Producer, TopicPartition
+from drainwatch.bus import Bus, EmbeddedBus, Message, Producer, TopicPartition
 from drainwatch.config import Config
 from drainwatch.events import (
     ALERTS,
@@ -44,6 +45,7 @@ from ingest import CursorStore, Watcher, bitcoin_watcher, evm_watcher
 
 __all__ = [
     "STAGES",
+    "PartitionSnapshots",
     "alert_loop",
     "build_bus",
     "build_watchers",
@@ -121,9 +123,9 @@ def build_watchers(config: Config, producer: Producer) -> list[tuple[Watcher, fl
     return watchers
 
 
-REBUILD_S = 48 * 3600
-"""How much transfer history a detector replays for a partition it is newly assigned: the
-longest detector window (24 h) with a day's margin for what the detectors learn from it."""
+REBUILD_S = 7 * 86400
+"""How much transfer history a detector replays for a partition it is newly assigned and has no
+snapshot of (``[detection] rebuild_s``): what the transfers topic keeps."""
 
 
 def rebuild_state(
@@ -131,9 +133,12 @@ def rebuild_state(
     engine: DetectionEngine,
     position: Callable[[TopicPartition], int],
     tps: Sequence[TopicPartition],
+    *,
     rebuild_s: int = REBUILD_S,
+    starts: Mapping[TopicPartition, int] | None = None,
 ) -> int:
-    """Replay each partition's last ``rebuild_s`` of transfers into ``engine`` without alerting.
+    """Replay each partition's transfers into ``engine`` without alerting: from its offset in
+    ``starts`` (where its snapshot ends), else its last ``rebuild_s`` of transfers.
 
     The replay stops where the consumer will resume, so nothing is counted twice; transfers the
     engine already holds are ignored by id. Returns how many transfers were replayed.
@@ -143,10 +148,12 @@ def rebuild_state(
         end = position(tp)
         if end <= 0:
             continue
-        last = bus.read_range(tp, end - 1, end)
-        if not last:
-            continue
-        start = bus.offset_for_time(tp, last[-1].timestamp_ms - rebuild_s * 1000)
+        start = (starts or {}).get(tp)
+        if start is None:
+            last = bus.read_range(tp, end - 1, end)
+            if not last:
+                continue
+            start = bus.offset_for_time(tp, last[-1].timestamp_ms - rebuild_s * 1000)
         transfers = []
         for msg in bus.read_range(tp, start, end):
             try:
@@ -154,8 +161,140 @@ def rebuild_state(
             except DecodeError:
                 continue  # it went to the dead-letter topic when first read
         replayed += engine.replay(transfers)
-        log.info("rebuilt %s/%d from %d transfers", tp.topic, tp.partition, len(transfers))
+        log.info(
+            "rebuilt %s/%d from %d transfers (offsets %d to %d)",
+            tp.topic,
+            tp.partition,
+            len(transfers),
+            start,
+            end,
+        )
     return replayed
+
+
+class PartitionSnapshots:
+    """A detector's snapshots of the transfers partitions it holds (see
+    :mod:`detectors.snapshots`): taken back when it is assigned one, saved after commits.
+
+    Args:
+        bus: The bus (which wallets a partition holds, which offsets it still keeps).
+        engine: The detector's engine.
+        store: Where the snapshots are.
+        topic: The transfers topic (its full name).
+        interval_s: Least time between two saves of a partition.
+        clock: Monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        engine: DetectionEngine,
+        store: SnapshotStore,
+        topic: str,
+        *,
+        interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.bus = bus
+        self.engine = engine
+        self.store = store
+        self.topic = topic
+        self.interval_s = interval_s
+        self.clock = clock
+        self.fingerprint = fingerprint(engine.config)
+        self.reached: dict[TopicPartition, tuple[int, str | None]] = {}
+        """Per partition held, the offset the engine's state has counted up to and the digest
+        of the message before it: what the next save writes."""
+        self._due = 0.0
+
+    def keys(self, partition: int) -> frozenset[str]:
+        """The bus keys of the configured wallets whose transfers this partition holds."""
+        return frozenset(
+            w.key
+            for w in self.engine.config.wallets
+            if self.bus.partition_of(self.topic, w.key) == partition
+        )
+
+    def restore(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """Take back the snapshot of each of ``tps`` that can be trusted and is still followed
+        by the topic without a gap; return the offsets to replay each restored one from."""
+        starts: dict[TopicPartition, int] = {}
+        for tp in tps:
+            snapshot = self.store.load(tp.topic, tp.partition, self.fingerprint)
+            if snapshot is None:
+                continue
+            why = self._gap(tp, snapshot.offset, snapshot.last)
+            if why:
+                log.warning(
+                    "snapshot of %s/%d at offset %d %s: replaying the topic instead",
+                    tp.topic,
+                    tp.partition,
+                    snapshot.offset,
+                    why,
+                )
+                continue
+            self.engine.restore(snapshot.state)
+            starts[tp] = snapshot.offset
+            log.info(
+                "restored %s/%d from its snapshot of %s at offset %d (%d wallets)",
+                tp.topic,
+                tp.partition,
+                snapshot.taken_at.isoformat(timespec="seconds"),
+                snapshot.offset,
+                len(snapshot.state.keys),
+            )
+        return starts
+
+    def _gap(self, tp: TopicPartition, offset: int, last: str | None) -> str | None:
+        """Why the topic does not go on from a snapshot at ``offset`` (None: it does)."""
+        if offset == 0:
+            return None
+        before = self.bus.read_range(tp, offset - 1, offset)
+        if not before:
+            first = self.bus.offset_for_time(tp, 0)
+            return f"is not followed by the topic, which holds offsets {first} to " + str(
+                self.bus.end_offset(tp)
+            )
+        if message_digest(before[0].value) != last:
+            return "was not taken of this topic (its last message differs)"
+        return None
+
+    def assigned(self, held: Mapping[TopicPartition, int]) -> None:
+        """After an assignment and its rebuild: the partitions held now, each at the offset the
+        engine has counted up to (saved at the next commit: a replay is not repeated)."""
+        self.reached = {}
+        for tp, offset in held.items():
+            before = self.bus.read_range(tp, offset - 1, offset) if offset > 0 else []
+            self.reached[tp] = (offset, message_digest(before[0].value) if before else None)
+        self._due = 0.0
+
+    def committed(self, last: Mapping[TopicPartition, Message]) -> None:
+        """After a commit: remember where each partition is, and save them if it is time."""
+        for tp, message in last.items():
+            if tp in self.reached:
+                self.reached[tp] = (message.offset + 1, message_digest(message.value))
+        now = self.clock()
+        if now < self._due:
+            return
+        self._due = now + self.interval_s
+        for tp, (offset, digest) in self.reached.items():
+            began = time.perf_counter()
+            size = self.store.save(
+                tp.topic,
+                tp.partition,
+                offset,
+                digest,
+                self.fingerprint,
+                self.engine.held_state(self.keys(tp.partition)),
+            )
+            log.debug(
+                "saved the snapshot of %s/%d at offset %d (%d bytes in %.3f s)",
+                tp.topic,
+                tp.partition,
+                offset,
+                size,
+                time.perf_counter() - began,
+            )
 
 
 def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None) -> StageLoop:
@@ -180,16 +319,39 @@ def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None)
 
     engine.owns = owns
     owed: list[Output] = []
+    interval_s = config.detection.snapshot_interval_s
+    snapshots = (
+        PartitionSnapshots(
+            bus,
+            engine,
+            SnapshotStore(Path(config.state_dir) / "snapshots"),
+            transfers,
+            interval_s=interval_s,
+        )
+        if interval_s
+        else None
+    )
 
     def on_assign(tps: list[TopicPartition]) -> None:
         new = [tp for tp in tps if tp.topic == transfers and tp not in held]
         held.clear()
         held.update(tps)
         if new:
-            rebuild_state(bus, engine, loops[0].position, new)
+            starts = snapshots.restore(new) if snapshots is not None else {}
+            rebuild_state(
+                bus,
+                engine,
+                loops[0].position,
+                new,
+                rebuild_s=config.detection.rebuild_s,
+                starts=starts,
+            )
             # Wallets nobody held for a while (their replica died), or whose rebuild decided
             # nothing, in an incident that acted meanwhile: freeze them as it would have.
             owed.extend(Output(ALERTS, alert) for alert in engine.take_over())
+        if snapshots is not None:
+            position = loops[0].position
+            snapshots.assigned({tp: position(tp) for tp in tps if tp.topic == transfers})
 
     def take_owed() -> list[Output]:
         outputs = owed[:]
@@ -216,6 +378,7 @@ def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None)
         broadcast=[LEDGER, ALERTS],
         ready=take_owed,
         broadcast_since_ms=int(since_s * 1000),
+        on_commit=snapshots.committed if snapshots is not None else None,
     )
     loops.append(loop)
     return loop

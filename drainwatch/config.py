@@ -256,6 +256,13 @@ class DetectionConfig(_Model):
     can."""
     shadow: tuple[str, ...] = ()
     """Detectors that evaluate and alert but never request a freeze."""
+    snapshot_interval_s: int = Field(default=300, ge=0)
+    """How often a detector saves what it knows of each transfers partition it holds, with the
+    offset it committed there, in ``<state_dir>/snapshots`` (0: never): the next holder of the
+    partition takes it back and replays only what came after (``detectors/snapshots.py``)."""
+    rebuild_s: int = Field(default=7 * 86400, gt=0)
+    """How much of the transfers topic a detector replays for a partition it takes over without
+    a snapshot it can use (the topic keeps 7 days)."""
 
 
 class BusConfig(_Model):

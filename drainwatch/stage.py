@@ -153,6 +153,7 @@ class StageLoop:
         broadcast: Sequence[str] = (),
         broadcast_since_ms: int = 0,
         ready: Callable[[], Iterable[Output]] | None = None,
+        on_commit: Callable[[Mapping[TopicPartition, Message]], None] | None = None,
     ) -> None:
         self.bus = bus
         self.max_batch = max_batch
@@ -174,6 +175,8 @@ class StageLoop:
         self._ready = ready
         """What the stage made outside any message (in ``on_assign``, say), taken after each
         poll and published with what the poll's messages make, before the commit."""
+        self._on_commit = on_commit
+        """Told, after each commit, the last message committed on each partition it moved on."""
         self._unflushed: list[Output] = []
         """What ``ready`` gave that no flush has confirmed yet (published again after a
         failure: no message brings it back)."""
@@ -212,6 +215,13 @@ class StageLoop:
             self._unflushed.clear()
             if messages:
                 self._consumer.commit()
+                if self._on_commit is not None:
+                    last: dict[TopicPartition, Message] = {}
+                    for m in messages:
+                        tp = TopicPartition(m.topic, m.partition)
+                        if tp not in last or last[tp].offset < m.offset:
+                            last[tp] = m
+                    self._on_commit(last)
             PROCESSED_TOTAL.labels(stage=self.stage).inc(len(messages) + len(followed))
         if published:
             metrics.observe_outputs(published)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from drainwatch.bus import TopicPartition
+from detectors import DetectionEngine
+from drainwatch.bus import BusError, TopicPartition
 from drainwatch.bus.kafka import KafkaBus
 from drainwatch.config import load
 from drainwatch.events import (
@@ -459,3 +460,75 @@ def test_a_detector_taking_over_a_dead_ones_wallets_freezes_them_with_the_fleet(
     assert [(a.detector, a.transfer_ids) for a in taken_over] == [("correlation", ())] * len(
         orphans
     )
+
+
+def test_a_restarted_detector_takes_its_wallets_back_from_their_snapshot(
+    kafka: KafkaService, kafka_topic_prefix: str, tmp_path: Path
+) -> None:
+    # A market maker is paid 5% of wallet 0 to its usual address every two days. The detector
+    # replays one day of transfers for a partition it takes over without a snapshot
+    # (``rebuild_s``), and the market maker was last paid three days ago: only a detector that
+    # took the wallet back from its snapshot still knows the address when the next payment comes.
+    prefix = kafka_topic_prefix
+    path, bus = broker(kafka, prefix, tmp_path)
+    path.write_text(path.read_text() + "\n[detection]\nrebuild_s = 86400\n")
+    config = load(path)
+    group = f"{prefix}dw-detect"
+    now = datetime.now(UTC)
+    maker = "0x" + f"{0x3A4E000:040x}"
+    history = [
+        transfer(0, d * 100 + n, customer(0, d * 100 + n), 1, now - timedelta(days=6 - d, hours=n))
+        for d in range(6)
+        for n in range(20)
+    ]
+    history += [transfer(0, 9000 + k, maker, 50, now - timedelta(days=7 - 2 * k)) for k in range(3)]
+    history.sort(key=lambda t: t.time)
+    payment = transfer(0, 9999, maker, 50, now)
+
+    # What is at stake, judged in this process: a day's replay freezes the payment.
+    never_stopped = DetectionEngine(config)
+    for t in history:
+        never_stopped.process(t)
+    assert never_stopped.process(payment) == []
+    replayed = DetectionEngine(config)
+    replayed.replay(t for t in history if t.time >= history[-1].time - timedelta(days=1))
+    assert [a.freeze for a in replayed.process(payment)] == [True]
+
+    transfers = topic_name(prefix, TRANSFERS)
+    tps = [TopicPartition(transfers, p) for p in range(PARTITIONS)]
+
+    def judged() -> bool:
+        try:
+            return all((bus.committed(group, tp) or 0) == bus.end_offset(tp) for tp in tps)
+        except BusError:  # the group has no coordinator yet
+            return False
+
+    snapshots = tmp_path / "state" / "snapshots"
+    publish(bus, prefix, history)
+    procs = {"d1": start_detector("d1", path, tmp_path)}
+    logs = log_tails(procs, tmp_path)
+    try:
+        wait_for(
+            lambda: judged() and any(snapshots.glob("*.snapshot")),
+            90,
+            "the history judged and a snapshot saved",
+            every_s=0.5,
+            context=logs,
+        )
+        procs["d1"].send_signal(signal.SIGKILL)
+        procs["d1"].wait(10)
+        publish(bus, prefix, [payment])
+        procs["d2"] = start_detector("d2", path, tmp_path)
+        logs = log_tails(procs, tmp_path)
+        wait_for(
+            judged, 90, "the payment judged by the restarted detector", every_s=0.5, context=logs
+        )
+    finally:
+        stop(procs)
+    log = (tmp_path / "d2.log").read_text()
+    assert "restored" in log, logs()
+    frozen = [
+        a for a in alerts_on_topic(bus, prefix) if a.freeze and payment.tx_hash in a.tx_hashes
+    ]
+    assert frozen == [], logs()
+    bus.close()

@@ -61,10 +61,14 @@ def test_public_api_is_pinned() -> None:
         "IncidentCorrelator",
         "LedgerAware",
         "LedgerReconciliation",
+        "Snapshot",
+        "SnapshotStore",
         "StateLearner",
         "VelocityDetector",
         "WalletState",
         "default_detectors",
+        "fingerprint",
+        "message_digest",
         "run_backtest",
     ]
     assert issubclass(detectors.BacktestInputError, detectors.DetectorError)
