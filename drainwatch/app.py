@@ -39,7 +39,13 @@ from drainwatch.events import (
     FreezeOrder,
     Transfer,
 )
-from drainwatch.metrics import MetricsServer, WalletMetrics, serve_metrics
+from drainwatch.metrics import (
+    REBUILDS_TOTAL,
+    SNAPSHOT_SECONDS,
+    MetricsServer,
+    WalletMetrics,
+    serve_metrics,
+)
 from drainwatch.stage import Output, StageLoop, default_topics, topic_name
 from ingest import CursorStore, Watcher, bitcoin_watcher, evm_watcher
 
@@ -161,6 +167,7 @@ def rebuild_state(
             except DecodeError:
                 continue  # it went to the dead-letter topic when first read
         replayed += engine.replay(transfers)
+        REBUILDS_TOTAL.labels(source="snapshot" if tp in (starts or {}) else "replay").inc()
         log.info(
             "rebuilt %s/%d from %d transfers (offsets %d to %d)",
             tp.topic,
@@ -205,6 +212,12 @@ class PartitionSnapshots:
         self.reached: dict[TopicPartition, tuple[int, str | None]] = {}
         """Per partition held, the offset the engine's state has counted up to and the digest
         of the message before it: what the next save writes."""
+        self._saved: dict[TopicPartition, float] = {}
+        """When each partition was last saved since the assignment (clock seconds)."""
+        self._moved: set[TopicPartition] = set()
+        """Partitions whose state transfers changed since they were last saved."""
+        self._rebuilt: set[TopicPartition] = set()
+        """Partitions held since the assignment and not saved since (their state was rebuilt)."""
         self._due = 0.0
 
     def keys(self, partition: int) -> frozenset[str]:
@@ -261,24 +274,43 @@ class PartitionSnapshots:
 
     def assigned(self, held: Mapping[TopicPartition, int]) -> None:
         """After an assignment and its rebuild: the partitions held now, each at the offset the
-        engine has counted up to (saved at the next commit: a replay is not repeated)."""
+        engine has counted up to. Each is saved after one of the next commits, so that a
+        rebuild by replay is not repeated by the next holder."""
         self.reached = {}
         for tp, offset in held.items():
             before = self.bus.read_range(tp, offset - 1, offset) if offset > 0 else []
             self.reached[tp] = (offset, message_digest(before[0].value) if before else None)
+        self._saved = {}
+        self._moved = set()
+        self._rebuilt = set(self.reached)
         self._due = 0.0
 
     def committed(self, last: Mapping[TopicPartition, Message]) -> None:
-        """After a commit: remember where each partition is, and save them if it is time."""
+        """After a commit: remember where each partition is, and save one if it is time.
+
+        A commit saves at most one partition, so that the stage waits for one partition's state
+        at a time: of those whose state changed since they were saved, one never saved since
+        the assignment at once (those that moved first), else the one saved longest ago once
+        ``interval_s`` divided by the partitions held has passed since the last save. So each
+        busy partition is saved about every ``interval_s``, and a quiet one is not saved again.
+        """
         for tp, message in last.items():
             if tp in self.reached:
                 self.reached[tp] = (message.offset + 1, message_digest(message.value))
-        now = self.clock()
-        if now < self._due:
+                self._moved.add(tp)
+        pending = self._moved | self._rebuilt
+        if not pending:
             return
-        self._due = now + self.interval_s
-        for tp, (offset, digest) in self.reached.items():
-            began = time.perf_counter()
+        now = self.clock()
+        unsaved = [tp for tp in pending if tp not in self._saved]
+        if not unsaved and now < self._due:
+            return
+        tp = min(
+            unsaved or pending,
+            key=lambda held: (held not in self._moved, self._saved.get(held, float("-inf"))),
+        )
+        offset, digest = self.reached[tp]
+        with SNAPSHOT_SECONDS.time():
             size = self.store.save(
                 tp.topic,
                 tp.partition,
@@ -287,14 +319,17 @@ class PartitionSnapshots:
                 self.fingerprint,
                 self.engine.held_state(self.keys(tp.partition)),
             )
-            log.debug(
-                "saved the snapshot of %s/%d at offset %d (%d bytes in %.3f s)",
-                tp.topic,
-                tp.partition,
-                offset,
-                size,
-                time.perf_counter() - began,
-            )
+        self._saved[tp] = now
+        self._moved.discard(tp)
+        self._rebuilt.discard(tp)
+        self._due = now + self.interval_s / len(self.reached)
+        log.debug(
+            "saved the snapshot of %s/%d at offset %d (%d bytes)",
+            tp.topic,
+            tp.partition,
+            offset,
+            size,
+        )
 
 
 def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None) -> StageLoop:

@@ -76,6 +76,19 @@ PIPELINE_LATENCY_SECONDS = Histogram(
     ["point"],
     buckets=(0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0),
 )
+SNAPSHOT_SECONDS = Histogram(
+    "drainwatch_detector_snapshot_seconds",
+    "Time a detector spent saving the state snapshot of one transfers partition (the stage "
+    "waits meanwhile).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+REBUILDS_TOTAL = Counter(
+    "drainwatch_detector_rebuilds_total",
+    "Transfers partitions a detector took over, by how it rebuilt their state: source=snapshot "
+    "(taken back, then the transfers after it replayed) or source=replay (the last rebuild_s "
+    "of the topic replayed: no snapshot it could use).",
+    ["source"],
+)
 ALERTS_TOTAL = Counter(
     "drainwatch_alerts_total",
     "Alerts the detectors published.",

@@ -504,12 +504,13 @@ def test_a_restarted_detector_takes_its_wallets_back_from_their_snapshot(
             return False
 
     snapshots = tmp_path / "state" / "snapshots"
+    held = bus.partition_of(transfers, f"eth:{wallet(0)}")
     publish(bus, prefix, history)
     procs = {"d1": start_detector("d1", path, tmp_path)}
     logs = log_tails(procs, tmp_path)
     try:
         wait_for(
-            lambda: judged() and any(snapshots.glob("*.snapshot")),
+            lambda: judged() and (snapshots / f"{transfers}-{held}.snapshot").exists(),
             90,
             "the history judged and a snapshot saved",
             every_s=0.5,

@@ -16,8 +16,8 @@ from detectors import DetectionEngine, SnapshotStore, fingerprint, message_diges
 from detectors.backtest import Replay, read_lines
 from detectors.move import Move
 from detectors.traffic import DrainSpec, config_toml, evm_hot_wallets, generate_traffic, write_jsonl
-from drainwatch.app import detect_loop
-from drainwatch.bus import EmbeddedBus, TopicPartition
+from drainwatch.app import PartitionSnapshots, detect_loop
+from drainwatch.bus import EmbeddedBus, Message, TopicPartition
 from drainwatch.config import Config, loads
 from drainwatch.events import ALERTS, TRANSFERS, Alert, Direction, Transfer, decode
 from drainwatch.stage import StageLoop
@@ -279,3 +279,41 @@ def test_a_snapshot_carries_the_balance_inflows_made() -> None:
     restored.restore(pickle.loads(pickle.dumps(engine.held_state({cfg.wallets[0].key}))))
     hot = cfg.wallets[0]
     assert restored.state(hot, "XEM").balance_units() == engine.state(hot, "XEM").balance_units()
+
+
+def test_partitions_are_saved_one_per_commit_and_each_about_once_an_interval(
+    tmp_path: Path,
+) -> None:
+    cfg = stage_config(tmp_path)
+    bus = EmbeddedBus(":memory:")
+    now = [1000.0]
+    store = SnapshotStore(tmp_path / "snapshots")
+    snapshots = PartitionSnapshots(
+        bus, DetectionEngine(cfg), store, TRANSFERS, interval_s=100, clock=lambda: now[0]
+    )
+    tps = [TopicPartition(TRANSFERS, p) for p in range(3)]
+    mark = snapshots.fingerprint
+
+    def offset(tp: TopicPartition) -> int | None:
+        loaded = store.load(tp.topic, tp.partition, mark)
+        return loaded.offset if loaded is not None else None
+
+    def commit(tp: TopicPartition, at: int) -> None:
+        snapshots.committed({tp: Message(tp.topic, tp.partition, at - 1, "k", b"{}", 0)})
+
+    snapshots.assigned(dict.fromkeys(tps, 0))
+    commit(tps[2], 5)  # the partition that moved is saved first...
+    assert [offset(tp) for tp in tps] == [None, None, 5]
+    commit(tps[2], 6)  # ...then, a commit each, those rebuilt and not saved yet
+    commit(tps[2], 7)
+    assert [offset(tp) for tp in tps] == [0, 0, 5]
+    commit(tps[2], 8)  # all saved: the next save is due a third of the interval later
+    now[0] += 30
+    commit(tps[2], 9)
+    assert offset(tps[2]) == 5
+    now[0] += 4
+    commit(tps[2], 10)  # due: of the partitions that changed, the one saved longest ago
+    assert [offset(tp) for tp in tps] == [0, 0, 10]
+    now[0] += 1000
+    commit(tps[0], 3)  # quiet partitions are not saved again; the one that moved is
+    assert [offset(tp) for tp in tps] == [3, 0, 10]
