@@ -151,10 +151,11 @@ def rebuild_state(
     """
     replayed = 0
     for tp in tps:
+        start = (starts or {}).get(tp)
+        REBUILDS_TOTAL.labels(source="replay" if start is None else "snapshot").inc()
         end = position(tp)
         if end <= 0:
             continue
-        start = (starts or {}).get(tp)
         if start is None:
             last = bus.read_range(tp, end - 1, end)
             if not last:
@@ -167,7 +168,6 @@ def rebuild_state(
             except DecodeError:
                 continue  # it went to the dead-letter topic when first read
         replayed += engine.replay(transfers)
-        REBUILDS_TOTAL.labels(source="snapshot" if tp in (starts or {}) else "replay").inc()
         log.info(
             "rebuilt %s/%d from %d transfers (offsets %d to %d)",
             tp.topic,
@@ -354,6 +354,8 @@ def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None)
 
     engine.owns = owns
     owed: list[Output] = []
+    for source in ("snapshot", "replay"):  # dashboards show 0, not "no data", before the first
+        REBUILDS_TOTAL.labels(source=source)
     interval_s = config.detection.snapshot_interval_s
     snapshots = (
         PartitionSnapshots(

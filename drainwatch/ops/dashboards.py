@@ -437,6 +437,29 @@ def pipeline_dashboard() -> Json:
                 ],
             ),
             timeseries(
+                "Detector state: partitions taken over, snapshots saved",
+                [
+                    (
+                        "sum by (source) (increase(drainwatch_detector_rebuilds_total[$__range]))",
+                        "taken over from a {{source}}",
+                    ),
+                    (
+                        "sum(increase(drainwatch_detector_snapshot_seconds_count[$__range]))",
+                        "snapshots saved",
+                    ),
+                    (
+                        "sum(drainwatch_detector_snapshot_seconds_sum)"
+                        " / sum(drainwatch_detector_snapshot_seconds_count)",
+                        "mean save time (s)",
+                    ),
+                ],
+                description="A detector replica that takes a transfers partition over takes "
+                "its state back from the partition's snapshot and replays what came after, or "
+                "without a usable one replays the last rebuild_s (7 days): expect replays once "
+                "per partition after a deploy of new detector code, snapshots otherwise "
+                "(docs/operations.md, State snapshots).",
+            ),
+            timeseries(
                 "Watcher lag behind the node (blocks)",
                 [
                     (
