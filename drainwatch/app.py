@@ -237,6 +237,9 @@ class PartitionSnapshots:
             if snapshot is None:
                 continue
             why = self._gap(tp, snapshot.offset, snapshot.last)
+            if snapshot.state.keys != self.keys(tp.partition):
+                # The topic's partition count changed: the partition holds other wallets now.
+                why = "is of other wallets than the partition holds now"
             if why:
                 log.warning(
                     "snapshot of %s/%d at offset %d %s: replaying the topic instead",

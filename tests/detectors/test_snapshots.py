@@ -317,3 +317,27 @@ def test_partitions_are_saved_one_per_commit_and_each_about_once_an_interval(
     now[0] += 1000
     commit(tps[0], 3)  # quiet partitions are not saved again; the one that moved is
     assert [offset(tp) for tp in tps] == [3, 0, 10]
+
+
+def test_a_snapshot_of_other_wallets_than_the_partition_holds_now_is_not_taken_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Partitions added to the topic move wallets between partitions: a snapshot of partition 0
+    # taken before may hold wallets that are now on another partition.
+    cfg = stage_config(tmp_path)
+    bus = EmbeddedBus(":memory:")
+    engine = DetectionEngine(cfg)
+    snapshots = PartitionSnapshots(
+        bus, engine, SnapshotStore(tmp_path / "snapshots"), TRANSFERS, interval_s=300
+    )
+    tp = TopicPartition(TRANSFERS, 0)
+    snapshots.store.save(
+        TRANSFERS, 0, 0, None, snapshots.fingerprint, engine.held_state({"nem:ELSEWHERE"})
+    )
+    caplog.set_level(logging.WARNING)
+    assert snapshots.restore([tp]) == {}
+    assert "other wallets than the partition holds now" in caplog.text
+    snapshots.store.save(
+        TRANSFERS, 0, 0, None, snapshots.fingerprint, engine.held_state(snapshots.keys(0))
+    )
+    assert snapshots.restore([tp]) == {tp: 0}
