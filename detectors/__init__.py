@@ -13,7 +13,13 @@ from detectors.correlation import IncidentCorrelator
 from detectors.engine import DetectionEngine, default_detectors
 from detectors.errors import BacktestInputError, DetectorError
 from detectors.ledger import LedgerReconciliation
-from detectors.snapshots import Snapshot, SnapshotStore, fingerprint, message_digest
+from detectors.snapshots import (
+    Snapshot,
+    SnapshotFile,
+    SnapshotStore,
+    fingerprint,
+    message_digest,
+)
 from detectors.velocity import VelocityDetector
 
 __all__ = [
@@ -28,6 +34,7 @@ __all__ = [
     "LedgerAware",
     "LedgerReconciliation",
     "Snapshot",
+    "SnapshotFile",
     "SnapshotStore",
     "StateLearner",
     "VelocityDetector",

@@ -63,7 +63,7 @@ from drainwatch.config import Config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Snapshot", "SnapshotStore", "fingerprint", "message_digest"]
+__all__ = ["Snapshot", "SnapshotFile", "SnapshotStore", "fingerprint", "message_digest"]
 
 FORMAT = 1
 """The layout of a snapshot file: a JSON header line, then the pickled state."""
@@ -128,7 +128,7 @@ class SnapshotStore:
 
     def path(self, topic: str, partition: int) -> Path:
         """The file of one partition's snapshot."""
-        return self.directory / f"{topic}-{partition}.snapshot"
+        return self.directory / f"{topic}-{partition}{_SUFFIX}"
 
     def save(  # noqa: PLR0917 - a snapshot's header fields
         self,
@@ -170,6 +170,42 @@ class SnapshotStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         return len(payload)
+
+    def files(self, fingerprint: str) -> list[SnapshotFile]:
+        """Every snapshot file in the directory, with what its header says and whether it
+        could be taken back (its state is not loaded: the topic is not checked here)."""
+        out: list[SnapshotFile] = []
+        for path in sorted(self.directory.glob(f"*{_SUFFIX}")):
+            try:
+                with path.open("rb") as file:
+                    info = os.fstat(file.fileno())
+                    header = json.loads(file.readline())
+                    payload = file.read()
+            except (OSError, ValueError) as exc:
+                out.append(SnapshotFile(path, "?", -1, -1, None, 0, f"unreadable: {exc}"))
+                continue
+            if not isinstance(header, dict):
+                header = {}
+            topic, partition = header.get("topic"), header.get("partition")
+            if not isinstance(topic, str) or not isinstance(partition, int):
+                topic, partition = "?", -1
+            verdict = _untrusted(header, payload, topic, partition, fingerprint)
+            if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                verdict = "writable by another account"
+            taken = header.get("taken_at")
+            offset = header.get("offset")
+            out.append(
+                SnapshotFile(
+                    path,
+                    topic,
+                    partition,
+                    offset if isinstance(offset, int) else -1,
+                    datetime.fromisoformat(taken) if isinstance(taken, str) else None,
+                    len(payload),
+                    verdict or "usable",
+                )
+            )
+        return out
 
     def load(self, topic: str, partition: int, fingerprint: str) -> Snapshot | None:
         """The snapshot of ``partition`` if there is one that can be trusted (see the module
@@ -215,6 +251,24 @@ class SnapshotStore:
             datetime.fromisoformat(header["taken_at"]),
             state,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotFile:
+    """What a snapshot file's header says, and whether this code and config would take it
+    back (:meth:`SnapshotStore.files`)."""
+
+    path: Path
+    topic: str
+    partition: int
+    offset: int
+    taken_at: datetime | None
+    size: int
+    verdict: str
+    """``usable``, or why it would not be taken back."""
+
+
+_SUFFIX = ".snapshot"
 
 
 def _untrusted(

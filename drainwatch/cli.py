@@ -1,4 +1,5 @@
-"""The ``drainwatch`` command: demo, backtest, run, kill switch, schemas and config checks."""
+"""The ``drainwatch`` command: demo, backtest, run, kill switch, schemas, config checks and the
+detectors' state snapshots."""
 
 from __future__ import annotations
 
@@ -204,6 +205,32 @@ def check_config(config: ConfigOption = Path("drainwatch.toml")) -> None:
     except ConfigError as exc:
         raise _fail(str(exc)) from exc
     typer.echo(f"{config}: ok, {len(cfg.wallets)} wallets on {len(cfg.chains)} live chains")
+
+
+@app.command()
+def snapshots(config: ConfigOption = Path("drainwatch.toml")) -> None:
+    """List the detectors' state snapshots in the config's state_dir: each partition's offset,
+    age and size, and whether a detector running this code and config would take it back."""
+    from datetime import UTC, datetime
+
+    from detectors import SnapshotStore, fingerprint
+
+    try:
+        cfg = load(config)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from exc
+    store = SnapshotStore(Path(cfg.state_dir) / "snapshots")
+    files = store.files(fingerprint(cfg))
+    if not files:
+        typer.echo(f"no snapshots in {store.directory}")
+        return
+    now = datetime.now(UTC)
+    for f in files:
+        age = f"{(now - f.taken_at).total_seconds() / 60:,.0f} min ago" if f.taken_at else "?"
+        typer.echo(
+            f"{f.topic}/{f.partition}: offset {f.offset:,}, taken {age}, "
+            f"{f.size / 1e6:.1f} MB, {f.verdict}"
+        )
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from detectors import DetectionEngine, SnapshotStore, fingerprint, message_digest
 from detectors.backtest import Replay, read_lines
@@ -18,6 +19,7 @@ from detectors.move import Move
 from detectors.traffic import DrainSpec, config_toml, evm_hot_wallets, generate_traffic, write_jsonl
 from drainwatch.app import PartitionSnapshots, detect_loop
 from drainwatch.bus import EmbeddedBus, Message, TopicPartition
+from drainwatch.cli import app
 from drainwatch.config import Config, loads
 from drainwatch.events import ALERTS, TRANSFERS, Alert, Direction, Transfer, decode
 from drainwatch.stage import StageLoop
@@ -341,3 +343,28 @@ def test_a_snapshot_of_other_wallets_than_the_partition_holds_now_is_not_taken_b
         TRANSFERS, 0, 0, None, snapshots.fingerprint, engine.held_state(snapshots.keys(0))
     )
     assert snapshots.restore([tp]) == {tp: 0}
+
+
+def test_the_snapshots_command_lists_each_partition_and_whether_it_is_usable(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "drainwatch.toml"
+    path.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n'
+        '[[wallets]]\nchain = "nem"\naddress = "HOT"\nlabel = "nem-hot"\n'
+    )
+    runner = CliRunner()
+    assert runner.invoke(app, ["snapshots", "--config", str(path)]).output.startswith(
+        "no snapshots in "
+    )
+    cfg = loads(path.read_text())
+    store = SnapshotStore(tmp_path / "state" / "snapshots")
+    state = DetectionEngine(cfg).held_state({"nem:HOT"})
+    store.save("drainwatch.transfers.v1", 0, 1234, None, fingerprint(cfg), state)
+    store.save("drainwatch.transfers.v1", 1, 99, None, "another config's", state)
+    result = runner.invoke(app, ["snapshots", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("drainwatch.transfers.v1/0: offset 1,234, taken 0 min ago, ")
+    assert lines[0].endswith(", usable")
+    assert lines[1].endswith("was written by other detector code or another config")
