@@ -166,6 +166,12 @@ class SnapshotStore:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, target)
+            # The rename itself survives a power loss only once the directory is on disk.
+            directory = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
