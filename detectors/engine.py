@@ -378,15 +378,16 @@ class DetectionEngine:
                 f"a state of {len(held.parts)} detectors cannot be restored into "
                 f"{len(self.detectors)}"
             )
+        restorers = [d for d in self.detectors if isinstance(d, Snapshottable)]
+        if len(restorers) != len(self.detectors):
+            raise TypeError("a detector of this engine cannot restore its wallets' state")
         keys = held.keys
         self._states = {
             k: v for k, v in self._states.items() if wallet_key(k[0], k[1]) not in keys
         } | held.states
         self._emitted = {k: v for k, v in self._emitted.items() if k[0] not in keys} | held.emitted
         self._routes.clear()
-        for detector, part in zip(self.detectors, held.parts, strict=True):
-            if not isinstance(detector, Snapshottable):
-                raise TypeError(f"detector {detector.name!r} cannot restore its wallets' state")
+        for detector, part in zip(restorers, held.parts, strict=True):
             detector.restore_part(part, self._held(keys))
 
     def _held(self, keys: frozenset[str]) -> HeldWallets:

@@ -7,6 +7,7 @@ per process on Kafka (``drainwatch run ingest|detect|alert --bus kafka``).
 from __future__ import annotations
 
 import logging
+import pickle
 import signal
 import threading
 import time
@@ -41,6 +42,7 @@ from drainwatch.events import (
 )
 from drainwatch.metrics import (
     REBUILDS_TOTAL,
+    SNAPSHOT_FAILURES_TOTAL,
     SNAPSHOT_SECONDS,
     MetricsServer,
     WalletMetrics,
@@ -249,7 +251,16 @@ class PartitionSnapshots:
                     why,
                 )
                 continue
-            self.engine.restore(snapshot.state)
+            try:
+                self.engine.restore(snapshot.state)
+            except (TypeError, ValueError) as exc:
+                log.warning(
+                    "snapshot of %s/%d cannot be taken back (%s): replaying the topic instead",
+                    tp.topic,
+                    tp.partition,
+                    exc,
+                )
+                continue
             starts[tp] = snapshot.offset
             log.info(
                 "restored %s/%d from its snapshot of %s at offset %d (%d wallets)",
@@ -313,19 +324,25 @@ class PartitionSnapshots:
             key=lambda held: (held not in self._moved, self._saved.get(held, float("-inf"))),
         )
         offset, digest = self.reached[tp]
-        with SNAPSHOT_SECONDS.time():
-            size = self.store.save(
-                tp.topic,
-                tp.partition,
-                offset,
-                digest,
-                self.fingerprint,
-                self.engine.held_state(self.keys(tp.partition)),
-            )
+        self._due = now + self.interval_s / len(self.reached)
+        try:
+            with SNAPSHOT_SECONDS.time():
+                size = self.store.save(
+                    tp.topic,
+                    tp.partition,
+                    offset,
+                    digest,
+                    self.fingerprint,
+                    self.engine.held_state(self.keys(tp.partition)),
+                )
+        except (OSError, TypeError, pickle.PicklingError) as exc:
+            # Detection goes on: a snapshot only shortens the next holder's replay.
+            SNAPSHOT_FAILURES_TOTAL.inc()
+            log.error("could not save the snapshot of %s/%d: %s", tp.topic, tp.partition, exc)
+            return
         self._saved[tp] = now
         self._moved.discard(tp)
         self._rebuilt.discard(tp)
-        self._due = now + self.interval_s / len(self.reached)
         log.debug(
             "saved the snapshot of %s/%d at offset %d (%d bytes)",
             tp.topic,

@@ -82,6 +82,11 @@ SNAPSHOT_SECONDS = Histogram(
     "waits meanwhile).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+SNAPSHOT_FAILURES_TOTAL = Counter(
+    "drainwatch_detector_snapshot_failures_total",
+    "State snapshots a detector could not save (a full disk, say): it goes on judging, and the "
+    "next holder of the partition replays more.",
+)
 REBUILDS_TOTAL = Counter(
     "drainwatch_detector_rebuilds_total",
     "Transfers partitions a detector took over, by how it rebuilt their state: source=snapshot "

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
 from detectors import DetectionEngine, SnapshotStore, fingerprint, message_digest
@@ -368,3 +369,25 @@ def test_the_snapshots_command_lists_each_partition_and_whether_it_is_usable(
     assert lines[0].startswith("drainwatch.transfers.v1/0: offset 1,234, taken 0 min ago, ")
     assert lines[0].endswith(", usable")
     assert lines[1].endswith("was written by other detector code or another config")
+
+
+def test_a_snapshot_that_cannot_be_saved_is_counted_and_the_stage_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = stage_config(tmp_path)
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")  # a disk that refuses the snapshot, as a full one would
+    snapshots = PartitionSnapshots(
+        EmbeddedBus(":memory:"),
+        DetectionEngine(cfg),
+        SnapshotStore(blocked),
+        TRANSFERS,
+        interval_s=300,
+    )
+    tp = TopicPartition(TRANSFERS, 0)
+    snapshots.assigned({tp: 0})
+    failures = REGISTRY.get_sample_value("drainwatch_detector_snapshot_failures_total") or 0.0
+    caplog.set_level(logging.ERROR)
+    snapshots.committed({tp: Message(TRANSFERS, 0, 0, "k", b"{}", 0)})
+    assert "could not save the snapshot" in caplog.text
+    assert REGISTRY.get_sample_value("drainwatch_detector_snapshot_failures_total") == failures + 1
