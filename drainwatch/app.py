@@ -325,6 +325,7 @@ class PartitionSnapshots:
         )
         offset, digest = self.reached[tp]
         self._due = now + self.interval_s / len(self.reached)
+        self._saved[tp] = now  # tried: a failed save is tried again when next due, not at once
         try:
             with SNAPSHOT_SECONDS.time():
                 size = self.store.save(
@@ -340,7 +341,6 @@ class PartitionSnapshots:
             SNAPSHOT_FAILURES_TOTAL.inc()
             log.error("could not save the snapshot of %s/%d: %s", tp.topic, tp.partition, exc)
             return
-        self._saved[tp] = now
         self._moved.discard(tp)
         self._rebuilt.discard(tp)
         log.debug(

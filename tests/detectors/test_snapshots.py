@@ -377,12 +377,14 @@ def test_a_snapshot_that_cannot_be_saved_is_counted_and_the_stage_goes_on(
     cfg = stage_config(tmp_path)
     blocked = tmp_path / "not-a-directory"
     blocked.write_text("")  # a disk that refuses the snapshot, as a full one would
+    now = [0.0]
     snapshots = PartitionSnapshots(
         EmbeddedBus(":memory:"),
         DetectionEngine(cfg),
         SnapshotStore(blocked),
         TRANSFERS,
         interval_s=300,
+        clock=lambda: now[0],
     )
     tp = TopicPartition(TRANSFERS, 0)
     snapshots.assigned({tp: 0})
@@ -391,3 +393,10 @@ def test_a_snapshot_that_cannot_be_saved_is_counted_and_the_stage_goes_on(
     snapshots.committed({tp: Message(TRANSFERS, 0, 0, "k", b"{}", 0)})
     assert "could not save the snapshot" in caplog.text
     assert REGISTRY.get_sample_value("drainwatch_detector_snapshot_failures_total") == failures + 1
+    # Not tried again at every commit (a full disk would cost every batch a pickle)...
+    snapshots.committed({tp: Message(TRANSFERS, 0, 1, "k", b"{}", 0)})
+    assert REGISTRY.get_sample_value("drainwatch_detector_snapshot_failures_total") == failures + 1
+    # ...but when the partition is next due.
+    now[0] += 301
+    snapshots.committed({tp: Message(TRANSFERS, 0, 2, "k", b"{}", 0)})
+    assert REGISTRY.get_sample_value("drainwatch_detector_snapshot_failures_total") == failures + 2
