@@ -78,11 +78,11 @@ def build_bus(config: Config, kind: str | None = None) -> Bus:
     if kind == "kafka" and config.bus.client == "confluent":
         from drainwatch.bus.confluent import ConfluentBus
 
-        bus = ConfluentBus(config.bus.bootstrap_servers)
+        bus = ConfluentBus(config.bus.bootstrap_servers, instance_id=config.bus.instance_id)
     elif kind == "kafka":
         from drainwatch.bus.kafka import KafkaBus
 
-        bus = KafkaBus(config.bus.bootstrap_servers)
+        bus = KafkaBus(config.bus.bootstrap_servers, instance_id=config.bus.instance_id)
     else:
         state = Path(config.state_dir)
         state.mkdir(parents=True, exist_ok=True)

@@ -276,6 +276,12 @@ class BusConfig(_Model):
     client: Literal["kafka-python", "confluent"] = "kafka-python"
     """The Kafka client library (``kind = "kafka"``): confluent-kafka is faster and optional
     (``pip install 'drainwatch[confluent]'``)."""
+    instance_id: str | None = None
+    """Static consumer-group membership (``kind = "kafka"``): a name unique to this process in
+    its stage, stable across its restarts (``"${POD_NAME}"`` of a StatefulSet). A process that
+    comes back within the session timeout (10 s with kafka-python, 45 s with librdkafka) keeps
+    its partitions without a rebalance of the others, and a detector takes their state back
+    from its own snapshots. Unset: dynamic membership (every restart rebalances the group)."""
 
 
 class SlackChannelConfig(_Model):

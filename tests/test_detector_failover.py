@@ -176,13 +176,17 @@ def stop(procs: Mapping[str, subprocess.Popen[bytes]]) -> None:
             proc.wait(15)
 
 
-def start_detector(name: str, config: Path, logdir: Path) -> subprocess.Popen[bytes]:
+def start_detector(
+    name: str, config: Path, logdir: Path, instance: str | None = None
+) -> subprocess.Popen[bytes]:
+    """A ``drainwatch run detect`` process logging to ``<name>.log``; ``instance`` is its
+    static membership id, for a config that reads it from ``DW_INSTANCE``."""
     log = (logdir / f"{name}.log").open("wb")
     return subprocess.Popen(
         [sys.executable, "-m", "drainwatch", "-v", "run", "detect", "--config", str(config)],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "DW_INSTANCE": instance or name},
     )
 
 
@@ -536,4 +540,93 @@ def test_a_restarted_detector_takes_its_wallets_back_from_their_snapshot(
         a for a in alerts_on_topic(bus, prefix) if a.freeze and payment.tx_hash in a.tx_hashes
     ]
     assert frozen == [], logs()
+    bus.close()
+
+
+def assignments(log: Path) -> int:
+    """How many times a detector process was assigned partitions (each rebalance it saw)."""
+    return log.read_text().count("Setting newly assigned partitions")
+
+
+def test_a_detector_restarted_under_its_instance_id_keeps_its_wallets_without_a_rebalance(
+    kafka: KafkaService, kafka_topic_prefix: str, tmp_path: Path
+) -> None:
+    # Static membership: d1 is killed and comes back under the same instance id within the
+    # session timeout. The group does not rebalance (d2 is not reassigned anything), d1 gets
+    # its partitions back, takes their state back from the snapshots and freezes a drain of
+    # its wallets that began before it was killed.
+    prefix = kafka_topic_prefix
+    path, bus = broker(kafka, prefix, tmp_path)
+    path.write_text(path.read_text().replace("[bus]\n", '[bus]\ninstance_id = "${DW_INSTANCE}"\n'))
+    start = datetime.now(UTC) - timedelta(hours=3)
+    publish(
+        bus,
+        prefix,
+        [
+            transfer(i, n, customer(i, n), 2, start + timedelta(minutes=9 * n))
+            for i in range(WALLETS)
+            for n in range(12)
+        ],
+    )
+    transfers = topic_name(prefix, TRANSFERS)
+    procs = {"d2": start_detector("d2", path, tmp_path)}
+    logs = log_tails(procs, tmp_path)
+    try:
+        # d2 first, so that it leads the group: a returning leader may rebalance it.
+        wait_for(
+            lambda: len(transfer_partitions(tmp_path / "d2.log", prefix)) == PARTITIONS,
+            90,
+            "d2 to hold every partition",
+            every_s=0.5,
+            context=logs,
+        )
+        procs["d1"] = start_detector("d1", path, tmp_path)
+        logs = log_tails(procs, tmp_path)
+        wait_until_shared(procs, tmp_path, prefix)
+        held = transfer_partitions(tmp_path / "d1.log", prefix)
+        mine = [
+            i for i in range(WALLETS) if bus.partition_of(transfers, f"eth:{wallet(i)}") in held
+        ]
+        assert mine, held
+        # The first half of a drain of d1's wallets (a warning each), then d1 is killed.
+        drain_at = datetime.now(UTC) - timedelta(minutes=30)
+        publish(bus, prefix, [transfer(i, 100, attacker(i), STEP_ETH, drain_at) for i in mine])
+        wait_for(
+            lambda: {a.wallet for a in alerts_on_topic(bus, prefix)} >= {wallet(i) for i in mine},
+            90,
+            "a warning for each of d1's wallets",
+            every_s=0.5,
+            context=logs,
+        )
+        before = assignments(tmp_path / "d2.log")
+        procs["d1"].send_signal(signal.SIGKILL)
+        procs["d1"].wait(10)
+        procs["d1b"] = start_detector("d1b", path, tmp_path, instance="d1")
+        logs = log_tails(procs, tmp_path)
+        wait_for(
+            lambda: transfer_partitions(tmp_path / "d1b.log", prefix) == held,
+            60,
+            "d1 back with its partitions",
+            every_s=0.5,
+            context=logs,
+        )
+        second_half = [
+            transfer(i, 101, attacker(i), STEP_ETH, drain_at + timedelta(minutes=2)) for i in mine
+        ]
+        publish(bus, prefix, second_half)
+        wait_for(
+            lambda: (
+                {a.wallet for a in alerts_on_topic(bus, prefix) if a.freeze}
+                >= {wallet(i) for i in mine}
+            ),
+            90,
+            "a freeze for each of d1's wallets",
+            every_s=0.5,
+            context=logs,
+        )
+        assert assignments(tmp_path / "d2.log") == before, "the group rebalanced: " + logs()
+        assert procs["d2"].poll() is None, logs()
+    finally:
+        stop(procs)
+    assert "restored" in (tmp_path / "d1b.log").read_text(), logs()
     bus.close()

@@ -209,10 +209,13 @@ class ConfluentBus(MurmurPartitions):
         config: Mapping[str, Any] | None = None,
         producer_config: Mapping[str, Any] | None = None,
         consumer_config: Mapping[str, Any] | None = None,
+        instance_id: str | None = None,
     ) -> None:
         _require()
         servers = [bootstrap_servers] if isinstance(bootstrap_servers, str) else bootstrap_servers
         self.bootstrap_servers = list(servers)
+        self.instance_id = instance_id
+        """The group consumers' static membership id (``group.instance.id``), if any."""
         self.client_id = client_id
         self.replication_factor = replication_factor
         self.read_timeout_s = read_timeout_s
@@ -388,6 +391,8 @@ class ConfluentBus(MurmurPartitions):
             "group.id": group,
             "auto.offset.reset": "earliest" if from_beginning else "latest",
         }
+        if self.instance_id is not None:
+            config["group.instance.id"] = self.instance_id
         try:
             client = Consumer(config)
         except KafkaException as exc:

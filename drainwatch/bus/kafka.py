@@ -189,10 +189,13 @@ class KafkaBus(MurmurPartitions):
         *,
         replication_factor: int = 1,
         read_timeout_s: float = 30.0,
+        instance_id: str | None = None,
         **overrides: Any,
     ) -> None:
         servers = [bootstrap_servers] if isinstance(bootstrap_servers, str) else bootstrap_servers
         self.bootstrap_servers = list(servers)
+        self.instance_id = instance_id
+        """The group consumers' static membership id (``group_instance_id``), if any."""
         self.client_id = client_id
         self.replication_factor = replication_factor
         self.read_timeout_s = read_timeout_s
@@ -306,6 +309,8 @@ class KafkaBus(MurmurPartitions):
             "group_id": group,
             "auto_offset_reset": "earliest" if from_beginning else "latest",
         }
+        if self.instance_id is not None:
+            config["group_instance_id"] = self.instance_id
         try:
             client = KafkaConsumer(**config)
         except KafkaError as exc:
