@@ -5,7 +5,9 @@ Usage: ``.venv/bin/python benchmarks/bench_kafka.py [-n 200000] [--wallets 20] [
 
 1. Raw: N transfer-sized messages produced (acks=all, idempotent) and consumed by one group
    member, with kafka-python and, if installed, confluent-kafka, on the same broker.
-2. Pipeline: detector processes (``drainwatch run detect --bus kafka``, one consumer group) are
+2. State rebuild: the transfers read back from the broker, decoded and judged by a fresh
+   engine, as a detector does for a partition it takes over without a usable snapshot.
+3. Pipeline: detector processes (``drainwatch run detect --bus kafka``, one consumer group) are
    started and have joined; then N generated transfers are produced as fast as the producer
    goes. Reported: transfers/s from the first send until the group has committed every transfer
    (every alert is on the alerts topic by then: the stage commits after its output is flushed).
@@ -242,6 +244,35 @@ client = "{client}"
     }
 
 
+def rebuild(
+    kafka: KafkaService, specs: list[HotWalletSpec], msgs: list[tuple[str, bytes, int]]
+) -> float:
+    """Transfers/s of a detector's state rebuild without a snapshot: the partitions read from
+    the broker (kafka-python), decoded and judged by a fresh engine (``rebuild_state``)."""
+    from detectors import DetectionEngine
+    from drainwatch.app import rebuild_state
+    from drainwatch.config import loads
+
+    prefix = f"rebuild-{uuid.uuid4().hex[:6]}-"
+    bus = KafkaBus(kafka.bootstrap_servers)
+    try:
+        bus.ensure_topics(default_topics(prefix, PARTITIONS))
+        topic = f"{prefix}{TRANSFERS}"
+        producer = bus.producer()
+        for key, value, ts in msgs:
+            producer.send(topic, key, value, ts)
+        producer.flush()
+        producer.close()
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        ends = {tp: bus.end_offset(tp) for tp in tps}
+        engine = DetectionEngine(loads(config_toml(specs)))
+        started = time.perf_counter()
+        replayed = rebuild_state(bus, engine, ends.__getitem__, tps, rebuild_s=10**9)
+        return replayed / (time.perf_counter() - started)
+    finally:
+        bus.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", "--transfers", type=int, default=200_000)
@@ -274,6 +305,10 @@ def main() -> None:
                     f"raw {name:16s} produce {produce:>10,.0f} msg/s"
                     f"   consume {consume:>10,.0f} msg/s"
                 )
+        print(
+            f"state rebuild without a snapshot (read, decoded, judged): "
+            f"{rebuild(kafka, specs, msgs):,.0f} transfers/s"
+        )
         for client in args.client:
             for n in args.detectors:
                 r = pipeline(kafka, specs, msgs, n, client)

@@ -6,8 +6,8 @@ Usage: ``.venv/bin/python benchmarks/bench_snapshots.py [--wallets 4] [--days 30
 are judged for ``--days``; then the state of all of them (one transfers partition's worth) is
 saved as the detector stage saves it (``held_state``, pickled, written and fsynced), loaded and
 taken back into a fresh engine. For comparison, the fallback a detector takes without a usable
-snapshot: replaying the last 7 days (``[detection] rebuild_s``) into a fresh engine, without the
-Kafka read.
+snapshot: replaying the last 30 days (``[detection] rebuild_s``, or all there is) into a fresh
+engine, without the Kafka read.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def main() -> None:
         restored_s = time.perf_counter() - began
 
         last = moves[-1][0]
-        week = [m for when, m in moves if when >= last - 7 * 86400]
+        week = [m for when, m in moves if when >= last - 30 * 86400]
         began = time.perf_counter()
         DetectionEngine(config).replay(week)
         replay_s = time.perf_counter() - began
@@ -73,7 +73,7 @@ def main() -> None:
         f"{args.wallets} wallets, {args.days:g} days, {len(moves):,} transfers judged:\n"
         f"  snapshot: {size / 1e6:.1f} MB ({size / 1e6 / args.wallets:.2f} MB a wallet), "
         f"saved in {saved_s * 1000:.0f} ms, taken back in {restored_s * 1000:.0f} ms\n"
-        f"  without it: 7 days ({len(week):,} transfers) replayed in {replay_s:.2f} s "
+        f"  without it: 30 days ({len(week):,} transfers) replayed in {replay_s:.2f} s "
         f"({len(week) / replay_s:,.0f}/s), before the Kafka read"
     )
 

@@ -131,9 +131,10 @@ def build_watchers(config: Config, producer: Producer) -> list[tuple[Watcher, fl
     return watchers
 
 
-REBUILD_S = 7 * 86400
+REBUILD_S = 30 * 86400
 """How much transfer history a detector replays for a partition it is newly assigned and has no
-snapshot of (``[detection] rebuild_s``): what the transfers topic keeps."""
+snapshot of (``[detection] rebuild_s``): the large-fresh rule's 28 days of history and a margin
+(the transfers topic keeps 35 days)."""
 
 
 def rebuild_state(

@@ -260,9 +260,10 @@ class DetectionConfig(_Model):
     """How often a detector saves what it knows of each transfers partition it holds, with the
     offset it committed there, in ``<state_dir>/snapshots`` (0: never): the next holder of the
     partition takes it back and replays only what came after (``detectors/snapshots.py``)."""
-    rebuild_s: int = Field(default=7 * 86400, gt=0)
+    rebuild_s: int = Field(default=30 * 86400, gt=0)
     """How much of the transfers topic a detector replays for a partition it takes over without
-    a snapshot it can use (the topic keeps 7 days)."""
+    a snapshot it can use: 30 days, so that it rebuilds the large-fresh rule's 28 days of history
+    too (the transfers topic keeps 35)."""
 
 
 class BusConfig(_Model):

@@ -111,7 +111,9 @@ def topic_name(prefix: str, topic: str) -> str:
 def default_topics(prefix: str = "", partitions: int = 6) -> list[TopicSpec]:
     """Every topic drainwatch uses, with the settings DESIGN.md asks for."""
     return [
-        TopicSpec(topic_name(prefix, TRANSFERS), partitions),
+        # A detector without a usable snapshot replays 30 days of transfers ([detection]
+        # rebuild_s): kept for 35.
+        TopicSpec(topic_name(prefix, TRANSFERS), partitions, retention_ms=35 * 24 * 3600 * 1000),
         TopicSpec(topic_name(prefix, LEDGER), partitions),
         TopicSpec(topic_name(prefix, ALERTS), partitions),
         TopicSpec(topic_name(prefix, FREEZES), partitions, compacted=True, retention_ms=None),

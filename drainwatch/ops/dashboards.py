@@ -455,7 +455,7 @@ def pipeline_dashboard() -> Json:
                 ],
                 description="A detector replica that takes a transfers partition over takes "
                 "its state back from the partition's snapshot and replays what came after, or "
-                "without a usable one replays the last rebuild_s (7 days): expect replays once "
+                "without a usable one replays the last rebuild_s (30 days): expect replays once "
                 "per partition after a deploy of new detector code, snapshots otherwise "
                 "(docs/operations.md, State snapshots).",
             ),
