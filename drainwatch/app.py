@@ -182,6 +182,10 @@ def rebuild_state(
     return replayed
 
 
+_SLOW_REBUILD_S = 120.0
+"""A rebuild this long is said: Kafka drops a group member that has not polled for 5 minutes."""
+
+
 class PartitionSnapshots:
     """A detector's snapshots of the transfers partitions it holds (see
     :mod:`detectors.snapshots`): taken back when it is assigned one, saved after commits.
@@ -396,7 +400,8 @@ def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None)
         held.update(tps)
         if new:
             starts = snapshots.restore(new) if snapshots is not None else {}
-            rebuild_state(
+            began = time.monotonic()
+            replayed = rebuild_state(
                 bus,
                 engine,
                 loops[0].position,
@@ -404,6 +409,17 @@ def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None)
                 rebuild_s=config.detection.rebuild_s,
                 starts=starts,
             )
+            took = time.monotonic() - began
+            if took > _SLOW_REBUILD_S:
+                # The group drops a member that does not poll within max.poll.interval (5 min).
+                log.warning(
+                    "rebuilding %d partitions took %.0f s (%d transfers replayed): near the "
+                    "5 minutes a consumer may go without polling; lower [detection] rebuild_s, "
+                    "add detector replicas, or let them see each other's snapshots",
+                    len(new),
+                    took,
+                    replayed,
+                )
             # Wallets nobody held for a while (their replica died), or whose rebuild decided
             # nothing, in an incident that acted meanwhile: freeze them as it would have.
             owed.extend(Output(ALERTS, alert) for alert in engine.take_over())
