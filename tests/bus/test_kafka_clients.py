@@ -250,3 +250,48 @@ def test_commit_after_losing_the_group_raises_and_messages_come_again(
 
     assert len(assigned) >= 2  # rejoining the group is a new assignment
     assert sorted(m.value for m in again) == sorted(m.value for m in got)
+
+
+def test_a_static_member_that_comes_back_keeps_its_partitions_without_a_rebalance(
+    client: str, kafka: KafkaService, kafka_topic_prefix: str
+) -> None:
+    # [bus] instance_id: a member that stops does not leave the group, and one that comes back
+    # under the same id within the session timeout gets its partitions back; the other member
+    # is not reassigned anything meanwhile.
+    def static(instance: str) -> KafkaClientBus:
+        if client == "confluent":
+            return ConfluentBus([kafka.bootstrap_servers], instance_id=instance)
+        return KafkaBus([kafka.bootstrap_servers], instance_id=instance)
+
+    topic = f"{kafka_topic_prefix}static"
+    group = f"{kafka_topic_prefix}detectors"
+    buses = [static("a"), static("b"), static("b")]
+    buses[0].ensure_topics([TopicSpec(topic, partitions=4)])
+    try:
+        first = join_group(buses[0], topic, group)
+        wait_until(lambda: first.assigned == {0, 1, 2, 3}, what="first member owns everything")
+        second = join_group(buses[1], topic, group)
+
+        def split() -> bool:
+            a, b = first.assigned, second.assigned
+            return bool(a and b and a | b == {0, 1, 2, 3} and not a & b)
+
+        wait_until(split, what="the partitions split between the two members")
+        kept, away = first.assigned, second.assigned
+        rebalances = len(first.assignments)
+        second.leave()  # a restart: the process is gone, and did not leave the group
+        time.sleep(3.0)
+        assert (first.assigned, len(first.assignments)) == (kept, rebalances)
+        back = join_group(buses[2], topic, group)  # the same instance id again
+        # (Members without an instance id rebalance here instead, and this times out.)
+        wait_until(
+            lambda: back.assigned == away, timeout_s=30, what="the member back with its partitions"
+        )
+        time.sleep(1.0)
+        assert (first.assigned, len(first.assignments)) == (kept, rebalances)
+        back.leave()
+        first.leave()
+        assert first.errors == back.errors == []
+    finally:
+        for bus in buses:
+            bus.close()
