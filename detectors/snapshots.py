@@ -57,6 +57,7 @@ from datetime import UTC, datetime
 from functools import cache
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 from detectors.engine import HeldState
 from drainwatch.config import Config
@@ -183,10 +184,7 @@ class SnapshotStore:
         out: list[SnapshotFile] = []
         for path in sorted(self.directory.glob(f"*{_SUFFIX}")):
             try:
-                with path.open("rb") as file:
-                    info = os.fstat(file.fileno())
-                    header = json.loads(file.readline())
-                    payload = file.read()
+                info, header, payload = _read(path)
             except (OSError, ValueError) as exc:
                 out.append(SnapshotFile(path, "?", -1, -1, None, 0, f"unreadable: {exc}"))
                 continue
@@ -196,7 +194,7 @@ class SnapshotStore:
             if not isinstance(topic, str) or not isinstance(partition, int):
                 topic, partition = "?", -1
             verdict = _untrusted(header, payload, topic, partition, fingerprint)
-            if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            if _foreign(info):
                 verdict = "writable by another account"
             taken = header.get("taken_at")
             offset = header.get("offset")
@@ -218,24 +216,20 @@ class SnapshotStore:
         doc); None otherwise, with the reason logged."""
         path = self.path(topic, partition)
         try:
-            with path.open("rb") as file:
-                info = os.fstat(file.fileno())
-                if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-                    log.error(
-                        "snapshot %s refused: another account could have written it (owner uid "
-                        "%d, mode %o), and a snapshot runs code when loaded; replaying the topic "
-                        "instead",
-                        path,
-                        info.st_uid,
-                        stat.S_IMODE(info.st_mode),
-                    )
-                    return None
-                header = json.loads(file.readline())
-                payload = file.read()
+            info, header, payload = _read(path)
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
             log.warning("snapshot %s cannot be read (%s); replaying the topic instead", path, exc)
+            return None
+        if _foreign(info):
+            log.error(
+                "snapshot %s refused: another account could have written it (owner uid %d, "
+                "mode %o), and a snapshot runs code when loaded; replaying the topic instead",
+                path,
+                info.st_uid,
+                stat.S_IMODE(info.st_mode),
+            )
             return None
         why = _untrusted(header, payload, topic, partition, fingerprint)
         if why:
@@ -275,6 +269,19 @@ class SnapshotFile:
 
 
 _SUFFIX = ".snapshot"
+
+
+def _read(path: Path) -> tuple[os.stat_result, Any, bytes]:
+    """A snapshot file's status (of the file opened, not of a name swapped meanwhile), its
+    header and its payload."""
+    with path.open("rb") as file:
+        info = os.fstat(file.fileno())
+        return info, json.loads(file.readline()), file.read()
+
+
+def _foreign(info: os.stat_result) -> bool:
+    """Whether another account owns the file or may write it."""
+    return info.st_uid != os.getuid() or bool(info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
 
 
 def _untrusted(
