@@ -387,8 +387,9 @@ class DetectionEngine:
         } | held.states
         self._emitted = {k: v for k, v in self._emitted.items() if k[0] not in keys} | held.emitted
         self._routes.clear()
+        wallets = self._held(keys)
         for detector, part in zip(restorers, held.parts, strict=True):
-            detector.restore_part(part, self._held(keys))
+            detector.restore_part(part, wallets)
 
     def _held(self, keys: frozenset[str]) -> HeldWallets:
         """Whether a (chain, address) is a wallet with one of these bus keys."""

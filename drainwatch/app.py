@@ -243,10 +243,13 @@ class PartitionSnapshots:
             snapshot = self.store.load(tp.topic, tp.partition, self.fingerprint)
             if snapshot is None:
                 continue
-            why = self._gap(tp, snapshot.offset, snapshot.last)
-            if snapshot.state.keys != self.keys(tp.partition):
-                # The topic's partition count changed: the partition holds other wallets now.
-                why = "is of other wallets than the partition holds now"
+            # Other wallets: the topic's partition count changed since. Checked before the
+            # topic is read for the gap.
+            why = (
+                "is of other wallets than the partition holds now"
+                if snapshot.state.keys != self.keys(tp.partition)
+                else self._gap(tp, snapshot.offset, snapshot.last)
+            )
             if why:
                 log.warning(
                     "snapshot of %s/%d at offset %d %s: replaying the topic instead",
