@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detectors import DetectionEngine
-from detectors.backtest import Replay, alert_record, read_lines
+from detectors.backtest import alert_record, watched_moves
 from detectors.evaluate import _start, first_large, scenarios, score  # _start: the first day
 from detectors.move import Move
 from detectors.traffic import config_toml, generate_traffic, write_jsonl
@@ -97,13 +97,7 @@ def main() -> None:
         large_at = first_large(scenario.wallets, traffic.transfers, traffic.malicious)
         with tempfile.TemporaryDirectory() as tmp:
             path = write_jsonl(Path(tmp) / "transfers.jsonl", traffic.transfers)
-            replay = Replay(config, DetectionEngine(config))
-            lines = [
-                (when, moves)
-                for number, raw in read_lines(path)
-                for when, moves in [replay.parse(number, raw)]
-                if moves
-            ]
+            lines = watched_moves(config, path)
         modes: list[tuple[str, str | float]] = [("not restarted", "snapshot")]
         modes += [("snapshot", "snapshot")]
         modes += [(f"{h:g} h replayed", h * 3600) for h in args.replay_h]

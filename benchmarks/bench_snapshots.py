@@ -22,8 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detectors import DetectionEngine, SnapshotStore, fingerprint
-from detectors.backtest import Replay, read_lines
-from detectors.move import Move
+from detectors.backtest import watched_moves
 from detectors.traffic import config_toml, evm_hot_wallets, generate_traffic, write_jsonl
 from drainwatch.config import loads
 
@@ -43,11 +42,7 @@ def main() -> None:
         directory = Path(tmp)
         path = write_jsonl(directory / "transfers.jsonl", traffic.transfers)
         engine = DetectionEngine(config)
-        replay = Replay(config, engine)
-        moves: list[tuple[float, Move]] = []
-        for number, raw in read_lines(path):
-            when, found = replay.parse(number, raw)
-            moves += [(when, m) for m in found]
+        moves = [(when, m) for when, found in watched_moves(config, path) for m in found]
         for _, move in moves:
             engine.process(move, at_event_time=True)
 

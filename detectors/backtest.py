@@ -86,6 +86,7 @@ __all__ = [
     "tally_approvals",
     "unpayable_approvals",
     "unseen_wallets",
+    "watched_moves",
 ]
 
 _PROGRESS_EVERY: Final = 8192
@@ -648,6 +649,26 @@ class Replay:
 def line_error(path: Path, number: int, exc: ValueError) -> BacktestInputError:
     """The error naming file and line for a reason :meth:`Replay.parse` raised."""
     return BacktestInputError(str(path), number, str(exc))
+
+
+def watched_moves(config: Config, path: Path) -> list[tuple[float, list[Move]]]:
+    """The lines of a transfers file that move a watched wallet: each one's time and moves, as
+    a backtest reads them, for a caller that judges them its own way (restarting the engine,
+    saving its state).
+
+    Raises:
+        BacktestInputError: a line breaks the contract (the error names file and line).
+    """
+    replay = Replay(config, DetectionEngine(config))
+    out: list[tuple[float, list[Move]]] = []
+    for number, raw in read_lines(path):
+        try:
+            when, moves = replay.parse(number, raw)
+        except _LineError as exc:
+            raise line_error(path, number, exc) from None
+        if moves:
+            out.append((when, moves))
+    return out
 
 
 def run_backtest(

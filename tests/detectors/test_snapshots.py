@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
 from detectors import DetectionEngine, SnapshotStore, fingerprint, message_digest
-from detectors.backtest import Replay, read_lines
+from detectors.backtest import watched_moves
 from detectors.move import Move
 from detectors.traffic import DrainSpec, config_toml, evm_hot_wallets, generate_traffic, write_jsonl
 from drainwatch.app import PartitionSnapshots, detect_loop
@@ -67,16 +67,6 @@ def test_the_market_makers_payment_is_frozen_after_a_short_replay_but_not_after_
     assert judged(restored, [NEXT_MM]) == []
 
 
-def _moves(path: Path, cfg: Config) -> list[tuple[float, list[Move]]]:
-    replay = Replay(cfg, DetectionEngine(cfg))
-    out: list[tuple[float, list[Move]]] = []
-    for number, raw in read_lines(path):
-        when, moves = replay.parse(number, raw)
-        if moves:
-            out.append((when, list(moves)))
-    return out
-
-
 def test_every_alert_after_a_restore_is_the_one_an_engine_that_never_stopped_raises(
     tmp_path: Path,
 ) -> None:
@@ -95,7 +85,7 @@ def test_every_alert_after_a_restore_is_the_one_an_engine_that_never_stopped_rai
     start = datetime(2030, 1, 7, tzinfo=UTC)
     traffic = generate_traffic(wallets, start, days=18, seed=5, panic_day=16)
     cfg = loads(config_toml(wallets))
-    lines = _moves(write_jsonl(tmp_path / "t.jsonl", traffic.transfers), cfg)
+    lines = watched_moves(cfg, write_jsonl(tmp_path / "t.jsonl", traffic.transfers))
     cut = (start + timedelta(days=15)).timestamp()
     before = [m for when, moves in lines if when < cut for m in moves]
     after = [m for when, moves in lines if when >= cut for m in moves]
