@@ -144,12 +144,30 @@ def run(
     stage: Annotated[Stage, typer.Argument(help="Which stage to run.")] = Stage.ALL,
     config: ConfigOption = Path("drainwatch.toml"),
     bus: Annotated[BusKind | None, typer.Option(help="Override the config's [bus] kind.")] = None,
+    instance_id: Annotated[
+        str | None,
+        typer.Option(
+            help="Static consumer-group membership id of this process (overrides [bus] "
+            "instance_id; a StatefulSet passes its pod's name)."
+        ),
+    ] = None,
 ) -> None:
     """Run the live pipeline (all stages in one process, or one stage per process on Kafka)."""
     from drainwatch.app import run_pipeline
 
     try:
         cfg = load(config)
+        if instance_id is not None:
+            # Kubernetes leaves "$(POD_NAME)" as written when the variable is not defined:
+            # every pod would then be one static member, fencing the others out.
+            if not instance_id.strip() or "$(" in instance_id or "${" in instance_id:
+                raise _fail(
+                    f"--instance-id {instance_id!r}: give this process's own name "
+                    "(an unexpanded variable or a blank would be every replica's)"
+                )
+            cfg = cfg.model_copy(
+                update={"bus": cfg.bus.model_copy(update={"instance_id": instance_id})}
+            )
         run_pipeline(cfg, stage=stage.value, bus_kind=bus.value if bus else None)
     except ConfigError as exc:
         raise _fail(str(exc)) from exc

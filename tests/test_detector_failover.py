@@ -180,13 +180,15 @@ def start_detector(
     name: str, config: Path, logdir: Path, instance: str | None = None
 ) -> subprocess.Popen[bytes]:
     """A ``drainwatch run detect`` process logging to ``<name>.log``; ``instance`` is its
-    static membership id, for a config that reads it from ``DW_INSTANCE``."""
+    static membership id (``--instance-id``, as the Kubernetes StatefulSet passes it)."""
     log = (logdir / f"{name}.log").open("wb")
+    static = ["--instance-id", instance] if instance is not None else []
+    command = [sys.executable, "-m", "drainwatch", "-v", "run", "detect", "--config", str(config)]
     return subprocess.Popen(
-        [sys.executable, "-m", "drainwatch", "-v", "run", "detect", "--config", str(config)],
+        [*command, *static],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "DW_INSTANCE": instance or name},
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
 
@@ -557,7 +559,6 @@ def test_a_detector_restarted_under_its_instance_id_keeps_its_wallets_without_a_
     # its wallets that began before it was killed.
     prefix = kafka_topic_prefix
     path, bus = broker(kafka, prefix, tmp_path)
-    path.write_text(path.read_text().replace("[bus]\n", '[bus]\ninstance_id = "${DW_INSTANCE}"\n'))
     start = datetime.now(UTC) - timedelta(hours=3)
     publish(
         bus,
@@ -569,7 +570,7 @@ def test_a_detector_restarted_under_its_instance_id_keeps_its_wallets_without_a_
         ],
     )
     transfers = topic_name(prefix, TRANSFERS)
-    procs = {"d2": start_detector("d2", path, tmp_path)}
+    procs = {"d2": start_detector("d2", path, tmp_path, instance="d2")}
     logs = log_tails(procs, tmp_path)
     try:
         # d2 first, so that it leads the group: a returning leader may rebalance it.
@@ -580,7 +581,7 @@ def test_a_detector_restarted_under_its_instance_id_keeps_its_wallets_without_a_
             every_s=0.5,
             context=logs,
         )
-        procs["d1"] = start_detector("d1", path, tmp_path)
+        procs["d1"] = start_detector("d1", path, tmp_path, instance="d1")
         logs = log_tails(procs, tmp_path)
         wait_until_shared(procs, tmp_path, prefix)
         held = transfer_partitions(tmp_path / "d1.log", prefix)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 import yaml
 from typer.testing import CliRunner
 
@@ -148,24 +149,27 @@ def test_the_kubernetes_validator_rejects_an_unknown_field(tmp_path: Path) -> No
     assert "replicaz" in proc.stdout + proc.stderr
 
 
-def test_kubernetes_has_one_deployment_per_stage_and_scales_detectors_in_one_group() -> None:
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    assert sorted(kustomization["resources"]) == sorted(p.name for p in MANIFESTS)
-    deployments = {
+def workloads() -> dict[str, dict[str, Any]]:
+    """The Deployments and StatefulSets, by name."""
+    return {
         d["metadata"]["name"]: d
         for p in MANIFESTS
         for d in documents(p)
-        if d["kind"] == "Deployment"
+        if d["kind"] in {"Deployment", "StatefulSet"}
     }
-    assert set(deployments) == {
-        f"drainwatch-{s}" for s in ("ingest", "detect", "alert", "killswitch")
-    }
-    assert deployments["drainwatch-detect"]["spec"]["replicas"] == 2
+
+
+def test_kubernetes_has_one_workload_per_stage_and_scales_detectors_in_one_group() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == sorted(p.name for p in MANIFESTS)
+    found = workloads()
+    assert set(found) == {f"drainwatch-{s}" for s in ("ingest", "detect", "alert", "killswitch")}
+    assert found["drainwatch-detect"]["spec"]["replicas"] == 2
     for stage in ("ingest", "detect", "alert"):
-        pod = deployments[f"drainwatch-{stage}"]["spec"]["template"]["spec"]
+        pod = found[f"drainwatch-{stage}"]["spec"]["template"]["spec"]
         [container] = pod["containers"]
         # Same config (so the same consumer-group prefix) in every replica, secrets by reference.
-        assert container["args"] == [
+        assert container["args"][:6] == [
             "run",
             stage,
             "--config",
@@ -176,10 +180,53 @@ def test_kubernetes_has_one_deployment_per_stage_and_scales_detectors_in_one_gro
         assert container["envFrom"] == [{"secretRef": {"name": "drainwatch-secrets"}}]
         assert {"name": "config", "configMap": {"name": "drainwatch-config"}} in pod["volumes"]
         assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+        # The CLI takes every argument the manifest gives (parsed, not run).
+        command = typer.main.get_command(app)
+        assert isinstance(command, typer.core.TyperGroup)
+        parent = command.make_context("drainwatch", list(container["args"]))
+        run = command.get_command(parent, "run")
+        assert run is not None
+        params = run.make_context("run", list(container["args"][1:]), parent=parent).params
+        assert params["stage"] == stage
     kinds = {(d["kind"], d["metadata"]["name"]) for p in MANIFESTS for d in documents(p)}
     assert ("Service", "killswitch") in kinds
     assert ("Job", "drainwatch-kafka-topics") in kinds
     assert not any(kind == "Secret" for kind, _ in kinds)  # created out of band, never committed
+
+
+def test_each_detector_pod_keeps_its_snapshots_and_its_group_membership(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A StatefulSet: each pod its own state volume, kept when the pod is replaced, and a static
+    # consumer-group member under its pod's name, so a replaced pod gets its partitions back
+    # and takes their state back from its own snapshots.
+    detect = workloads()["drainwatch-detect"]
+    assert detect["kind"] == "StatefulSet"
+    spec = detect["spec"]
+    pod = spec["template"]["spec"]
+    [container] = pod["containers"]
+    [claim] = spec["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "state"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert "state" not in {v["name"] for v in pod["volumes"]}  # the claim, not an emptyDir
+    assert {"name": "state", "mountPath": "/var/lib/drainwatch"} in container["volumeMounts"]
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    cfg = loads((DEPLOY / "config" / "drainwatch.compose.toml").read_text(), "compose.toml")
+    assert cfg.state_dir is not None
+    assert Path(cfg.state_dir).is_relative_to("/var/lib/drainwatch")  # on the claim
+    args = container["args"]
+    assert args[args.index("--instance-id") + 1] == "$(POD_NAME)"
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in (
+        container["env"]
+    )
+    service = next(
+        d
+        for d in documents(K8S / "detect.yaml")
+        if d["kind"] == "Service" and d["metadata"]["name"] == spec["serviceName"]
+    )
+    assert service["spec"]["clusterIP"] == "None"  # headless, as a StatefulSet's must be
+    assert service["spec"]["selector"] == spec["selector"]["matchLabels"]
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")

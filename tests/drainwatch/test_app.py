@@ -7,8 +7,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from drainwatch.app import balance_blind, run_pipeline
+from drainwatch.cli import app
 from drainwatch.config import Config, loads
 
 HOT = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"
@@ -73,3 +75,21 @@ def test_the_detect_stage_warns_about_each_blind_wallet_at_start(
     warned = [r.getMessage() for r in caplog.records if "opening_balance" in r.getMessage()]
     assert len(warned) == 1
     assert warned[0].startswith("btc-hot: no opening_balance")
+
+
+@pytest.mark.parametrize("instance", ["  ", "$(POD_NAME)", "${POD_NAME}"])
+def test_run_refuses_an_instance_id_every_replica_would_share(
+    tmp_path: Path, instance: str
+) -> None:
+    # `--instance-id $(POD_NAME)` without POD_NAME in the pod's env reaches us as written (and a
+    # blank as blank): every pod would be the same static member. Refused before starting.
+    path = tmp_path / "drainwatch.toml"
+    path.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n[[wallets]]\nchain = "eth"\n'
+        f'address = "0x{"11" * 20}"\nlabel = "eth-hot"\n'
+    )
+    result = CliRunner().invoke(
+        app, ["run", "detect", "--config", str(path), "--instance-id", instance]
+    )
+    assert result.exit_code == 2
+    assert f"--instance-id {instance!r}: give this process's own name" in result.output
