@@ -53,15 +53,17 @@ from detectors.base import (
 )
 from detectors.baseline import BaselineDetector
 from detectors.correlation import IncidentCorrelator
-from detectors.ledger import LedgerReconciliation
+from detectors.ledger import LedgerReconciliation, MatchedPayment
 from detectors.move import Move, TransferView
 from detectors.velocity import VelocityDetector
 from drainwatch.config import Config, WalletConfig, entry_for
 from drainwatch.events import (
     ALERTS,
     LEDGER,
+    LEDGER_USES,
     TRANSFERS,
     Alert,
+    ApprovalUse,
     ApprovedWithdrawal,
     Direction,
     Severity,
@@ -766,17 +768,104 @@ class DetectionEngine:
         )
 
     def process_approval(self, approval: ApprovalView) -> list[Alert]:
-        """Hand an approved withdrawal to the detectors that read the ledger."""
+        """Hand an approved withdrawal to the detectors that read the ledger (and, sharing uses,
+        freeze a payment of this engine's that another replica's use of it, told before the
+        approval came, leaves unexplained)."""
         for learn_approval in self._approval_readers:
             learn_approval(approval)
-        return []
+        approval_id: str | None = getattr(approval, "id", None)
+        if approval_id is None:
+            return []
+        return [
+            alert
+            for ledger in self._ledgers
+            if ledger.shares_uses
+            for alert in self._unexplained(ledger, approval_id, ledger.unexplained(approval_id))
+        ]
+
+    def share_approval_uses(self) -> None:
+        """Live, with detector replicas: tell the others which approval each payment of this
+        engine's wallets used up, and learn theirs (:meth:`process_use`), so that an approval
+        explains one payment across the replicas. :meth:`handle` publishes the uses."""
+        for ledger in self._ledgers:
+            ledger.shares_uses = True
+
+    def process_use(self, use: ApprovalUse) -> list[Alert]:
+        """Learn which approval a payment used up (this engine's own, or another replica's).
+
+        When two replicas each matched a payment with one approval (each before it heard of the
+        other's), the later payment is beyond what the approval explains: its replica moves it
+        to another open approval to the same customer if one explains it, and freezes its wallet
+        otherwise (a customer paid twice for one withdrawal, from two wallets).
+        """
+        return [
+            alert
+            for ledger in self._ledgers
+            if ledger.shares_uses
+            for alert in self._unexplained(
+                ledger, use.approval_id, ledger.learn_use(use, mine=self.owns(use.key))
+            )
+        ]
+
+    def _unexplained(
+        self, ledger: LedgerReconciliation, approval_id: str, payments: Sequence[MatchedPayment]
+    ) -> list[Alert]:
+        """Freeze alerts for this engine's ``payments`` that ``approval_id`` cannot explain and
+        no other open approval does."""
+        alerts = []
+        for payment in payments:
+            if not self.owns(payment.key) or ledger.rehome(payment):
+                continue
+            wallet = self._by_key.get(payment.key)
+            if wallet is None:
+                continue
+            others = [u for u in ledger.users(approval_id) if u.transfer_id != payment.transfer_id]
+            paid = "; ".join(
+                f"{self._name_of(u.key)} at {datetime.fromtimestamp(u.epoch, UTC):%H:%M:%S}"
+                for u in others
+            )
+            amount = ledger.approval_amount(approval_id)
+            shadow = ledger.name in self._shadow
+            alerts.append(
+                Alert(
+                    id=event_id(ledger.name, "approval-reused", payment.transfer_id),
+                    time=datetime.fromtimestamp(payment.epoch, UTC),
+                    detected_at=self.clock(),
+                    chain=wallet.chain,
+                    wallet=wallet.address,
+                    wallet_label=wallet.label,
+                    severity=Severity.CRITICAL,
+                    detector=ledger.name,
+                    freeze=not shadow,
+                    summary=(
+                        f"{wallet.name} sent {payment.value} {payment.asset} to {payment.to}, "
+                        f"but approved withdrawal {approval_id} ({amount} {payment.asset}) was "
+                        f"already paid ({paid}): an approval explains one payment"
+                    ),
+                    metrics={
+                        "amount": str(payment.value),
+                        "approval_id": approval_id,
+                        "approval_amount": str(amount),
+                        "rule_approval_reused": "1",
+                    },
+                    transfer_ids=(payment.transfer_id,),
+                    tx_hashes=(payment.tx_hash,),
+                    shadow=shadow,
+                )
+            )
+        return alerts
+
+    def _name_of(self, key: str) -> str:
+        wallet = self._by_key.get(key)
+        return wallet.name if wallet is not None else key
 
     def handle(self, topic: str, event: object) -> list[Output]:
         """A :data:`drainwatch.stage.Handler`: transfers, approvals and alerts in, alerts out.
 
         Transfers come as :class:`~drainwatch.events.Transfer` events or as the lean
         :class:`~detectors.move.Move` records :func:`detectors.wire.read_transfer` makes. Alerts
-        (every replica's, read from the alerts topic) go to :meth:`process_alert`.
+        (every replica's, read from the alerts topic) go to :meth:`process_alert`, approvals'
+        uses (every replica's) to :meth:`process_use`; the uses made here are published.
         """
         if topic == TRANSFERS and isinstance(event, Transfer | Move):
             alerts = self.process(event)
@@ -784,9 +873,15 @@ class DetectionEngine:
             alerts = self.process_approval(event)
         elif topic == ALERTS and isinstance(event, Alert):
             alerts = self.process_alert(event)
+        elif topic == LEDGER_USES and isinstance(event, ApprovalUse):
+            alerts = self.process_use(event)
         else:
             return []
-        return [Output(ALERTS, alert) for alert in alerts]
+        outputs = [Output(ALERTS, alert) for alert in alerts]
+        for ledger in self._ledgers:
+            if ledger.published:
+                outputs += [Output(LEDGER_USES, use) for use in ledger.take_published()]
+        return outputs
 
     def _alert(
         self,

@@ -45,15 +45,24 @@ True
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final, NamedTuple
 
 from detectors.approval import ApprovalView
 from detectors.base import Finding, HeldWallets, WalletState, format_units, split_by_wallet
 from detectors.move import TransferView
-from drainwatch.events import Direction, Severity, TransferStatus, normalize_address
+from drainwatch.events import (
+    ApprovalUse,
+    Direction,
+    Severity,
+    TransferStatus,
+    event_id,
+    normalize_address,
+    wallet_key,
+)
 
-__all__ = ["LedgerReconciliation"]
+__all__ = ["LedgerReconciliation", "MatchedPayment"]
 
 _Key = tuple[str, str, str]
 """What an approval and a transfer must share: chain and asset case-folded, destination."""
@@ -67,6 +76,27 @@ class _Approval(NamedTuple):
     """Which approval this is, counted from the first one learned."""
     left: Decimal
     """What is still to be paid of ``amount`` (less after a payment in parts)."""
+    id: str | None = None
+    """The approval's event id (live: shared between detector replicas by it)."""
+
+
+class MatchedPayment(NamedTuple):
+    """A payment matched with an approval, by this detector or another replica."""
+
+    transfer_id: str
+    chain: str
+    wallet: str
+    """The paying wallet (its replica judges the payment)."""
+    epoch: float
+    value: Decimal
+    tx_hash: str
+    to: str
+    asset: str
+
+    @property
+    def key(self) -> str:
+        """The paying wallet's bus key."""
+        return wallet_key(self.chain, self.wallet)
 
 
 class _Lookup(NamedTuple):
@@ -137,6 +167,19 @@ class LedgerReconciliation:
         """The approvals (by number, counted from the first learned) outflows matched."""
         self.compared: list[int] = []
         """The open approvals an outflow that matched none was compared with."""
+        self.shares_uses = False
+        """Live, with several detector replicas: every approval a payment used up is told to
+        the others (:attr:`published`), and theirs are learned (:meth:`learn_use`), so that an
+        approval explains one payment across the replicas (see :meth:`learn_use`)."""
+        self.published: list[ApprovalUse] = []
+        """The uses made here since they were last taken (with :attr:`shares_uses`)."""
+        self._approvals: dict[str, tuple[_Key, _Approval]] = {}
+        """With :attr:`shares_uses`: every approval of the last two windows by id, as learned."""
+        self._ids_by_key: dict[_Key, list[str]] = {}
+        self._uses: dict[str, dict[str, MatchedPayment]] = {}
+        """Approval id -> the payments (by transfer id) any replica matched with it."""
+        self._use_of: dict[str, str] = {}
+        """Transfer id -> the approval it used (the latest said)."""
 
     def __getstate__(self) -> dict[str, Any]:
         # A snapshot carries the approvals, not the last transfer looked at, nor the notes.
@@ -146,6 +189,7 @@ class LedgerReconciliation:
             "recording": False,
             "used": [],
             "compared": [],
+            "published": [],
         }
 
     def adopt(self, other: LedgerReconciliation) -> None:
@@ -198,10 +242,21 @@ class LedgerReconciliation:
             self._expire(when)
             self._expired_at = when
         key = self._key(approval.chain, approval.asset, approval.to)
-        self._open.setdefault(key, []).append(
-            _Approval(when, approval.amount, approval.tx_hash, self.learned, approval.amount)
+        aid: str | None = getattr(approval, "id", None)  # live events carry one
+        learned = _Approval(
+            when, approval.amount, approval.tx_hash, self.learned, approval.amount, aid
         )
         self.learned += 1
+        if self.shares_uses and aid is not None:
+            if aid in self._approvals:
+                return  # read again (a restart reads the last two windows of the ledger)
+            self._approvals[aid] = (key, learned)
+            self._ids_by_key.setdefault(key, []).append(aid)
+            self._open.setdefault(key, []).append(learned)
+            if aid in self._uses:  # another replica's payment came before the approval
+                self._settle(aid)
+            return
+        self._open.setdefault(key, []).append(learned)
 
     def _key(self, chain: str, asset: str, to: str) -> _Key:
         try:
@@ -215,6 +270,8 @@ class LedgerReconciliation:
     def _expire(self, now: float) -> None:
         horizon = now - 2 * self.match_window_s
         self._keep(lambda approvals: [a for a in approvals if a.time >= horizon])
+        if self._approvals or self._uses:
+            self._expire_shared(horizon)
         forgotten = now - self.repeat_history_s
         for key, flagged in list(self._flagged.items()):
             if max(when for when, _ in flagged) < forgotten:
@@ -276,7 +333,14 @@ class LedgerReconciliation:
 
     def explains(self, transfer: TransferView, state: WalletState) -> bool:
         """Whether an open approved withdrawal explains this outflow (pure)."""
-        return self._questioned(transfer, state) and self._look(transfer).at is not None
+        return self._questioned(transfer, state) and (
+            self._look(transfer).at is not None or self._matched(transfer)
+        )
+
+    def _matched(self, transfer: TransferView) -> bool:
+        """Whether this payment is already matched with an approval (by the replica that held
+        its wallet before, as its uses said)."""
+        return bool(self._use_of) and transfer.id in self._use_of
 
     def score_one(self, transfer: TransferView, state: WalletState) -> Finding | None:
         """A critical freeze finding when an outflow matches no open approval."""
@@ -285,7 +349,7 @@ class LedgerReconciliation:
         if not self._questioned(transfer, state):
             return None
         found = self._look(transfer)
-        if found.at is not None or self._trusted(transfer, found.key):
+        if found.at is not None or self._trusted(transfer, found.key) or self._matched(transfer):
             return None
         units = state.units
         before = state.balance_units()
@@ -333,7 +397,7 @@ class LedgerReconciliation:
         """Use up the approval that explains this outflow (:meth:`learn_one`), or remember it
         as flagged: an outflow this detector questions, explained by no approval and not
         trusted."""
-        if not self.active or transfer.direction is not Direction.OUT:
+        if not self.active or transfer.direction is not Direction.OUT or self._matched(transfer):
             return
         found = self._look(transfer)
         if found.at is not None:
@@ -354,13 +418,26 @@ class LedgerReconciliation:
 
     def learn_one(self, transfer: TransferView) -> None:
         """Use up the approval that explains this outflow, so it explains no other."""
-        if not self.active or transfer.direction is not Direction.OUT:
+        if not self.active or transfer.direction is not Direction.OUT or self._matched(transfer):
             return
         found = self._look(transfer)
         if found.at is not None and found.value is not None:
             self._looked = _NOT_YET
             approvals = self._open[found.key]
             approval = approvals[found.at]
+            if self.shares_uses and approval.id is not None:
+                use = MatchedPayment(
+                    transfer.id,
+                    transfer.chain,
+                    transfer.wallet,
+                    transfer.epoch,
+                    found.value,
+                    transfer.tx_hash,
+                    transfer.counterparty,
+                    transfer.asset,
+                )
+                self._use(approval.id, use, publish=True)
+                return
             left = approval.left - found.value
             if (
                 approval.tx_hash != transfer.tx_hash
@@ -371,3 +448,174 @@ class LedgerReconciliation:
             del approvals[found.at]
             if not approvals:
                 del self._open[found.key]
+
+    # -- sharing the uses between detector replicas -------------------------------------------
+
+    def learn_use(self, event: ApprovalUse, *, mine: bool = False) -> list[MatchedPayment]:
+        """Learn which approval a payment used up, as a replica said; return the payments the
+        approval cannot explain now.
+
+        A payment's uses are said in order by the one replica that judges its wallet, the latest
+        standing. For a payment of this replica's wallets (``mine``) what it knows is newer than
+        anything it reads back, so a use read back changes nothing (after a restart, when it
+        knows nothing of them, its own earlier uses are learned).
+
+        An approval explains payments up to its amount: when two replicas each matched a payment
+        with it (each judging its own wallet before it heard of the other's), the payments are
+        taken in time order and the ones beyond the amount are returned. The replica that judges
+        such a payment moves it to another open approval that explains it (:meth:`rehome`: the
+        same customer approved twice, paid from two wallets), or freezes its wallet.
+        """
+        use = MatchedPayment(
+            event.transfer_id,
+            event.chain,
+            event.wallet,
+            event.time.timestamp(),
+            event.amount,
+            event.tx_hash,
+            event.to,
+            event.asset,
+        )
+        known = self._use_of.get(use.transfer_id)
+        if known == event.approval_id or (mine and known is not None):
+            return []
+        self._use(event.approval_id, use, publish=False)
+        return self.unexplained(event.approval_id)
+
+    def unexplained(self, approval_id: str) -> list[MatchedPayment]:
+        """The payments matched with an approval beyond its amount (the latest first left
+        out); none while the approval is not known here yet."""
+        entry = self._approvals.get(approval_id)
+        if entry is None:
+            return []
+        learned = entry[1]
+        uses = sorted(
+            self._uses.get(approval_id, {}).values(),
+            key=lambda u: (u.tx_hash != learned.tx_hash, u.epoch, u.transfer_id),
+        )
+        limit = learned.amount * (1 + self.amount_tolerance)
+        total = Decimal(0)
+        over = []
+        for use in uses:
+            if total + use.value > limit and use.tx_hash != learned.tx_hash:
+                over.append(use)
+            else:
+                total += use.value
+        return over
+
+    def rehome(self, use: MatchedPayment) -> bool:
+        """Match a payment its approval cannot explain with another open approval to the same
+        customer that does (the one it pays in full, else the one with the least left that it
+        pays in part), and say so to the other replicas; False when none does."""
+        current = self._use_of.get(use.transfer_id)
+        entry = self._approvals.get(current) if current is not None else None
+        if entry is None:
+            return False
+        best: tuple[bool, Decimal, str] | None = None
+        tolerance = self.amount_tolerance
+        for other in self._ids_by_key.get(entry[0], ()):
+            candidate = self._approvals[other][1]
+            if other == current or not (
+                use.epoch - self.match_window_s <= candidate.time <= use.epoch + self.late_s
+                or (candidate.tx_hash is not None and candidate.tx_hash == use.tx_hash)
+            ):
+                continue
+            left = candidate.amount - self._used(other)
+            if left <= candidate.amount * tolerance:
+                continue
+            full = abs(use.value - left) <= left * tolerance
+            if (full or use.value < left) and (best is None or (not full, left) < best[:2]):
+                best = (not full, left, other)
+        if best is None:
+            return False
+        self._use(best[2], use, publish=True)
+        return True
+
+    def approval_amount(self, approval_id: str) -> Decimal | None:
+        """The amount of an approval known here."""
+        entry = self._approvals.get(approval_id)
+        return entry[1].amount if entry is not None else None
+
+    def users(self, approval_id: str) -> list[MatchedPayment]:
+        """The payments matched with an approval, in time order."""
+        return sorted(self._uses.get(approval_id, {}).values(), key=lambda u: u.epoch)
+
+    def approval_of(self, transfer_id: str) -> str | None:
+        """The approval a payment is matched with, if any."""
+        return self._use_of.get(transfer_id)
+
+    def take_published(self) -> list[ApprovalUse]:
+        """The uses made here since the last call, for the other replicas."""
+        published, self.published = self.published, []
+        return published
+
+    def _used(self, approval_id: str) -> Decimal:
+        return sum((u.value for u in self._uses.get(approval_id, {}).values()), Decimal(0))
+
+    def _use(self, approval_id: str, use: MatchedPayment, *, publish: bool) -> None:
+        """Record that ``use`` used up ``approval_id`` (moving it off another approval)."""
+        previous = self._use_of.get(use.transfer_id)
+        if previous is not None and previous != approval_id:
+            self._uses.get(previous, {}).pop(use.transfer_id, None)
+            self._settle(previous)
+        self._uses.setdefault(approval_id, {})[use.transfer_id] = use
+        self._use_of[use.transfer_id] = approval_id
+        self._settle(approval_id)
+        if publish:
+            self.published.append(
+                ApprovalUse(
+                    id=event_id("approval-use", use.transfer_id, approval_id),
+                    time=datetime.fromtimestamp(use.epoch, UTC),
+                    chain=use.chain,
+                    wallet=use.wallet,
+                    transfer_id=use.transfer_id,
+                    tx_hash=use.tx_hash,
+                    approval_id=approval_id,
+                    asset=use.asset,
+                    to=use.to,
+                    amount=use.value,
+                )
+            )
+
+    def _settle(self, approval_id: str) -> None:
+        """Make the open approvals say what is left of ``approval_id`` after its uses."""
+        entry = self._approvals.get(approval_id)
+        if entry is None:
+            return
+        key, learned = entry
+        self._looked = _NOT_YET
+        uses = self._uses.get(approval_id, {})
+        left = learned.amount - self._used(approval_id)
+        paid = learned.tx_hash is not None and any(
+            u.tx_hash == learned.tx_hash for u in uses.values()
+        )
+        approvals = self._open.get(key, [])
+        at = next((i for i, a in enumerate(approvals) if a.id == approval_id), None)
+        if paid or left <= learned.amount * self.amount_tolerance:
+            if at is not None:
+                del approvals[at]
+                if not approvals:
+                    del self._open[key]
+        elif at is not None:
+            approvals[at] = approvals[at]._replace(left=left)
+        else:  # open again (a payment moved off it): in the order approvals were learned
+            approvals = self._open.setdefault(key, [])
+            approvals.append(learned._replace(left=left))
+            approvals.sort(key=lambda a: a.seq)
+
+    def _expire_shared(self, horizon: float) -> None:
+        """Forget the approvals older than ``horizon``, and their uses."""
+        for approval_id in [a for a, (_, ap) in self._approvals.items() if ap.time < horizon]:
+            key, _ = self._approvals.pop(approval_id)
+            ids = self._ids_by_key[key]
+            ids.remove(approval_id)
+            if not ids:
+                del self._ids_by_key[key]
+        for approval_id in [
+            a
+            for a, uses in self._uses.items()
+            if a not in self._approvals and all(u.epoch < horizon for u in uses.values())
+        ]:
+            for transfer_id in self._uses.pop(approval_id):
+                if self._use_of.get(transfer_id) == approval_id:
+                    del self._use_of[transfer_id]

@@ -35,6 +35,7 @@ from drainwatch.events import (
     ALERTS,
     FREEZES,
     LEDGER,
+    LEDGER_USES,
     TRANSFERS,
     DecodeError,
     FreezeOrder,
@@ -373,6 +374,8 @@ def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None)
     different replicas is one incident, and freezes only its own wallets on it.
     """
     engine = engine or DetectionEngine(config)
+    # Which approval each payment used up, told to and learned from the other replicas.
+    engine.share_approval_uses()
     transfers = topic_name(config.bus.topic_prefix, TRANSFERS)
     held: set[TopicPartition] = set()
     loops: list[StageLoop] = []
@@ -452,7 +455,7 @@ def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None)
         stage="detect",
         on_assign=on_assign,
         decoders={TRANSFERS: read_transfer},
-        broadcast=[LEDGER, ALERTS],
+        broadcast=[LEDGER, LEDGER_USES, ALERTS],
         ready=take_owed,
         broadcast_since_ms=int(since_s * 1000),
         on_commit=snapshots.committed if snapshots is not None else None,

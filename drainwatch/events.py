@@ -43,9 +43,11 @@ __all__ = [
     "FREEZES",
     "HEX_PREFIXES",
     "LEDGER",
+    "LEDGER_USES",
     "TOPICS",
     "TRANSFERS",
     "Alert",
+    "ApprovalUse",
     "ApprovedWithdrawal",
     "BaseUnits",
     "DecodeError",
@@ -68,6 +70,7 @@ TRANSFERS: Final = "drainwatch.transfers.v1"
 ALERTS: Final = "drainwatch.alerts.v1"
 FREEZES: Final = "drainwatch.freezes.v1"
 LEDGER: Final = "drainwatch.ledger.v1"
+LEDGER_USES: Final = "drainwatch.ledger-uses.v1"
 DEADLETTER: Final = "drainwatch.deadletter.v1"
 
 
@@ -356,11 +359,41 @@ class ApprovedWithdrawal(Event):
         return self.time.timestamp()
 
 
+class ApprovalUse(Event):
+    """A payment a detector matched with an approved withdrawal (topic ``LEDGER_USES``).
+
+    Every detector replica reads every approval, but judges only its own wallets' payments: it
+    publishes which approval each of them used up, so that an approval explains one payment
+    across the replicas, not one on each. A later record for the same ``transfer_id`` replaces
+    an earlier one (the payment moved to another approval of the same customer).
+    """
+
+    id: str
+    time: UtcDatetime
+    """The payment's time."""
+    chain: str
+    wallet: str
+    """The paying wallet."""
+    transfer_id: str
+    tx_hash: str
+    approval_id: str
+    asset: str
+    to: str
+    amount: Decimal
+    """What the payment moved, in the asset's units (exact)."""
+
+    @property
+    def key(self) -> str:
+        """The bus key: ``chain:wallet`` (a wallet's uses stay in order)."""
+        return wallet_key(self.chain, self.wallet)
+
+
 TOPICS: Final[dict[str, type[Event]]] = {
     TRANSFERS: Transfer,
     ALERTS: Alert,
     FREEZES: FreezeOrder,
     LEDGER: ApprovedWithdrawal,
+    LEDGER_USES: ApprovalUse,
 }
 
 E = TypeVar("E", bound=Event)

@@ -41,6 +41,7 @@ from drainwatch.events import (
     DEADLETTER,
     FREEZES,
     LEDGER,
+    LEDGER_USES,
     TRANSFERS,
     DecodeError,
     Event,
@@ -115,6 +116,7 @@ def default_topics(prefix: str = "", partitions: int = 6) -> list[TopicSpec]:
         # rebuild_s): kept for 35.
         TopicSpec(topic_name(prefix, TRANSFERS), partitions, retention_ms=35 * 24 * 3600 * 1000),
         TopicSpec(topic_name(prefix, LEDGER), partitions),
+        TopicSpec(topic_name(prefix, LEDGER_USES), partitions),
         TopicSpec(topic_name(prefix, ALERTS), partitions),
         TopicSpec(topic_name(prefix, FREEZES), partitions, compacted=True, retention_ms=None),
         TopicSpec(topic_name(prefix, DEADLETTER), 1, retention_ms=30 * 24 * 3600 * 1000),

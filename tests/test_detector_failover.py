@@ -31,8 +31,10 @@ from drainwatch.config import load
 from drainwatch.events import (
     ALERTS,
     LEDGER,
+    LEDGER_USES,
     TRANSFERS,
     Alert,
+    ApprovalUse,
     ApprovedWithdrawal,
     Direction,
     Transfer,
@@ -307,6 +309,13 @@ def publish_approvals(bus: KafkaBus, prefix: str, approvals: list[ApprovedWithdr
     send(bus, topic_name(prefix, LEDGER), approvals)
 
 
+def all_judged(bus: KafkaBus, prefix: str) -> bool:
+    """Whether the detectors' group has committed every transfer published so far."""
+    tps = [TopicPartition(topic_name(prefix, TRANSFERS), p) for p in range(PARTITIONS)]
+    group = f"{prefix}dw-detect"
+    return all(bus.committed(group, tp) == bus.end_offset(tp) for tp in tps if bus.end_offset(tp))
+
+
 def test_every_detector_of_a_group_learns_every_approval(
     kafka: KafkaService, kafka_topic_prefix: str, tmp_path: Path
 ) -> None:
@@ -316,7 +325,6 @@ def test_every_detector_of_a_group_learns_every_approval(
     # the whole ledger instead; on start it reads the last two match windows of it again.
     prefix = kafka_topic_prefix
     path, bus = broker(kafka, prefix, tmp_path)
-    group = f"{prefix}dw-detect"
     start = datetime.now(UTC) - timedelta(hours=2)
     early = [
         transfer(i, n, customer(i, n), 2, start + timedelta(minutes=9 * n))
@@ -330,8 +338,7 @@ def test_every_detector_of_a_group_learns_every_approval(
     logs = log_tails(procs, tmp_path)
 
     def judged() -> bool:
-        tps = [TopicPartition(topic_name(prefix, TRANSFERS), p) for p in range(PARTITIONS)]
-        return all(bus.committed(group, tp) == bus.end_offset(tp) for tp in tps)
+        return all_judged(bus, prefix)
 
     try:
         wait_for(
@@ -365,6 +372,101 @@ def test_every_detector_of_a_group_learns_every_approval(
         assert all(p.poll() is None for p in procs.values()), logs()
     finally:
         stop(procs)
+
+
+def test_an_approval_explains_one_payment_across_the_detectors(
+    kafka: KafkaService, kafka_topic_prefix: str, tmp_path: Path
+) -> None:
+    # Every detector reads every approval, but judges only its own wallets' payments. A
+    # customer paid twice for one approval, from a wallet of each detector, would be explained
+    # on both; they share which approval each payment used up (drainwatch.ledger-uses.v1), so
+    # the later payment freezes its wallet, once. A customer approved twice and paid from both
+    # is explained, and so is a withdrawal paid in two parts from both.
+    prefix = kafka_topic_prefix
+    path, bus = broker(kafka, prefix, tmp_path)
+    transfers = topic_name(prefix, TRANSFERS)
+    procs = {n: start_detector(n, path, tmp_path) for n in ("d1", "d2")}
+    logs = log_tails(procs, tmp_path)
+
+    def judged() -> bool:
+        return all_judged(bus, prefix)
+
+    try:
+        wait_until_shared(procs, tmp_path, prefix)
+        held = transfer_partitions(tmp_path / "d1.log", prefix)
+        ones = [
+            i for i in range(WALLETS) if bus.partition_of(transfers, f"eth:{wallet(i)}") in held
+        ]
+        twos = [i for i in range(WALLETS) if i not in ones]
+        assert ones, held
+        assert twos, held
+        one, two = ones[0], twos[0]
+        now = datetime.now(UTC) - timedelta(minutes=30)
+        twice, double, parts = customer(90, 1), customer(90, 2), customer(90, 3)
+
+        def approve(aid: str, to: str, eth: int, minutes: float) -> ApprovedWithdrawal:
+            return ApprovedWithdrawal(
+                id=aid,
+                time=now + timedelta(minutes=minutes),
+                chain="eth",
+                asset="ETH",
+                to=to,
+                amount=Decimal(eth),
+            )
+
+        publish_approvals(
+            bus,
+            prefix,
+            [
+                approve("once", double, 2, 0),
+                approve("first", twice, 2, 0),
+                approve("second", twice, 2, 0.5),
+                approve("parts", parts, 4, 0),
+            ],
+        )
+        time.sleep(1.0)
+        # All at once: each detector judges its payment before it hears of the other's.
+        paid_again = transfer(two, 1, double, 2, now + timedelta(minutes=2))
+        publish(
+            bus,
+            prefix,
+            [
+                transfer(one, 1, double, 2, now + timedelta(minutes=1)),
+                paid_again,
+                transfer(one, 2, twice, 2, now + timedelta(minutes=1)),
+                transfer(two, 2, twice, 2, now + timedelta(minutes=2)),
+                transfer(one, 3, parts, 1, now + timedelta(minutes=1)),
+                transfer(two, 3, parts, 3, now + timedelta(minutes=2)),
+            ],
+        )
+        wait_for(judged, 90, "the payments judged", every_s=0.5, context=logs)
+
+        def ledger_alerts() -> list[Alert]:
+            return [a for a in alerts_on_topic(bus, prefix) if a.detector == "ledger"]
+
+        wait_for(lambda: bool(ledger_alerts()), 60, "a ledger alert", every_s=0.5, context=logs)
+        time.sleep(3.0)  # every use read by both, anything more said
+        [alert] = ledger_alerts()
+        assert (alert.wallet, alert.freeze, alert.transfer_ids) == (
+            wallet(two),
+            True,
+            (paid_again.id,),
+        ), logs()
+        uses_topic = topic_name(prefix, LEDGER_USES)
+        uses = [
+            decode(LEDGER_USES, m.value, ApprovalUse)
+            for p in range(PARTITIONS)
+            for m in bus.read_range(
+                TopicPartition(uses_topic, p), 0, bus.end_offset(TopicPartition(uses_topic, p))
+            )
+        ]
+        # The payments to the customer approved twice ended on different approvals.
+        latest = {u.transfer_id: u.approval_id for u in uses if u.to == twice}
+        assert sorted(latest.values()) == ["first", "second"], uses
+        assert all(p.poll() is None for p in procs.values()), logs()
+    finally:
+        stop(procs)
+    bus.close()
 
 
 @contextmanager
