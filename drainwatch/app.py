@@ -76,14 +76,23 @@ def build_bus(config: Config, kind: str | None = None) -> Bus:
     """The configured bus, with every topic created."""
     kind = kind or config.bus.kind
     bus: Bus
+    timeout_s = config.bus.session_timeout_s
+    timeout_ms = None if timeout_s is None else round(timeout_s * 1000)
     if kind == "kafka" and config.bus.client == "confluent":
         from drainwatch.bus.confluent import ConfluentBus
 
-        bus = ConfluentBus(config.bus.bootstrap_servers, instance_id=config.bus.instance_id)
+        bus = ConfluentBus(
+            config.bus.bootstrap_servers,
+            instance_id=config.bus.instance_id,
+            consumer_config={} if timeout_ms is None else {"session.timeout.ms": timeout_ms},
+        )
     elif kind == "kafka":
         from drainwatch.bus.kafka import KafkaBus
 
-        bus = KafkaBus(config.bus.bootstrap_servers, instance_id=config.bus.instance_id)
+        overrides: dict[str, Any] = {} if timeout_ms is None else {"session_timeout_ms": timeout_ms}
+        bus = KafkaBus(
+            config.bus.bootstrap_servers, instance_id=config.bus.instance_id, **overrides
+        )
     else:
         state = Path(config.state_dir)
         state.mkdir(parents=True, exist_ok=True)

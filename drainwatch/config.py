@@ -280,9 +280,15 @@ class BusConfig(_Model):
     instance_id: str | None = None
     """Static consumer-group membership (``kind = "kafka"``): a name unique to this process in
     its stage, stable across its restarts (``"${POD_NAME}"`` of a StatefulSet). A process that
-    comes back within the session timeout (10 s with kafka-python, 45 s with librdkafka) keeps
-    its partitions without a rebalance of the others, and a detector takes their state back
-    from its own snapshots. Unset: dynamic membership (every restart rebalances the group)."""
+    comes back within the session timeout (``session_timeout_s``) keeps its partitions without
+    a rebalance of the others, and a detector takes their state back from its own snapshots.
+    Unset: dynamic membership (every restart rebalances the group)."""
+    session_timeout_s: float | None = Field(default=None, ge=6, le=1800)
+    """How long the group waits for a member that stopped heartbeating before it hands the
+    member's partitions to the others (within the broker's 6 s to 30 min). Unset: 10 s for a
+    dynamic member, 45 s for a static one (``instance_id``: a replaced pod has that long to
+    come back). Longer keeps a restarted static member's partitions; shorter hands a dead
+    member's over sooner (they are judged by nobody meanwhile)."""
 
 
 class SlackChannelConfig(_Model):

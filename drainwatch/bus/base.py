@@ -28,6 +28,12 @@ __all__ = [
 ]
 
 
+STATIC_SESSION_TIMEOUT_MS = 45_000
+"""A static group member's session timeout unless configured (``[bus] session_timeout_s``): how
+long a replica restarted under its ``instance_id`` (a StatefulSet's pod, replaced) has to come
+back before the group hands its partitions to the others. A dynamic member's is 10 s."""
+
+
 class BusError(DrainwatchError):
     """The bus could not deliver or read a message."""
 

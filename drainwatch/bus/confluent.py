@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from drainwatch.bus.base import (
+    STATIC_SESSION_TIMEOUT_MS,
     AssignCallback,
     BusError,
     Message,
@@ -393,6 +394,8 @@ class ConfluentBus(MurmurPartitions):
         }
         if self.instance_id is not None:
             config["group.instance.id"] = self.instance_id
+            if "session.timeout.ms" not in self.consumer_config:
+                config["session.timeout.ms"] = STATIC_SESSION_TIMEOUT_MS
         try:
             client = Consumer(config)
         except KafkaException as exc:

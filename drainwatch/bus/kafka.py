@@ -47,6 +47,7 @@ from kafka.errors import (
 )
 
 from drainwatch.bus.base import (
+    STATIC_SESSION_TIMEOUT_MS,
     AssignCallback,
     BusError,
     Message,
@@ -311,6 +312,8 @@ class KafkaBus(MurmurPartitions):
         }
         if self.instance_id is not None:
             config["group_instance_id"] = self.instance_id
+            if "session_timeout_ms" not in self._consumer_config:
+                config["session_timeout_ms"] = STATIC_SESSION_TIMEOUT_MS
         try:
             client = KafkaConsumer(**config)
         except KafkaError as exc:

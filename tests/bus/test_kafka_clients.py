@@ -11,7 +11,17 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from drainwatch.bus import BusError, ConfluentBus, KafkaBus, Message, TopicPartition, TopicSpec
+from drainwatch.app import build_bus
+from drainwatch.bus import (
+    Bus,
+    BusError,
+    ConfluentBus,
+    KafkaBus,
+    Message,
+    TopicPartition,
+    TopicSpec,
+)
+from drainwatch.config import loads
 from tests.bus.group import consume, join_group
 from tests.harness.services import KafkaService
 
@@ -257,7 +267,8 @@ def test_a_static_member_that_comes_back_keeps_its_partitions_without_a_rebalanc
 ) -> None:
     # [bus] instance_id: a member that stops does not leave the group, and one that comes back
     # under the same id within the session timeout gets its partitions back; the other member
-    # is not reassigned anything meanwhile.
+    # is not reassigned anything meanwhile. A static member's session timeout is 45 s: away for
+    # longer than a dynamic member's 10 s (a pod replaced), it still comes back to its own.
     def static(instance: str) -> KafkaClientBus:
         if client == "confluent":
             return ConfluentBus([kafka.bootstrap_servers], instance_id=instance)
@@ -280,7 +291,7 @@ def test_a_static_member_that_comes_back_keeps_its_partitions_without_a_rebalanc
         kept, away = first.assigned, second.assigned
         rebalances = len(first.assignments)
         second.leave()  # a restart: the process is gone, and did not leave the group
-        time.sleep(3.0)
+        time.sleep(12.0)
         assert (first.assigned, len(first.assignments)) == (kept, rebalances)
         back = join_group(buses[2], topic, group)  # the same instance id again
         # (Members without an instance id rebalance here instead, and this times out.)
@@ -295,3 +306,45 @@ def test_a_static_member_that_comes_back_keeps_its_partitions_without_a_rebalanc
     finally:
         for bus in buses:
             bus.close()
+
+
+def test_a_configured_session_timeout_hands_a_static_members_partitions_over_sooner(
+    client: str, kafka: KafkaService, kafka_topic_prefix: str
+) -> None:
+    # [bus] session_timeout_s overrides the static member's 45 s: with 6 s, a member away for
+    # longer is dropped, and the other takes its partitions (built as `drainwatch run` builds
+    # its bus, so the setting reaches each client under its own name).
+    def configured(instance: str) -> Bus:
+        return build_bus(
+            loads(
+                '[[wallets]]\nchain = "eth"\naddress = "0x' + "11" * 20 + '"\nlabel = "hot"\n'
+                f'[bus]\nkind = "kafka"\nclient = "{client}"\n'
+                f'bootstrap_servers = ["{kafka.bootstrap_servers}"]\n'
+                f'topic_prefix = "{kafka_topic_prefix}"\npartitions = 2\n'
+                f'instance_id = "{instance}"\nsession_timeout_s = 6\n'
+            )
+        )
+
+    topic = f"{kafka_topic_prefix}short"
+    group = f"{kafka_topic_prefix}detectors"
+    first_bus, second_bus = configured("a"), configured("b")
+    first_bus.ensure_topics([TopicSpec(topic, partitions=4)])
+    try:
+        first = join_group(first_bus, topic, group)
+        wait_until(lambda: first.assigned == {0, 1, 2, 3}, what="first member owns everything")
+        second = join_group(second_bus, topic, group)
+        wait_until(
+            lambda: bool(second.assigned) and len(first.assigned) < 4,
+            what="the partitions split between the two members",
+        )
+        second.leave()  # gone without leaving the group
+        wait_until(
+            lambda: first.assigned == {0, 1, 2, 3},
+            timeout_s=30,
+            what="the static member dropped after 6 s, its partitions handed over",
+        )
+        first.leave()
+        assert first.errors == []
+    finally:
+        first_bus.close()
+        second_bus.close()
