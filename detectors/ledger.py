@@ -153,6 +153,8 @@ class LedgerReconciliation:
         self._open: dict[_Key, list[_Approval]] = {}
         self._expired_at = float("-inf")
         """The approval time of the last pruning: approvals are pruned once per window."""
+        self._outflow_at = float("-inf")
+        """The latest outflow time this detector has learned from."""
         self._assets: dict[tuple[str, str], tuple[str, str]] = {}
         """(chain, asset) as written -> as matched: both case-folded, the asset normalised."""
         self._looked: tuple[TransferView, _Lookup] | tuple[None, None] = _NOT_YET
@@ -239,7 +241,11 @@ class LedgerReconciliation:
         self._looked = _NOT_YET
         when = approval.epoch
         if when > self._expired_at + self.match_window_s:
-            self._expire(when)
+            # Two windows before the latest approval, or before the latest outflow judged if
+            # that is earlier: a detector far behind on transfers (back from an outage) reads
+            # the approvals up to now at once, and its backlog's payments must still find
+            # theirs. Never more than a day of approvals, though.
+            self._expire(max(min(when, self._outflow_at), when - _DAY_S + 2 * self.match_window_s))
             self._expired_at = when
         key = self._key(approval.chain, approval.asset, approval.to)
         aid: str | None = getattr(approval, "id", None)  # live events carry one
@@ -366,9 +372,14 @@ class LedgerReconciliation:
             metrics={
                 "amount": format_units(units, state.scale),
                 "balance_before": format_units(before, state.scale),
-                # Open approvals to this address (of other amounts or times): not all open
-                # approvals, which would depend on other wallets' payouts.
-                "approvals_to_address": str(len(self._open.get(found.key, ()))),
+                # Open approvals to this address (of other amounts or times, within two
+                # windows): not all open approvals, which would depend on other wallets' payouts.
+                "approvals_to_address": str(
+                    sum(
+                        a.time >= transfer.epoch - 2 * self.match_window_s
+                        for a in self._open.get(found.key, ())
+                    )
+                ),
                 "rule_unapproved_outflow": "1",
             },
             transfer_ids=(transfer.id,),
@@ -397,7 +408,10 @@ class LedgerReconciliation:
         """Use up the approval that explains this outflow (:meth:`learn_one`), or remember it
         as flagged: an outflow this detector questions, explained by no approval and not
         trusted."""
-        if not self.active or transfer.direction is not Direction.OUT or self._matched(transfer):
+        if not self.active or transfer.direction is not Direction.OUT:
+            return
+        self._outflow_at = max(self._outflow_at, transfer.epoch)
+        if self._matched(transfer):
             return
         found = self._look(transfer)
         if found.at is not None:

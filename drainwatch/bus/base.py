@@ -6,6 +6,7 @@ crash repeats messages and never loses them; readers de-duplicate by event id.
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,21 @@ __all__ = [
     "TopicSpec",
     "partition_for",
 ]
+
+
+FOLLOW_WAIT_S = 30.0
+"""The longest a follower's poll waits for its fetches to reach the ends the topic had when the
+poll began; then it returns what it has (and logs that it is behind)."""
+FOLLOW_BATCH = 5000
+"""Messages a follower takes from its client at a time."""
+
+
+def warn_behind(topic: str, behind: int, wait_s: float) -> None:
+    """Say that a follower's poll gave up waiting with ``behind`` partitions not read to their
+    ends (what is left comes with later polls)."""
+    logging.getLogger("drainwatch.bus").warning(
+        "following %s: %d partition(s) still behind their ends after %.0f s", topic, behind, wait_s
+    )
 
 
 STATIC_SESSION_TIMEOUT_MS = 45_000
@@ -198,7 +214,10 @@ class Follower(Protocol):
     the keyed topics."""
 
     def poll(self) -> list[Message]:
-        """What arrived since the last poll, without waiting for more."""
+        """Everything published to the topic before this call that earlier polls did not
+        return (waiting for the fetches, never for new messages): a detector that has polled
+        its transfers then its followers has read every approval published before those
+        transfers, however far behind it was."""
 
     def close(self) -> None:
         """Release the client."""

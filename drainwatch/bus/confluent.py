@@ -39,7 +39,11 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+
 from drainwatch.bus.base import (
+    FOLLOW_BATCH,
+    FOLLOW_WAIT_S,
     STATIC_SESSION_TIMEOUT_MS,
     AssignCallback,
     BusError,
@@ -47,6 +51,7 @@ from drainwatch.bus.base import (
     MurmurPartitions,
     TopicPartition,
     TopicSpec,
+    warn_behind,
 )
 
 if TYPE_CHECKING:
@@ -132,6 +137,22 @@ def topic_config(spec: TopicSpec) -> dict[str, str]:
     if spec.retention_ms is not None:
         configs["retention.ms"] = str(spec.retention_ms)
     return configs
+
+
+def _retriable(exc: BaseException) -> bool:
+    """Whether a failed request may succeed if tried again: librdkafka says so, or a partition
+    has no leader yet, or not this one (a topic just created, a leader moving), which its
+    error object does not mark retriable."""
+    from confluent_kafka import KafkaError
+
+    error = exc.args[0] if exc.args else None
+    if not isinstance(error, KafkaError):
+        return False
+    return bool(error.retriable()) or error.code() in {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
 
 
 def _ctp(tp: TopicPartition, offset: int = _OFFSET_INVALID) -> ck.TopicPartition:
@@ -414,7 +435,8 @@ class ConfluentBus(MurmurPartitions):
         or commits to the group id librdkafka asks for."""
         from confluent_kafka import Consumer, KafkaException
 
-        starts = [_ctp(tp, self.offset_for_time(tp, since_ms)) for tp in self.partitions(topic)]
+        offsets = {tp: self.offset_for_time(tp, since_ms) for tp in self.partitions(topic)}
+        starts = [_ctp(tp, offset) for tp, offset in offsets.items()]
         config = {
             **self._common("follower"),
             **self.consumer_config,
@@ -428,7 +450,7 @@ class ConfluentBus(MurmurPartitions):
             client.assign(starts)
         except KafkaException as exc:
             raise BusError(f"cannot follow {topic} at {self.bootstrap_servers}: {exc}") from exc
-        return ConfluentFollower(client, topic)
+        return ConfluentFollower(client, topic, offsets, self.end_offset)
 
     def partitions(self, topic: str) -> list[TopicPartition]:
         """Every partition of a topic (none if it does not exist)."""
@@ -480,22 +502,38 @@ class ConfluentBus(MurmurPartitions):
         return None
 
     def offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int:
-        """The first offset stamped at or after ``timestamp_ms``, or the end offset."""
+        """The first offset stamped at or after ``timestamp_ms``, or the end offset.
+
+        A retriable error (a topic just created, whose partitions have no leader yet; a leader
+        moving) is retried for up to the bus's timeout.
+        """
+        from confluent_kafka import KafkaException
+
+        retrying = Retrying(
+            retry=retry_if_exception(_retriable),
+            stop=stop_after_delay(self._timeout_s),
+            wait=wait_exponential(multiplier=0.05, max=1.0),
+            reraise=True,
+        )
+        try:
+            offset: int | None = retrying(self._offset_for_time, tp, timestamp_ms)
+        except KafkaException as exc:
+            raise BusError(f"offset for time on {tp} failed: {exc}") from exc
+        return self.end_offset(tp) if offset is None else offset
+
+    def _offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int | None:
         from confluent_kafka import KafkaException
 
         with self._lock:
-            try:
-                found = self._reader_client().offsets_for_times(
-                    [_ctp(tp, max(0, timestamp_ms))], timeout=self._timeout_s
-                )
-            except KafkaException as exc:
-                raise BusError(f"offset for time on {tp} failed: {exc}") from exc
-            hit = found[0] if found else None
-            if hit is not None and hit.error is not None:
-                raise BusError(f"offset for time on {tp} failed: {hit.error}")
-            if hit is None or hit.offset < 0:
-                return self.end_offset(tp)
-            return int(hit.offset)
+            found = self._reader_client().offsets_for_times(
+                [_ctp(tp, max(0, timestamp_ms))], timeout=self._timeout_s
+            )
+        hit = found[0] if found else None
+        if hit is not None and hit.error is not None:
+            raise KafkaException(hit.error)
+        if hit is None or hit.offset < 0:
+            return None
+        return int(hit.offset)
 
     def read_range(self, tp: TopicPartition, start_offset: int, end_offset: int) -> list[Message]:
         """Messages of one partition in ``[start_offset, end_offset)``, read without a group.
@@ -869,20 +907,51 @@ class ConfluentFollower:
     """A :class:`~drainwatch.bus.base.Follower` on confluent-kafka: librdkafka fetches in the
     background, and :meth:`poll` takes what has arrived."""
 
-    def __init__(self, client: ck.Consumer, topic: str) -> None:
+    def __init__(
+        self,
+        client: ck.Consumer,
+        topic: str,
+        starts: Mapping[TopicPartition, int],
+        end_offset: Callable[[TopicPartition], int],
+        *,
+        wait_s: float = FOLLOW_WAIT_S,
+    ) -> None:
         self._client = client
         self._topic = topic
+        self._next = dict(starts)
+        """The next offset this follower has not returned, per partition."""
+        self._end_offset = end_offset
+        """A partition's end offset, looked up by another client (this one's connection may be
+        holding a fetch open on the broker, and a request behind it would wait)."""
+        self._wait_s = wait_s
 
     def poll(self) -> list[Message]:
-        """What has been fetched since the last poll (it does not wait)."""
+        """Everything published before the call and not returned yet: the partitions' ends are
+        looked up (a broker round trip each), then what librdkafka fetched is taken until the
+        ends are reached (for at most ``wait_s``; what is still behind then comes with a later
+        poll, and is logged)."""
         from confluent_kafka import KafkaException
 
+        client, out = self._client, []
         try:
-            records = self._client.consume(num_messages=500, timeout=0)
+            ends = {tp: self._end_offset(tp) for tp in self._next}
+            deadline = time.monotonic() + self._wait_s
+            timeout = 0.0
+            while True:
+                records = client.consume(num_messages=FOLLOW_BATCH, timeout=timeout)
+                for m in (_message(r) for r in _good(records, f"following {self._topic}")):
+                    out.append(m)
+                    tp = TopicPartition(m.topic, m.partition)
+                    self._next[tp] = max(self._next.get(tp, 0), m.offset + 1)
+                behind = [tp for tp, end in ends.items() if self._next[tp] < end]
+                if not behind or time.monotonic() >= deadline:
+                    break
+                timeout = 0.1
         except KafkaException as exc:
             raise BusError(f"following {self._topic} failed: {exc}") from exc
-        good = _good(records, f"following {self._topic}")
-        return sorted((_message(r) for r in good), key=_MESSAGE_ORDER)
+        if behind:
+            warn_behind(self._topic, len(behind), self._wait_s)
+        return sorted(out, key=_MESSAGE_ORDER)
 
     def close(self) -> None:
         """Close the client."""

@@ -47,6 +47,8 @@ from kafka.errors import (
 )
 
 from drainwatch.bus.base import (
+    FOLLOW_BATCH,
+    FOLLOW_WAIT_S,
     STATIC_SESSION_TIMEOUT_MS,
     AssignCallback,
     BusError,
@@ -54,6 +56,7 @@ from drainwatch.bus.base import (
     MurmurPartitions,
     TopicPartition,
     TopicSpec,
+    warn_behind,
 )
 
 __all__ = [
@@ -337,7 +340,7 @@ class KafkaBus(MurmurPartitions):
                 client.seek(_ktp(tp), offset)
         except KafkaError as exc:
             raise BusError(f"cannot follow {topic} at {self.bootstrap_servers}: {exc}") from exc
-        return KafkaFollower(client, topic)
+        return KafkaFollower(client, topic, self.end_offsets)
 
     def partitions(self, topic: str) -> list[TopicPartition]:
         """Every partition of a topic (none if it does not exist)."""
@@ -350,12 +353,18 @@ class KafkaBus(MurmurPartitions):
 
     def end_offset(self, tp: TopicPartition) -> int:
         """The offset the next message of this partition will get."""
+        return self.end_offsets([tp])[tp]
+
+    def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """:meth:`end_offset` of several partitions, in one request per broker."""
         with self._lock:
             try:
-                ends = self._reader_client().end_offsets([_ktp(tp)], timeout_ms=self._timeout_ms)
+                ends = self._reader_client().end_offsets(
+                    [_ktp(tp) for tp in tps], timeout_ms=self._timeout_ms
+                )
             except KafkaError as exc:
-                raise BusError(f"end offset of {tp} failed: {exc}") from exc
-        return int(ends[_ktp(tp)])
+                raise BusError(f"end offsets of {list(tps)} failed: {exc}") from exc
+        return {_ours(ktp): int(end) for ktp, end in ends.items()}
 
     def committed(self, group: str, tp: TopicPartition) -> int | None:
         """The group's committed offset for a partition, if any."""
@@ -664,20 +673,43 @@ class KafkaFollower:
     """A :class:`~drainwatch.bus.base.Follower` on kafka-python: a group-less consumer assigned
     every partition, which fetches as it polls."""
 
-    def __init__(self, client: Any, topic: str) -> None:
+    def __init__(
+        self,
+        client: Any,
+        topic: str,
+        ends: Callable[[Sequence[TopicPartition]], Mapping[TopicPartition, int]],
+        wait_s: float = FOLLOW_WAIT_S,
+    ) -> None:
         self._client = client
         self._topic = topic
+        self._ends = ends
+        """The partitions' end offsets, looked up by another client: this one's connection may
+        be holding a fetch open on the broker for up to ``fetch_max_wait_ms`` (500 ms), and a
+        request sent behind it would wait that long."""
+        self._wait_s = wait_s
+        self._parts = sorted(client.assignment(), key=_tp_order)
 
     def poll(self) -> list[Message]:
-        """What the client has fetched since the last poll (it does not wait)."""
+        """Everything published before the call and not returned yet: the partitions' ends are
+        looked up (one broker round trip), then the client fetches up to them (for at most
+        ``wait_s``; what is still behind then comes with a later poll, and is logged)."""
+        client, out = self._client, []
         try:
-            batch = self._client.poll(timeout_ms=0, max_records=500)
+            ends = self._ends([_ours(k) for k in self._parts])
+            deadline = time.monotonic() + self._wait_s
+            timeout_ms = 0
+            while True:
+                batch = client.poll(timeout_ms=timeout_ms, max_records=FOLLOW_BATCH)
+                out += [_message(r) for records in batch.values() for r in records]
+                behind = [k for k in self._parts if client.position(k) < ends[_ours(k)]]
+                if not behind or time.monotonic() >= deadline:
+                    break
+                timeout_ms = 100
         except KafkaError as exc:
             raise BusError(f"following {self._topic} failed: {exc}") from exc
-        return sorted(
-            (_message(r) for records in batch.values() for r in records),
-            key=lambda m: (m.partition, m.offset),
-        )
+        if behind:
+            warn_behind(self._topic, len(behind), self._wait_s)
+        return sorted(out, key=lambda m: (m.partition, m.offset))
 
     def close(self) -> None:
         """Close the client."""

@@ -261,3 +261,27 @@ def test_a_follower_reads_every_partition_from_a_time_on_and_shares_nothing(
     finally:
         for follower in followers:
             follower.close()
+
+
+def test_one_follower_poll_returns_everything_published_before_it(
+    under_test: BusUnderTest,
+) -> None:
+    # A detector polls its share of the transfers, then its followers: the ledger's approvals
+    # published before those transfers must all be in that one poll, however many there are
+    # (a detector starting, or catching up after an outage, reads hours of them). Otherwise it
+    # judges payments before their approvals and freezes them.
+    topic = under_test.topic("backlog", partitions=3)
+    base_ms = int(time.time() * 1000) - 60_000
+    follower = under_test.bus.follower(topic, since_ms=base_ms)
+    try:
+        assert follower.poll() == []
+        produce(
+            under_test.bus, [(topic, f"k{i % 7}", b"%d" % i, base_ms + i) for i in range(12_000)]
+        )
+        got = follower.poll()
+        assert sorted(int(m.value) for m in got) == list(range(12_000))
+        assert follower.poll() == []
+        produce(under_test.bus, [(topic, "k0", b"later", base_ms + 20_000)])
+        assert [m.value for m in follower.poll()] == [b"later"]
+    finally:
+        follower.close()

@@ -434,6 +434,19 @@ def test_approvals_never_paid_are_forgotten_while_others_keep_coming() -> None:
     assert finding.metrics["approvals_to_address"] == "1"
 
 
+def test_a_detector_behind_on_transfers_keeps_the_approvals_its_backlog_needs() -> None:
+    # Back from a ten-hour outage, a detector reads the approvals up to now at once (the ledger
+    # is small and quick to read), then works through ten hours of payments. Approvals are kept
+    # two windows behind the latest payment judged, not behind the latest approval: the first
+    # hour's payments still find theirs. A payment nobody approved still freezes.
+    e = engine(reconcile=True)
+    for minute in range(0, 600, 5):
+        e.process_approval(approval(f"C{minute}", "1", minutes=minute))
+    for minute in range(0, 600, 5):
+        assert _ledger(e.process(transfer(f"C{minute}", 1, minutes=minute + 1))) == [], minute
+    assert _ledger(e.process(transfer("THIEF", 1, minutes=601))) == [("ledger", "critical", True)]
+
+
 def test_a_pending_transfers_balance_anchors_only_a_wallet_with_none_known() -> None:
     # Pending transfers each read the latest mined balance, moved by themselves: the first one
     # tells a wallet with no balance what it holds; the next must not undo the first's count.
