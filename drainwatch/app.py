@@ -29,7 +29,7 @@ from alerts import (
 from alerts.killswitch import HookRecord
 from detectors import DetectionEngine, SnapshotStore, fingerprint, message_digest
 from detectors.wire import read_transfer
-from drainwatch.bus import Bus, EmbeddedBus, Message, Producer, TopicPartition
+from drainwatch.bus import Bus, BusError, EmbeddedBus, Message, Producer, TopicPartition
 from drainwatch.config import Config
 from drainwatch.events import (
     ALERTS,
@@ -370,6 +370,29 @@ class PartitionSnapshots:
         )
 
 
+_LEDGER_LOOKBACK_S = 86400
+"""How far back a starting detector reads the ledger at most (see ``detect_loop``)."""
+
+
+def oldest_unjudged_s(bus: Bus, group: str, topic: str) -> float | None:
+    """The time (epoch seconds) of the oldest message of ``topic`` that ``group`` has not
+    committed yet, if the group has committed somewhere and left messages after it."""
+    oldest: float | None = None
+    try:
+        for tp in bus.partitions(topic):
+            committed = bus.committed(group, tp)
+            if committed is None or committed >= bus.end_offset(tp):
+                continue
+            first = bus.read_range(tp, committed, committed + 1)
+            if first:
+                at = first[0].timestamp_ms / 1000
+                oldest = at if oldest is None else min(oldest, at)
+    except BusError as exc:  # a group the cluster does not know yet: nothing to catch up on
+        log.debug("no committed offsets of %s: %s", group, exc)
+        return None
+    return oldest
+
+
 def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None) -> StageLoop:
     """The detector stage: transfers (shared by the group) in, alerts out; the ledger and the
     alerts topic are read whole by each detector.
@@ -452,13 +475,22 @@ def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None)
     # windows on start, so a restarted detector has the approvals still open; and every alert,
     # so that it has the incidents still open.
     window_s = engine.correlator.window_s if engine.correlator is not None else 0
-    since_s = datetime.now(UTC).timestamp() - 2 * max(
-        config.detection.ledger_match_window_s, window_s
-    )
+    now_s = datetime.now(UTC).timestamp()
+    since_s = now_s - 2 * max(config.detection.ledger_match_window_s, window_s)
+    # The approvals (and their uses) from a match window before the oldest transfer the group
+    # has not judged yet, if that is earlier: a detector back from an outage works through its
+    # backlog, whose payments were approved before it stopped. At most a day back: the ledger
+    # detector keeps no approval a day older than the latest one.
+    group = f"{config.bus.group_prefix}-detect"
+    oldest = oldest_unjudged_s(bus, group, transfers)
+    ledger_since_s = since_s
+    if oldest is not None:
+        window = config.detection.ledger_match_window_s
+        ledger_since_s = max(min(since_s, oldest - window), now_s - _LEDGER_LOOKBACK_S + window)
     loop = StageLoop(
         bus,
         [TRANSFERS],
-        f"{config.bus.group_prefix}-detect",
+        group,
         engine.handle,
         prefix=config.bus.topic_prefix,
         stage="detect",
@@ -466,7 +498,11 @@ def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None)
         decoders={TRANSFERS: read_transfer},
         broadcast=[LEDGER, LEDGER_USES, ALERTS],
         ready=take_owed,
-        broadcast_since_ms=int(since_s * 1000),
+        broadcast_since_ms={
+            LEDGER: int(ledger_since_s * 1000),
+            LEDGER_USES: int(ledger_since_s * 1000),
+            ALERTS: int(since_s * 1000),
+        },
         on_commit=snapshots.committed if snapshots is not None else None,
     )
     loops.append(loop)

@@ -155,7 +155,7 @@ class StageLoop:
         max_batch: int = 2000,
         decoders: Mapping[str, Decoder] | None = None,
         broadcast: Sequence[str] = (),
-        broadcast_since_ms: int = 0,
+        broadcast_since_ms: int | Mapping[str, int] = 0,
         ready: Callable[[], Iterable[Output]] | None = None,
         on_commit: Callable[[Mapping[TopicPartition, Message]], None] | None = None,
     ) -> None:
@@ -171,11 +171,17 @@ class StageLoop:
         self._on_assign = on_assign
         self._consumer = bus.consumer(self.topics, group, on_assign=on_assign)
         self._followers: list[Follower] = [
-            bus.follower(topic_name(prefix, t), broadcast_since_ms) for t in broadcast
+            bus.follower(
+                topic_name(prefix, t),
+                broadcast_since_ms
+                if isinstance(broadcast_since_ms, int)
+                else broadcast_since_ms[t],
+            )
+            for t in broadcast
         ]
-        """``broadcast`` topics, read whole by this member (from ``broadcast_since_ms``), not
-        shared with the group: what arrived by the end of each poll of the group is handled
-        before the group's messages."""
+        """``broadcast`` topics, read whole by this member (from ``broadcast_since_ms``, or
+        its value for the topic), not shared with the group: what was published to them by the
+        end of each poll of the group is handled before the group's messages."""
         self._ready = ready
         """What the stage made outside any message (in ``on_assign``, say), taken after each
         poll and published with what the poll's messages make, before the commit."""

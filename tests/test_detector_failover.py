@@ -379,17 +379,22 @@ def test_every_detector_of_a_group_learns_every_approval(
         stop(procs)
 
 
+@pytest.mark.parametrize("hours_ago", [2, 10])
 def test_a_detector_far_behind_reads_the_approvals_before_judging_their_payments(
-    kafka: KafkaService, kafka_topic_prefix: str, tmp_path: Path
+    kafka: KafkaService, kafka_topic_prefix: str, tmp_path: Path, hours_ago: int
 ) -> None:
-    # A detector that starts (or comes back from an outage) far behind: thousands of payments
-    # wait in the transfers topic, and their approvals in the ledger. It takes 2,000 transfers
-    # a poll; until the nineteenth session its ledger follower took 500 approvals a poll, so
-    # it judged most payments before their approvals and froze them. Now each poll of the
-    # followers reads everything published before it.
+    # A detector that comes back from an outage far behind: thousands of payments wait in the
+    # transfers topic, and their approvals in the ledger. It takes 2,000 transfers a poll;
+    # until the nineteenth session its ledger follower took 500 approvals a poll, so it judged
+    # most payments before their approvals and froze them (830 of 3,000 here). Now each poll of
+    # the followers reads everything published before it. And a detector reads the ledger
+    # from a match window before the oldest transfer it has not judged: after a ten-hour
+    # outage the approvals are older than the six hours it read before, so it read none and
+    # its ledger detector stayed asleep, even for the payment nobody approved (with new
+    # approvals coming in, it would have frozen the backlog's approved payments instead).
     prefix = kafka_topic_prefix
     path, bus = broker(kafka, prefix, tmp_path)
-    start = datetime.now(UTC) - timedelta(hours=2)
+    start = datetime.now(UTC) - timedelta(hours=hours_ago)
     payments = [
         transfer(
             k % WALLETS, k + 1, f"0x{0xD0000000 + k:040x}", 1, start + timedelta(seconds=2 * k + 1)

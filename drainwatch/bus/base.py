@@ -193,6 +193,9 @@ class Bus(Protocol):
     def partition_of(self, topic: str, key: str) -> int:
         """The partition of ``topic`` a message keyed ``key`` goes to."""
 
+    def committed(self, group: str, tp: TopicPartition) -> int | None:
+        """The group's committed offset for a partition, if any."""
+
     def follower(self, topic: str, since_ms: int) -> Follower:
         """Every partition of ``topic`` for this caller alone, from the first message stamped at
         or after ``since_ms`` (see :class:`Follower`)."""
