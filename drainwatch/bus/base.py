@@ -32,6 +32,11 @@ __all__ = [
 FOLLOW_WAIT_S = 30.0
 """The longest a follower's poll waits for its fetches to reach the ends the topic had when the
 poll began; then it returns what it has (and logs that it is behind)."""
+FOLLOW_CHECK_S = 1.0
+"""How often a follower's poll looks up the topic's ends and reads up to them; between two
+looks it takes only what its client has fetched. The first poll always looks: a detector that
+starts far behind reads every approval published before it before it judges a transfer; after
+that an approval precedes its payment by seconds to minutes."""
 FOLLOW_BATCH = 5000
 """Messages a follower takes from its client at a time."""
 

@@ -43,6 +43,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_expone
 
 from drainwatch.bus.base import (
     FOLLOW_BATCH,
+    FOLLOW_CHECK_S,
     FOLLOW_WAIT_S,
     STATIC_SESSION_TIMEOUT_MS,
     AssignCallback,
@@ -924,6 +925,8 @@ class ConfluentFollower:
         """A partition's end offset, looked up by another client (this one's connection may be
         holding a fetch open on the broker, and a request behind it would wait)."""
         self._wait_s = wait_s
+        self._next_check = 0.0
+        """When the next poll looks up the ends (see ``FOLLOW_CHECK_S``)."""
 
     def poll(self) -> list[Message]:
         """Everything published before the call and not returned yet: the partitions' ends are
@@ -933,16 +936,20 @@ class ConfluentFollower:
         from confluent_kafka import KafkaException
 
         client, out = self._client, []
+        started = time.monotonic()
+        if started < self._next_check:
+            try:
+                records = client.consume(num_messages=FOLLOW_BATCH, timeout=0)
+            except KafkaException as exc:
+                raise BusError(f"following {self._topic} failed: {exc}") from exc
+            return sorted(self._taken(records), key=_MESSAGE_ORDER)
+        self._next_check = started + FOLLOW_CHECK_S
         try:
             ends = {tp: self._end_offset(tp) for tp in self._next}
             deadline = time.monotonic() + self._wait_s
             timeout = 0.0
             while True:
-                records = client.consume(num_messages=FOLLOW_BATCH, timeout=timeout)
-                for m in (_message(r) for r in _good(records, f"following {self._topic}")):
-                    out.append(m)
-                    tp = TopicPartition(m.topic, m.partition)
-                    self._next[tp] = max(self._next.get(tp, 0), m.offset + 1)
+                out += self._taken(client.consume(num_messages=FOLLOW_BATCH, timeout=timeout))
                 behind = [tp for tp, end in ends.items() if self._next[tp] < end]
                 if not behind or time.monotonic() >= deadline:
                     break
@@ -952,6 +959,14 @@ class ConfluentFollower:
         if behind:
             warn_behind(self._topic, len(behind), self._wait_s)
         return sorted(out, key=_MESSAGE_ORDER)
+
+    def _taken(self, records: list[Any]) -> list[Message]:
+        """The messages of ``records``, their partitions' next offsets moved past them."""
+        out = [_message(r) for r in _good(records, f"following {self._topic}")]
+        for m in out:
+            tp = TopicPartition(m.topic, m.partition)
+            self._next[tp] = max(self._next.get(tp, 0), m.offset + 1)
+        return out
 
     def close(self) -> None:
         """Close the client."""

@@ -48,6 +48,7 @@ from kafka.errors import (
 
 from drainwatch.bus.base import (
     FOLLOW_BATCH,
+    FOLLOW_CHECK_S,
     FOLLOW_WAIT_S,
     STATIC_SESSION_TIMEOUT_MS,
     AssignCallback,
@@ -688,12 +689,24 @@ class KafkaFollower:
         request sent behind it would wait that long."""
         self._wait_s = wait_s
         self._parts = sorted(client.assignment(), key=_tp_order)
+        self._next_check = 0.0
+        """When the next poll looks up the ends (see ``FOLLOW_CHECK_S``)."""
 
     def poll(self) -> list[Message]:
         """Everything published before the call and not returned yet: the partitions' ends are
         looked up (one broker round trip), then the client fetches up to them (for at most
-        ``wait_s``; what is still behind then comes with a later poll, and is logged)."""
+        ``wait_s``; what is still behind then comes with a later poll, and is logged). Within
+        ``FOLLOW_CHECK_S`` of the last look, only what the client has fetched."""
         client, out = self._client, []
+        started = time.monotonic()
+        if started < self._next_check:
+            try:
+                batch = client.poll(timeout_ms=0, max_records=FOLLOW_BATCH)
+            except KafkaError as exc:
+                raise BusError(f"following {self._topic} failed: {exc}") from exc
+            out = [_message(r) for records in batch.values() for r in records]
+            return sorted(out, key=lambda m: (m.partition, m.offset))
+        self._next_check = started + FOLLOW_CHECK_S
         try:
             ends = self._ends([_ours(k) for k in self._parts])
             deadline = time.monotonic() + self._wait_s
