@@ -622,6 +622,8 @@ def run_pipeline(
     bus = build_bus(config, bus_kind)
     wanted = STAGES if stage == "all" else (stage,)
     threads: list[threading.Thread] = []
+    loops: dict[str, StageLoop] = {}
+    """The stage loops by thread name, whose rounds ``/healthz`` watches (see ``stalled``)."""
     if "ingest" in wanted:
         producer = bus.producer()
         for watcher, interval in build_watchers(config, producer):
@@ -637,9 +639,9 @@ def run_pipeline(
                 "is unknown: its first outflow will read as all of it and freeze it; set either",
                 label,
             )
-        threads.append(
-            threading.Thread(target=detect_loop(config, bus).run, args=(stop,), name="detect")
-        )
+        detecting = detect_loop(config, bus)
+        loops["detect"] = detecting
+        threads.append(threading.Thread(target=detecting.run, args=(stop,), name="detect"))
     worker: DeliveryWorker | None = None
     web: tuple[Any, threading.Thread] | None = None
     if "alert" in wanted:
@@ -649,11 +651,9 @@ def run_pipeline(
                 config.alerts, alerter.outbox, alerter.timeline, tx_urls=explorer_urls(config)
             )
             worker.start()
-        threads.append(
-            threading.Thread(
-                target=alert_loop(config, bus, alerter).run, args=(stop,), name="alert"
-            )
-        )
+        alerting = alert_loop(config, bus, alerter)
+        loops["alert"] = alerting
+        threads.append(threading.Thread(target=alerting.run, args=(stop,), name="alert"))
         if config.alerts.web_port is not None:
             web = serve_in_thread(
                 create_web_app(
@@ -676,7 +676,10 @@ def run_pipeline(
         metrics_server = serve_metrics(
             config.metrics.host,
             config.metrics.port_for(stage),
-            health=lambda: {t.name: t.is_alive() for t in threads},
+            health=lambda: {
+                t.name: t.is_alive() and not (t.name in loops and loops[t.name].stalled())
+                for t in threads
+            },
         )
     try:
         while any(t.is_alive() for t in threads):

@@ -123,6 +123,12 @@ def default_topics(prefix: str = "", partitions: int = 6) -> list[TopicSpec]:
     ]
 
 
+STALL_S: Final = 330.0
+"""A round of a stage loop longer than this makes its process unhealthy (``/healthz`` 503): more
+than Kafka's ``max.poll.interval`` (300 s, which a detector's state rebuild must stay within)
+and a little. A kafka-python consumer has been seen to hang in ``poll()`` for ever
+(docs/design-decisions.md); the thread stays alive, and only this notices."""
+
 HANDLE_SAMPLE_EVERY: Final = 8
 """Handle times of quiet events (no output) are observed for one event in this many."""
 
@@ -191,6 +197,8 @@ class StageLoop:
         """What ``ready`` gave that no flush has confirmed yet (published again after a
         failure: no message brings it back)."""
         self._deadletter = topic_name(prefix, DEADLETTER)
+        self.polled_at = time.monotonic()
+        """When the current round of :meth:`run` began (see :meth:`stalled`)."""
         self._lag_due_s = 0.0
         self._handled = 0
         self._decoders = dict(decoders or {})
@@ -291,6 +299,7 @@ class StageLoop:
         backoff_s = 0.5
         try:
             while not stop.is_set():
+                self.polled_at = time.monotonic()
                 try:
                     self.run_once(timeout_s)
                     backoff_s = 0.5
@@ -307,6 +316,17 @@ class StageLoop:
                     self._rejoin()
         finally:
             self.close()
+
+    def stalled(self, limit_s: float = STALL_S) -> bool:
+        """Whether the loop has spent more than ``limit_s`` in one round (a poll and what it
+        brought): a hung client, which leaves the thread alive and judging nothing.
+
+        >>> from drainwatch.bus.embedded import EmbeddedBus
+        >>> loop = StageLoop(EmbeddedBus(":memory:"), ["t"], "g", lambda topic, event: [])
+        >>> loop.stalled(), loop.stalled(limit_s=-1.0)
+        (False, True)
+        """
+        return time.monotonic() - self.polled_at > limit_s
 
     def _rejoin(self) -> None:
         self._consumer.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -85,3 +87,50 @@ def test_messages_of_a_followed_topic_are_counted_per_topic() -> None:
     producer.flush()
     loop.run_once(timeout_s=0.05)
     assert counter._value.get() - before == 3
+
+
+def test_a_round_that_never_ends_is_a_stall_the_health_check_sees() -> None:
+    # A consumer hung in poll() (kafka-python has been seen to) leaves the thread alive: only
+    # the length of the round tells. Here the handler blocks instead.
+    bus = EmbeddedBus(":memory:")
+    release, entered = threading.Event(), threading.Event()
+
+    def blocking(topic: str, event: object) -> list[Output]:
+        entered.set()
+        release.wait(30)
+        return []
+
+    loop = StageLoop(bus, [ALERTS], "g", blocking)
+    producer = bus.producer()
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    alert = Alert(
+        id="a1",
+        time=t,
+        detected_at=t,
+        chain="eth",
+        wallet="0xab",
+        severity=Severity.WARNING,
+        detector="velocity",
+        freeze=False,
+        summary="s",
+    )
+    producer.send(ALERTS, "k", alert.to_json())
+    producer.flush()
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    try:
+        assert entered.wait(10)
+        time.sleep(0.3)
+        assert thread.is_alive()
+        assert loop.stalled(limit_s=0.2)
+        assert not loop.stalled()  # within STALL_S
+        release.set()
+        deadline = time.monotonic() + 10
+        while loop.stalled(limit_s=0.2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not loop.stalled(limit_s=0.2)  # the next rounds are short again
+    finally:
+        release.set()
+        stop.set()
+        thread.join(10)
