@@ -7,6 +7,7 @@ crash repeats messages and never loses them; readers de-duplicate by event id.
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 
+log = logging.getLogger(__name__)
+
 FOLLOW_WAIT_S = 30.0
 """The longest a follower's poll waits for its fetches to reach the ends the topic had when the
 poll began; then it returns what it has (and logs that it is behind)."""
@@ -39,14 +42,6 @@ starts far behind reads every approval published before it before it judges a tr
 that an approval precedes its payment by seconds to minutes."""
 FOLLOW_BATCH = 5000
 """Messages a follower takes from its client at a time."""
-
-
-def warn_behind(topic: str, behind: int, wait_s: float) -> None:
-    """Say that a follower's poll gave up waiting with ``behind`` partitions not read to their
-    ends (what is left comes with later polls)."""
-    logging.getLogger("drainwatch.bus").warning(
-        "following %s: %d partition(s) still behind their ends after %.0f s", topic, behind, wait_s
-    )
 
 
 STATIC_SESSION_TIMEOUT_MS = 45_000
@@ -229,6 +224,62 @@ class Follower(Protocol):
 
     def close(self) -> None:
         """Release the client."""
+
+
+class CatchingUpFollower:
+    """What the Kafka clients' followers share: :meth:`poll` reads up to the ends the topic had
+    when it began, looking them up on the first poll and then at most every ``FOLLOW_CHECK_S``
+    (between two looks it takes what the client has fetched). A client supplies
+    :meth:`_take`, :meth:`_ends` and :meth:`_position`, each raising :class:`BusError`."""
+
+    def __init__(self, topic: str, wait_s: float = FOLLOW_WAIT_S) -> None:
+        self._topic = topic
+        self._wait_s = wait_s
+        self._next_check = 0.0
+        """When the next poll looks up the ends."""
+
+    def poll(self) -> list[Message]:
+        """Everything published before the call and not returned yet (see the class doc): the
+        fetches are waited for for at most ``wait_s``; what is still behind then comes with a
+        later poll, and is logged."""
+        started = time.monotonic()
+        if started < self._next_check:
+            return sorted(self._take(0.0), key=_message_order)
+        self._next_check = started + FOLLOW_CHECK_S
+        ends = self._ends()
+        deadline = time.monotonic() + self._wait_s
+        out: list[Message] = []
+        timeout_s = 0.0
+        while True:
+            out += self._take(timeout_s)
+            behind = [tp for tp, end in ends.items() if self._position(tp) < end]
+            if not behind or time.monotonic() >= deadline:
+                break
+            timeout_s = 0.1
+        if behind:
+            log.warning(
+                "following %s: %d partition(s) still behind their ends after %.0f s",
+                self._topic,
+                len(behind),
+                self._wait_s,
+            )
+        return sorted(out, key=_message_order)
+
+    def _take(self, timeout_s: float) -> list[Message]:
+        """What the client has fetched, waiting up to ``timeout_s`` for some."""
+        raise NotImplementedError
+
+    def _ends(self) -> dict[TopicPartition, int]:
+        """The end offset of every partition followed."""
+        raise NotImplementedError
+
+    def _position(self, tp: TopicPartition) -> int:
+        """The next offset of ``tp`` this follower has not returned."""
+        raise NotImplementedError
+
+
+def _message_order(m: Message) -> tuple[str, int, int]:
+    return m.topic, m.partition, m.offset
 
 
 class OffsetFollower:

@@ -43,16 +43,15 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_expone
 
 from drainwatch.bus.base import (
     FOLLOW_BATCH,
-    FOLLOW_CHECK_S,
     FOLLOW_WAIT_S,
     STATIC_SESSION_TIMEOUT_MS,
     AssignCallback,
     BusError,
+    CatchingUpFollower,
     Message,
     MurmurPartitions,
     TopicPartition,
     TopicSpec,
-    warn_behind,
 )
 
 if TYPE_CHECKING:
@@ -904,7 +903,7 @@ def _tp_order(tp: TopicPartition) -> tuple[str, int]:
     return (tp.topic, tp.partition)
 
 
-class ConfluentFollower:
+class ConfluentFollower(CatchingUpFollower):
     """A :class:`~drainwatch.bus.base.Follower` on confluent-kafka: librdkafka fetches in the
     background, and :meth:`poll` takes what has arrived."""
 
@@ -917,56 +916,32 @@ class ConfluentFollower:
         *,
         wait_s: float = FOLLOW_WAIT_S,
     ) -> None:
+        super().__init__(topic, wait_s)
         self._client = client
-        self._topic = topic
         self._next = dict(starts)
         """The next offset this follower has not returned, per partition."""
         self._end_offset = end_offset
         """A partition's end offset, looked up by another client (this one's connection may be
         holding a fetch open on the broker, and a request behind it would wait)."""
-        self._wait_s = wait_s
-        self._next_check = 0.0
-        """When the next poll looks up the ends (see ``FOLLOW_CHECK_S``)."""
 
-    def poll(self) -> list[Message]:
-        """Everything published before the call and not returned yet: the partitions' ends are
-        looked up (a broker round trip each), then what librdkafka fetched is taken until the
-        ends are reached (for at most ``wait_s``; what is still behind then comes with a later
-        poll, and is logged)."""
+    def _take(self, timeout_s: float) -> list[Message]:
         from confluent_kafka import KafkaException
 
-        client, out = self._client, []
-        started = time.monotonic()
-        if started < self._next_check:
-            try:
-                records = client.consume(num_messages=FOLLOW_BATCH, timeout=0)
-            except KafkaException as exc:
-                raise BusError(f"following {self._topic} failed: {exc}") from exc
-            return sorted(self._taken(records), key=_MESSAGE_ORDER)
-        self._next_check = started + FOLLOW_CHECK_S
         try:
-            ends = {tp: self._end_offset(tp) for tp in self._next}
-            deadline = time.monotonic() + self._wait_s
-            timeout = 0.0
-            while True:
-                out += self._taken(client.consume(num_messages=FOLLOW_BATCH, timeout=timeout))
-                behind = [tp for tp, end in ends.items() if self._next[tp] < end]
-                if not behind or time.monotonic() >= deadline:
-                    break
-                timeout = 0.1
+            records = self._client.consume(num_messages=FOLLOW_BATCH, timeout=timeout_s)
         except KafkaException as exc:
             raise BusError(f"following {self._topic} failed: {exc}") from exc
-        if behind:
-            warn_behind(self._topic, len(behind), self._wait_s)
-        return sorted(out, key=_MESSAGE_ORDER)
-
-    def _taken(self, records: list[Any]) -> list[Message]:
-        """The messages of ``records``, their partitions' next offsets moved past them."""
         out = [_message(r) for r in _good(records, f"following {self._topic}")]
         for m in out:
             tp = TopicPartition(m.topic, m.partition)
             self._next[tp] = max(self._next.get(tp, 0), m.offset + 1)
         return out
+
+    def _ends(self) -> dict[TopicPartition, int]:
+        return {tp: self._end_offset(tp) for tp in self._next}
+
+    def _position(self, tp: TopicPartition) -> int:
+        return self._next[tp]
 
     def close(self) -> None:
         """Close the client."""

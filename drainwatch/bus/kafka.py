@@ -48,16 +48,15 @@ from kafka.errors import (
 
 from drainwatch.bus.base import (
     FOLLOW_BATCH,
-    FOLLOW_CHECK_S,
     FOLLOW_WAIT_S,
     STATIC_SESSION_TIMEOUT_MS,
     AssignCallback,
     BusError,
+    CatchingUpFollower,
     Message,
     MurmurPartitions,
     TopicPartition,
     TopicSpec,
-    warn_behind,
 )
 
 __all__ = [
@@ -670,7 +669,7 @@ def _tp_order(ktp: Any) -> tuple[str, int]:
     return (str(ktp.topic), int(ktp.partition))
 
 
-class KafkaFollower:
+class KafkaFollower(CatchingUpFollower):
     """A :class:`~drainwatch.bus.base.Follower` on kafka-python: a group-less consumer assigned
     every partition, which fetches as it polls."""
 
@@ -681,48 +680,29 @@ class KafkaFollower:
         ends: Callable[[Sequence[TopicPartition]], Mapping[TopicPartition, int]],
         wait_s: float = FOLLOW_WAIT_S,
     ) -> None:
+        super().__init__(topic, wait_s)
         self._client = client
-        self._topic = topic
-        self._ends = ends
+        self._ends_of = ends
         """The partitions' end offsets, looked up by another client: this one's connection may
         be holding a fetch open on the broker for up to ``fetch_max_wait_ms`` (500 ms), and a
         request sent behind it would wait that long."""
-        self._wait_s = wait_s
-        self._parts = sorted(client.assignment(), key=_tp_order)
-        self._next_check = 0.0
-        """When the next poll looks up the ends (see ``FOLLOW_CHECK_S``)."""
+        self._parts = [_ours(k) for k in sorted(client.assignment(), key=_tp_order)]
 
-    def poll(self) -> list[Message]:
-        """Everything published before the call and not returned yet: the partitions' ends are
-        looked up (one broker round trip), then the client fetches up to them (for at most
-        ``wait_s``; what is still behind then comes with a later poll, and is logged). Within
-        ``FOLLOW_CHECK_S`` of the last look, only what the client has fetched."""
-        client, out = self._client, []
-        started = time.monotonic()
-        if started < self._next_check:
-            try:
-                batch = client.poll(timeout_ms=0, max_records=FOLLOW_BATCH)
-            except KafkaError as exc:
-                raise BusError(f"following {self._topic} failed: {exc}") from exc
-            out = [_message(r) for records in batch.values() for r in records]
-            return sorted(out, key=lambda m: (m.partition, m.offset))
-        self._next_check = started + FOLLOW_CHECK_S
+    def _take(self, timeout_s: float) -> list[Message]:
         try:
-            ends = self._ends([_ours(k) for k in self._parts])
-            deadline = time.monotonic() + self._wait_s
-            timeout_ms = 0
-            while True:
-                batch = client.poll(timeout_ms=timeout_ms, max_records=FOLLOW_BATCH)
-                out += [_message(r) for records in batch.values() for r in records]
-                behind = [k for k in self._parts if client.position(k) < ends[_ours(k)]]
-                if not behind or time.monotonic() >= deadline:
-                    break
-                timeout_ms = 100
+            batch = self._client.poll(timeout_ms=int(timeout_s * 1000), max_records=FOLLOW_BATCH)
         except KafkaError as exc:
             raise BusError(f"following {self._topic} failed: {exc}") from exc
-        if behind:
-            warn_behind(self._topic, len(behind), self._wait_s)
-        return sorted(out, key=lambda m: (m.partition, m.offset))
+        return [_message(r) for records in batch.values() for r in records]
+
+    def _ends(self) -> dict[TopicPartition, int]:
+        return dict(self._ends_of(self._parts))
+
+    def _position(self, tp: TopicPartition) -> int:
+        try:
+            return int(self._client.position(_ktp(tp)))
+        except KafkaError as exc:
+            raise BusError(f"following {self._topic} failed: {exc}") from exc
 
     def close(self) -> None:
         """Close the client."""

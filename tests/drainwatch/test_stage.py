@@ -44,10 +44,9 @@ class _Bus(EmbeddedBus):
         return _FirstFlushLost(super().producer())
 
 
-def test_what_ready_gave_is_published_again_after_a_failed_flush() -> None:
-    bus = _Bus(":memory:")
+def _alert() -> Alert:
     t = datetime(2024, 3, 1, tzinfo=UTC)
-    alert = Alert(
+    return Alert(
         id="a1",
         time=t,
         detected_at=t,
@@ -58,6 +57,11 @@ def test_what_ready_gave_is_published_again_after_a_failed_flush() -> None:
         freeze=True,
         summary="s",
     )
+
+
+def test_what_ready_gave_is_published_again_after_a_failed_flush() -> None:
+    bus = _Bus(":memory:")
+    alert = _alert()
     given = [[Output(ALERTS, alert)]]
     loop = StageLoop(
         bus,
@@ -102,19 +106,7 @@ def test_a_round_that_never_ends_is_a_stall_the_health_check_sees() -> None:
 
     loop = StageLoop(bus, [ALERTS], "g", blocking)
     producer = bus.producer()
-    t = datetime(2026, 1, 1, tzinfo=UTC)
-    alert = Alert(
-        id="a1",
-        time=t,
-        detected_at=t,
-        chain="eth",
-        wallet="0xab",
-        severity=Severity.WARNING,
-        detector="velocity",
-        freeze=False,
-        summary="s",
-    )
-    producer.send(ALERTS, "k", alert.to_json())
+    producer.send(ALERTS, "k", _alert().to_json())
     producer.flush()
     stop = threading.Event()
     thread = threading.Thread(target=loop.run, args=(stop,))
