@@ -554,10 +554,6 @@ class LedgerReconciliation:
         """The payments matched with an approval, in time order."""
         return sorted(self._uses.get(approval_id, {}).values(), key=lambda u: u.epoch)
 
-    def approval_of(self, transfer_id: str) -> str | None:
-        """The approval a payment is matched with, if any."""
-        return self._use_of.get(transfer_id)
-
     def take_published(self) -> list[ApprovalUse]:
         """The uses made here since the last call, for the other replicas."""
         published, self.published = self.published, []
