@@ -1,4 +1,7 @@
-"""The distributed bus: the bus interface on Apache Kafka, through kafka-python 3.x.
+"""The distributed bus: the bus interface on Apache Kafka, through kafka-python 2.3.
+
+Not 3.0: its new network layer hangs a group consumer's ``poll`` for ever now and then (see
+docs/design-decisions.md).
 
 kafka-python is untyped, so every value it hands back is converted to our own types
 (:class:`~drainwatch.bus.base.TopicPartition`, :class:`~drainwatch.bus.base.Message`) at this
@@ -37,6 +40,7 @@ from kafka import (
     OffsetAndMetadata,
 )
 from kafka import TopicPartition as KafkaTopicPartition
+from kafka.admin import NewTopic
 from kafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
@@ -63,8 +67,8 @@ __all__ = [
     "KafkaBus",
     "KafkaConsumerAdapter",
     "KafkaProducerAdapter",
+    "new_topic",
     "split_overrides",
-    "topic_create_request",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,6 +79,9 @@ _REBALANCE_ERRORS = (
     IllegalGenerationError,
     UnknownMemberIdError,
 )
+
+TOPICS_READY_S = 30.0
+"""How long ``ensure_topics`` waits for every partition of the topics to have a leader."""
 
 _CLIENT_DEFAULTS: dict[str, Any] = {
     # kafka-python backs off up to 30 s between reconnects; Java clients stop at 1 s, and a
@@ -121,22 +128,44 @@ def _message(record: Any) -> Message:
     )
 
 
-def topic_create_request(spec: TopicSpec, replication_factor: int = 1) -> dict[str, Any]:
-    """The options kafka-python's ``create_topics`` takes for one spec.
+def new_topic(spec: TopicSpec, replication_factor: int = 1) -> Any:
+    """The ``NewTopic`` kafka-python's ``create_topics`` takes for one spec.
 
-    >>> topic_create_request(TopicSpec("f", 3, compacted=True, retention_ms=None))
-    {'num_partitions': 3, 'replication_factor': 1, 'configs': {'cleanup.policy': 'compact'}}
-    >>> topic_create_request(TopicSpec("t", 6, retention_ms=1000), 3)["configs"]
+    >>> t = new_topic(TopicSpec("f", 3, compacted=True, retention_ms=None))
+    >>> t.name, t.num_partitions, t.replication_factor, t.topic_configs
+    ('f', 3, 1, {'cleanup.policy': 'compact'})
+    >>> new_topic(TopicSpec("t", 6, retention_ms=1000), 3).topic_configs
     {'cleanup.policy': 'delete', 'retention.ms': '1000'}
     """
     configs = {"cleanup.policy": "compact" if spec.compacted else "delete"}
     if spec.retention_ms is not None:
         configs["retention.ms"] = str(spec.retention_ms)
-    return {
-        "num_partitions": spec.partitions,
-        "replication_factor": replication_factor,
-        "configs": configs,
+    return NewTopic(
+        spec.name,
+        num_partitions=spec.partitions,
+        replication_factor=replication_factor,
+        topic_configs=configs,
+    )
+
+
+def _topics_without_leaders(
+    described: Iterable[Mapping[str, Any]], names: Iterable[str]
+) -> set[str]:
+    """Which of ``names`` are not described yet or have a partition without a leader.
+
+    >>> ok = {"topic": "a", "error_code": 0, "partitions": [{"partition": 0, "leader": 1}]}
+    >>> no_leader = {"topic": "b", "error_code": 0, "partitions": [{"partition": 0, "leader": -1}]}
+    >>> sorted(_topics_without_leaders([ok, no_leader], ["a", "b", "c"]))
+    ['b', 'c']
+    """
+    ready = {
+        str(d["topic"])
+        for d in described
+        if not d.get("error_code")
+        and d.get("partitions")
+        and all(int(p.get("leader", -1)) >= 0 for p in d["partitions"])
     }
+    return set(names) - ready
 
 
 def split_overrides(
@@ -244,6 +273,8 @@ class KafkaBus(MurmurPartitions):
                 "enable_auto_commit": False,
                 "auto_offset_reset": "earliest",
             }
+            # Offset look-ups wait at most this long (kafka-python's consumer default is 305 s).
+            config.setdefault("request_timeout_ms", self._timeout_ms)
             try:
                 self._reader = KafkaConsumer(**config)
             except KafkaError as exc:
@@ -261,22 +292,30 @@ class KafkaBus(MurmurPartitions):
         if not specs:
             return
         admin = self._admin_client()
-        request = {s.name: topic_create_request(s, self.replication_factor) for s in specs}
-        try:
-            result = admin.create_topics(request, raise_errors=False)
-        except KafkaError as exc:
-            raise BusError(f"creating topics {sorted(request)} failed: {exc}") from exc
+        names = [s.name for s in specs]
         failures = []
-        for topic in result.get("topics", []):
-            code = int(topic.get("error_code", 0))
-            if code not in (0, TopicAlreadyExistsError.errno):
-                failures.append(f"{topic.get('name')}: {topic.get('error_message') or code}")
+        # One request per topic: kafka-python 2.x raises on a response's first topic error, so
+        # "already exists" for one topic would hide what happened to the others.
+        for spec in specs:
+            try:
+                admin.create_topics([new_topic(spec, self.replication_factor)])
+            except TopicAlreadyExistsError:
+                pass
+            except KafkaError as exc:
+                failures.append(f"{spec.name}: {exc}")
         if failures:
             raise BusError(f"creating topics failed: {'; '.join(failures)}")
-        try:
-            admin.wait_for_topics(list(request), timeout_ms=30000)
-        except KafkaError as exc:
-            raise BusError(f"topics not ready: {exc}") from exc
+        deadline = time.monotonic() + TOPICS_READY_S
+        while True:
+            try:
+                waiting = _topics_without_leaders(admin.describe_topics(names), names)
+            except KafkaError as exc:
+                raise BusError(f"topics not ready: {exc}") from exc
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise BusError(f"topics not ready after {TOPICS_READY_S}s: {sorted(waiting)}")
+            time.sleep(0.1)
 
     def producer(self) -> KafkaProducerAdapter:
         """An idempotent producer (``acks=all``) whose ``flush`` reports every failure."""
@@ -317,6 +356,11 @@ class KafkaBus(MurmurPartitions):
             config["group_instance_id"] = self.instance_id
             if "session_timeout_ms" not in self._consumer_config:
                 config["session_timeout_ms"] = STATIC_SESSION_TIMEOUT_MS
+        if "request_timeout_ms" not in self._consumer_config:
+            # kafka-python requires a group member's request timeout to exceed its session's.
+            config["request_timeout_ms"] = max(
+                config["request_timeout_ms"], config["session_timeout_ms"] + 5000
+            )
         try:
             client = KafkaConsumer(**config)
         except KafkaError as exc:
@@ -359,9 +403,7 @@ class KafkaBus(MurmurPartitions):
         """:meth:`end_offset` of several partitions, in one request per broker."""
         with self._lock:
             try:
-                ends = self._reader_client().end_offsets(
-                    [_ktp(tp) for tp in tps], timeout_ms=self._timeout_ms
-                )
+                ends = self._reader_client().end_offsets([_ktp(tp) for tp in tps])
             except KafkaError as exc:
                 raise BusError(f"end offsets of {list(tps)} failed: {exc}") from exc
         return {_ours(ktp): int(end) for ktp, end in ends.items()}
@@ -369,10 +411,10 @@ class KafkaBus(MurmurPartitions):
     def committed(self, group: str, tp: TopicPartition) -> int | None:
         """The group's committed offset for a partition, if any."""
         try:
-            offsets = self._admin_client().list_group_offsets({group: [_ktp(tp)]})
+            offsets = self._admin_client().list_consumer_group_offsets(group, partitions=[_ktp(tp)])
         except KafkaError as exc:
             raise BusError(f"committed offset of {group} on {tp} failed: {exc}") from exc
-        found = offsets.get(group, {}).get(_ktp(tp))
+        found = offsets.get(_ktp(tp))
         if found is None or found.offset is None or int(found.offset) < 0:
             return None
         return int(found.offset)
@@ -381,9 +423,7 @@ class KafkaBus(MurmurPartitions):
         """The first offset stamped at or after ``timestamp_ms``, or the end offset."""
         with self._lock:
             try:
-                found = self._reader_client().offsets_for_times(
-                    {_ktp(tp): max(0, timestamp_ms)}, timeout_ms=self._timeout_ms
-                )
+                found = self._reader_client().offsets_for_times({_ktp(tp): max(0, timestamp_ms)})
             except KafkaError as exc:
                 raise BusError(f"offset for time on {tp} failed: {exc}") from exc
             hit = found.get(_ktp(tp))
@@ -402,8 +442,8 @@ class KafkaBus(MurmurPartitions):
             reader = self._reader_client()
             ktp = _ktp(tp)
             try:
-                first = int(reader.beginning_offsets([ktp], timeout_ms=self._timeout_ms)[ktp])
-                last = int(reader.end_offsets([ktp], timeout_ms=self._timeout_ms)[ktp])
+                first = int(reader.beginning_offsets([ktp])[ktp])
+                last = int(reader.end_offsets([ktp])[ktp])
                 start, stop = max(start_offset, first), min(end_offset, last)
                 if start >= stop:
                     return out
@@ -449,8 +489,8 @@ class KafkaProducerAdapter:
 
     Args:
         make_client: Creates the ``KafkaProducer``; called again after a message is rejected,
-            because kafka-python 3.0 leaves an idempotent producer unusable after any
-            non-retriable error (a record too large, say).
+            because an idempotent kafka-python producer can be left unusable by a non-retriable
+            error (a record too large, say; 3.0 did this every time).
     """
 
     def __init__(self, make_client: Callable[[], Any]) -> None:
@@ -514,7 +554,8 @@ class KafkaProducerAdapter:
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is untyped
-    # Runs on kafka-python's IO loop, where blocking would stall heartbeats: only record changes.
+    # Runs inside KafkaConsumer.poll, in the middle of the group's join: only record changes;
+    # on_assign runs after the poll returns.
     def __init__(self, adapter: KafkaConsumerAdapter) -> None:
         self._adapter = adapter
 
