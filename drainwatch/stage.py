@@ -220,8 +220,9 @@ class StageLoop:
         published: list[Event] = []
         messages = self._consumer.poll(timeout_s, self.max_batch)
         # After the group's poll, which may have waited: an approval published before the
-        # transfer it explains is learned before that transfer is judged.
-        followed = [m for follower in self._followers for m in follower.poll()]
+        # transfer it explains, even a moment before, is learned before that transfer is judged.
+        # With nothing to judge, the followers may take only what has arrived.
+        followed = [m for f in self._followers for m in f.poll(to_end=bool(messages))]
         if self._ready is not None:
             self._unflushed += self._ready()
         for out in self._unflushed:

@@ -36,10 +36,9 @@ FOLLOW_WAIT_S = 30.0
 """The longest a follower's poll waits for its fetches to reach the ends the topic had when the
 poll began; then it returns what it has (and logs that it is behind)."""
 FOLLOW_CHECK_S = 1.0
-"""How often a follower's poll looks up the topic's ends and reads up to them; between two
-looks it takes only what its client has fetched. The first poll always looks: a detector that
-starts far behind reads every approval published before it before it judges a transfer; after
-that an approval precedes its payment by seconds to minutes."""
+"""How often a follower's poll that nothing waits on (``to_end=False``: a stage whose group poll
+brought nothing to judge) looks up the topic's ends and reads up to them; between two looks it
+takes only what its client has fetched."""
 FOLLOW_BATCH = 5000
 """Messages a follower takes from its client at a time."""
 
@@ -216,20 +215,24 @@ class Follower(Protocol):
     detector's wallet may pay any of them), is followed this way, next to the group's share of
     the keyed topics."""
 
-    def poll(self) -> list[Message]:
+    def poll(self, *, to_end: bool = True) -> list[Message]:
         """Everything published to the topic before this call that earlier polls did not
         return (waiting for the fetches, never for new messages): a detector that has polled
         its transfers then its followers has read every approval published before those
-        transfers, however far behind it was."""
+        transfers, however far behind it was, and however shortly before them.
+
+        With ``to_end=False`` (nothing is about to be judged) a poll may return only what has
+        already arrived; the rest comes with a later poll.
+        """
 
     def close(self) -> None:
         """Release the client."""
 
 
 class CatchingUpFollower:
-    """What the Kafka clients' followers share: :meth:`poll` reads up to the ends the topic had
-    when it began, looking them up on the first poll and then at most every ``FOLLOW_CHECK_S``
-    (between two looks it takes what the client has fetched). A client supplies
+    """What the Kafka clients' followers share: :meth:`poll` looks up the ends the topic has
+    when it begins and reads up to them; asked ``to_end=False``, it looks at most every
+    ``FOLLOW_CHECK_S`` and in between takes what the client has fetched. A client supplies
     :meth:`_take`, :meth:`_ends` and :meth:`_position`, each raising :class:`BusError`."""
 
     def __init__(self, topic: str, wait_s: float = FOLLOW_WAIT_S) -> None:
@@ -238,12 +241,12 @@ class CatchingUpFollower:
         self._next_check = 0.0
         """When the next poll looks up the ends."""
 
-    def poll(self) -> list[Message]:
+    def poll(self, *, to_end: bool = True) -> list[Message]:
         """Everything published before the call and not returned yet (see the class doc): the
         fetches are waited for for at most ``wait_s``; what is still behind then comes with a
         later poll, and is logged."""
         started = time.monotonic()
-        if started < self._next_check:
+        if not to_end and started < self._next_check:
             return sorted(self._take(0.0), key=_message_order)
         self._next_check = started + FOLLOW_CHECK_S
         ends = self._ends()
@@ -299,8 +302,8 @@ class OffsetFollower:
         self._bus = bus
         self._next = {tp: bus.offset_for_time(tp, since_ms) for tp in bus.partitions(topic)}
 
-    def poll(self) -> list[Message]:
-        """What arrived since the last poll (never waits)."""
+    def poll(self, *, to_end: bool = True) -> list[Message]:
+        """What arrived since the last poll (never waits; always to the end)."""
         out: list[Message] = []
         for tp, start in self._next.items():
             end = self._bus.end_offset(tp)

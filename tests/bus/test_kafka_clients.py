@@ -4,6 +4,7 @@ contract: topic settings, rejected messages, broker crashes, group rebalances.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -25,6 +26,7 @@ from drainwatch.bus import (
     TopicSpec,
 )
 from drainwatch.config import loads
+from drainwatch.stage import Output, StageLoop
 from tests.bus.group import consume, join_group
 from tests.harness.services import KafkaService
 
@@ -354,3 +356,61 @@ def test_a_configured_session_timeout_hands_a_static_members_partitions_over_soo
     finally:
         first_bus.close()
         second_bus.close()
+
+
+def test_a_stage_reads_what_its_followed_topic_got_a_moment_before_its_messages(
+    bus: KafkaClientBus, kafka_topic_prefix: str
+) -> None:
+    # An approval published a moment before its payment (the ledger feed and the chain watcher
+    # racing) is learned before the payment is judged, by a detector that is live: its
+    # followers read up to the ends after every group poll that brought something to judge.
+    prefix = kafka_topic_prefix
+    bus.ensure_topics(
+        [TopicSpec(f"{prefix}approvals", partitions=3), TopicSpec(f"{prefix}payments", 3)]
+    )
+    learned: set[bytes] = set()
+    judged: list[bytes] = []
+    judged_unexplained: list[bytes] = []
+
+    def handler(topic: str, event: bytes) -> list[Output]:
+        if topic == "approvals":
+            learned.add(event)
+        else:
+            judged.append(event)
+            if event not in learned:
+                judged_unexplained.append(event)
+        return []
+
+    loop = StageLoop(
+        bus,
+        ["payments"],
+        f"{prefix}detectors",
+        handler,
+        prefix=prefix,
+        broadcast=["approvals"],
+        broadcast_since_ms=int(time.time() * 1000) - 60_000,
+        decoders={"approvals": bytes, "payments": bytes},
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop, 0.2), daemon=True)
+    thread.start()
+    producer = bus.producer()
+    try:
+
+        def pay(name: bytes) -> None:
+            producer.send(f"{prefix}approvals", name.decode(), name)
+            producer.flush()
+            producer.send(f"{prefix}payments", name.decode(), name)
+            producer.flush()
+
+        pay(b"warm-up")
+        wait_until(lambda: b"warm-up" in judged, what="the stage to be live")
+        for i in range(60):
+            pay(b"w%d" % i)
+            time.sleep(0.02 * (i % 4))  # sometimes into an idle round, sometimes not
+        wait_until(lambda: len(judged) == 61, timeout_s=60, what="every payment judged")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        producer.close()
+    assert judged_unexplained == []
