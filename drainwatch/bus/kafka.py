@@ -87,6 +87,10 @@ _CLIENT_DEFAULTS: dict[str, Any] = {
     # kafka-python backs off up to 30 s between reconnects; Java clients stop at 1 s, and a
     # restarted broker should be used as soon as it is back.
     "reconnect_backoff_max_ms": 1000,
+    # kafka-python 2.x refuses a response frame over 1 MB by default and drops the connection,
+    # while a consumer's fetch may ask for up to fetch_max_bytes (50 MiB): a backlog on several
+    # partitions then costs a reconnect per fetch.
+    "receive_message_max_bytes": 64 * 1024 * 1024,
 }
 
 _PRODUCER_DEFAULTS: dict[str, Any] = {

@@ -4,6 +4,7 @@ contract: topic settings, rejected messages, broker crashes, group rebalances.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -414,3 +415,27 @@ def test_a_stage_reads_what_its_followed_topic_got_a_moment_before_its_messages(
         thread.join(timeout=30)
         producer.close()
     assert judged_unexplained == []
+
+
+def test_kafka_python_reads_a_backlog_bigger_than_a_megabyte_a_fetch_without_reconnecting(
+    kafka: KafkaService, kafka_topic_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # kafka-python 2.x drops the connection on a response over receive_message_max_bytes (1 MB
+    # by default), and a fetch may bring up to 1 MB per partition: a detector catching up on
+    # three partitions reconnected at every fetch, and its followers fell behind.
+    topic = f"{kafka_topic_prefix}backlog"
+    bus = KafkaBus([kafka.bootstrap_servers], client_id=f"{kafka_topic_prefix}test")
+    try:
+        bus.ensure_topics([TopicSpec(topic, partitions=3)])
+        producer = bus.producer()
+        for i in range(900):  # 1.8 MB a partition
+            producer.send(topic, f"k{i}", b"x" * 6000)
+        producer.close()
+        with caplog.at_level(logging.ERROR, logger="kafka"):
+            follower = bus.follower(topic, since_ms=0)
+            assert len(follower.poll()) == 900
+            follower.close()
+            assert len(consume(bus, topic, f"{kafka_topic_prefix}g", 900)) == 900
+    finally:
+        bus.close()
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("kafka")] == []
