@@ -313,17 +313,29 @@ class LedgerReconciliation:
         now = transfer.epoch
         value = Decimal(f"{transfer.amount}E-{transfer.decimals}")
         tolerance = self.amount_tolerance
-        # Else the approval with the least left that this payment pays in part (less than left).
+        # The approval naming its tx hash; else the one whose amount left is nearest the
+        # payment's, within the tolerance (on a tie the one made nearest it in time); else the
+        # one with the least left that it pays in part. Nearest, not first: payments to one
+        # address from several wallets (a market maker's payouts) are judged in time order per
+        # wallet only (a detector catching up reads its partitions hours apart), and a payment
+        # that took any approval within 2% could take another wallet's, which its own payment,
+        # judged later, then misses.
+        full: tuple[Decimal, float, int] | None = None
         part: tuple[Decimal, int] | None = None
         for index, approval in enumerate(candidates):
             if approval.tx_hash is not None and approval.tx_hash == transfer.tx_hash:
                 return _Lookup(key, index, value)
             if now - self.match_window_s <= approval.time <= now + self.late_s:
                 left = approval.left
-                if abs(value - left) <= left * tolerance:
-                    return _Lookup(key, index, value)
-                if value < left and (part is None or left < part[0]):
+                off = abs(value - left)
+                if off <= left * tolerance:
+                    fit = (off, abs(now - approval.time), index)
+                    if full is None or fit < full:
+                        full = fit
+                elif value < left and (part is None or left < part[0]):
                     part = (left, index)
+        if full is not None:
+            return _Lookup(key, full[2], value)
         return _Lookup(key, None if part is None else part[1], value)
 
     def _questioned(self, transfer: TransferView, state: WalletState) -> bool:

@@ -247,6 +247,21 @@ def test_ledger_reconciliation_starts_with_the_first_approval() -> None:
     ]
 
 
+def test_a_payment_takes_the_approval_nearest_its_amount_not_the_first_within_tolerance() -> None:
+    # Two wallets pay one address (a market maker's payouts): approvals of 100 (for B's
+    # payment) and 97 (for A's). A detector catching up judges A's later payment of 98 first:
+    # both approvals are within 2% of it, and taking the first (100) left B's 100 with only
+    # 97, which does not explain it: a false freeze.
+    e = DetectionEngine(
+        config(wallet("A", balance="10000"), wallet("B", balance="10000")),
+        clock=lambda: DETECTED,
+    )
+    e.process_approval(approval("MM", "100", minutes=0))
+    e.process_approval(approval("MM", "97", minutes=1))
+    assert e.process(transfer("MM", 98, minutes=10, wallet="A")) == []
+    assert e.process(transfer("MM", 100, minutes=5, wallet="B")) == []
+
+
 def test_without_a_ledger_feed_reconciliation_stays_silent() -> None:
     assert engine().process(transfer("THIEF", 1)) == []
 
