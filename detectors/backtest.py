@@ -4,7 +4,8 @@ It runs in event time; the file formats are the contract of DESIGN.md section 4.
 becomes one :class:`~detectors.move.Move` (the lean form of a
 :class:`~drainwatch.events.Transfer`) per watched wallet it touches (an outflow when ``from`` is
 the wallet, an inflow when ``to`` is); lines touching no watched wallet are counted and skipped.
-Ledger lines are merged in by time and reach the engine as approved withdrawals. Alerts go out one
+Ledger lines are merged in by time (a ledger file not in time order is read sorted:
+:func:`time_ordered_ledger`) and reach the engine as approved withdrawals. Alerts go out one
 JSON object per line. A malformed line stops the run with :class:`BacktestInputError` naming the
 file and line.
 
@@ -41,6 +42,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -305,6 +307,84 @@ class _ApprovalLine(msgspec.Struct):
 _decode_approval = msgspec.json.Decoder(_ApprovalLine).decode
 
 
+class _ApprovalTime(msgspec.Struct):
+    """Only the time of a ledger.jsonl line (to check the file's order)."""
+
+    ts: datetime
+
+
+_decode_approval_time = msgspec.json.Decoder(_ApprovalTime).decode
+
+
+def _approval_epoch(raw: bytes) -> float:
+    """A ledger line's time; the whole line is read (and checked) only when msgspec cannot read
+    its ``ts`` as an RFC 3339 time with an offset."""
+    try:
+        when = _decode_approval_time(raw).ts
+    except msgspec.DecodeError:
+        return _read_approval(raw).epoch
+    if when.tzinfo is None:
+        return _read_approval(raw).epoch  # refused there: no UTC offset
+    return when.timestamp()
+
+
+@contextmanager
+def time_ordered_ledger(path: Path | None) -> Iterator[Path | None]:
+    """The ledger file itself when its lines are in time order, else a copy sorted by time.
+
+    The backtest hands approvals over as the transfers' time passes, reading the ledger in
+    order: an approval read early (its line before earlier ones) would hold back every later
+    line, and the payments they approve would freeze their wallets. The contract does not say
+    the ledger is in time order (an export sorted by withdrawal id, or one chain after another,
+    is not), so a file that is not is sorted, stably, into a temporary copy that lives as long
+    as the context; a warning names the first line out of order. Every line of such a file is
+    checked first, so errors still name the file's own lines.
+
+    Raises:
+        BacktestInputError: a line whose time cannot be read (or, for a file out of order, any
+            malformed line).
+    """
+    if path is None:
+        yield None
+        return
+    previous = -math.inf
+    disorder: tuple[int, float] | None = None
+    for number, raw in read_lines(path):
+        try:
+            when = _approval_epoch(raw)
+        except _LineError as exc:
+            raise BacktestInputError(str(path), number, str(exc)) from None
+        if when < previous:
+            disorder = (number, previous - when)
+            break
+        previous = when
+    if disorder is None:
+        yield path
+        return
+    number, behind = disorder
+    log.warning(
+        "%s is not in time order (line %d is %.0f s before the line above it): its approvals "
+        "are read in time order",
+        path,
+        number,
+        behind,
+    )
+    lines: list[tuple[float, int, bytes]] = []
+    for number, raw in read_lines(path):
+        try:
+            approval = _read_approval(raw)
+        except _LineError as exc:
+            raise BacktestInputError(str(path), number, str(exc)) from None
+        lines.append((approval.epoch, number, raw if raw.endswith(b"\n") else raw + b"\n"))
+    lines.sort(key=lambda line: line[:2])
+    with tempfile.TemporaryDirectory(prefix="drainwatch-ledger-") as directory:
+        ordered = Path(directory) / path.name
+        with ordered.open("wb") as out:
+            out.writelines(raw for _, _, raw in lines)
+        del lines
+        yield ordered
+
+
 def _approvals(path: Path) -> Iterator[Approval]:
     """The ledger file's approvals in file order; a malformed line raises BacktestInputError."""
     for number, raw in read_lines(path):
@@ -320,7 +400,8 @@ class LedgerFeed:
 
     Approvals precede their transfers, give or take a little clock skew: before each transfers
     line, every approval up to ``lookahead_s`` after the line's time is handed over (in file
-    order). ``skip`` leaves out the first approvals (handed over already by a split run).
+    order: the file is in time order, or a sorted copy of it, :func:`time_ordered_ledger`).
+    ``skip`` leaves out the first approvals (handed over already by a split run).
 
     Raises:
         BacktestInputError: from :meth:`hand_over` or :meth:`finish`, at a malformed ledger line.
@@ -694,67 +775,61 @@ def run_backtest(
     started = time.perf_counter()
     transfers_path = Path(transfers_path)
     count = min(workers or os.cpu_count() or 1, len({w.key for w in config.wallets}))
-    ledger = None if ledger_path is None else Path(ledger_path)
-    if engine is None and count > 1:
-        from detectors.partitioned import run_parts
+    with time_ordered_ledger(None if ledger_path is None else Path(ledger_path)) as ledger:
+        if engine is None and count > 1:
+            from detectors.partitioned import run_parts
 
-        split = run_parts(
-            config,
-            transfers_path,
-            count,
-            progress=progress,
-            ledger=ledger,
-            ledger_lookahead_s=ledger_lookahead_s,
-        )
-        if split.resume_line is None:
-            with Path(alerts_out).open("wb") as out:
-                out.writelines(line + b"\n" for line, _ in split.alerts)
-            if split.error is not None:
-                raise split.error
-            # Read the whole ledger, like one process, so that a malformed tail is reported.
-            named: set[tuple[str, str]] = set()
-            ledger_entries = tally_approvals(_approvals(ledger) if ledger else (), named)
-            return BacktestSummary(
-                transfers_read=split.read,
-                watched_transfers=split.watched,
-                ledger_entries=ledger_entries,
-                alerts=len(split.alerts),
-                freezes=sum(freeze for _, freeze in split.alerts),
-                elapsed_s=time.perf_counter() - started,
-                unseen_wallets=unseen_wallets(config, split.seen, split.elsewhere),
-                unpayable_approvals=unpayable_approvals(config, named),
+            split = run_parts(
+                config,
+                transfers_path,
+                count,
+                progress=progress,
+                ledger=ledger,
+                ledger_lookahead_s=ledger_lookahead_s,
             )
-        # Wallets alerted together from this round on: correlation may matter, so the rest of
-        # the file is judged in one process, from the joined state of the round's start.
-        assert split.engine is not None
-        return _run_sequential(
-            config,
-            transfers_path,
-            ledger,
-            Path(alerts_out),
-            progress,
-            split.engine,
-            ledger_lookahead_s,
-            started,
-            settled=_Settled(
+            if split.resume_line is None:
+                with Path(alerts_out).open("wb") as out:
+                    out.writelines(line + b"\n" for line, _ in split.alerts)
+                if split.error is not None:
+                    raise split.error
+                # Read the whole ledger, like one process, so that a malformed tail is reported.
+                named: set[tuple[str, str]] = set()
+                ledger_entries = tally_approvals(_approvals(ledger) if ledger else (), named)
+                return BacktestSummary(
+                    transfers_read=split.read,
+                    watched_transfers=split.watched,
+                    ledger_entries=ledger_entries,
+                    alerts=len(split.alerts),
+                    freezes=sum(freeze for _, freeze in split.alerts),
+                    elapsed_s=time.perf_counter() - started,
+                    unseen_wallets=unseen_wallets(config, split.seen, split.elsewhere),
+                    unpayable_approvals=unpayable_approvals(config, named),
+                )
+            # Wallets alerted together from this round on: correlation may matter, so the rest of
+            # the file is judged in one process, from the joined state of the round's start.
+            assert split.engine is not None
+            engine = split.engine
+            settled = _Settled(
                 split.resume_line,
                 split.alerts,
                 split.read,
                 split.watched,
                 split.elsewhere,
                 split.approvals,
-            ),
+            )
+        else:
+            settled = None
+        return _run_sequential(
+            config,
+            transfers_path,
+            ledger,
+            Path(alerts_out),
+            progress,
+            engine or DetectionEngine(config, reconcile=ledger_path is not None),
+            ledger_lookahead_s,
+            started,
+            settled=settled,
         )
-    return _run_sequential(
-        config,
-        transfers_path,
-        ledger,
-        Path(alerts_out),
-        progress,
-        engine or DetectionEngine(config, reconcile=ledger_path is not None),
-        ledger_lookahead_s,
-        started,
-    )
 
 
 @dataclass(frozen=True)

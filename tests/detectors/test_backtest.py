@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from detectors import BacktestInputError, run_backtest
-from detectors.backtest import _read_approval, _read_approval_checked
+from detectors.backtest import _read_approval, _read_approval_checked, time_ordered_ledger
 from drainwatch.config import Config, load, loads
 from tests.detectors.traffic import INCIDENT_PATH, CoincheckScenario, coincheck_scenario
 
@@ -467,6 +467,81 @@ def test_ledger_is_merged_in_time_order(tmp_path: Path) -> None:
     assert [(a["ts"], a["detector"], a["freeze"]) for a in alerts] == [
         ("2018-01-25T15:05:00Z", "ledger", True)
     ]
+
+
+def _approval_row(ts: str, to: str, withdrawal_id: str) -> dict[str, Any]:
+    return {"ts": ts, "chain": "nem", "asset": "XEM", "to": to, "amount": "1",
+            "withdrawal_id": withdrawal_id}  # fmt: skip
+
+
+# Each customer is paid a minute after its approval; the ledger lists the withdrawals by id,
+# so the latest approval (w10, to C9) comes first.
+_BY_ID = [
+    _approval_row("2018-01-25T16:00:00Z", "C9", "w10"),
+    _approval_row("2018-01-25T15:01:00Z", "C1", "w2"),
+    _approval_row("2018-01-25T15:31:00Z", "C2", "w3"),
+]
+_PAYMENTS = [
+    line(ts="2018-01-25T15:02:00Z", to="C1", tx_hash="p1"),
+    line(ts="2018-01-25T15:32:00Z", to="C2", tx_hash="p2"),
+    line(ts="2018-01-25T16:01:00Z", to="C9", tx_hash="p9"),
+]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_ledger_out_of_time_order_is_read_in_time_order(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, workers: int
+) -> None:
+    # Read in file order, w10 (16:00) held back w2 and w3 until 15:58, and the payments to C1
+    # and C2 froze the wallet as unapproved.
+    ledger = write(tmp_path / "l.jsonl", _BY_ID)
+    out = tmp_path / "alerts.jsonl"
+    summary = run_backtest(
+        loads(CONFIG), write(tmp_path / "t.jsonl", _PAYMENTS), ledger, out, workers=workers
+    )
+    assert out.read_bytes() == b""
+    assert (summary.ledger_entries, summary.freezes) == (3, 0)
+    said = [r.getMessage() for r in caplog.records if "not in time order" in r.getMessage()]
+    assert said == [f"{ledger} is not in time order (line 2 is 3540 s before the line above it): "
+                    "its approvals are read in time order"]  # fmt: skip
+    # A payment no approval explains still freezes at once.
+    thief = line(ts="2018-01-25T15:40:00Z", to="THIEF", tx_hash="t")
+    alerts = backtest(tmp_path, [*_PAYMENTS[:2], thief], ledger=ledger)
+    assert [(a["ts"], a["detector"], a["freeze"]) for a in alerts] == [
+        ("2018-01-25T15:40:00Z", "ledger", True)
+    ]
+
+
+def test_a_ledger_in_time_order_is_read_as_it_is(tmp_path: Path) -> None:
+    ledger = write(tmp_path / "l.jsonl", [_BY_ID[1], _BY_ID[2], _BY_ID[0]])
+    with time_ordered_ledger(ledger) as read:
+        assert read == ledger
+    with time_ordered_ledger(write(tmp_path / "by-id.jsonl", _BY_ID)) as read:
+        assert read is not None
+        assert read != tmp_path / "by-id.jsonl"
+        assert [orjson.loads(x)["withdrawal_id"] for x in read.read_bytes().splitlines()] == [
+            "w2",
+            "w3",
+            "w10",
+        ]
+    assert not read.exists()  # the sorted copy lasts as long as the context
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_malformed_line_of_a_ledger_out_of_order_names_the_files_own_line(
+    tmp_path: Path, workers: int
+) -> None:
+    bad = {**_BY_ID[2], "amount": "-1"}
+    ledger = write(tmp_path / "l.jsonl", [*_BY_ID[:2], bad])
+    with pytest.raises(BacktestInputError, match="amount is negative") as caught:
+        run_backtest(
+            loads(CONFIG),
+            write(tmp_path / "t.jsonl", _PAYMENTS),
+            ledger,
+            tmp_path / "alerts.jsonl",
+            workers=workers,
+        )
+    assert (caught.value.path, caught.value.line_number) == (str(ledger), 3)
 
 
 def test_progress_bar_does_not_change_results(tmp_path: Path) -> None:
