@@ -44,7 +44,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -424,25 +424,31 @@ class LedgerFeed:
         self._pending = next(self._approvals, None)
         self._pending_at = self._pending.epoch if self._pending is not None else 0.0
 
-    def hand_over(self, when: float) -> None:
-        """Hand over the approvals due before a transfers line of time ``when``."""
+    def hand_over(self, when: float) -> Sequence[Alert]:
+        """Hand over the approvals due before a transfers line of time ``when``; the alerts
+        they raise (an approval that explains a payment already flagged: one naming its tx
+        hash, made after it)."""
         pending = self._pending
         if pending is None:
-            return
+            return ()
         horizon = when + self.lookahead_s
         if self._pending_at > horizon:
-            return
+            return ()
         process_approval = self.engine.process_approval
         approvals = self._approvals
         pending_at = self._pending_at
         named = self.named
+        raised: list[Alert] = []
         while pending is not None and pending_at <= horizon:
-            process_approval(pending)
+            alerts = process_approval(pending)
+            if alerts:
+                raised += alerts
             named.add((pending.chain, pending.asset))
             self.handed += 1
             pending = next(approvals, None)
             pending_at = pending.epoch if pending is not None else 0.0
         self._pending, self._pending_at = pending, pending_at
+        return raised
 
     def finish(self) -> int:
         """Read the rest, so that a malformed tail is still reported; the approvals in all."""
@@ -925,6 +931,14 @@ def _run_sequential(  # noqa: PLR0917
             replay.elsewhere = settled.elsewhere
             out.writelines(line + b"\n" for line, _ in settled.alerts)
             alerts, freezes = len(settled.alerts), sum(f for _, f in settled.alerts)
+
+        def emit(raised: Iterable[Alert]) -> None:
+            nonlocal alerts, freezes
+            for alert in raised:
+                out.write(orjson.dumps(alert_record(alert, spelled)) + b"\n")
+                alerts += 1
+                freezes += alert.freeze
+
         for number, raw in read_lines(transfers_path):
             if number < first:
                 continue
@@ -933,14 +947,15 @@ def _run_sequential(  # noqa: PLR0917
                 when, moves = replay.parse(number, raw)
             except _LineError as exc:
                 raise line_error(transfers_path, number, exc) from None
-            feed.hand_over(when)
+            raised = feed.hand_over(when)
+            if raised:
+                emit(raised)
             if moves:
                 watched += 1
                 for move in moves:
-                    for alert in replay.judge(move):
-                        out.write(orjson.dumps(alert_record(alert, spelled)) + b"\n")
-                        alerts += 1
-                        freezes += alert.freeze
+                    raised = replay.judge(move)
+                    if raised:
+                        emit(raised)
             if bar is not None:
                 bar.advance(len(raw))
         ledger_entries = feed.finish()

@@ -53,7 +53,7 @@ from detectors.base import (
 )
 from detectors.baseline import BaselineDetector
 from detectors.correlation import IncidentCorrelator
-from detectors.ledger import LedgerReconciliation, MatchedPayment
+from detectors.ledger import LateExplanation, LedgerReconciliation, MatchedPayment
 from detectors.move import Move, TransferView
 from detectors.velocity import VelocityDetector
 from drainwatch.config import Config, WalletConfig, entry_for
@@ -770,18 +770,73 @@ class DetectionEngine:
     def process_approval(self, approval: ApprovalView) -> list[Alert]:
         """Hand an approved withdrawal to the detectors that read the ledger (and, sharing uses,
         freeze a payment of this engine's that another replica's use of it, told before the
-        approval came, leaves unexplained)."""
+        approval came, leaves unexplained).
+
+        An approval that explains a payment the ledger detector already judged unexplained (a
+        ledger feed running behind the chain) is used up by it, and an info alert says so: the
+        freeze stands, but the person who holds it learns that the exchange approved that
+        payment after all, and how many of the wallet's payments are still unexplained.
+        """
         for learn_approval in self._approval_readers:
             learn_approval(approval)
+        alerts = [
+            self._explained_late(ledger, late)
+            for ledger in self._ledgers
+            if ledger.explained_late
+            for late in ledger.take_explained_late()
+            if self.owns(late.payment.key) and late.payment.key in self._by_key
+        ]
         approval_id: str | None = getattr(approval, "id", None)
         if approval_id is None:
-            return []
-        return [
+            return alerts
+        return alerts + [
             alert
             for ledger in self._ledgers
             if ledger.shares_uses
             for alert in self._unexplained(ledger, approval_id, ledger.unexplained(approval_id))
         ]
+
+    def _explained_late(self, ledger: LedgerReconciliation, late: LateExplanation) -> Alert:
+        """The info alert for a flagged payment an approval explained when it came."""
+        payment = late.payment
+        wallet = self._by_key[payment.key]
+        now = self.clock()
+        name = late.approval_id or "an approval"
+        still = (
+            f"{late.unexplained} other payment{'s' if late.unexplained != 1 else ''} of "
+            f"{wallet.name} still unexplained"
+            if late.unexplained
+            else f"no other payment of {wallet.name} is unexplained"
+        )
+        return Alert(
+            id=event_id(ledger.name, "explained-late", payment.transfer_id),
+            time=datetime.fromtimestamp(payment.epoch, UTC),
+            detected_at=now,
+            chain=wallet.chain,
+            wallet=wallet.address,
+            wallet_label=wallet.label,
+            severity=Severity.INFO,
+            detector=f"{ledger.name}_explained",
+            freeze=False,
+            summary=(
+                f"approved withdrawal {name} ({late.approval_amount} {payment.asset} to "
+                f"{payment.to}, approved at "
+                f"{datetime.fromtimestamp(late.approval_epoch, UTC):%H:%M:%S}) came after "
+                f"{wallet.name}'s payment of {payment.value} {payment.asset} at "
+                f"{datetime.fromtimestamp(payment.epoch, UTC):%H:%M:%S} was judged "
+                f"unapproved: that payment is explained; {still}"
+            ),
+            metrics={
+                "amount": str(payment.value),
+                "approval_id": late.approval_id or "",
+                "approval_amount": str(late.approval_amount),
+                "unexplained_payments": str(late.unexplained),
+                "rule_explained_late": "1",
+            },
+            transfer_ids=(payment.transfer_id,),
+            tx_hashes=(payment.tx_hash,),
+            shadow=ledger.name in self._shadow,
+        )
 
     def share_approval_uses(self) -> None:
         """Live, with detector replicas: tell the others which approval each payment of this

@@ -45,6 +45,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final, NamedTuple
@@ -62,7 +63,7 @@ from drainwatch.events import (
     wallet_key,
 )
 
-__all__ = ["LedgerReconciliation", "MatchedPayment"]
+__all__ = ["LateExplanation", "LedgerReconciliation", "MatchedPayment"]
 
 _Key = tuple[str, str, str]
 """What an approval and a transfer must share: chain and asset case-folded, destination."""
@@ -99,6 +100,18 @@ class MatchedPayment(NamedTuple):
         return wallet_key(self.chain, self.wallet)
 
 
+class LateExplanation(NamedTuple):
+    """An approval that arrived after the payment it explains had been judged unexplained."""
+
+    payment: MatchedPayment
+    approval_id: str | None
+    approval_amount: Decimal
+    approval_epoch: float
+    unexplained: int
+    """The paying wallet's other payments flagged within the match window and still
+    unexplained."""
+
+
 class _Lookup(NamedTuple):
     """What the open approvals say of one outflow."""
 
@@ -111,6 +124,9 @@ class _Lookup(NamedTuple):
 
 _NOT_YET: Final = (None, None)
 _DAY_S: Final = 86400
+_UNEXPLAINED_MAX: Final = 1000
+"""Flagged payments kept per destination for an approval that comes late (a drain's many
+transfers to one address need no more)."""
 _FlagKey = tuple[str, str, str, str]
 """Chain and asset as matched, the paying wallet, the destination."""
 
@@ -182,6 +198,13 @@ class LedgerReconciliation:
         """Approval id -> the payments (by transfer id) any replica matched with it."""
         self._use_of: dict[str, str] = {}
         """Transfer id -> the approval it used (the latest said)."""
+        self._unexplained: dict[_Key, list[MatchedPayment]] = {}
+        """The payments flagged (not in a state rebuild) within the last window or two, by
+        destination: an approval that reaches the detector after its payment was judged (a
+        ledger feed running late) explains one of them (:attr:`explained_late`)."""
+        self.explained_late: list[LateExplanation] = []
+        """Flagged payments that approvals learned since the last call explained
+        (:meth:`take_explained_late`)."""
 
     def __getstate__(self) -> dict[str, Any]:
         # A snapshot carries the approvals, not the last transfer looked at, nor the notes.
@@ -192,6 +215,7 @@ class LedgerReconciliation:
             "used": [],
             "compared": [],
             "published": [],
+            "explained_late": [],
         }
 
     def adopt(self, other: LedgerReconciliation) -> None:
@@ -205,11 +229,16 @@ class LedgerReconciliation:
         """
         # Each engine flagged its own wallets' outflows only: the union.
         flagged = {**other._flagged, **self._flagged}
-        if self.learned == 0 and not self._open:
+        unexplained = {key: list(payments) for key, payments in self._unexplained.items()}
+        for key, payments in other._unexplained.items():
+            unexplained.setdefault(key, []).extend(payments)
+        took_over = self.learned == 0 and not self._open
+        if took_over:
             self.__dict__.update(other.__getstate__())
-            self._flagged = flagged
-            return
         self._flagged = flagged
+        self._unexplained = unexplained
+        if took_over:
+            return
         if other.learned != self.learned:
             raise ValueError("ledger reconciliation: engines learned different approvals")
         # An approval open in both: the one with less left (paid in part by one of them).
@@ -261,8 +290,95 @@ class LedgerReconciliation:
             self._open.setdefault(key, []).append(learned)
             if aid in self._uses:  # another replica's payment came before the approval
                 self._settle(aid)
+        else:
+            self._open.setdefault(key, []).append(learned)
+        if self._unexplained:
+            self._explain_late(key, learned)
+
+    def _explain_late(self, key: _Key, approval: _Approval) -> None:
+        """Use ``approval``, just learned, for the flagged payments to its address it explains
+        (as :meth:`_find` would have: the one naming its tx hash, else the nearest in amount
+        within the tolerance, else the largest it pays in part), and note each in
+        :attr:`explained_late`."""
+        waiting = self._unexplained.get(key)
+        tolerance = self.amount_tolerance
+        while waiting:
+            current = next((a for a in self._open.get(key, ()) if a.seq == approval.seq), None)
+            if current is None:
+                return  # used up (by another replica's payment, or by those explained here)
+            left = current.left
+            best: tuple[int, Decimal, float, int] | None = None
+            for index, payment in enumerate(waiting):
+                apart = abs(payment.epoch - approval.time)
+                if approval.tx_hash is not None and approval.tx_hash == payment.tx_hash:
+                    fit = (0, Decimal(0), apart, index)
+                elif not (
+                    payment.epoch - self.match_window_s
+                    <= approval.time
+                    <= payment.epoch + self.late_s
+                ):
+                    continue
+                elif abs(payment.value - left) <= left * tolerance:
+                    fit = (1, abs(payment.value - left), apart, index)
+                elif payment.value < left:
+                    fit = (2, left - payment.value, apart, index)
+                else:
+                    continue
+                if best is None or fit < best:
+                    best = fit
+            if best is None:
+                return
+            payment = waiting.pop(best[3])
+            if not waiting:
+                del self._unexplained[key]
+            self._pay(key, current, payment)
+            self._unflag(key, payment)
+            self.explained_late.append(
+                LateExplanation(
+                    payment,
+                    approval.id,
+                    approval.amount,
+                    approval.time,
+                    sum(
+                        p.key == payment.key
+                        for payments in self._unexplained.values()
+                        for p in payments
+                    ),
+                )
+            )
+
+    def _pay(self, key: _Key, approval: _Approval, payment: MatchedPayment) -> None:
+        """Use up (or, paid in part, reduce) the open ``approval`` to ``key`` by ``payment``."""
+        self._looked = _NOT_YET
+        if self.shares_uses and approval.id is not None:
+            self._use(approval.id, payment, publish=True)
             return
-        self._open.setdefault(key, []).append(learned)
+        approvals = self._open[key]
+        at = next(i for i, a in enumerate(approvals) if a.seq == approval.seq)
+        left = approval.left - payment.value
+        if approval.tx_hash != payment.tx_hash and left > approval.amount * self.amount_tolerance:
+            approvals[at] = approval._replace(left=left)  # paid in part: the rest stays open
+            return
+        del approvals[at]
+        if not approvals:
+            del self._open[key]
+
+    def _unflag(self, key: _Key, payment: MatchedPayment) -> None:
+        """Take back the flag of a payment an approval explained after all: it does not count
+        toward trusting its destination."""
+        flag_key = (key[0], key[1], payment.wallet, key[2])
+        flagged = self._flagged.get(flag_key)
+        if flagged is None:
+            return
+        with suppress(ValueError):
+            flagged.remove((payment.epoch, payment.value))
+        if not flagged:
+            del self._flagged[flag_key]
+
+    def take_explained_late(self) -> list[LateExplanation]:
+        """The flagged payments approvals explained since the last call."""
+        explained, self.explained_late = self.explained_late, []
+        return explained
 
     def _key(self, chain: str, asset: str, to: str) -> _Key:
         try:
@@ -276,6 +392,12 @@ class LedgerReconciliation:
     def _expire(self, now: float) -> None:
         horizon = now - 2 * self.match_window_s
         self._keep(lambda approvals: [a for a in approvals if a.time >= horizon])
+        if self._unexplained:
+            self._unexplained = {
+                key: kept
+                for key, payments in self._unexplained.items()
+                if (kept := [p for p in payments if p.epoch >= horizon])
+            }
         if self._approvals or self._uses:
             self._expire_shared(horizon)
         forgotten = now - self.repeat_history_s
@@ -430,17 +552,34 @@ class LedgerReconciliation:
             self.learn_one(transfer)
             return
         if (
-            self.repeat_trust <= 0
-            or not self.counts_flags
+            not self.counts_flags
             or not self._questioned(transfer, state)
             or self._trusted(transfer, found.key)
         ):
+            return
+        value = Decimal(f"{transfer.amount}E-{transfer.decimals}")
+        waiting = self._unexplained.setdefault(found.key, [])
+        waiting.append(
+            MatchedPayment(
+                transfer.id,
+                transfer.chain,
+                transfer.wallet,
+                transfer.epoch,
+                value,
+                transfer.tx_hash,
+                transfer.counterparty,
+                transfer.asset,
+            )
+        )
+        if len(waiting) > _UNEXPLAINED_MAX:
+            del waiting[0]
+        if self.repeat_trust <= 0:
             return
         flagged = self._flagged.setdefault(self._flag_key(transfer, found.key), [])
         forgotten = transfer.epoch - self.repeat_history_s
         while flagged and flagged[0][0] < forgotten:
             del flagged[0]
-        flagged.append((transfer.epoch, Decimal(f"{transfer.amount}E-{transfer.decimals}")))
+        flagged.append((transfer.epoch, value))
 
     def learn_one(self, transfer: TransferView) -> None:
         """Use up the approval that explains this outflow, so it explains no other."""
@@ -448,32 +587,17 @@ class LedgerReconciliation:
             return
         found = self._look(transfer)
         if found.at is not None and found.value is not None:
-            self._looked = _NOT_YET
-            approvals = self._open[found.key]
-            approval = approvals[found.at]
-            if self.shares_uses and approval.id is not None:
-                use = MatchedPayment(
-                    transfer.id,
-                    transfer.chain,
-                    transfer.wallet,
-                    transfer.epoch,
-                    found.value,
-                    transfer.tx_hash,
-                    transfer.counterparty,
-                    transfer.asset,
-                )
-                self._use(approval.id, use, publish=True)
-                return
-            left = approval.left - found.value
-            if (
-                approval.tx_hash != transfer.tx_hash
-                and left > approval.amount * self.amount_tolerance
-            ):
-                approvals[found.at] = approval._replace(left=left)  # paid in part: rest open
-                return
-            del approvals[found.at]
-            if not approvals:
-                del self._open[found.key]
+            use = MatchedPayment(
+                transfer.id,
+                transfer.chain,
+                transfer.wallet,
+                transfer.epoch,
+                found.value,
+                transfer.tx_hash,
+                transfer.counterparty,
+                transfer.asset,
+            )
+            self._pay(found.key, self._open[found.key][found.at], use)
 
     # -- sharing the uses between detector replicas -------------------------------------------
 

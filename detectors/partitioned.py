@@ -390,15 +390,19 @@ class _Worker:
                 )
         return True
 
-    @staticmethod
-    def _hand_over(feed: LedgerFeed, number: int, when: float, result: RoundResult) -> bool:
-        """Hand over the approvals due before line ``number``; False at a malformed one."""
+    def _hand_over(self, feed: LedgerFeed, number: int, when: float, result: RoundResult) -> bool:
+        """Hand over the approvals due before line ``number`` (their alerts come before the
+        line's); False at a malformed one."""
         try:
-            feed.hand_over(when)
+            raised = feed.hand_over(when)
         except BacktestInputError as exc:
             result.error = exc
             result.error_line = number
             return False
+        for seq, alert in enumerate(raised):
+            result.alerts.append(
+                ((number, -1, seq), orjson.dumps(alert_record(alert, self.spelled)), alert.freeze)
+            )
         return True
 
 

@@ -383,6 +383,25 @@ def test_every_detector_of_a_group_learns_every_approval(
         wait_for(judged, 90, "the thefts judged", every_s=0.5, context=logs)
         ledger = {a.wallet for a in alerts_on_topic(bus, prefix) if a.detector == "ledger"}
         assert ledger == {wallet(i) for i in range(WALLETS)}
+        # A ledger feed running behind: payments judged before their approvals come are
+        # flagged; when the approvals come, the detector that judged each payment says, once,
+        # that it is explained after all (the freeze stands).
+        behind = [
+            transfer(i, 60, customer(i, 60), 2, start + timedelta(minutes=110))
+            for i in range(WALLETS)
+        ]
+        publish(bus, prefix, behind)
+        wait_for(judged, 90, "the payments ahead of their approvals judged", context=logs)
+        publish_approvals(bus, prefix, approvals_for(behind))
+
+        def explained() -> list[Alert]:
+            return [a for a in alerts_on_topic(bus, prefix) if a.detector == "ledger_explained"]
+
+        wait_for(lambda: len(explained()) >= WALLETS, 60, "the late approvals' info", context=logs)
+        time.sleep(2.0)  # anything more said
+        said = explained()
+        assert sorted(a.transfer_ids[0] for a in said) == sorted(t.id for t in behind), logs()
+        assert {(a.severity.value, a.freeze) for a in said} == {("info", False)}
         assert all(p.poll() is None for p in procs.values()), logs()
     finally:
         stop(procs)

@@ -544,6 +544,29 @@ def test_a_malformed_line_of_a_ledger_out_of_order_names_the_files_own_line(
     assert (caught.value.path, caught.value.line_number) == (str(ledger), 3)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_approval_naming_a_flagged_payment_says_it_is_explained(
+    tmp_path: Path, workers: int
+) -> None:
+    # The ledger names the payment's tx hash but was written eight minutes after it (beyond the
+    # two minutes read ahead): the payment freezes, and the approval, when its time comes,
+    # explains it in an info alert.
+    approved = {**_approval_row("2018-01-25T15:10:00Z", "C1", "w1"), "tx_hash": "p1"}
+    ledger = write(tmp_path / "l.jsonl", [approved])
+    rows: list[dict[str, Any] | bytes] = [
+        line(ts="2018-01-25T15:02:00Z", to="C1", tx_hash="p1"),
+        line(ts="2018-01-25T15:20:00Z", tx_hash="x", **{"from": "ELSEWHERE"}),
+    ]
+    out = tmp_path / "alerts.jsonl"
+    run_backtest(loads(CONFIG), write(tmp_path / "t.jsonl", rows), ledger, out, workers=workers)
+    alerts = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    assert [(a["ts"], a["detector"], a["severity"], a["freeze"]) for a in alerts] == [
+        ("2018-01-25T15:02:00Z", "ledger", "critical", True),
+        ("2018-01-25T15:02:00Z", "ledger_explained", "info", False),
+    ]
+    assert alerts[1]["tx_hashes"] == ["p1"]
+
+
 def test_progress_bar_does_not_change_results(tmp_path: Path) -> None:
     config: Config = loads(CONFIG)
     path = write(tmp_path / "t.jsonl", [line(amount="400")])

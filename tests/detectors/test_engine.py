@@ -34,6 +34,7 @@ from drainwatch.events import (
     Severity,
     TransferStatus,
     decode,
+    event_id,
 )
 from drainwatch.stage import StageLoop
 from tests.detectors.factories import approval, at, config, transfer, wallet
@@ -397,6 +398,61 @@ def test_payments_replayed_in_a_state_rebuild_do_not_make_a_destination_trusted(
     live = engine(reconcile=True)
     _sweeps(live, "CUSTOMER", [100, 100, 100])
     assert _ledger(live.process(transfer("CUSTOMER", 100, minutes=2 * DAY_MIN))) == []
+
+
+def test_an_approval_that_comes_after_its_payment_was_flagged_says_so() -> None:
+    # A ledger feed running behind the chain: the payment is judged before its approval (made a
+    # minute before it) reaches the detector. The freeze stands; an info alert tells whoever
+    # holds it that the exchange approved the payment after all, and what is still unexplained.
+    e = engine(reconcile=True)
+    e.process_approval(approval("CUSTOMER", "5", minutes=-30))
+    paid = transfer("CUSTOMER", 9, minutes=1, tx="paid")
+    assert _ledger(e.process(paid)) == [("ledger", "critical", True)]
+    assert _ledger(e.process(transfer("THIEF", 2, minutes=2, tx="stolen")))
+    late = e.process_approval(approval("CUSTOMER", "9", minutes=0))
+    assert summary(late) == [("ledger_explained", "info", False)]
+    alert = late[0]
+    assert alert.id == event_id("ledger", "explained-late", paid.id)
+    assert (alert.time, alert.transfer_ids, alert.tx_hashes) == (paid.time, (paid.id,), ("paid",))
+    assert alert.summary == (
+        f"approved withdrawal {event_id('approval', 'CUSTOMER', '9', 0)} (9 XEM to CUSTOMER, "
+        "approved at 15:00:00) came after nem-hot's payment of 9 XEM at 15:01:00 was judged "
+        "unapproved: that payment is explained; 1 other payment of nem-hot still unexplained"
+    )
+    assert alert.metrics["unexplained_payments"] == "1"
+    # The approval is used up by the payment it explained: it explains no second one.
+    assert _ledger(e.process(transfer("CUSTOMER", 9, minutes=3, tx="again")))
+    # An approval that explains no flagged payment (less than it paid, or to another address)
+    # says nothing.
+    assert e.process_approval(approval("THIEF", "1", minutes=4)) == []
+    assert e.process_approval(approval("OTHER", "9", minutes=5)) == []
+
+
+def test_a_late_approval_explains_the_flagged_payment_nearest_its_amount() -> None:
+    e = engine(reconcile=True)
+    for minutes, amount in ((1, 20), (2, 10), (3, 11)):
+        assert _ledger(e.process(transfer("CUSTOMER", amount, minutes=minutes)))
+    late = e.process_approval(approval("CUSTOMER", "10.1", minutes=0))
+    assert [(a.metrics["amount"], a.metrics["unexplained_payments"]) for a in late] == [("10", "2")]
+    # Approved long before (beyond the three-hour window): it explains nothing.
+    assert e.process_approval(approval("CUSTOMER", "20", minutes=-200)) == []
+
+
+def test_payments_replayed_in_a_state_rebuild_are_not_explained_again() -> None:
+    # A restarted detector replays its transfers without their approvals, then reads the last
+    # hours of the ledger again: an approval read again explains nothing it did not before (its
+    # payments were matched, or explained, before the restart), so no alert repeats.
+    e = engine(reconcile=True)
+    e.process_approval(approval("SEED", "1", minutes=-10))
+    assert e.replay([transfer("CUSTOMER", 9, minutes=1)]) == 1
+    assert e.process_approval(approval("CUSTOMER", "9", minutes=0)) == []
+
+
+def test_a_late_approval_in_shadow_mode_is_recorded_as_shadow() -> None:
+    e = DetectionEngine(config(shadow=("ledger",)), clock=lambda: DETECTED, reconcile=True)
+    assert [a.freeze for a in e.process(transfer("CUSTOMER", 9, minutes=1))] == [False]
+    [late] = e.process_approval(approval("CUSTOMER", "9", minutes=0))
+    assert (late.detector, late.shadow, late.freeze) == ("ledger_explained", True, False)
 
 
 def test_flagged_payments_travel_with_snapshots_and_join_across_engines() -> None:

@@ -125,6 +125,25 @@ def test_a_replica_told_of_the_use_in_time_freezes_at_the_payment() -> None:
     assert alerts[0].metrics["rule_unapproved_outflow"] == "1"
 
 
+def test_an_approval_that_explains_a_flagged_payment_late_is_used_on_every_replica() -> None:
+    # The ledger feed runs behind: r1 flags its payment, then the approval comes. r1 alone says
+    # the payment is explained (an info alert), and tells r2 it used the approval, so that the
+    # approval explains no payment of r2's wallet as well.
+    r1, r2 = replica(ONE), replica(TWO)
+    topic = Topic(r1, r2)
+    learn(topic, approval("SEED", "1", minutes=-10))
+    paid = transfer("CUSTOMER", 5, minutes=1, wallet=ONE)
+    assert [(a.detector, a.freeze) for a in pay(r1, topic, paid)] == [("ledger", True)]
+    learn(topic, approval("CUSTOMER", "5", minutes=0))
+    assert [(a.detector, a.wallet, a.freeze) for a in topic.alerts[1:]] == [
+        ("ledger_explained", ONE, False)
+    ]
+    assert [u.transfer_id for u in topic.pending] == [paid.id]
+    assert topic.deliver() == []
+    alerts = pay(r2, topic, transfer("CUSTOMER", 5, minutes=2, wallet=TWO))
+    assert [(a.detector, a.wallet, a.freeze) for a in alerts] == [("ledger", TWO, True)]
+
+
 def test_a_customer_approved_twice_and_paid_from_both_wallets_is_explained() -> None:
     # Both replicas first match their payment with the same (earlier) approval; the later one
     # moves to the customer's other approval, says so, and nothing is frozen. Both replicas
