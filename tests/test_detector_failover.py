@@ -296,6 +296,76 @@ def test_a_killed_detector_loses_no_drain_and_repeats_no_alert(
     bus.close()
 
 
+@pytest.mark.parametrize("mid_batch", [False, True], ids=["between", "mid-batch"])
+def test_a_broker_crash_in_the_middle_of_a_drain_loses_no_transfer_and_repeats_no_alert(
+    kafka: KafkaService, kafka_topic_prefix: str, tmp_path: Path, mid_batch: bool
+) -> None:
+    # The broker is SIGKILLed between a drain's two halves, with a detector running; it is
+    # back a few seconds later. The detector rides it out (its clients reconnect), judges the
+    # second half with the first still in its windows, and freezes every wallet once.
+    prefix = kafka_topic_prefix
+    path, bus = broker(kafka, prefix, tmp_path)
+    start = datetime.now(UTC) - timedelta(hours=20)
+    ordinary = [
+        transfer(i, n, customer(i, n), 2, start + timedelta(minutes=9 * n))
+        for i in range(WALLETS)
+        for n in range(6)
+    ]
+    publish(bus, prefix, ordinary)
+    procs = {"d1": start_detector("d1", path, tmp_path)}
+    logs = log_tails(procs, tmp_path)
+    # Each wallet drained at its own time, hours apart: no incident stands in for the history.
+    drain_at = [start + timedelta(hours=3 + 2 * i) for i in range(WALLETS)]
+    try:
+        wait_for(lambda: all_judged(bus, prefix), 90, "the ordinary payments judged", context=logs)
+        first_half = [transfer(i, 100, attacker(i), STEP_ETH, drain_at[i]) for i in range(WALLETS)]
+        publish(bus, prefix, first_half)
+        if mid_batch:  # while the detector judges the first half (its alerts, its commits)
+            time.sleep(0.3)
+        else:
+            wait_for(lambda: all_judged(bus, prefix), 60, "the first half judged", context=logs)
+            assert not [a for a in alerts_on_topic(bus, prefix) if a.freeze], (
+                "the first half alone must not freeze: the test would prove nothing"
+            )
+        bus.close()
+        kafka.kill()
+        time.sleep(5.0)
+        kafka.start()
+        bus = KafkaBus(kafka.bootstrap_servers)
+        second_half = [
+            transfer(i, 101, attacker(i), STEP_ETH, drain_at[i] + timedelta(minutes=2))
+            for i in range(WALLETS)
+        ]
+        publish(bus, prefix, second_half)
+        wait_for(
+            lambda: every_wallet_frozen(bus, prefix),
+            180,
+            "a freeze for every wallet after the broker came back",
+            every_s=0.5,
+            context=logs,
+        )
+        time.sleep(2.0)  # anything more said
+        assert procs["d1"].poll() is None, logs()
+    finally:
+        stop(procs)
+        if not kafka.running:
+            kafka.start()
+    said = alerts_on_topic(bus, prefix)
+    bus.close()
+    freezes: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for alert in said:
+        if alert.freeze:
+            freezes[alert.wallet].add((alert.detector, alert.id))
+    # One freezing alert per wallet: a repeat (a publish retried across the crash) would carry
+    # the same id, and the alerts stage drops it.
+    assert {w: len(ids) for w, ids in freezes.items()} == {wallet(i): 1 for i in range(WALLETS)}, [
+        (a.wallet[-4:], a.detector, a.id[:8], a.summary) for a in said
+    ]
+    for alert in said:
+        if alert.freeze:  # the whole drain (6%) was judged, not just the second half (3%)
+            assert Decimal(alert.metrics.get("share", "0")) >= Decimal("0.05"), alert
+
+
 def customer(i: int, n: int) -> str:
     return "0x" + f"{0xC0570000 + i * 100 + n:040x}"
 
