@@ -11,6 +11,7 @@ import secrets
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -201,6 +202,74 @@ def stop_stages(procs: dict[str, subprocess.Popen[bytes]]) -> None:
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def kafka_bus_toml(kafka: KafkaService, prefix: str) -> str:
+    return f"""
+[bus]
+kind = "kafka"
+bootstrap_servers = ["{kafka.bootstrap_servers}"]
+topic_prefix = "{prefix}"
+partitions = 3
+group_prefix = "{prefix}dw"
+"""
+
+
+def test_a_drain_while_the_broker_is_down_is_frozen_once_it_is_back(
+    anvil: AnvilService,
+    kafka: KafkaService,
+    kafka_topic_prefix: str,
+    killswitch: KillSwitch,
+    tmp_path: Path,
+) -> None:
+    # The chain goes on while Kafka is down (SIGKILL): the watcher cannot publish the drain's
+    # transactions, so it keeps them (its cursor waits for the broker), and every stage rides
+    # the outage out. Once the broker is back the drain is judged and frozen, once.
+    hot, cold = accounts(anvil)
+    path = tmp_path / "drainwatch.toml"
+    cfg = write_config(
+        path, anvil, killswitch, hot, cold, kafka_bus_toml(kafka, kafka_topic_prefix)
+    )
+    procs = {s: start_stage(s, path, tmp_path) for s in ("ingest", "detect", "alert")}
+    timeline_path = Path(cfg.alerts.timeline_path)
+
+    def logs() -> str:
+        return "\n".join(f"--- {s}\n" + (tmp_path / f"{s}.log").read_text()[-3000:] for s in procs)
+
+    def recorded() -> int:
+        if not timeline_path.exists():
+            return 0
+        timeline = Timeline(str(timeline_path))
+        try:
+            return len(timeline.transfers())
+        finally:
+            timeline.close()
+
+    try:
+        for i in range(6):
+            send(anvil, hot, fresh_address(i), 5 * ETH)
+        wait_for(lambda: recorded() >= 6, 90, "the ordinary withdrawals recorded", context=logs)
+        kafka.kill()
+        attacker = fresh_address(999)
+        send(anvil, hot, attacker, 1)
+        big = send(anvil, hot, attacker, 2_000 * ETH)
+        time.sleep(5.0)
+        assert not killswitch.store.is_frozen(CHAIN, hot)
+        kafka.start()
+        wait_for(
+            lambda: killswitch.store.is_frozen(CHAIN, hot),
+            180,
+            "the freeze after the broker came back",
+            context=logs,
+        )
+        time.sleep(3.0)  # anything more said
+        assert all(p.poll() is None for p in procs.values()), logs()
+    finally:
+        stop_stages(procs)
+        if not kafka.running:
+            kafka.start()
+    assert_one_freeze(killswitch, hot, big, timeline_path)
+    assert recorded() == 8  # the watched wallet's transfers, each once
 
 
 def test_drain_on_anvil_is_frozen_through_kafka_with_one_process_per_stage(
