@@ -202,6 +202,9 @@ class LedgerReconciliation:
         """The payments flagged (not in a state rebuild) within the last window or two, by
         destination: an approval that reaches the detector after its payment was judged (a
         ledger feed running late) explains one of them (:attr:`explained_late`)."""
+        self._unexplained_kept_at = float("-inf")
+        """The outflow time the flagged payments were last pruned at (once a window: a ledger
+        feed that stops must not let them grow without bound)."""
         self.explained_late: list[LateExplanation] = []
         """Flagged payments that approvals learned since the last call explained
         (:meth:`take_explained_late`)."""
@@ -393,17 +396,21 @@ class LedgerReconciliation:
         horizon = now - 2 * self.match_window_s
         self._keep(lambda approvals: [a for a in approvals if a.time >= horizon])
         if self._unexplained:
-            self._unexplained = {
-                key: kept
-                for key, payments in self._unexplained.items()
-                if (kept := [p for p in payments if p.epoch >= horizon])
-            }
+            self._keep_unexplained(horizon)
         if self._approvals or self._uses:
             self._expire_shared(horizon)
         forgotten = now - self.repeat_history_s
         for key, flagged in list(self._flagged.items()):
             if max(when for when, _ in flagged) < forgotten:
                 del self._flagged[key]
+
+    def _keep_unexplained(self, horizon: float) -> None:
+        """Forget the flagged payments made before ``horizon``."""
+        self._unexplained = {
+            key: kept
+            for key, payments in self._unexplained.items()
+            if (kept := [p for p in payments if p.epoch >= horizon])
+        }
 
     def _keep(self, kept: Callable[[list[_Approval]], list[_Approval]]) -> None:
         """Replace each address's open approvals by ``kept`` of them (an empty list: none)."""
@@ -558,6 +565,9 @@ class LedgerReconciliation:
         ):
             return
         value = Decimal(f"{transfer.amount}E-{transfer.decimals}")
+        if transfer.epoch > self._unexplained_kept_at + self.match_window_s:
+            self._keep_unexplained(transfer.epoch - 2 * self.match_window_s)
+            self._unexplained_kept_at = transfer.epoch
         waiting = self._unexplained.setdefault(found.key, [])
         waiting.append(
             MatchedPayment(

@@ -438,6 +438,17 @@ def test_a_late_approval_explains_the_flagged_payment_nearest_its_amount() -> No
     assert e.process_approval(approval("CUSTOMER", "20", minutes=-200)) == []
 
 
+def test_flagged_payments_are_kept_two_windows_even_with_no_approval_coming() -> None:
+    # A ledger feed that stops: every payment is flagged, and kept for a late approval only
+    # while one could still explain it (two three-hour windows), so memory stays bounded.
+    e = engine(reconcile=True)
+    e.process_approval(approval("SEED", "1", minutes=-10))
+    assert _ledger(e.process(transfer("EARLY", 9, minutes=0)))
+    assert _ledger(e.process(transfer("LATER", 9, minutes=7 * 60)))
+    assert e.process_approval(approval("EARLY", "9", minutes=-1)) == []
+    assert len(e.process_approval(approval("LATER", "9", minutes=7 * 60 - 1))) == 1
+
+
 def test_payments_replayed_in_a_state_rebuild_are_not_explained_again() -> None:
     # A restarted detector replays its transfers without their approvals, then reads the last
     # hours of the ledger again: an approval read again explains nothing it did not before (its
