@@ -1,7 +1,7 @@
 """Latency from a drain transaction shown by anvil to the kill switch holding the freeze.
 
 Usage: ``.venv/bin/python benchmarks/bench_latency.py [--iterations 20] [--mode embedded kafka]
-[--poll-interval 0.1] [--since mined mempool]``
+[--poll-interval 0.1] [--since mined mempool] [--client kafka-python confluent]``
 
 Each iteration drains a different hot wallet (anvil accounts created with ``anvil_setBalance``
 and impersonated): one transfer of 30% of its balance to a new address. The clock starts when
@@ -136,6 +136,8 @@ def run_mode(
     poll_s: float,
     kafka: KafkaService | None,
     mempool: bool = False,
+    *,
+    client: str = "kafka-python",
 ) -> list[float]:
     workdir = Path(tempfile.mkdtemp(prefix=f"dw-latency-{mode}-"))
     token = secrets.token_hex(12)
@@ -152,6 +154,7 @@ def run_mode(
             bus = (
                 f'[bus]\nkind = "kafka"\nbootstrap_servers = ["{kafka.bootstrap_servers}"]\n'
                 f'topic_prefix = "{prefix}"\npartitions = 3\ngroup_prefix = "{prefix}dw"\n'
+                f'client = "{client}"\n'
             )
         config = write_config(
             workdir / "drainwatch.toml",
@@ -213,15 +216,29 @@ def main() -> None:
         choices=["mined", "mempool"],
         help="start the clock when the node shows the transaction mined, or in its mempool",
     )
+    parser.add_argument(
+        "--client",
+        nargs="+",
+        default=["kafka-python"],
+        choices=["kafka-python", "confluent"],
+        help="the Kafka client of the kafka mode's processes ([bus] client)",
+    )
     args = parser.parse_args()
     kafka = KafkaService().start() if "kafka" in args.mode else None
     try:
         for mode in args.mode:
-            for since in args.since:
-                samples = run_mode(
-                    mode, args.iterations, args.poll_interval, kafka, mempool=since == "mempool"
-                )
-                _report(f"{mode}, since {since}", samples, args.poll_interval)
+            for client in args.client if mode == "kafka" else ["-"]:
+                for since in args.since:
+                    samples = run_mode(
+                        mode,
+                        args.iterations,
+                        args.poll_interval,
+                        kafka,
+                        mempool=since == "mempool",
+                        client=client if mode == "kafka" else "kafka-python",
+                    )
+                    name = f"{mode} ({client})" if mode == "kafka" else mode
+                    _report(f"{name}, since {since}", samples, args.poll_interval)
     finally:
         if kafka is not None:
             kafka.cleanup()

@@ -124,3 +124,22 @@ def test_build_bus_uses_the_configured_client(kafka: KafkaService, kafka_topic_p
             assert len(bus.partitions(spec.name)) == spec.partitions
     finally:
         bus.close()
+
+
+@pytest.mark.services
+def test_end_offsets_of_many_partitions_are_each_ones_end_offset(
+    bus: ConfluentBus, kafka_topic_prefix: str
+) -> None:
+    # A follower looks up its partitions' ends in one request (ListOffsets), not one each.
+    topic = f"{kafka_topic_prefix}ends"
+    bus.ensure_topics([TopicSpec(topic, partitions=4)])
+    producer = bus.producer()
+    for i in range(30):
+        producer.send(topic, f"key-{i}", b"x")
+    producer.flush()
+    producer.close()
+    tps = bus.partitions(topic)
+    ends = bus.end_offsets(tps)
+    assert ends == {tp: bus.end_offset(tp) for tp in tps}
+    assert sum(ends.values()) == 30
+    assert bus.end_offsets([]) == {}
