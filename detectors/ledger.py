@@ -124,11 +124,26 @@ class _Lookup(NamedTuple):
 
 _NOT_YET: Final = (None, None)
 _DAY_S: Final = 86400
+_QUIET_S: Final = 1800
+"""A ledger alert says how long no approval has come once it is this long (a feed that stopped
+makes every payment unexplained)."""
 _UNEXPLAINED_MAX: Final = 1000
 """Flagged payments kept per destination for an approval that comes late (a drain's many
 transfers to one address need no more)."""
 _FlagKey = tuple[str, str, str, str]
 """Chain and asset as matched, the paying wallet, the destination."""
+
+
+def describe_quiet(seconds: int) -> str:
+    """A stretch of time, in hours and minutes.
+
+    >>> describe_quiet(1800), describe_quiet(7500), describe_quiet(90000)
+    ('30 min', '2 h 5 min', '25 h')
+    """
+    hours, minutes = divmod(seconds // 60, 60)
+    if not hours:
+        return f"{minutes} min"
+    return f"{hours} h {minutes} min" if minutes and hours < 10 else f"{hours} h"
 
 
 class LedgerReconciliation:
@@ -178,6 +193,8 @@ class LedgerReconciliation:
         outflow (score, explain, learn), and the approvals change only in between."""
         self.learned = 0
         """Approvals learned so far."""
+        self.latest_approval_at = float("-inf")
+        """The time of the latest approval learned (what the feed last said)."""
         self.recording = False
         """For a backtest split between processes (:mod:`detectors.partitioned`): note in
         :attr:`used` and :attr:`compared` which approvals outflows were matched with."""
@@ -272,6 +289,7 @@ class LedgerReconciliation:
         self.active = True
         self._looked = _NOT_YET
         when = approval.epoch
+        self.latest_approval_at = max(self.latest_approval_at, when)
         if when > self._expired_at + self.match_window_s:
             # Two windows before the latest approval, or before the latest outflow judged if
             # that is earlier: a detector far behind on transfers (back from an outage) reads
@@ -500,6 +518,8 @@ class LedgerReconciliation:
             return None
         units = state.units
         before = state.balance_units()
+        heard = self.latest_approval_at > float("-inf")
+        quiet_s = max(0, int(transfer.epoch - self.latest_approval_at)) if heard else None
         return Finding(
             detector=self.name,
             severity=Severity.CRITICAL,
@@ -509,6 +529,11 @@ class LedgerReconciliation:
                 f"{state.label} sent {format_units(units, state.scale)} {transfer.asset} to "
                 f"{transfer.counterparty}, which matches no approved withdrawal"
                 + (f"; {left}" if (left := state.left_after(units)) else "")
+                + (
+                    f"; no approval at all for {describe_quiet(quiet_s)}: is the ledger feed down?"
+                    if quiet_s is not None and quiet_s >= _QUIET_S
+                    else ""
+                )
             ),
             metrics={
                 "amount": format_units(units, state.scale),
@@ -521,6 +546,7 @@ class LedgerReconciliation:
                         for a in self._open.get(found.key, ())
                     )
                 ),
+                **({"approvals_quiet_s": str(quiet_s)} if quiet_s is not None else {}),
                 "rule_unapproved_outflow": "1",
             },
             transfer_ids=(transfer.id,),

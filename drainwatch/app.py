@@ -37,11 +37,13 @@ from drainwatch.events import (
     LEDGER,
     LEDGER_USES,
     TRANSFERS,
+    ApprovedWithdrawal,
     DecodeError,
     FreezeOrder,
     Transfer,
 )
 from drainwatch.metrics import (
+    LEDGER_LATEST_APPROVAL,
     REBUILDS_TOTAL,
     SNAPSHOT_FAILURES_TOTAL,
     SNAPSHOT_SECONDS,
@@ -487,11 +489,21 @@ def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None)
     if oldest is not None:
         window = config.detection.ledger_match_window_s
         ledger_since_s = max(min(since_s, oldest - window), now_s - _LEDGER_LOOKBACK_S + window)
+    latest_approval = [float("-inf")]
+
+    def handle(topic: str, event: object) -> list[Output]:
+        if topic == LEDGER and isinstance(event, ApprovedWithdrawal):
+            at = event.time.timestamp()
+            if at > latest_approval[0]:
+                latest_approval[0] = at
+                LEDGER_LATEST_APPROVAL.set(at)
+        return engine.handle(topic, event)
+
     loop = StageLoop(
         bus,
         [TRANSFERS],
         group,
-        engine.handle,
+        handle,
         prefix=config.bus.topic_prefix,
         stage="detect",
         on_assign=on_assign,

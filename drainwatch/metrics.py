@@ -42,6 +42,7 @@ __all__ = [
     "CONSUMER_LAG_MESSAGES",
     "DELIVERY_OUTCOMES",
     "FREEZE_ORDERS_TOTAL",
+    "LEDGER_LATEST_APPROVAL",
     "PIPELINE_LATENCY_SECONDS",
     "STAGE_HANDLE_SECONDS",
     "UNLABELLED",
@@ -111,6 +112,12 @@ FREEZE_ORDERS_TOTAL = Counter(
     "drainwatch_freeze_orders_total",
     "Freeze orders the alerts stage published on the freezes topic.",
     ["action"],
+)
+LEDGER_LATEST_APPROVAL = Gauge(
+    "drainwatch_ledger_latest_approval_timestamp_seconds",
+    "Time of the latest approved withdrawal a detector has read from the ledger topic (no "
+    "series before the first). With a ledger feed a payment no approval explains freezes its "
+    "wallet, so a feed that stops freezes every hot wallet at its next payment.",
 )
 CONSUMER_LAG_MESSAGES = Gauge(
     "drainwatch_bus_consumer_lag_messages",

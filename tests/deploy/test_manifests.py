@@ -4,6 +4,7 @@ pieces agree with each other and with the CLI."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -266,7 +267,70 @@ def test_prometheus_config_and_rules_pass_promtool() -> None:
         check=False,
     )
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 6 rules found" in rules.stdout
+    assert "SUCCESS: 7 rules found" in rules.stdout
+
+
+_LEDGER_QUIET_TEST = """
+rule_files: [{rules}]
+evaluation_interval: 1m
+tests:
+  # The latest approval read was made at 0 s; the hot wallet pays every minute: after 30
+  # minutes of it, and 5 more, the alert fires.
+  - interval: 1m
+    input_series:
+      - series: 'drainwatch_ledger_latest_approval_timestamp_seconds{{job="drainwatch-detect"}}'
+        values: '0x60'
+      - series: 'drainwatch_wallet_transfers_total{{job="drainwatch-ingest",direction="out"}}'
+        values: '0+1x60'
+    alert_rule_test:
+      - eval_time: 34m
+        alertname: DrainwatchLedgerQuiet
+        exp_alerts: []
+      - eval_time: 40m
+        alertname: DrainwatchLedgerQuiet
+        exp_alerts:
+          - exp_labels: {{severity: critical}}
+            exp_annotations:
+              summary: >-
+                no approved withdrawal read for 40m 0s while hot wallets pay out: is the ledger
+                feed down? (each unexplained payment freezes its wallet)
+  # Approvals keep coming (each minute's latest is that minute), or nothing is paid: quiet.
+  - interval: 1m
+    input_series:
+      - series: 'drainwatch_ledger_latest_approval_timestamp_seconds{{job="drainwatch-detect"}}'
+        values: '0+60x60'
+      - series: 'drainwatch_wallet_transfers_total{{job="drainwatch-ingest",direction="out"}}'
+        values: '0+1x60'
+    alert_rule_test:
+      - eval_time: 50m
+        alertname: DrainwatchLedgerQuiet
+        exp_alerts: []
+  - interval: 1m
+    input_series:
+      - series: 'drainwatch_ledger_latest_approval_timestamp_seconds{{job="drainwatch-detect"}}'
+        values: '0x60'
+      - series: 'drainwatch_wallet_transfers_total{{job="drainwatch-ingest",direction="out"}}'
+        values: '5x60'
+    alert_rule_test:
+      - eval_time: 50m
+        alertname: DrainwatchLedgerQuiet
+        exp_alerts: []
+"""
+
+
+def test_the_ledger_quiet_rule_fires_only_while_the_wallets_pay_without_approvals(
+    tmp_path: Path,
+) -> None:
+    from tests.harness.prometheus import prometheus_binary
+
+    promtool = str(Path(prometheus_binary()).with_name("promtool"))
+    rules = DEPLOY / "prometheus" / "rules" / "drainwatch.yml"
+    test = tmp_path / "ledger-quiet.test.yml"
+    test.write_text(_LEDGER_QUIET_TEST.format(rules=json.dumps(str(rules))))
+    result = subprocess.run(
+        [promtool, "test", "rules", str(test)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_dockerfile_installs_the_package_and_runs_as_a_non_root_user() -> None:

@@ -428,6 +428,25 @@ def test_an_approval_that_comes_after_its_payment_was_flagged_says_so() -> None:
     assert e.process_approval(approval("OTHER", "9", minutes=5)) == []
 
 
+def test_a_ledger_alert_says_when_no_approval_has_come_for_half_an_hour() -> None:
+    # A ledger feed that stopped makes every payment unexplained, and every wallet freezes at
+    # its next one: the alert says how long the feed has been quiet, so on-call sees the cause.
+    e = engine(reconcile=True)
+    e.process_approval(approval("SEED", "1", minutes=0))
+    [soon] = _alerts_of(e.process(transfer("A", 1, minutes=10)), "ledger")
+    assert soon.metrics["approvals_quiet_s"] == "600"
+    assert "ledger feed" not in soon.summary
+    other = DetectionEngine(config(wallet("HOT2")), clock=lambda: DETECTED, reconcile=True)
+    other.process_approval(approval("SEED", "1", minutes=0))
+    [late] = _alerts_of(other.process(transfer("B", 1, minutes=125, wallet="HOT2")), "ledger")
+    assert late.metrics["approvals_quiet_s"] == "7500"
+    assert late.summary.endswith("; no approval at all for 2 h 5 min: is the ledger feed down?")
+
+
+def _alerts_of(alerts: list[Alert], detector: str) -> list[Alert]:
+    return [a for a in alerts if a.detector == detector]
+
+
 def test_a_late_approval_explains_the_flagged_payment_nearest_its_amount() -> None:
     e = engine(reconcile=True)
     for minutes, amount in ((1, 20), (2, 10), (3, 11)):

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
-from drainwatch.app import balance_blind, run_pipeline
+from drainwatch.app import balance_blind, detect_loop, run_pipeline
+from drainwatch.bus import EmbeddedBus
 from drainwatch.cli import app
 from drainwatch.config import Config, loads
+from drainwatch.events import LEDGER, ApprovedWithdrawal
+from drainwatch.stage import default_topics, topic_name
 
 HOT = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"
 COLD = "bc1qxy2kgdygjrsqtzq2n0yrf2493p83kkfjhx0wlh"
@@ -93,3 +99,31 @@ def test_run_refuses_an_instance_id_every_replica_would_share(
     )
     assert result.exit_code == 2
     assert f"--instance-id {instance!r}: give this process's own name" in result.output
+
+
+def test_the_detect_stage_exports_the_time_of_the_latest_approval_it_read(
+    tmp_path: Path,
+) -> None:
+    # Prometheus's DrainwatchLedgerQuiet compares it with the clock: a ledger feed that stops
+    # freezes every hot wallet at its next payment.
+    cfg = loads(
+        f'state_dir = "{tmp_path / "state"}"\n[[wallets]]\nchain = "eth"\n'
+        f'address = "0x{"11" * 20}"\nlabel = "eth-hot"\n'
+    )
+    bus = EmbeddedBus(":memory:")
+    bus.ensure_topics(default_topics(cfg.bus.topic_prefix, 1))
+    loop = detect_loop(cfg, bus)
+    producer = bus.producer()
+    made = [datetime(2030, 1, 1, 12, minute, tzinfo=UTC) for minute in (5, 1)]  # out of order
+    for i, at in enumerate(made):
+        approval = ApprovedWithdrawal(
+            id=f"w{i}", time=at, chain="eth", asset="ETH", to="0xc", amount=Decimal(1)
+        )
+        producer.send(topic_name(cfg.bus.topic_prefix, LEDGER), approval.key, approval.to_json())
+    producer.flush()
+    loop.run_once(0.1)
+    loop.close()
+    assert (
+        REGISTRY.get_sample_value("drainwatch_ledger_latest_approval_timestamp_seconds")
+        == made[0].timestamp()
+    )
