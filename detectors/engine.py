@@ -459,7 +459,9 @@ class DetectionEngine:
         if state is None:
             return []
         if transfer.status is TransferStatus.RETRACTED:
-            state.retract(transfer)
+            if state.retract(transfer):
+                for ledger in self._ledgers:
+                    ledger.forget_flagged(transfer)
             return []
         if state.has_applied(transfer.dedup_key):
             return []

@@ -396,6 +396,21 @@ class LedgerReconciliation:
         if not flagged:
             del self._flagged[flag_key]
 
+    def forget_flagged(self, transfer: TransferView) -> None:
+        """A flagged payment retracted (its block reorganised away, or dropped from the pool):
+        no approval explains it later, and it does not count toward trusting its destination."""
+        if not self._unexplained:
+            return
+        key = self._key(transfer.chain, transfer.asset, transfer.counterparty)
+        waiting = self._unexplained.get(key)
+        if not waiting:
+            return
+        for payment in [p for p in waiting if p.transfer_id == transfer.id]:
+            waiting.remove(payment)
+            self._unflag(key, payment)
+        if not waiting:
+            del self._unexplained[key]
+
     def take_explained_late(self) -> list[LateExplanation]:
         """The flagged payments approvals explained since the last call."""
         explained, self.explained_late = self.explained_late, []

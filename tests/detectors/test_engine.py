@@ -457,6 +457,19 @@ def test_a_late_approval_explains_the_flagged_payment_nearest_its_amount() -> No
     assert e.process_approval(approval("CUSTOMER", "20", minutes=-200)) == []
 
 
+def test_a_flagged_payment_retracted_by_a_reorg_is_not_explained_later() -> None:
+    # Its block was reorganised away: the approval that comes later stays open for the payment
+    # that is made again, and says nothing of the one that no longer exists.
+    e = engine(reconcile=True)
+    e.process_approval(approval("SEED", "1", minutes=-10))
+    paid = transfer("CUSTOMER", 9, minutes=1, tx="gone")
+    assert _ledger(e.process(paid))
+    retracted = paid.model_copy(update={"status": TransferStatus.RETRACTED})
+    assert e.process(retracted) == []
+    assert e.process_approval(approval("CUSTOMER", "9", minutes=0)) == []
+    assert _ledger(e.process(transfer("CUSTOMER", 9, minutes=3, tx="again"))) == []
+
+
 def test_flagged_payments_are_kept_two_windows_even_with_no_approval_coming() -> None:
     # A ledger feed that stops: every payment is flagged, and kept for a late approval only
     # while one could still explain it (two three-hour windows), so memory stays bounded.
