@@ -36,6 +36,7 @@ events with deterministic ids. Two policies sit between findings and alerts:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -839,6 +840,13 @@ class DetectionEngine:
             tx_hashes=(payment.tx_hash,),
             shadow=ledger.name in self._shadow,
         )
+
+    @property
+    def latest_approval_at(self) -> float | None:
+        """The time of the latest approval the ledger detectors learned (None before the
+        first)."""
+        at = max((ledger.latest_approval_at for ledger in self._ledgers), default=-math.inf)
+        return at if at > -math.inf else None
 
     def share_approval_uses(self) -> None:
         """Live, with detector replicas: tell the others which approval each payment of this

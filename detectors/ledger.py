@@ -134,6 +134,20 @@ _FlagKey = tuple[str, str, str, str]
 """Chain and asset as matched, the paying wallet, the destination."""
 
 
+def _payment(transfer: TransferView, value: Decimal) -> MatchedPayment:
+    """``transfer`` as a payment of ``value`` (in the asset's units)."""
+    return MatchedPayment(
+        transfer.id,
+        transfer.chain,
+        transfer.wallet,
+        transfer.epoch,
+        value,
+        transfer.tx_hash,
+        transfer.counterparty,
+        transfer.asset,
+    )
+
+
 def describe_quiet(seconds: int) -> str:
     """A stretch of time, in hours and minutes.
 
@@ -387,7 +401,7 @@ class LedgerReconciliation:
     def _unflag(self, key: _Key, payment: MatchedPayment) -> None:
         """Take back the flag of a payment an approval explained after all: it does not count
         toward trusting its destination."""
-        flag_key = (key[0], key[1], payment.wallet, key[2])
+        flag_key = self._flag_key(payment.wallet, key)
         flagged = self._flagged.get(flag_key)
         if flagged is None:
             return
@@ -568,15 +582,16 @@ class LedgerReconciliation:
             tx_hashes=(transfer.tx_hash,),
         )
 
-    def _flag_key(self, transfer: TransferView, key: _Key) -> _FlagKey:
-        return key[0], key[1], transfer.wallet, key[2]
+    @staticmethod
+    def _flag_key(wallet: str, key: _Key) -> _FlagKey:
+        return key[0], key[1], wallet, key[2]
 
     def _trusted(self, transfer: TransferView, key: _Key) -> bool:
         """Whether an unexplained outflow goes to a destination flagged ``repeat_trust`` times
         more than a day ago, and is at most ``repeat_trust_factor`` times the largest of those."""
         if self.repeat_trust <= 0:
             return False
-        flagged = self._flagged.get(self._flag_key(transfer, key))
+        flagged = self._flagged.get(self._flag_key(transfer.wallet, key))
         if flagged is None or len(flagged) < self.repeat_trust:
             return False
         cutoff = transfer.epoch - _DAY_S
@@ -610,23 +625,12 @@ class LedgerReconciliation:
             self._keep_unexplained(transfer.epoch - 2 * self.match_window_s)
             self._unexplained_kept_at = transfer.epoch
         waiting = self._unexplained.setdefault(found.key, [])
-        waiting.append(
-            MatchedPayment(
-                transfer.id,
-                transfer.chain,
-                transfer.wallet,
-                transfer.epoch,
-                value,
-                transfer.tx_hash,
-                transfer.counterparty,
-                transfer.asset,
-            )
-        )
+        waiting.append(_payment(transfer, value))
         if len(waiting) > _UNEXPLAINED_MAX:
             del waiting[0]
         if self.repeat_trust <= 0:
             return
-        flagged = self._flagged.setdefault(self._flag_key(transfer, found.key), [])
+        flagged = self._flagged.setdefault(self._flag_key(transfer.wallet, found.key), [])
         forgotten = transfer.epoch - self.repeat_history_s
         while flagged and flagged[0][0] < forgotten:
             del flagged[0]
@@ -638,17 +642,7 @@ class LedgerReconciliation:
             return
         found = self._look(transfer)
         if found.at is not None and found.value is not None:
-            use = MatchedPayment(
-                transfer.id,
-                transfer.chain,
-                transfer.wallet,
-                transfer.epoch,
-                found.value,
-                transfer.tx_hash,
-                transfer.counterparty,
-                transfer.asset,
-            )
-            self._pay(found.key, self._open[found.key][found.at], use)
+            self._pay(found.key, self._open[found.key][found.at], _payment(transfer, found.value))
 
     # -- sharing the uses between detector replicas -------------------------------------------
 

@@ -37,7 +37,6 @@ from drainwatch.events import (
     LEDGER,
     LEDGER_USES,
     TRANSFERS,
-    ApprovedWithdrawal,
     DecodeError,
     FreezeOrder,
     Transfer,
@@ -489,15 +488,12 @@ def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None)
     if oldest is not None:
         window = config.detection.ledger_match_window_s
         ledger_since_s = max(min(since_s, oldest - window), now_s - _LEDGER_LOOKBACK_S + window)
-    latest_approval = [float("-inf")]
 
     def handle(topic: str, event: object) -> list[Output]:
-        if topic == LEDGER and isinstance(event, ApprovedWithdrawal):
-            at = event.time.timestamp()
-            if at > latest_approval[0]:
-                latest_approval[0] = at
-                LEDGER_LATEST_APPROVAL.set(at)
-        return engine.handle(topic, event)
+        outputs = engine.handle(topic, event)
+        if topic == LEDGER and (at := engine.latest_approval_at) is not None:
+            LEDGER_LATEST_APPROVAL.set(at)
+        return outputs
 
     loop = StageLoop(
         bus,
