@@ -202,14 +202,7 @@ def test_a_killed_detector_loses_no_drain_and_repeats_no_alert(
     config = load(path)
 
     start = datetime.now(UTC) - timedelta(hours=20)
-    ordinary = [
-        transfer(
-            i, n, "0x" + f"{0xC0570000 + i * 100 + n:040x}", 2, start + timedelta(minutes=9 * n)
-        )
-        for i in range(WALLETS)
-        for n in range(12)
-    ]
-    publish(bus, prefix, ordinary)
+    publish(bus, prefix, ordinary(start, 12))
 
     procs = {n: start_detector(n, path, tmp_path) for n in ("d1", "d2")}
 
@@ -306,12 +299,7 @@ def test_a_broker_crash_in_the_middle_of_a_drain_loses_no_transfer_and_repeats_n
     prefix = kafka_topic_prefix
     path, bus = broker(kafka, prefix, tmp_path)
     start = datetime.now(UTC) - timedelta(hours=20)
-    ordinary = [
-        transfer(i, n, customer(i, n), 2, start + timedelta(minutes=9 * n))
-        for i in range(WALLETS)
-        for n in range(6)
-    ]
-    publish(bus, prefix, ordinary)
+    publish(bus, prefix, ordinary(start, 6))
     procs = {"d1": start_detector("d1", path, tmp_path)}
     logs = log_tails(procs, tmp_path)
     # Each wallet drained at its own time, hours apart: no incident stands in for the history.
@@ -370,6 +358,15 @@ def customer(i: int, n: int) -> str:
     return "0x" + f"{0xC0570000 + i * 100 + n:040x}"
 
 
+def ordinary(start: datetime, count: int) -> list[Transfer]:
+    """``count`` payments of 2 ETH from every wallet to its customers, 9 minutes apart."""
+    return [
+        transfer(i, n, customer(i, n), 2, start + timedelta(minutes=9 * n))
+        for i in range(WALLETS)
+        for n in range(count)
+    ]
+
+
 def approvals_for(payments: list[Transfer]) -> list[ApprovedWithdrawal]:
     return [
         ApprovedWithdrawal(
@@ -410,11 +407,7 @@ def test_every_detector_of_a_group_learns_every_approval(
     prefix = kafka_topic_prefix
     path, bus = broker(kafka, prefix, tmp_path)
     start = datetime.now(UTC) - timedelta(hours=2)
-    early = [
-        transfer(i, n, customer(i, n), 2, start + timedelta(minutes=9 * n))
-        for i in range(WALLETS)
-        for n in range(6)
-    ]
+    early = ordinary(start, 6)
     publish_approvals(bus, prefix, approvals_for(early))  # before the detectors start
 
     procs = {n: start_detector(n, path, tmp_path) for n in ("d1", "d2")}
@@ -815,15 +808,7 @@ def test_a_detector_restarted_under_its_instance_id_keeps_its_wallets_without_a_
     prefix = kafka_topic_prefix
     path, bus = broker(kafka, prefix, tmp_path)
     start = datetime.now(UTC) - timedelta(hours=3)
-    publish(
-        bus,
-        prefix,
-        [
-            transfer(i, n, customer(i, n), 2, start + timedelta(minutes=9 * n))
-            for i in range(WALLETS)
-            for n in range(12)
-        ],
-    )
+    publish(bus, prefix, ordinary(start, 12))
     transfers = topic_name(prefix, TRANSFERS)
     procs = {"d2": start_detector("d2", path, tmp_path, instance="d2")}
     logs = log_tails(procs, tmp_path)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -194,6 +194,13 @@ def start_stage(stage: str, config: Path, logs: Path) -> subprocess.Popen[bytes]
     )
 
 
+def stage_logs(procs: dict[str, subprocess.Popen[bytes]], logdir: Path) -> Callable[[], str]:
+    """The end of each stage's log, for a failure's message."""
+    return lambda: "\n".join(
+        f"--- {s}\n" + (logdir / f"{s}.log").read_text()[-3000:] for s in procs
+    )
+
+
 def stop_stages(procs: dict[str, subprocess.Popen[bytes]]) -> None:
     for proc in procs.values():
         proc.terminate()
@@ -232,9 +239,7 @@ def test_a_drain_while_the_broker_is_down_is_frozen_once_it_is_back(
     )
     procs = {s: start_stage(s, path, tmp_path) for s in ("ingest", "detect", "alert")}
     timeline_path = Path(cfg.alerts.timeline_path)
-
-    def logs() -> str:
-        return "\n".join(f"--- {s}\n" + (tmp_path / f"{s}.log").read_text()[-3000:] for s in procs)
+    logs = stage_logs(procs, tmp_path)
 
     def recorded() -> int:
         if not timeline_path.exists():
@@ -280,20 +285,12 @@ def test_drain_on_anvil_is_frozen_through_kafka_with_one_process_per_stage(
     tmp_path: Path,
 ) -> None:
     hot, cold = accounts(anvil)
-    bus = f"""
-[bus]
-kind = "kafka"
-bootstrap_servers = ["{kafka.bootstrap_servers}"]
-topic_prefix = "{kafka_topic_prefix}"
-partitions = 3
-group_prefix = "{kafka_topic_prefix}dw"
-"""
     path = tmp_path / "drainwatch.toml"
-    cfg = write_config(path, anvil, killswitch, hot, cold, bus)
+    cfg = write_config(
+        path, anvil, killswitch, hot, cold, kafka_bus_toml(kafka, kafka_topic_prefix)
+    )
     procs = {s: start_stage(s, path, tmp_path) for s in ("ingest", "detect", "alert")}
-
-    def logs() -> str:
-        return "\n".join(f"--- {s}\n" + (tmp_path / f"{s}.log").read_text()[-3000:] for s in procs)
+    logs = stage_logs(procs, tmp_path)
 
     try:
         _, big = drain(anvil, hot)
