@@ -45,6 +45,7 @@ from alerts.report import (
     render_markdown,
 )
 from alerts.timeline import Timeline, utc_now
+from drainwatch.cli_errors import fail
 from drainwatch.config import Config, ConfigError, WalletConfig, load
 from drainwatch.events import Severity
 
@@ -109,11 +110,6 @@ class IncidentsContext:
         return incidents_from(self.timeline, self.policy)
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
-
-
 def _read_config(config: Path | None) -> Config | None:
     path = config or DEFAULT_CONFIG
     if config is None and not path.exists():
@@ -121,7 +117,7 @@ def _read_config(config: Path | None) -> Config | None:
     try:
         return load(path)
     except ConfigError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
 
 
 @contextmanager
@@ -136,14 +132,14 @@ def open_context(
     cfg = _read_config(config)
     if timeline is None:
         if cfg is None:
-            raise _fail(
+            raise fail(
                 f"no timeline: pass --timeline, or --config with [alerts].timeline_path "
                 f"({DEFAULT_CONFIG} not found)"
             )
         timeline = Path(cfg.alerts.timeline_path)
     if not timeline.is_file():
         # Opening would create an empty database: a typo must not look like "no incidents".
-        raise _fail(f"timeline {timeline} does not exist")
+        raise fail(f"timeline {timeline} does not exist")
     explorer_urls = (
         {name: c.explorer_tx_url for name, c in cfg.chains.items() if c.explorer_tx_url}
         if cfg is not None
@@ -163,7 +159,7 @@ def _pick(ctx: IncidentsContext, ref: str) -> Incident:
     try:
         return find_incident(ctx.incidents(), ref)
     except IncidentNotFoundError as exc:
-        raise _fail(str(exc), 1) from exc
+        raise fail(str(exc), 1) from exc
 
 
 _SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
@@ -319,7 +315,7 @@ def note(
     """Add a note to an incident's timeline (append-only: a correction is another note)."""
     who = author or os.environ.get("DRAINWATCH_AUTHOR") or getpass.getuser()
     if not text.strip():
-        raise _fail("the note is empty")
+        raise fail("the note is empty")
     with open_context(timeline, config, gap_h) as ctx:
         incident = _pick(ctx, incident_id)
         record = ctx.timeline.add_note(incident.id, text, author=who)

@@ -11,7 +11,7 @@ from detectors.base import Detector, Finding, LedgerAware, StateLearner, WalletS
 from detectors.baseline import BaselineDetector
 from detectors.correlation import IncidentCorrelator
 from detectors.engine import DetectionEngine, default_detectors
-from detectors.errors import BacktestInputError, DetectorError
+from detectors.errors import BacktestFileError, BacktestInputError, DetectorError
 from detectors.ledger import LedgerReconciliation
 from detectors.snapshots import (
     Snapshot,
@@ -23,6 +23,7 @@ from detectors.snapshots import (
 from detectors.velocity import VelocityDetector
 
 __all__ = [
+    "BacktestFileError",
     "BacktestInputError",
     "BacktestSummary",
     "BaselineDetector",

@@ -58,7 +58,7 @@ import orjson
 from detectors.approval import Approval
 from detectors.base import to_units
 from detectors.engine import DetectionEngine
-from detectors.errors import BacktestInputError
+from detectors.errors import BacktestFileError, BacktestInputError
 from detectors.move import Move
 from drainwatch.config import Config, WalletConfig, wallets_by_key
 from drainwatch.events import (
@@ -777,9 +777,12 @@ def run_backtest(
 
     Raises:
         BacktestInputError: a line breaks the contract (the error names file and line).
+        BacktestFileError: an input cannot be read or the alerts file cannot be written (checked
+            before anything is judged).
     """
     started = time.perf_counter()
     transfers_path = Path(transfers_path)
+    check_files(transfers_path, ledger_path, alerts_out)
     count = min(workers or os.cpu_count() or 1, len({w.key for w in config.wallets}))
     with time_ordered_ledger(None if ledger_path is None else Path(ledger_path)) as ledger:
         if engine is None and count > 1:
@@ -836,6 +839,31 @@ def run_backtest(
             started,
             settled=settled,
         )
+
+
+def check_files(
+    transfers_path: str | Path, ledger_path: str | Path | None, alerts_out: str | Path
+) -> None:
+    """Raise :class:`BacktestFileError` unless the inputs can be read and the alerts written.
+
+    The alerts file is opened for appending, so an existing one is left as it is until the run
+    writes it.
+
+    >>> check_files("/no/t.jsonl", None, "alerts.jsonl")
+    Traceback (most recent call last):
+    ...
+    detectors.errors.BacktestFileError: /no/t.jsonl: cannot read: No such file or directory
+    """
+    inputs = [transfers_path] if ledger_path is None else [transfers_path, ledger_path]
+    for path, mode, action in [
+        *((path, "rb", "cannot read") for path in inputs),
+        (alerts_out, "ab", "cannot write"),
+    ]:
+        try:
+            with Path(path).open(mode):
+                pass
+        except OSError as exc:
+            raise BacktestFileError(str(path), action, exc.strerror or str(exc)) from exc
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from alerts.cli import incidents_app
+from drainwatch.cli_errors import fail
 from drainwatch.config import ConfigError, load
 from drainwatch.errors import DrainwatchError
 from drainwatch.ops.cli import grafana_app
@@ -55,11 +56,6 @@ class BusKind(StrEnum):
     KAFKA = "kafka"
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
-
-
 @app.callback()
 def _setup(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
@@ -83,7 +79,7 @@ def demo(
 
     result = run_demo(workdir=workdir, console=Console())
     if not result.frozen:
-        raise _fail("the demo drain was not frozen", 1)
+        raise fail("the demo drain was not frozen", 1)
 
 
 @app.command()
@@ -107,16 +103,16 @@ def backtest(  # noqa: PLR0917 - typer passes options by position
     ] = None,
 ) -> None:
     """Replay transfers in event time through the live detectors and write the alerts."""
-    from detectors import BacktestInputError, run_backtest
+    from detectors import DetectorError, run_backtest
 
     try:
         cfg = load(config)
         show = sys.stderr.isatty() if progress is None else progress
         summary = run_backtest(cfg, transfers, ledger, alerts_out, progress=show, workers=workers)
     except ConfigError as exc:
-        raise _fail(str(exc)) from exc
-    except BacktestInputError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
+    except DetectorError as exc:
+        raise fail(str(exc)) from exc
     err.print(
         f"{summary.transfers_read} transfers ({summary.watched_transfers} touching watched "
         f"wallets), {summary.alerts} alerts, {summary.transfers_per_s:,.0f} transfers/s "
@@ -161,7 +157,7 @@ def run(
             # Kubernetes leaves "$(POD_NAME)" as written when the variable is not defined:
             # every pod would then be one static member, fencing the others out.
             if not instance_id.strip() or "$(" in instance_id or "${" in instance_id:
-                raise _fail(
+                raise fail(
                     f"--instance-id {instance_id!r}: give this process's own name "
                     "(an unexpanded variable or a blank would be every replica's)"
                 )
@@ -170,7 +166,7 @@ def run(
             )
         run_pipeline(cfg, stage=stage.value, bus_kind=bus.value if bus else None)
     except ConfigError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
 
 
 @killswitch_app.command("serve")
@@ -186,7 +182,7 @@ def killswitch_serve(
     try:
         serve_killswitch(load(config), config, bus_kind=bus.value if bus else None)
     except ConfigError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
 
 
 @audit_app.command("verify")
@@ -221,7 +217,7 @@ def check_config(config: ConfigOption = Path("drainwatch.toml")) -> None:
     try:
         cfg = load(config)
     except ConfigError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     typer.echo(f"{config}: ok, {len(cfg.wallets)} wallets on {len(cfg.chains)} live chains")
 
 
@@ -236,7 +232,7 @@ def snapshots(config: ConfigOption = Path("drainwatch.toml")) -> None:
     try:
         cfg = load(config)
     except ConfigError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     store = SnapshotStore(Path(cfg.state_dir) / "snapshots")
     files = store.files(fingerprint(cfg))
     if not files:

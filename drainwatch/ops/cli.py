@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from drainwatch.cli_errors import fail
 from drainwatch.config import ConfigError, load
 from drainwatch.ops.dashboards import build_dashboards, write_dashboards
 from drainwatch.ops.grafana import (
@@ -27,13 +27,6 @@ __all__ = ["grafana_app"]
 
 grafana_app = typer.Typer(help="Grafana dashboards and annotations.", no_args_is_help=True)
 
-_err = Console(stderr=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(2)
-
 
 def _credential(token_env: str, user_env: str, password_env: str) -> str | tuple[str, str]:
     token = os.environ.get(token_env)
@@ -42,7 +35,7 @@ def _credential(token_env: str, user_env: str, password_env: str) -> str | tuple
     user, password = os.environ.get(user_env), os.environ.get(password_env)
     if user and password:
         return (user, password)
-    raise _fail(f"set {token_env} (a service-account token) or {user_env} and {password_env}")
+    raise fail(f"set {token_env} (a service-account token) or {user_env} and {password_env}")
 
 
 def _load_dashboards(directory: Path | None) -> list[dict[str, Any]]:
@@ -50,7 +43,7 @@ def _load_dashboards(directory: Path | None) -> list[dict[str, Any]]:
         return list(build_dashboards().values())
     files = sorted(directory.glob("*.json"))
     if not files:
-        raise _fail(f"no *.json dashboards in {directory}")
+        raise fail(f"no *.json dashboards in {directory}")
     return [json.loads(f.read_text(encoding="utf-8")) for f in files]
 
 
@@ -104,15 +97,15 @@ def push(  # noqa: PLR0917 - typer maps each option to a parameter
         try:
             timeline = Path(load(config).alerts.timeline_path)
         except ConfigError as exc:
-            raise _fail(str(exc)) from exc
+            raise fail(str(exc)) from exc
     try:
         folder = ensure_folder(client, folder_uid) if folder_uid else None
         for reply in push_dashboards(client, _load_dashboards(dashboards), folder_uid=folder):
             typer.echo(f"dashboard {reply.get('uid')}: {reply.get('status')} {reply.get('url')}")
         if annotations and timeline is not None:
             if not timeline.exists():
-                raise _fail(f"no timeline at {timeline}")
+                raise fail(f"no timeline at {timeline}")
             added = annotate(client, annotations_from_timeline(timeline))
             typer.echo(f"annotations added: {added}")
     except GrafanaPushError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc

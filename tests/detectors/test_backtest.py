@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from detectors import BacktestInputError, run_backtest
+from detectors import BacktestFileError, BacktestInputError, run_backtest
 from detectors.backtest import _read_approval, _read_approval_checked, time_ordered_ledger
 from drainwatch.config import Config, load, loads
 from tests.detectors.traffic import INCIDENT_PATH, CoincheckScenario, coincheck_scenario
@@ -212,6 +212,55 @@ def test_malformed_line_names_file_and_line(
     assert caught.value.line_number == 4
     assert caught.value.path == str(tmp_path / "t.jsonl")
     assert reason in caught.value.reason
+
+
+@pytest.mark.parametrize("which", ["transfers", "ledger", "alerts", "alerts-dir"])
+def test_a_file_that_cannot_be_read_or_written_is_named_before_any_work(
+    tmp_path: Path, which: str
+) -> None:
+    transfers = write(tmp_path / "t.jsonl", [line()])
+    ledger = write(tmp_path / "l.jsonl", [])
+    out = tmp_path / "alerts.jsonl"
+    out.write_bytes(b"kept\n")
+    missing = tmp_path / "missing" / "x.jsonl"
+    paths = {"transfers": transfers, "ledger": ledger, "alerts": out}
+    if which == "alerts-dir":
+        paths["alerts"] = tmp_path
+    else:
+        paths[which] = missing
+    with pytest.raises(BacktestFileError) as caught:
+        run_backtest(loads(CONFIG), paths["transfers"], paths["ledger"], paths["alerts"])
+    action = "cannot write" if which.startswith("alerts") else "cannot read"
+    assert str(caught.value) == (
+        f"{paths[which[:6] if which.startswith('alerts') else which]}: {action}: "
+        + ("Is a directory" if which == "alerts-dir" else "No such file or directory")
+    )
+    assert out.read_bytes() == b"kept\n"  # nothing was judged, nothing overwritten
+
+
+def test_the_cli_names_a_missing_file_without_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(CONFIG)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "drainwatch",
+            "backtest",
+            "--config",
+            str(config),
+            "--transfers",
+            str(tmp_path / "nope.jsonl"),
+            "--alerts-out",
+            str(tmp_path / "a"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"{tmp_path / 'nope.jsonl'}: cannot read: No such file or directory" in result.stderr
 
 
 def test_a_time_with_another_offset_is_the_same_instant(tmp_path: Path) -> None:
