@@ -64,7 +64,7 @@ TimelineOption = Annotated[
     Path | None,
     typer.Option(
         "--timeline",
-        help="The timeline SQLite file (default: [alerts].timeline_path of --config).",
+        help="The timeline SQLite file (default: alerts.timeline_path of --config).",
         dir_okay=False,
     ),
 ]

@@ -139,12 +139,12 @@ def evaluate(ctx: typer.Context) -> None:
 def run(
     stage: Annotated[Stage, typer.Argument(help="Which stage to run.")] = Stage.ALL,
     config: ConfigOption = Path("drainwatch.toml"),
-    bus: Annotated[BusKind | None, typer.Option(help="Override the config's [bus] kind.")] = None,
+    bus: Annotated[BusKind | None, typer.Option(help="Override the config's bus.kind.")] = None,
     instance_id: Annotated[
         str | None,
         typer.Option(
-            help="Static consumer-group membership id of this process (overrides [bus] "
-            "instance_id; a StatefulSet passes its pod's name)."
+            help="Static consumer-group membership id of this process (overrides "
+            "bus.instance_id; a StatefulSet passes its pod's name)."
         ),
     ] = None,
 ) -> None:
@@ -176,7 +176,7 @@ def killswitch_serve(
         BusKind | None, typer.Option(help="Publish orders on this bus (default: the config's).")
     ] = None,
 ) -> None:
-    """Serve the kill-switch HTTP API from the config's [killswitch] table."""
+    """Serve the kill-switch HTTP API from the config's killswitch table."""
     from drainwatch.app import serve_killswitch
 
     try:
@@ -252,5 +252,4 @@ def main() -> None:
     try:
         app()
     except DrainwatchError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        sys.exit(2)
+        sys.exit(fail(str(exc)).exit_code)

@@ -1,0 +1,55 @@
+"""What the ``drainwatch`` command prints: help texts whole, errors on one line."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from drainwatch.cli import app
+from drainwatch.cli_errors import fail
+
+_TABLE = re.compile(r"\[[a-z_.]+\]")
+"""A TOML table named in a help text the way the config writes it: ``[bus]``, ``[alerts]``."""
+
+
+# typer builds its commands with a click of its own (typer._click): read them by their attributes
+def _commands(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def _helps(command: Any) -> Iterator[str]:
+    yield command.help or ""
+    yield from (sub.help or "" for sub in getattr(command, "commands", {}).values())
+    yield from (getattr(p, "help", None) or "" for p in command.params)
+
+
+COMMANDS = list(_commands(typer.main.get_command(app)))
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
+def test_every_toml_table_a_help_text_names_is_printed(path: tuple[str, ...], command: Any) -> None:
+    # rich reads "[bus]" as a style tag and drops it unless the text escapes it ("\\[bus]")
+    named = {m.replace("\\", "") for h in _helps(command) for m in _TABLE.findall(h)}
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert {t for t in named if t not in result.output} == set()
+
+
+def test_the_help_texts_are_all_read() -> None:
+    helps = [h for _, c in COMMANDS for h in _helps(c)]
+    assert "Override the config's bus.kind." in helps
+    assert len(COMMANDS) > 15
+
+
+def test_an_error_is_one_line_with_its_brackets(capsys: pytest.CaptureFixture[str]) -> None:
+    path = "/a/long/" + "deep/" * 20 + "[x].jsonl"
+    exit_ = fail(f"{path}: cannot read: No such file or directory", 3)
+    assert exit_.exit_code == 3
+    assert capsys.readouterr().err == f"error: {path}: cannot read: No such file or directory\n"
