@@ -924,15 +924,30 @@ def table(results: Sequence[ScenarioResult]) -> str:
     return "\n".join(lines)
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return number
+
+
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
     """The ``drainwatch evaluate`` command: run the scenarios and print the table.
 
     Returns the exit status (0).
     """
     parser = argparse.ArgumentParser(prog="drainwatch evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--scenario", action="append", help="run only these (repeatable)")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        help="run only these (repeatable; the variants' names too, without --variants)",
+    )
     parser.add_argument("--quick", action="store_true", help="a shorter normal-traffic scenario")
-    parser.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    parser.add_argument("--workers", type=_positive, default=2, help="processes (default 2)")
     parser.add_argument("--keep", type=Path, help="keep the generated files in this directory")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument(
@@ -964,10 +979,20 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     if not DRAIN_DAYS[0] <= args.drain_day <= DRAIN_DAYS[1]:
         parser.error(f"--drain-day must be between {DRAIN_DAYS[0]} and {DRAIN_DAYS[1]}")
     chosen = scenarios(quick=args.quick, drain_day=args.drain_day)
-    if args.variants:
-        chosen += variants()
     if args.scenario:
-        chosen = [s for s in chosen if s.name in set(args.scenario)]
+        known = {s.name: s for s in [*chosen, *variants()]}
+        unknown = [name for name in args.scenario if name not in known]
+        if unknown:
+            parser.error(f"unknown scenario {', '.join(unknown)}; known: {', '.join(known)}")
+        chosen = [known[name] for name in dict.fromkeys(args.scenario)]
+    elif args.variants:
+        chosen += variants()
+    if args.json is not None:  # before the minutes of running, not after
+        try:
+            with args.json.open("ab"):
+                pass
+        except OSError as exc:
+            parser.error(f"--json: cannot write {args.json}: {exc.strerror or exc}")
     if args.opening_balances:
         chosen = [replace(s, opening_balance=True) for s in chosen]
     if args.seed:

@@ -76,9 +76,36 @@ def test_fixed_rule_freezes_at_five_percent_in_twenty_minutes() -> None:
     assert engine.process(transfer("C", 45, minutes=60)) == []  # 4.8% of 945, alone
 
 
-def test_unknown_scenario_runs_nothing(capsys: pytest.CaptureFixture[str]) -> None:
-    assert evaluate_main(["--scenario", "no-such-scenario", "--workers", "1"]) == 0
-    assert "| scenario |" in capsys.readouterr().out
+def test_an_unknown_scenario_is_refused_naming_the_known_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main(["--scenario", "spaced-fresh", "--scenario", "no-such-scenario"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown scenario no-such-scenario; known: coincheck-2018, " in err
+    assert "quiet" in err  # the variants are named too
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--json", "/no/such/dir/results.json"], "--json: cannot write /no/such/dir/results.json"),
+        (["--workers", "0"], "--workers: must be at least 1: 0"),
+        (["--workers", "two"], "--workers: not a whole number: 'two'"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_runs(
+    args: list[str],
+    reason: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("detectors.evaluate.run_all", pytest.fail)
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main(["--scenario", "spaced-fresh", *args])
+    assert exit_info.value.code == 2
+    assert reason in capsys.readouterr().err
 
 
 def test_variants_are_drain_free_fleets_apart_from_the_scenarios() -> None:
@@ -95,17 +122,24 @@ def test_variants_are_drain_free_fleets_apart_from_the_scenarios() -> None:
     assert by_name["thin-wallet"].customer_cap == 0.02 > default.customer_cap
 
 
-def test_variants_run_only_when_asked(
+def test_variants_run_when_asked_or_named(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(
-        "detectors.evaluate.variants", lambda: [replace(SCENARIO, name="quiet", days=8.0)]
-    )
-    # A variant named without --variants is not among the scenarios: nothing runs.
-    assert evaluate_main(["--scenario", "quiet", "--workers", "1"]) == 0
-    assert "| quiet |" not in capsys.readouterr().out
-    assert evaluate_main(["--variants", "--scenario", "quiet", "--workers", "1"]) == 0
-    assert "| quiet | drainwatch |" in capsys.readouterr().out
+    ran: list[list[str]] = []
+
+    def run_all(chosen: list[Scenario], **_: object) -> list[object]:
+        ran.append([s.name for s in chosen])
+        return []
+
+    monkeypatch.setattr("detectors.evaluate.run_all", run_all)
+    monkeypatch.setattr("detectors.evaluate.table", lambda results: "")
+    evaluate_main(["--quick"])
+    evaluate_main(["--quick", "--variants"])
+    evaluate_main(["--scenario", "quiet", "--scenario", "spaced-fresh", "--scenario", "quiet"])
+    plain, with_variants, named = ran
+    assert "quiet" not in plain
+    assert with_variants == plain + [v.name for v in variants()]
+    assert named == ["quiet", "spaced-fresh"]
 
 
 def test_opening_balances_are_given_to_every_fleet_when_asked(
