@@ -52,6 +52,7 @@ def summary(alerts: list[Alert]) -> list[tuple[str, str, bool]]:
 
 def test_public_api_is_pinned() -> None:
     assert detectors.__all__ == [
+        "BacktestFileError",
         "BacktestInputError",
         "BacktestSummary",
         "BaselineDetector",
@@ -74,6 +75,7 @@ def test_public_api_is_pinned() -> None:
         "run_backtest",
     ]
     assert issubclass(detectors.BacktestInputError, detectors.DetectorError)
+    assert issubclass(detectors.BacktestFileError, detectors.DetectorError)
 
 
 def test_alert_fields_and_deterministic_id() -> None:
