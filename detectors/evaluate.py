@@ -30,9 +30,7 @@ window's start) runs as a detector through the same engine and the same scoring.
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -65,10 +63,13 @@ __all__ = [
     "FixedRule",
     "Scenario",
     "ScenarioResult",
-    "evaluate_main",
+    "choose",
     "first_large",
+    "results_json",
+    "run_all",
     "run_scenario",
     "scenarios",
+    "table",
     "variants",
 ]
 
@@ -924,97 +925,58 @@ def table(results: Sequence[ScenarioResult]) -> str:
     return "\n".join(lines)
 
 
-def _positive(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    try:
-        number = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
-    return number
+def choose(
+    names: Sequence[str] = (),
+    *,
+    quick: bool = False,
+    with_variants: bool = False,
+    drain_day: float = DRAIN_DAY,
+    opening_balances: bool = False,
+    seed: int = 0,
+) -> list[Scenario]:
+    """The scenarios ``drainwatch evaluate`` runs for its options.
 
+    ``names`` picks scenarios (and variants) by name, in that order, each once; otherwise every
+    scenario, and the variants too ``with_variants``. ``opening_balances`` gives every wallet its
+    opening balance; a ``seed`` other than 0 draws every fleet's traffic and drains anew.
 
-def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    """The ``drainwatch evaluate`` command: run the scenarios and print the table.
+    Raises:
+        ValueError: a name no scenario or variant has (the message lists the known ones), or a
+            ``drain_day`` outside ``DRAIN_DAYS``.
 
-    Returns the exit status (0).
+    >>> [s.name for s in choose(["quiet", "spaced-fresh", "quiet"])]
+    ['quiet', 'spaced-fresh']
+    >>> choose(["nope"])
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown scenario nope; known: coincheck-2018, normal-traffic, ...
     """
-    parser = argparse.ArgumentParser(prog="drainwatch evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--scenario",
-        action="append",
-        help="run only these (repeatable; the variants' names too, without --variants)",
-    )
-    parser.add_argument("--quick", action="store_true", help="a shorter normal-traffic scenario")
-    parser.add_argument("--workers", type=_positive, default=2, help="processes (default 2)")
-    parser.add_argument("--keep", type=Path, help="keep the generated files in this directory")
-    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    parser.add_argument(
-        "--variants",
-        action="store_true",
-        help="also run fleets no default was tuned on (false freezes and warnings only)",
-    )
-    parser.add_argument(
-        "--drain-day",
-        type=float,
-        default=DRAIN_DAY,
-        help=f"the day most drains start (default {DRAIN_DAY}; from {DRAIN_DAYS[0]} to "
-        f"{DRAIN_DAYS[1]}): a wallet's rules differ by its age",
-    )
-    parser.add_argument(
-        "--opening-balances",
-        action="store_true",
-        help="give every wallet its opening balance (most drain-free fleets run without, the "
-        "harder case for an estimated balance; a known one is harder in a surge)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="draw every fleet's traffic and drains anew (0, the default, is the traffic the "
-        "defaults were tuned on; any other number is a hold-out)",
-    )
-    args = parser.parse_args(argv)
-    if not DRAIN_DAYS[0] <= args.drain_day <= DRAIN_DAYS[1]:
-        parser.error(f"--drain-day must be between {DRAIN_DAYS[0]} and {DRAIN_DAYS[1]}")
-    chosen = scenarios(quick=args.quick, drain_day=args.drain_day)
-    if args.scenario:
+    chosen = scenarios(quick=quick, drain_day=drain_day)
+    if names:
         known = {s.name: s for s in [*chosen, *variants()]}
-        unknown = [name for name in args.scenario if name not in known]
+        unknown = [name for name in names if name not in known]
         if unknown:
-            parser.error(f"unknown scenario {', '.join(unknown)}; known: {', '.join(known)}")
-        chosen = [known[name] for name in dict.fromkeys(args.scenario)]
-    elif args.variants:
+            raise ValueError(f"unknown scenario {', '.join(unknown)}; known: {', '.join(known)}")
+        chosen = [known[name] for name in dict.fromkeys(names)]
+    elif with_variants:
         chosen += variants()
-    if args.json is not None:  # before the minutes of running, not after
-        try:
-            with args.json.open("ab"):
-                pass
-        except OSError as exc:
-            parser.error(f"--json: cannot write {args.json}: {exc.strerror or exc}")
-    if args.opening_balances:
+    if opening_balances:
         chosen = [replace(s, opening_balance=True) for s in chosen]
-    if args.seed:
-        chosen = [reseeded(s, args.seed) for s in chosen]
-    results = run_all(chosen, workers=args.workers, directory=args.keep)
-    print(table(results))
-    if args.json is not None:
-        args.json.write_bytes(
-            orjson.dumps(
-                [
-                    {
-                        **r.__dict__,
-                        "false_freezes_per_wallet_month": r.false_freezes_per_wallet_month,
-                        "warnings_per_wallet_day": r.warnings_per_wallet_day,
-                    }
-                    for r in results
-                ],
-                option=orjson.OPT_INDENT_2,
-            )
-        )
-    return 0
+    if seed:
+        chosen = [reseeded(s, seed) for s in chosen]
+    return chosen
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(evaluate_main())
+def results_json(results: Sequence[ScenarioResult]) -> bytes:
+    """The results as the JSON ``drainwatch evaluate --json`` writes."""
+    return orjson.dumps(
+        [
+            {
+                **r.__dict__,
+                "false_freezes_per_wallet_month": r.false_freezes_per_wallet_month,
+                "warnings_per_wallet_day": r.warnings_per_wallet_day,
+            }
+            for r in results
+        ],
+        option=orjson.OPT_INDENT_2,
+    )

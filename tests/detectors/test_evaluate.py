@@ -5,21 +5,27 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from typer.testing import CliRunner
 
 from detectors import DetectionEngine
 from detectors.evaluate import (
+    DRAIN_DAY,
+    DRAIN_DAYS,
     FixedRule,
     Scenario,
-    evaluate_main,
+    choose,
     first_large,
     scenarios,
     score,
     variants,
 )
 from detectors.traffic import DrainSpec, HotWalletSpec, generate_traffic
+from drainwatch.cli import app
 from tests.detectors.factories import config, transfer
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
@@ -76,36 +82,64 @@ def test_fixed_rule_freezes_at_five_percent_in_twenty_minutes() -> None:
     assert engine.process(transfer("C", 45, minutes=60)) == []  # 4.8% of 945, alone
 
 
-def test_an_unknown_scenario_is_refused_naming_the_known_ones(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        evaluate_main(["--scenario", "spaced-fresh", "--scenario", "no-such-scenario"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "unknown scenario no-such-scenario; known: coincheck-2018, " in err
-    assert "quiet" in err  # the variants are named too
+def evaluate(*args: str) -> tuple[int, str]:
+    """``drainwatch evaluate`` with ``args``: its exit code and what it printed (stderr too)."""
+    result = CliRunner().invoke(app, ["evaluate", *args], env={"COLUMNS": "200"})
+    return result.exit_code, result.output
 
 
 @pytest.mark.parametrize(
     ("args", "reason"),
     [
-        (["--json", "/no/such/dir/results.json"], "--json: cannot write /no/such/dir/results.json"),
-        (["--workers", "0"], "--workers: must be at least 1: 0"),
-        (["--workers", "two"], "--workers: not a whole number: 'two'"),
+        (
+            ["--scenario", "no-such-scenario"],
+            "unknown scenario no-such-scenario; known: coincheck-2018, ",
+        ),
+        (["--json", "/no/such/dir/results.json"], "cannot write: No such file or directory"),
+        (["--workers", "0"], "'--workers': Input should be greater than or equal to 1"),
+        (["--workers", "two"], "'--workers': Input should be a valid integer"),
+        (["--drain-day", "6.5"], "drain_day must be between 7.0 and 18.5"),
+        (["--drain-day", "19"], "drain_day must be between 7.0 and 18.5"),
     ],
 )
 def test_bad_options_are_refused_before_anything_runs(
-    args: list[str],
-    reason: str,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    args: list[str], reason: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("detectors.evaluate.run_all", pytest.fail)
-    with pytest.raises(SystemExit) as exit_info:
-        evaluate_main(["--scenario", "spaced-fresh", *args])
-    assert exit_info.value.code == 2
-    assert reason in capsys.readouterr().err
+    code, output = evaluate("--scenario", "spaced-fresh", *args)
+    assert code == 2
+    assert reason in output
+
+
+def test_the_evaluation_runs_and_writes_its_table_and_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        "detectors.evaluate.variants", lambda: [replace(SCENARIO, name="quiet", days=8.0)]
+    )
+    out = tmp_path / "results.json"
+    code, output = evaluate("--scenario", "quiet", "--workers", "1", "--json", str(out))
+    assert code == 0, output
+    assert "| quiet | drainwatch |" in output
+    assert "| quiet | fixed |" in output
+    written = orjson.loads(out.read_bytes())
+    assert [(r["scenario"], r["detectors"]) for r in written] == [
+        ("quiet", "drainwatch"),
+        ("quiet", "fixed"),
+    ]
+
+
+def test_the_help_gives_the_drain_days_the_code_uses() -> None:
+    code, output = evaluate("--help")
+    assert code == 0
+    text = " ".join(output.replace("│", " ").split())
+    assert f"(default {DRAIN_DAY}, from {DRAIN_DAYS[0]:g} to {DRAIN_DAYS[1]:g})" in text
+
+
+def test_an_unknown_name_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown scenario a, b; known: coincheck-2018, ") as err:
+        choose(["spaced-fresh", "a", "b"])
+    assert "quiet" in str(err.value)  # the variants are named too
 
 
 def test_variants_are_drain_free_fleets_apart_from_the_scenarios() -> None:
@@ -122,60 +156,30 @@ def test_variants_are_drain_free_fleets_apart_from_the_scenarios() -> None:
     assert by_name["thin-wallet"].customer_cap == 0.02 > default.customer_cap
 
 
-def test_variants_run_when_asked_or_named(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ran: list[list[str]] = []
-
-    def run_all(chosen: list[Scenario], **_: object) -> list[object]:
-        ran.append([s.name for s in chosen])
-        return []
-
-    monkeypatch.setattr("detectors.evaluate.run_all", run_all)
-    monkeypatch.setattr("detectors.evaluate.table", lambda results: "")
-    evaluate_main(["--quick"])
-    evaluate_main(["--quick", "--variants"])
-    evaluate_main(["--scenario", "quiet", "--scenario", "spaced-fresh", "--scenario", "quiet"])
-    plain, with_variants, named = ran
+def test_variants_run_when_asked_or_named() -> None:
+    plain = [s.name for s in choose(quick=True)]
     assert "quiet" not in plain
-    assert with_variants == plain + [v.name for v in variants()]
-    assert named == ["quiet", "spaced-fresh"]
+    assert [s.name for s in choose(quick=True, with_variants=True)] == plain + [
+        v.name for v in variants()
+    ]
+    assert [s.name for s in choose(["quiet", "spaced-fresh", "quiet"])] == [
+        "quiet",
+        "spaced-fresh",
+    ]
 
 
-def test_opening_balances_are_given_to_every_fleet_when_asked(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    ran: list[list[bool]] = []
-
-    def run_all(chosen: list[Scenario], **_: object) -> list[object]:
-        ran.append([s.opening_balance for s in chosen])
-        return []
-
-    monkeypatch.setattr("detectors.evaluate.run_all", run_all)
-    monkeypatch.setattr("detectors.evaluate.table", lambda results: "")
-    evaluate_main(["--quick"])
-    evaluate_main(["--quick", "--opening-balances"])
-    without, given = ran
+def test_opening_balances_are_given_to_every_fleet_when_asked() -> None:
+    without, given = (
+        [s.opening_balance for s in choose(quick=True, opening_balances=asked)]
+        for asked in (False, True)
+    )
     assert not all(without)  # the drain-free fleets run without by default
     assert all(given)
     assert len(given) == len(without)
 
 
-def test_a_seed_draws_every_fleet_anew_and_keeps_its_shape(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    ran: list[list[Scenario]] = []
-
-    def run_all(chosen: list[Scenario], **_: object) -> list[object]:
-        ran.append(chosen)
-        return []
-
-    monkeypatch.setattr("detectors.evaluate.run_all", run_all)
-    monkeypatch.setattr("detectors.evaluate.table", lambda results: "")
-    evaluate_main(["--quick", "--variants"])
-    evaluate_main(["--quick", "--variants", "--seed", "1"])
-    evaluate_main(["--quick", "--variants", "--seed", "2"])
-    tuned, one, two = ran
+def test_a_seed_draws_every_fleet_anew_and_keeps_its_shape() -> None:
+    tuned, one, two = (choose(quick=True, with_variants=True, seed=seed) for seed in (0, 1, 2))
     assert [replace(s, seed=0) for s in one] == [replace(s, seed=0) for s in tuned]
     seeds = [{s.seed for s in run} for run in (tuned, one, two)]
     assert not seeds[0] & seeds[1]
@@ -191,16 +195,6 @@ def test_a_seed_draws_every_fleet_anew_and_keeps_its_shape(
     assert first.transfers[:50] != second.transfers[:50]
     assert [r["amount"] for r in first.malicious] != [r["amount"] for r in second.malicious]
     assert len(first.malicious) == len(second.malicious)
-
-
-@pytest.mark.parametrize("day", ["6.5", "19"])
-def test_a_drain_day_outside_the_scored_file_is_refused(
-    day: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        evaluate_main(["--drain-day", day, "--scenario", "spaced-fresh"])
-    assert exit_info.value.code == 2
-    assert "--drain-day must be between 7.0 and 18.5" in capsys.readouterr().err
 
 
 def test_the_drain_day_moves_the_drains_but_not_the_surge_or_coincheck() -> None:
