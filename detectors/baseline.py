@@ -3,9 +3,12 @@
 For each (wallet, asset) the detector learns, online with river, the value that normally leaves
 per hour to destinations the wallet had not paid in the last day (customers, new whales: not the
 market maker, not the exchange's own wallets), per hour of the day and overall, from completed
-wallet-hours only: river is updated once per wallet-hour, never per transfer. A transfer is judged
-by the value that left to new destinations in the last ``window_s`` against what this hour
-usually sees in that time:
+wallet-hours only: river is updated once per wallet-hour, never per transfer. The weekly cycle
+is learned the same way, once per wallet-day: each day of the week's usual outflow (UTC days)
+against the average day's scales the hour's usual, within ``weekday_bounds``, once every day of
+the week has been seen (a quiet weekend is quieter than the average hour of the day says; a
+Monday is busier). A transfer is judged by the value that left to new destinations in the last
+``window_s`` against what this hour usually sees in that time:
 
 * a **warning** when it is ``warn_ratio`` times the usual and at least ``warn_share`` of the
   balance;
@@ -65,6 +68,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from statistics import median_high
@@ -129,6 +133,25 @@ class _Profile:
     peak_overall: list[RunningMean] = field(default_factory=list)
     expected_peaks: list[float] = field(default_factory=lambda: [0.0, 0.0])
     """The usual busiest window of each tier for the current hour (cached at rollover)."""
+    day_start: float = float("-inf")
+    day_value: float = 0.0
+    """New-destination outflow of the UTC day being accumulated (its completed hours)."""
+    by_weekday: list[RunningMean] = field(default_factory=list)
+    """Per day of the week (Monday first): the usual day's new-destination outflow."""
+    weekdays_seen: list[int] = field(default_factory=lambda: [0] * 7)
+    """Days learned per day of the week."""
+    day_whole: bool = False
+    """Whether the day being accumulated began within the history (the first does not: a
+    part of a day is not learned as the whole)."""
+
+
+def _weekday(epoch: float) -> int:
+    """The UTC day of the week of ``epoch`` seconds, Monday 0 (1 January 1970 was a Thursday).
+
+    >>> _weekday(0), _weekday(4 * 86400)
+    (3, 0)
+    """
+    return (int(epoch // 86400) + 3) % 7
 
 
 def _learn_hours(
@@ -140,6 +163,29 @@ def _learn_hours(
         x = value if step == 0 else 0.0
         by_hour[(hour + step) % 24].update(x)
         overall.update(x)
+
+
+def _weekday_factor(
+    by_weekday: Sequence[RunningMean], seen: Sequence[int], day: int, bounds: tuple[float, float]
+) -> float:
+    """How busy the day of the week ``day`` (0 is Monday) usually is against the average day,
+    within ``bounds``; 1 until every day of the week has been seen once.
+
+    >>> days = [_ewmean(0.3) for _ in range(7)]
+    >>> for d, value in enumerate([100, 100, 100, 100, 100, 50, 50]):
+    ...     _ = days[d].update(value)
+    >>> round(_weekday_factor(days, [1] * 7, 6, (0.5, 2.0)), 3)
+    0.583
+    >>> _weekday_factor(days, [1] * 6 + [0], 6, (0.5, 2.0))  # Sunday not seen yet
+    1.0
+    """
+    if min(seen) < 1:
+        return 1.0
+    average = sum(m.get() for m in by_weekday) / 7
+    if average <= 0:
+        return 1.0
+    low, high = bounds
+    return min(max(by_weekday[day].get() / average, low), high)
 
 
 def _steadied(by_hour: list[RunningMean], overall: RunningMean, hour_of_day: int) -> float:
@@ -157,6 +203,9 @@ class BaselineDetector:
         warn_share / freeze_share: The least share of the balance that makes either matter.
         min_hours: History needed before the detector speaks.
         fading_factor: river ``EWMean`` weight of the newest wallet-hour (per hour of day) .
+        weekday_fading_factor: The same for the newest day of each day of the week.
+        weekday_bounds: The least and most the weekly cycle scales an hour's usual outflow
+            (``(1, 1)``: no weekly cycle).
         floor_share_per_h: The usual hourly outflow is taken as at least this share of the
             balance, so a wallet that rarely pays anyone is not flagged for a few withdrawals.
         fast_window_s / fast_freeze_ratio / fast_freeze_share / fast_min_count: The 5-minute
@@ -185,6 +234,8 @@ class BaselineDetector:
         freeze_share: Decimal = Decimal("0.08"),
         min_hours: int = 72,
         fading_factor: float = 0.15,
+        weekday_fading_factor: float = 0.3,
+        weekday_bounds: tuple[float, float] = (0.5, 2.0),
         floor_share_per_h: float = 0.002,
         fast_window_s: int = 300,
         fast_freeze_ratio: float = 20.0,
@@ -205,6 +256,8 @@ class BaselineDetector:
         self.freeze_share = freeze_share
         self.min_hours = min_hours
         self.fading_factor = fading_factor
+        self.weekday_fading_factor = weekday_fading_factor
+        self.weekday_bounds = weekday_bounds
         self.floor_share_per_h = floor_share_per_h
         self._warn = warn_share.as_integer_ratio()
         self._freeze = freeze_share.as_integer_ratio()
@@ -236,6 +289,7 @@ class BaselineDetector:
                 size=_ewmean(self.fading_factor / 24),
                 peak_by_hour=[[_ewmean(self.fading_factor) for _ in range(24)] for _ in range(2)],
                 peak_overall=[_ewmean(self.fading_factor / 24) for _ in range(2)],
+                by_weekday=[_ewmean(self.weekday_fading_factor) for _ in range(7)],
             )
             self._profiles[key] = profile
         return profile
@@ -449,6 +503,7 @@ class BaselineDetector:
             ):
                 _learn_hours(by_hour, everyday, busiest_total(times, sizes, span_s), hour, missed)
             profile.hours += missed
+            self._learn_days(profile, profile.hour_value, now)
             times.clear()
             if sizes:
                 median = median_high(sizes)
@@ -458,9 +513,31 @@ class BaselineDetector:
                 sizes.clear()
         profile.hour_start = now - now % 3600
         profile.hour_value = 0.0
+        if profile.day_start == float("-inf"):
+            profile.day_start = now - now % 86400
         this_hour = int(profile.hour_start // 3600) % 24
-        profile.expected = _steadied(profile.by_hour, overall, this_hour)
+        week = _weekday_factor(
+            profile.by_weekday, profile.weekdays_seen, _weekday(now), self.weekday_bounds
+        )
+        profile.expected = _steadied(profile.by_hour, overall, this_hour) * week
         profile.expected_peaks = [
-            _steadied(by_hour, everyday, this_hour)
+            _steadied(by_hour, everyday, this_hour) * week
             for by_hour, everyday in zip(profile.peak_by_hour, profile.peak_overall, strict=True)
         ]
+
+    @staticmethod
+    def _learn_days(profile: _Profile, hour_value: float, now: float) -> None:
+        """Add a completed hour to its day; a day that ended is learned for its day of the week,
+        and the empty days after it (up to a week) as zero."""
+        profile.day_value += hour_value
+        today = now - now % 86400
+        if today <= profile.day_start:
+            return
+        days = min(int((today - profile.day_start) // 86400), 7)
+        for step in range(0 if profile.day_whole else 1, days):
+            day = _weekday(profile.day_start + step * 86400)
+            profile.by_weekday[day].update(profile.day_value if step == 0 else 0.0)
+            profile.weekdays_seen[day] += 1
+        profile.day_start = today
+        profile.day_value = 0.0
+        profile.day_whole = True

@@ -199,3 +199,46 @@ def test_a_wallet_that_pays_out_in_hourly_batches_expects_its_busy_minute(batche
     # Nine times the usual twenty minutes; for a wallet that sends an hour's at once, its usual
     # busiest stretch is a whole hour's, and three of those at once is no news.
     assert any(findings) is not batched
+
+
+def _weekly_wallet(
+    bounds: tuple[float, float], until_s: float
+) -> tuple[BaselineDetector, WalletState, float]:
+    """A wallet whose customers take 600 every 10 minutes on weekdays and every 20 minutes at
+    weekends (UTC), from a Monday until ``until_s`` after it; shares left out of the judging."""
+    detector = BaselineDetector(
+        warn_share=Decimal(0),
+        freeze_share=Decimal(0),
+        floor_share_per_h=0,
+        weekday_bounds=bounds,
+    )
+    state = WalletState(wallet(balance="1000000000000"), "XEM")
+    monday = (T0 + timedelta(days=-T0.weekday() % 7)).replace(hour=0)
+    start = t = (monday - T0).total_seconds()
+    number = 0
+    while t < start + until_s:
+        run(detector, state, t, 600, f"C{number}")
+        weekend = (T0 + timedelta(seconds=t)).weekday() >= 5
+        t += 1200 if weekend else 600
+        number += 1
+    return detector, state, t
+
+
+@pytest.mark.parametrize(
+    ("bounds", "day", "warns"),
+    [
+        ((0.5, 2.0), 2, False),  # Wednesday: 6x the usual weekday hour
+        ((0.5, 2.0), 6, True),  # Sunday: 12x the usual Sunday hour
+        ((1.0, 1.0), 6, False),  # no weekly cycle: the Sunday hour counted as an average one
+    ],
+)
+def test_the_weekly_cycle_makes_a_quiet_weekend_quieter(
+    bounds: tuple[float, float], day: int, warns: bool
+) -> None:
+    detector, state, t = _weekly_wallet(bounds, (21 + day) * 86400 + 13 * 3600)
+    burst = [run(detector, state, t + k * 10, 600, f"B{k}") for k in range(12)]
+    findings = [f for f in burst if f is not None]
+    assert bool(findings) is warns
+    assert not any(f.freeze for f in findings)
+    if warns:
+        assert float(findings[-1].metrics["ratio"]) >= detector.warn_ratio
