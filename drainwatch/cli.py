@@ -14,7 +14,7 @@ from rich.console import Console
 
 from alerts.cli import incidents_app
 from drainwatch.cli_errors import fail
-from drainwatch.config import ConfigError, load
+from drainwatch.config import ConfigError, load, require_live_chains, unwatched_wallets
 from drainwatch.errors import DrainwatchError
 from drainwatch.ops.cli import grafana_app
 
@@ -222,6 +222,8 @@ def run(
             cfg = cfg.model_copy(
                 update={"bus": cfg.bus.model_copy(update={"instance_id": instance_id})}
             )
+        if stage in (Stage.ALL, Stage.INGEST):
+            require_live_chains(cfg, config)
         run_pipeline(cfg, stage=stage.value, bus_kind=bus.value if bus else None)
     except ConfigError as exc:
         raise fail(str(exc)) from exc
@@ -277,6 +279,13 @@ def check_config(config: ConfigOption = Path("drainwatch.toml")) -> None:
     except ConfigError as exc:
         raise fail(str(exc)) from exc
     typer.echo(f"{config}: ok, {len(cfg.wallets)} wallets on {len(cfg.chains)} live chains")
+    unwatched = unwatched_wallets(cfg)
+    if unwatched:
+        chains = sorted({w.chain for _, w in unwatched})
+        typer.echo(
+            f"not watched live (no [chains.*] table for {', '.join(chains)}; fine for a "
+            f"backtest): {', '.join(w.name for _, w in unwatched)}"
+        )
 
 
 @app.command()

@@ -639,6 +639,39 @@ def loads(text: str, path: str = "<string>") -> Config:
         raise ConfigError(path, line_of(index, loc) or 1, dotted_key(loc), msg) from exc
 
 
+def unwatched_wallets(config: Config) -> list[tuple[int, WalletConfig]]:
+    """The wallets (with their place in ``[[wallets]]``) whose chain has no ``[chains.*]``
+    table: a live run has nothing to watch them with (a backtest needs none).
+
+    >>> cfg = loads('[[wallets]]\\nchain = "nem"\\naddress = "HOT"\\nlabel = "nem-hot"\\n')
+    >>> [(i, w.label) for i, w in unwatched_wallets(cfg)]
+    [(0, 'nem-hot')]
+    """
+    return [(i, w) for i, w in enumerate(config.wallets) if w.chain not in config.chains]
+
+
+def require_live_chains(config: Config, path: str | Path) -> None:
+    """Raise :class:`ConfigError` naming the first wallet no chain table covers (file, line,
+    key): a monitor that starts while one of its wallets is watched by nothing fails open."""
+    unwatched = unwatched_wallets(config)
+    if not unwatched:
+        return
+    i, wallet = unwatched[0]
+    try:
+        index = key_lines(Path(path).read_text(encoding="utf-8"))
+    except OSError:
+        index = {}
+    others = len(unwatched) - 1
+    more = f" (and {others} more wallet{'s' if others > 1 else ''})" if others else ""
+    raise ConfigError(
+        str(path),
+        line_of(index, ("wallets", i, "chain")),
+        f"wallets[{i}].chain",
+        f"no [chains.{wallet.chain}] table, so nothing would watch {wallet.name}{more}: a live "
+        "run needs one per chain it watches (a backtest needs none)",
+    )
+
+
 def load(path: str | Path) -> Config:
     """Read and validate a config file."""
     p = Path(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,3 +54,49 @@ def test_an_error_is_one_line_with_its_brackets(capsys: pytest.CaptureFixture[st
     exit_ = fail(f"{path}: cannot read: No such file or directory", 3)
     assert exit_.exit_code == 3
     assert capsys.readouterr().err == f"error: {path}: cannot read: No such file or directory\n"
+
+
+LIVE = """\
+[chains.ethereum]
+kind = "evm"
+rpc = ["http://127.0.0.1:1"]
+
+[[wallets]]
+chain = "ethereum"
+address = "0x00000000000000000000000000000000000000aa"
+label = "eth-hot"
+
+[[wallets]]
+chain = "bitcoin"
+address = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"
+label = "btc-hot"
+
+[[wallets]]
+chain = "nem"
+address = "NHOT"
+label = "nem-hot"
+"""
+
+
+@pytest.mark.parametrize("stage", ["all", "ingest"])
+def test_a_live_run_refuses_a_wallet_no_chain_table_watches(tmp_path: Path, stage: str) -> None:
+    config = tmp_path / "live.toml"
+    config.write_text(LIVE)
+    result = CliRunner().invoke(app, ["run", stage, "--config", str(config)])
+    assert result.exit_code == 2
+    assert result.output == (
+        f"error: {config}:11: wallets[1].chain: no [chains.bitcoin] table, so nothing would "
+        "watch btc-hot (and 1 more wallet): a live run needs one per chain it watches (a "
+        "backtest needs none)\n"
+    )
+
+
+def test_check_config_names_the_wallets_a_live_run_would_not_watch(tmp_path: Path) -> None:
+    config = tmp_path / "live.toml"
+    config.write_text(LIVE)
+    result = CliRunner().invoke(app, ["check-config", "--config", str(config)])
+    assert result.exit_code == 0
+    assert result.output.splitlines()[1] == (
+        "not watched live (no [chains.*] table for bitcoin, nem; fine for a backtest): "
+        "btc-hot, nem-hot"
+    )

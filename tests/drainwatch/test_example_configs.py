@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from drainwatch.config import load
+from drainwatch.config import load, require_live_chains
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "deploy" / "config").glob("*.toml"))
 
@@ -22,3 +22,5 @@ def test_example_loads(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, "example-secret-value")
     cfg = load(path)
     assert cfg.wallets
+    if path.name != "backtest.toml":
+        require_live_chains(cfg, path)  # a live example watches every wallet it lists
