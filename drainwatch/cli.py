@@ -118,6 +118,7 @@ def backtest(  # noqa: PLR0917 - typer passes options by position
         f"wallets), {summary.alerts} alerts, {summary.transfers_per_s:,.0f} transfers/s "
         f"-> {alerts_out}",
         highlight=False,
+        soft_wrap=True,
     )
 
 
