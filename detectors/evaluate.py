@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -873,9 +873,13 @@ def _run_one(job: tuple[Scenario, str, str]) -> ScenarioResult:
 
 
 def run_all(
-    chosen: Sequence[Scenario], workers: int = 2, directory: Path | None = None
+    chosen: Sequence[Scenario],
+    workers: int = 2,
+    directory: Path | None = None,
+    done: Callable[[ScenarioResult], object] | None = None,
 ) -> list[ScenarioResult]:
-    """Run every scenario with drainwatch and with the fixed rule."""
+    """Run every scenario with drainwatch and with the fixed rule; ``done`` is told of each
+    run as it ends (a progress bar), the list keeps the scenarios' order."""
     with tempfile.TemporaryDirectory() as tmp:
         base = directory or Path(tmp)
         jobs = [
@@ -884,9 +888,18 @@ def run_all(
             for detector_set in ("drainwatch", "fixed")
         ]
         if workers <= 1:
-            return [_run_one(job) for job in jobs]
+            results = []
+            for job in jobs:
+                results.append(_run_one(job))
+                if done is not None:
+                    done(results[-1])
+            return results
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(_run_one, jobs))
+            futures = [pool.submit(_run_one, job) for job in jobs]
+            if done is not None:
+                for future in as_completed(futures):
+                    done(future.result())
+            return [future.result() for future in futures]
 
 
 def _percent(value: float | None) -> str:

@@ -167,6 +167,9 @@ def evaluate(  # noqa: PLR0917 - typer passes options by position
             "tuned on; any other number is a hold-out).",
         ),
     ] = 0,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Default: on a terminal.")
+    ] = None,
 ) -> None:
     """Lay drains over generated traffic; score drainwatch against the fixed 5%/20-min rule."""
     from detectors import evaluate as ev
@@ -188,7 +191,16 @@ def evaluate(  # noqa: PLR0917 - typer passes options by position
                 pass
         except OSError as exc:
             raise fail(f"{json_out}: cannot write: {exc.strerror or exc}") from exc
-    results = ev.run_all(chosen, workers=workers, directory=keep)
+    if sys.stderr.isatty() if progress is None else progress:
+        from rich.progress import Progress
+
+        with Progress(console=err, transient=True) as bar:
+            task = bar.add_task("runs", total=2 * len(chosen))
+            results = ev.run_all(
+                chosen, workers=workers, directory=keep, done=lambda _: bar.advance(task)
+            )
+    else:
+        results = ev.run_all(chosen, workers=workers, directory=keep)
     print(ev.table(results))
     if json_out is not None:
         json_out.write_bytes(ev.results_json(results))

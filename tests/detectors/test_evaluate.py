@@ -20,6 +20,7 @@ from detectors.evaluate import (
     Scenario,
     choose,
     first_large,
+    run_all,
     scenarios,
     score,
     variants,
@@ -134,6 +135,33 @@ def test_the_help_gives_the_drain_days_the_code_uses() -> None:
     assert code == 0
     text = " ".join(output.replace("│", " ").split())
     assert f"(default {DRAIN_DAY}, from {DRAIN_DAYS[0]:g} to {DRAIN_DAYS[1]:g})" in text
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_each_run_is_reported_as_it_ends_and_the_results_keep_their_order(workers: int) -> None:
+    chosen = [replace(SCENARIO, name=name, days=8.0) for name in ("first", "second")]
+    ended: list[tuple[str, str]] = []
+    results = run_all(
+        chosen, workers=workers, done=lambda r: ended.append((r.scenario, r.detectors))
+    )
+    order = [(r.scenario, r.detectors) for r in results]
+    assert order == [(n, d) for n in ("first", "second") for d in ("drainwatch", "fixed")]
+    assert sorted(ended) == sorted(order)
+
+
+def test_the_progress_bar_changes_nothing_in_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        "detectors.evaluate.variants", lambda: [replace(SCENARIO, name="quiet", days=8.0)]
+    )
+    plain = evaluate("--scenario", "quiet", "--workers", "1", "--no-progress")
+    shown = evaluate("--scenario", "quiet", "--workers", "1", "--progress")
+    assert plain[0] == shown[0] == 0
+
+    def rows(output: str) -> list[str]:  # less the events/s column, which is wall time
+        return [line.rsplit("|", 2)[0] for line in output.splitlines() if line.startswith("|")]
+
+    assert len(rows(plain[1])) == 6  # header, rule, two runs, two "all" rows
+    assert rows(shown[1]) == rows(plain[1])
 
 
 def test_an_unknown_name_is_refused_with_the_known_ones() -> None:
