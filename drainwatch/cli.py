@@ -109,9 +109,7 @@ def backtest(  # noqa: PLR0917 - typer passes options by position
         cfg = load(config)
         show = sys.stderr.isatty() if progress is None else progress
         summary = run_backtest(cfg, transfers, ledger, alerts_out, progress=show, workers=workers)
-    except ConfigError as exc:
-        raise fail(str(exc)) from exc
-    except DetectorError as exc:
+    except (ConfigError, DetectorError) as exc:
         raise fail(str(exc)) from exc
     err.print(
         f"{summary.transfers_read} transfers ({summary.watched_transfers} touching watched "
