@@ -782,7 +782,7 @@ def run_backtest(
     """
     started = time.perf_counter()
     transfers_path = Path(transfers_path)
-    check_files(transfers_path, ledger_path, alerts_out)
+    check_files([transfers_path, ledger_path], [alerts_out])
     count = min(workers or os.cpu_count() or 1, len({w.key for w in config.wallets}))
     with time_ordered_ledger(None if ledger_path is None else Path(ledger_path)) as ledger:
         if engine is None and count > 1:
@@ -842,28 +842,28 @@ def run_backtest(
 
 
 def check_files(
-    transfers_path: str | Path, ledger_path: str | Path | None, alerts_out: str | Path
+    read: Iterable[str | Path | None] = (), write: Iterable[str | Path | None] = ()
 ) -> None:
-    """Raise :class:`BacktestFileError` unless the inputs can be read and the alerts written.
+    """Raise :class:`BacktestFileError` unless each of ``read`` can be read and each of
+    ``write`` written (``None`` entries are skipped: an optional file not given).
 
-    The alerts file is opened for appending, so an existing one is left as it is until the run
+    A file to write is opened for appending, so an existing one is left as it is until the run
     writes it.
 
-    >>> check_files("/no/t.jsonl", None, "alerts.jsonl")
+    >>> check_files(["/no/t.jsonl", None], ["alerts.jsonl"])
     Traceback (most recent call last):
     ...
     detectors.errors.BacktestFileError: /no/t.jsonl: cannot read: No such file or directory
     """
-    inputs = [transfers_path] if ledger_path is None else [transfers_path, ledger_path]
-    for path, mode, action in [
-        *((path, "rb", "cannot read") for path in inputs),
-        (alerts_out, "ab", "cannot write"),
-    ]:
-        try:
-            with Path(path).open(mode):
-                pass
-        except OSError as exc:
-            raise BacktestFileError(str(path), action, exc.strerror or str(exc)) from exc
+    for paths, mode, action in ((read, "rb", "cannot read"), (write, "ab", "cannot write")):
+        for path in paths:
+            if path is None:
+                continue
+            try:
+                with Path(path).open(mode):
+                    pass
+            except OSError as exc:
+                raise BacktestFileError(str(path), action, exc.strerror or str(exc)) from exc
 
 
 @dataclass(frozen=True)

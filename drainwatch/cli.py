@@ -38,6 +38,9 @@ err = Console(stderr=True)
 ConfigOption = Annotated[
     Path, typer.Option("--config", "-c", help="The TOML config file.", show_default=True)
 ]
+ProgressOption = Annotated[
+    bool | None, typer.Option("--progress/--no-progress", help="Default: on a terminal.")
+]
 
 
 class Stage(StrEnum):
@@ -90,9 +93,7 @@ def backtest(  # noqa: PLR0917 - typer passes options by position
     ledger: Annotated[
         Path | None, typer.Option(help="ledger.jsonl: the exchange's approved withdrawals.")
     ] = None,
-    progress: Annotated[
-        bool | None, typer.Option("--progress/--no-progress", help="Default: on a terminal.")
-    ] = None,
+    progress: ProgressOption = None,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -165,12 +166,12 @@ def evaluate(  # noqa: PLR0917 - typer passes options by position
             "tuned on; any other number is a hold-out).",
         ),
     ] = 0,
-    progress: Annotated[
-        bool | None, typer.Option("--progress/--no-progress", help="Default: on a terminal.")
-    ] = None,
+    progress: ProgressOption = None,
 ) -> None:
     """Lay drains over generated traffic; score drainwatch against the fixed 5%/20-min rule."""
+    from detectors import DetectorError
     from detectors import evaluate as ev
+    from detectors.backtest import check_files
 
     try:
         chosen = ev.choose(
@@ -183,12 +184,10 @@ def evaluate(  # noqa: PLR0917 - typer passes options by position
         )
     except ValueError as exc:
         raise fail(str(exc)) from exc
-    if json_out is not None:  # before the minutes of running, not after
-        try:
-            with json_out.open("ab"):
-                pass
-        except OSError as exc:
-            raise fail(f"{json_out}: cannot write: {exc.strerror or exc}") from exc
+    try:
+        check_files(write=[json_out])  # before the minutes of running, not after
+    except DetectorError as exc:
+        raise fail(str(exc)) from exc
     if sys.stderr.isatty() if progress is None else progress:
         from rich.progress import Progress
 

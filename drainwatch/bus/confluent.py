@@ -471,8 +471,8 @@ class ConfluentBus(MurmurPartitions):
 
     def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         """:meth:`end_offset` of several partitions in one request per broker (the admin
-        client's ListOffsets), where one look-up per partition costs a round trip each: a
-        follower of six partitions looked its ends up in about 18 ms, now 2."""
+        client's ListOffsets), where one look-up per partition costs a round trip each: six
+        partitions in about 1.3 ms on a local broker, against 8 ms one by one."""
         from confluent_kafka import KafkaException
         from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined,unused-ignore]
 
