@@ -481,7 +481,8 @@ class DetectionEngine:
             watched = self._watch_finding(transfer, state, findings)
             if watched is not None:
                 findings.append(watched)
-        if findings and self._explained(transfer, state):
+        approved = bool(findings) and self._explained(transfer, state)
+        if approved:
             # The exchange approved this withdrawal: the ledger vouches for it, so the other
             # detectors may warn but not freeze (an approved market-maker payout, a whale).
             findings = [_approved(f) if f.freeze else f for f in findings]
@@ -496,7 +497,9 @@ class DetectionEngine:
             # judged in.
             if detected_at is None and at_event_time:
                 detected_at = transfer.time
-            alerts = self._alerts(state.wallet, transfer, state, findings, detected_at, emit=emit)
+            alerts = self._alerts(
+                state.wallet, transfer, state, findings, detected_at, emit=emit, approved=approved
+            )
         # Facts always count, the destination included: a false freeze must not make a market
         # maker's usual address look new for ever.
         state.apply(transfer)
@@ -545,12 +548,20 @@ class DetectionEngine:
         detected_at: datetime | None,
         *,
         emit: bool,
+        approved: bool = False,
     ) -> list[Alert]:
+        """The alerts of one transfer's findings, with what the incident makes of them.
+
+        An outflow the ledger ``approved`` is no loss the incident counts: its warnings neither
+        join the wallet to the incident (to be frozen with it) nor become freezes there.
+        """
         now = state.now
         incident_id: str | None = None
         others: list[str] = []
         correlator = self.correlator
-        level = max(self._level(f.detector, f.freeze, f.severity) for f in findings)
+        level = (
+            0 if approved else max(self._level(f.detector, f.freeze, f.severity) for f in findings)
+        )
         if correlator is not None and level >= 1:
             incident_id, others = correlator.observe(wallet.key, now, level)
             if incident_id is not None and level == 1 and correlator.lowered(now):

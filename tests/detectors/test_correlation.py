@@ -12,7 +12,7 @@ from detectors import BaselineDetector, DetectionEngine, IncidentCorrelator, Vel
 from detectors.evaluate import FixedRule
 from drainwatch.config import Config, DetectionConfig
 from drainwatch.events import Alert, Direction, Transfer
-from tests.detectors.factories import T0, transfer, wallet
+from tests.detectors.factories import T0, approval, at, transfer, wallet
 
 
 def fleet() -> Config:
@@ -95,6 +95,32 @@ def test_two_frozen_wallets_freeze_a_wallet_that_only_warned_and_lower_the_bar()
     # While it is open, 1.5% to a new address freezes HOT3, which alone would raise nothing.
     lowered = engine.process(transfer("T2", 15, wallet="HOT3", minutes=8))
     assert [(a.detector, a.freeze) for a in lowered] == [("correlation", True)]
+
+
+def test_an_approved_withdrawal_is_no_loss_to_an_open_incident() -> None:
+    # With the ledger feed, two wallets drained by unapproved transfers lower the bar; a third
+    # wallet's customer withdrawal of 1.5% to a new address, which the exchange approved, is
+    # what the ledger vouches for: a warning that says so, not a freeze, and the wallet does not
+    # join the incident (to be frozen with it when a third wallet warns or freezes).
+    engine = DetectionEngine(fleet(), reconcile=True)
+    engine.process(transfer("0xbad", 400, wallet="0xE0", chain="ethereum", asset="ETH", minutes=0))
+    assert any(a.freeze for a in engine.process(transfer("T9", 400, wallet="HOT2", minutes=1)))
+    correlator = engine.correlator
+    assert correlator is not None
+    assert correlator.lowered(at(2).timestamp())
+    engine.process_approval(approval("CUSTOMER", "15", minutes=7))
+    alerts = engine.process(transfer("CUSTOMER", 15, wallet="HOT3", minutes=8))
+    assert [(a.detector, a.severity.value, a.freeze) for a in alerts] == [
+        ("correlation", "warning", False)
+    ]
+    assert alerts[0].summary.endswith("; matches an approved withdrawal, so not frozen")
+    assert alerts[0].incident_id is None
+    assert correlator.incident_of("nem:HOT3", at(9).timestamp()) is None
+    # The next one, which nobody approved, is frozen (the ledger), and with three wallets frozen
+    # on, so is the fleet (HOT1).
+    later = engine.process(transfer("OTHER", 15, wallet="HOT3", minutes=9))
+    assert ("ledger", True) in [(a.detector, a.freeze) for a in later]
+    assert {a.wallet for a in later if a.freeze} == {"HOT3", "HOT1"}
 
 
 def test_without_an_incident_the_same_transfer_raises_nothing() -> None:
