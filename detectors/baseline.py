@@ -27,8 +27,10 @@ window is a few times the average one and the part is under it.
 Both tiers speak only when the window stands out from the rest of the last hour too
 (``sudden_ratio``, 3x): a surge lasts for hours, a drain starts from ordinary traffic. And one
 payment is not a rate: either tier freezes only when the window's payments other than the
-largest reach its share too. A single large payment is left to the velocity detector's size
-rules, which know how large this wallet's customers and whales go.
+largest reach its freeze share too, and warns only when they reach its warning share and
+ratio. A single large payment is left to the velocity detector's size rules, which know how
+large this wallet's customers and whales go (a whale's withdrawal made the 20-minute tier warn
+"28x what this hour usually sees" until the twenty-third session).
 
 Its freezes stand for their own wallet (``drives_incidents = False``): rate findings on several
 wallets at once are what a market-wide panic looks like, so they do not open an incident or lower
@@ -402,13 +404,16 @@ class BaselineDetector:
         warn_ratio, freeze_ratio = ratios
         if ratio < warn_ratio:
             return None
+        # One payment is not a rate: without the largest, the rest must reach the share of a
+        # freeze, and stand out as a warning would, for a warning. (A single large payment is
+        # the size rules' to judge: they know how large this wallet's customers and whales go.)
+        largest = max((o.units for o in window.items if o.new), default=0)
+        rest = new_total - max(largest, units)
         freeze = ratio >= freeze_ratio and new_total * fden >= ref * fnum
         if freeze:
-            # One payment is not a rate: without the largest, the rest must reach the share too.
-            # (A single large payment is the size rules' to judge: they know this wallet's.)
-            largest = max((o.units for o in window.items if o.new), default=0)
-            rest = new_total - max(largest, units)
             freeze = rest * fden >= ref * fnum and not self._is_crowd(state, profile, window, units)
+        if not freeze and (rest * wden < ref * wnum or rest / unit < warn_ratio * usual):
+            return None
         scale, label, hours = state.scale, state.label, profile.hours
 
         def describe() -> Description:
