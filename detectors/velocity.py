@@ -12,7 +12,9 @@ higher one:
   ``single_min_history_s`` (7 days) of history, what it received must also reach
   ``fresh_factor`` (1.5x) times the largest ordinary payment the large-fresh rule has learned
   to freeze (a wallet whose whales have taken 6% warns up to 9%; one whose whales stop at 3%
-  keeps the 5%);
+  keeps the 5%); a warning of it is info when the wallet paid as much to one ordinary address
+  more than a day ago within ``fresh_history_days`` (``rule_familiar_size``: a wallet whose
+  customers take 3% several times a week is not paged at every one of them);
 * **burst of mid-size transfers**: at least ``burst_min_count`` transfers to new addresses, each at
   least ``midsize_share`` of the balance (larger than nearly every customer withdrawal), together
   ``burst_warn_share`` / ``burst_freeze_share`` within ``window_s`` (default 3% / 6% in 20 min);
@@ -37,7 +39,12 @@ higher one:
   its busiest ``fast_window_s`` of an hour has held on average ``batch_share`` (60%) of the
   hour's payments, and a payment is in one when the last ``fast_window_s`` hold at least two
   customer-sized payments (under 1%) and a third of the last hour's; a drain between batches
-  is large payments in an empty stretch;
+  is large payments in an empty stretch. On a wallet whose own large payments (1% and more, to
+  ordinary addresses, in the learned history, faster while the hour brings them faster) would
+  bring a pair within ``fast_window_s`` together by chance more than ``large_pair_chance``
+  (0.05) times a month, the rule asks for three, or four (Poisson, at most three more than
+  ``large_pair_count``): customers who pay 1-3% several times a day make such pairs a few
+  times a month; a wallet whose whales take a few a week keeps the pair;
 * **slow bleed**: one new address paid at least ``bleed_min_count`` times within
   ``bleed_window_s``, together ``bleed_warn_share`` / ``bleed_freeze_share`` (default 4 times,
   1.5% / 2.5% in 24 h);
@@ -453,6 +460,7 @@ class VelocityDetector:
         fast_window_s: int = 300,
         large_share: Decimal = Decimal("0.01"),
         large_pair_count: int = 2,
+        large_pair_chance: float = 0.05,
         large_hour_floor: Decimal = Decimal("0.75"),
         bleed_window_s: int = 86400,
         bleed_min_count: int = 4,
@@ -504,6 +512,7 @@ class VelocityDetector:
         self.large_hour_floor = large_hour_floor
         self._large_hour_floor = _fraction(large_hour_floor)
         self.large_pair_count = large_pair_count
+        self.large_pair_chance = large_pair_chance
         self.bleed_window_s = bleed_window_s
         self.bleed_min_count = bleed_min_count
         self.bleed_warn_share = bleed_warn_share
@@ -726,6 +735,28 @@ class VelocityDetector:
         learned: int = -(-high * num // den) * 10 ** (state.scale - history.scale)
         return learned
 
+    def _paid_as_much(self, transfer: TransferView, state: WalletState, units: int) -> bool:
+        """Whether this wallet paid at least ``units`` in one payment to an ordinary (not
+        regular) destination within the learned history but more than a day ago, once it has
+        ``single_min_history_s`` of it: the single-address rule then says such a payment as
+        info, not a warning. A wallet whose customers take 3% of it several times a week warns
+        at every one of them otherwise. Freezes are never touched (the large-fresh bar judges
+        those), and a drain's own first steps, hours old, do not make its next ones ordinary.
+        """
+        if not self.large_fresh:
+            return False
+        history = self._fresh.get((transfer.chain, transfer.wallet, transfer.asset))
+        now = transfer.epoch
+        if history is None or now - history.first_time < self.single_min_history_s:
+            return False
+        history.forget(now - self._history_s)
+        # Both in the finer of the two scales.
+        factor: int = 10 ** max(state.scale - history.scale, 0)
+        units *= 10 ** max(history.scale - state.scale, 0)
+        if history.high * factor < units:  # the cached largest: most payments stop here
+            return False
+        return history.high_before(now - 86400) * factor >= units
+
     def score_one(self, transfer: TransferView, state: WalletState) -> Finding | None:
         """Judge an outflow against the wallet's windows; ``None`` when it looks ordinary."""
         finding = self.judge(transfer, state)
@@ -792,6 +823,9 @@ class VelocityDetector:
                     )
                     if learned is not None and to_dest < learned:
                         level = 1
+                if level == 1 and self._paid_as_much(transfer, state, to_dest):
+                    level = 0
+                    fired.append((0, 0.0, "familiar_size"))
                 score = _ratio(to_dest, ref_c, float(self.single_freeze_share))
                 fired.append((level, score, "single"))
             if count >= self.repeat_min_count and _reaches(to_dest, ref_c, self._repeat):
@@ -1042,14 +1076,79 @@ class VelocityDetector:
         if not _reaches(units, ref_s, large):
             return
         new = [o.units for o in fast.items if o.new]
-        pair = (
-            _reaches(units, ref_c, large)
-            and 1 + sum(1 for u in new if _reaches(u, ref_c, large)) >= self.large_pair_count
-        )
-        if pair or 1 + sum(1 for u in new if _reaches(u, ref_s, large)) > self.large_pair_count:
+        count = self.large_pair_count
+        large_c = _reaches(units, ref_c, large)
+        n_c = 1 + sum(1 for u in new if _reaches(u, ref_c, large)) if large_c else 0
+        n_s = 1 + sum(1 for u in new if _reaches(u, ref_s, large))
+        if n_c >= count or n_s > count:
+            # A wallet whose customers often pay this much sees such pairs by chance: ask for
+            # as many as its own rate of large payments makes rare.
+            count = self._large_count_needed(transfer, state, ref_c)
+        if n_c >= count or n_s > count:
             level = 1 if self._in_payout_batch(transfer, fast, ref_f, state) else 2
             score = max(1.0, _ratio(units, ref_c, float(self.large_share)))
             fired.append((level, score, "large_pair"))
+
+    def _large_count_needed(self, transfer: TransferView, state: WalletState, ref_c: int) -> int:
+        """How many large payments to new addresses within ``fast_window_s`` the large-pair
+        rule asks for on this wallet: ``large_pair_count``, or more while this wallet's own
+        rate of large payments would bring that many together by chance more often than
+        ``large_pair_chance`` times a month.
+
+        The rate is that of the wallet's payments of at least ``large_share`` of ``ref_c`` to
+        ordinary destinations in the learned history (customers and whales; not a market
+        maker), before the fast window (not the payments being judged), and higher while the
+        rest of the last hour brought them faster than usual (a withdrawal surge). Chance
+        coincidences are Poisson: with ``lam`` such payments expected in a fast window and
+        ``month`` in a month, ``k`` together come about ``month * P(N >= k - 1)`` times a month.
+        On a wallet whose customers stay under 1% and whose whales take a few a week that is
+        a pair; one whose customers pay 1-3% several times a day needs three, four in a panic.
+        """
+        count = self.large_pair_count
+        history = self._fresh.get((transfer.chain, transfer.wallet, transfer.asset))
+        now = transfer.epoch
+        if (
+            self.large_pair_chance <= 0
+            or history is None
+            or now - history.first_time < self.single_min_history_s
+        ):
+            return count
+        history.forget(now - self._history_s)
+        num, den = self._large
+        # The history's units in the state's scale (the history's is never finer).
+        bar = ref_c * num
+        factor = 10 ** max(state.scale - history.scale, 0) * den
+        paid, regular, known = history.paid, history.regular, history.known
+        window_start, hour_start = now - self.fast_window_s, now - 3600
+        total = in_hour = 0
+        for when, units, dest in history.items:
+            if when >= window_start or paid[dest] >= regular or dest in known:
+                continue
+            if units * factor >= bar:
+                total += 1
+                in_hour += when >= hour_start
+        if total == 0:
+            return count
+        seen_s = max(min(now - history.first_time, self._history_s), 86400.0)
+        rate = total / seen_s
+        # The surge: the rest of the hour against its usual, taken as at least one payment (one
+        # large payment in an hour is no surge on a wallet that makes a few a day).
+        usual = max(rate * (3600 - self.fast_window_s), 1.0)
+        lam = rate * self.fast_window_s * max(1.0, in_hour / usual)
+        month = rate * 30 * 86400
+        # P(N >= k - 1) for N ~ Poisson(lam), k = count, count + 1, ... (at most 3 more).
+        term = math.exp(-lam)
+        below = 0.0
+        for i in range(count - 1):
+            below += term
+            term *= lam / (i + 1)
+        for _ in range(3):
+            if month * max(0.0, 1.0 - below) <= self.large_pair_chance:
+                break
+            below += term
+            term *= lam / count
+            count += 1
+        return count
 
     def _in_payout_batch(
         self, transfer: TransferView, fast: Window, ref: int, state: WalletState
@@ -1236,6 +1335,11 @@ class VelocityDetector:
             summary += f" (after a {state.to_decimal_string(seen.units)} {state.asset} test)"
         if "familiar_crowd" in rules and max(f[0] for f in fired) == 0:
             summary += " (no heavier than its busy hours this week)"
+        elif "familiar_size" in rules and max(f[0] for f in fired) == 0:
+            summary += (
+                f" (no larger than a payment it made to an ordinary address within "
+                f"{self.fresh_history_days} days)"
+            )
         left = state.left_after(units)
         summary += (
             f"; {left + ', ' if left else ''}at this rate empty in "

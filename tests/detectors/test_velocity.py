@@ -597,6 +597,58 @@ def test_the_single_address_rule_makes_way_for_whales_larger_than_it(
     assert above.freeze
 
 
+def test_a_single_address_warning_no_larger_than_an_ordinary_payment_is_info() -> None:
+    # Whales took up to 6% to fresh addresses on the first day. Two days later 5.5% to one more
+    # is what this wallet does: info, not a page. 6.5% is larger than any: a warning; and
+    # another 6.4% two hours later warns too (the only payment as large is hours old: a drain's
+    # own first step does not make its next ones ordinary).
+    state, detector, minute = whales_then_customers((10000, 14000, 20000, 28000, 40000, 60000))
+    seen = judge_and_learn(state, detector, transfer("T", 55000, minutes=minute))
+    assert seen is not None
+    assert (seen.severity, seen.freeze) == (Severity.INFO, False)
+    assert seen.metrics["rule_familiar_size"] == "1"
+    assert "% of nem-hot drained at once to 1 new address (no larger than a payment" in seen.summary
+    larger = judge_and_learn(state, detector, transfer("U", 65000, minutes=minute + 60))
+    again = judge_and_learn(state, detector, transfer("V", 64000, minutes=minute + 180))
+    assert [f.severity if f else None for f in (larger, again)] == [Severity.WARNING] * 2
+    # A wallet younger than the single-address rule's history (a week here) warns at 4%.
+    state, detector, minute = whales_then_customers((60000,), single_min_history_s=7 * 86400)
+    young = judge_and_learn(state, detector, transfer("T", 40000, minutes=minute))
+    assert young is not None
+    assert young.severity is Severity.WARNING
+
+
+@pytest.mark.parametrize("chance", [0.05, 0.0])
+def test_a_wallet_whose_customers_often_pay_over_one_percent_needs_a_third_large_payment(
+    chance: float,
+) -> None:
+    # Eight days of customers every 15 minutes, every 6 hours one of them 1.2% to a new address:
+    # four large payments a day, so two within five minutes come by chance about twice a month.
+    # A pair is not enough on such a wallet; a third large payment within the five minutes is
+    # (off, with large_pair_chance = 0, the pair freezes as on any wallet).
+    state = make_state(wallet(balance="1000000"))
+    detector = VelocityDetector(large_pair_chance=chance)
+    minute = 0.0
+    for i in range(8 * 24 * 4):
+        amount = 12000 if i % 24 == 23 else 1000 + 500 * (i % 5)
+        finding = judge_and_learn(state, detector, transfer(f"C{i}", amount, minutes=minute))
+        assert finding is None or not finding.freeze
+        back = transfer(f"D{i}", amount, minutes=minute + 1, direction=Direction.IN)
+        judge_and_learn(state, detector, back)
+        minute += 15
+    assert judge_and_learn(state, detector, transfer("X1", 15000, minutes=minute)) is None
+    second = judge_and_learn(state, detector, transfer("X2", 15000, minutes=minute + 3))
+    if chance == 0:
+        assert second is not None
+        assert second.freeze
+        return
+    assert second is None or not second.freeze
+    third = judge_and_learn(state, detector, transfer("X3", 15000, minutes=minute + 4))
+    assert third is not None
+    assert third.freeze
+    assert third.metrics["rule_large_pair"] == "1"
+
+
 def test_a_surge_of_large_payments_raises_the_threshold() -> None:
     # Whales from 2.5% to 3%: a bar about twice the largest.
     state, detector, minute = whales_then_customers((25000, 26000, 27000, 28000, 29000, 30000))
