@@ -260,11 +260,17 @@ class _LargePayments:
         """Payments that make ``dest`` a candidate for trust: one to a configured counterparty."""
         return 1 if dest in self.known else self.regular
 
-    def _ordinary(self, before: float = math.inf) -> Iterator[int]:
-        """The payments (made before ``before``) to destinations that are not regular
-        counterparties."""
+    def ordinary(self, before: float = math.inf) -> Iterator[tuple[float, int]]:
+        """(event time, units) of the payments (made before ``before``) to destinations that
+        are not regular counterparties."""
         paid, regular, known = self.paid, self.regular, self.known
-        return (u for t, u, d in self.items if t < before and paid[d] < regular and d not in known)
+        return (
+            (t, u) for t, u, d in self.items if t < before and paid[d] < regular and d not in known
+        )
+
+    def _ordinary(self, before: float = math.inf) -> Iterator[int]:
+        """The units of :meth:`ordinary`."""
+        return (u for _, u in self.ordinary(before))
 
     def high_before(self, moment: float) -> int:
         """The largest ordinary payment (see :meth:`_ordinary`) made before ``moment``."""
@@ -708,13 +714,12 @@ class VelocityDetector:
         times the return-level factor (between ``fresh_factor`` and ``fresh_factor_max``; with
         ``tail=False`` just ``fresh_factor``), or ``None`` while the wallet is younger than
         ``min_history_s`` (default ``fresh_min_history_s``)."""
-        history = self._fresh.get((transfer.chain, transfer.wallet, transfer.asset))
-        now = transfer.epoch
-        if min_history_s is None:
-            min_history_s = self.fresh_min_history_s
-        if history is None or now - history.first_time < min_history_s:
+        history = self._history_for(
+            transfer, self.fresh_min_history_s if min_history_s is None else min_history_s
+        )
+        if history is None:
             return None
-        history.forget(now - self._history_s)
+        now = transfer.epoch
         num, den = self._fresh_factor
         if tail and self.fresh_return_days > 0:
             # The largest of ``seen`` days of payments comes about once in that time; one that
@@ -745,17 +750,23 @@ class VelocityDetector:
         """
         if not self.large_fresh:
             return False
-        history = self._fresh.get((transfer.chain, transfer.wallet, transfer.asset))
-        now = transfer.epoch
-        if history is None or now - history.first_time < self.single_min_history_s:
+        history = self._history_for(transfer, self.single_min_history_s)
+        if history is None:
             return False
-        history.forget(now - self._history_s)
-        # Both in the finer of the two scales.
-        factor: int = 10 ** max(state.scale - history.scale, 0)
-        units *= 10 ** max(history.scale - state.scale, 0)
+        factor: int = 10 ** (state.scale - history.scale)  # the history's is never finer
         if history.high * factor < units:  # the cached largest: most payments stop here
             return False
-        return history.high_before(now - 86400) * factor >= units
+        return history.high_before(transfer.epoch - 86400) * factor >= units
+
+    def _history_for(self, transfer: TransferView, min_history_s: float) -> _LargePayments | None:
+        """The large-payment history of ``transfer``'s wallet and asset, without what is older
+        than ``fresh_history_days``, once it is ``min_history_s`` old; ``None`` before."""
+        history = self._fresh.get((transfer.chain, transfer.wallet, transfer.asset))
+        now = transfer.epoch
+        if history is None or now - history.first_time < min_history_s:
+            return None
+        history.forget(now - self._history_s)
+        return history
 
     def score_one(self, transfer: TransferView, state: WalletState) -> Finding | None:
         """Judge an outflow against the wallet's windows; ``None`` when it looks ordinary."""
@@ -1105,25 +1116,19 @@ class VelocityDetector:
         a pair; one whose customers pay 1-3% several times a day needs three, four in a panic.
         """
         count = self.large_pair_count
-        history = self._fresh.get((transfer.chain, transfer.wallet, transfer.asset))
-        now = transfer.epoch
-        if (
-            self.large_pair_chance <= 0
-            or history is None
-            or now - history.first_time < self.single_min_history_s
-        ):
+        if self.large_pair_chance <= 0:
             return count
-        history.forget(now - self._history_s)
+        history = self._history_for(transfer, self.single_min_history_s)
+        if history is None:
+            return count
+        now = transfer.epoch
         num, den = self._large
         # The history's units in the state's scale (the history's is never finer).
         bar = ref_c * num
-        factor = 10 ** max(state.scale - history.scale, 0) * den
-        paid, regular, known = history.paid, history.regular, history.known
+        factor = 10 ** (state.scale - history.scale) * den
         window_start, hour_start = now - self.fast_window_s, now - 3600
         total = in_hour = 0
-        for when, units, dest in history.items:
-            if when >= window_start or paid[dest] >= regular or dest in known:
-                continue
+        for when, units in history.ordinary(window_start):
             if units * factor >= bar:
                 total += 1
                 in_hour += when >= hour_start
