@@ -13,7 +13,8 @@ once ``min_frozen`` wallets have been frozen on:
 * a wallet that had only warned is frozen at once, by an alert of its own (the scoring, like the
   kill switch, counts freezes per wallet);
 * an outflow to a new address of at least ``watch_share`` of a wallet's balance, which alone would
-  raise nothing, freezes that wallet too;
+  raise nothing, freezes that wallet too (more on a wallet whose customers pay that much so often
+  that one would come by chance: see ``watch_chance``);
 * once ``fleet_frozen`` wallets have been frozen on, every other hot wallet of the exchange is
   frozen at once, one alert each (the Phemex and KuCoin pattern: dozens of hot wallets
   across chains emptied within minutes).
@@ -68,6 +69,9 @@ class IncidentCorrelator:
             exchange at once, once per incident (dozens of wallets emptied within minutes).
         watch_share: While an incident is open, an outflow to a new address of this share of the
             balance freezes.
+        watch_chance: ... unless the wallet's own payments of that size to ordinary addresses
+            come within ``window_s`` more often than this (a chance per incident): then the bar
+            is above all but that many of them (0: always ``watch_share``).
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class IncidentCorrelator:
         min_frozen: int = 2,
         fleet_frozen: int = 3,
         watch_share: Decimal = Decimal("0.01"),
+        watch_chance: float = 0.01,
     ) -> None:
         self.window_s = window_s
         self.min_wallets = min_wallets
@@ -85,6 +90,7 @@ class IncidentCorrelator:
         self.fleet_frozen = fleet_frozen
         self._fleet_done: str | None = None
         self.watch_share = watch_share
+        self.watch_chance = watch_chance
         self._recent: dict[str, tuple[float, float, int]] = {}
         """wallet key -> (first abnormal time in this spell, last time, highest level)."""
         self._incident: _Incident | None = None

@@ -236,6 +236,7 @@ class DetectionEngine:
         self._states: dict[tuple[str, str, str], WalletState] = {}
         self._emitted: dict[tuple[str, str], _Emitted] = {}
         self._ledgers = [d for d in self.detectors if isinstance(d, LedgerReconciliation)]
+        self._velocity = next((d for d in self.detectors if isinstance(d, VelocityDetector)), None)
         self._watch = self.correlator.watch_share.as_integer_ratio() if self.correlator else (1, 1)
         # The hot path's view of the detectors: bound methods, looked up once. A detector that
         # learns with the state is not also given learn_one; one that says it learns nothing
@@ -514,7 +515,9 @@ class DetectionEngine:
     def _watch_finding(
         self, transfer: TransferView, state: WalletState, findings: list[Finding]
     ) -> Finding | None:
-        """While an incident is open: an outflow of ``watch_share`` to a new address freezes."""
+        """While an incident is open: an outflow of ``watch_share`` to a new address freezes
+        (more on a wallet whose customers pay that much often: see
+        :meth:`~detectors.velocity.VelocityDetector.watch_bar`)."""
         if any(f.freeze for f in findings) or transfer.direction is not Direction.OUT:
             return None
         dest = transfer.counterparty
@@ -523,8 +526,17 @@ class DetectionEngine:
             return None
         ref = state.balance_units()
         numerator, denominator = self._watch
-        if units <= 0 or units * denominator < ref * numerator:
+        floor = -(-ref * numerator // denominator)
+        if units <= 0 or units < floor:
             return None
+        velocity, correlator = self._velocity, self.correlator
+        if velocity is not None and correlator is not None:
+            # A wallet whose customers pay this much every half hour pays one now too.
+            bar = velocity.watch_bar(
+                transfer, state, floor, correlator.window_s, correlator.watch_chance
+            )
+            if units < bar:
+                return None
         return Finding(
             detector="correlation",
             severity=Severity.CRITICAL,

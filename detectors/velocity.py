@@ -1155,6 +1155,73 @@ class VelocityDetector:
             count += 1
         return count
 
+    def watch_bar(
+        self, transfer: TransferView, state: WalletState, floor: int, span_s: float, chance: float
+    ) -> int:
+        """The smallest outflow to a new address that freezes this wallet while an incident has
+        lowered the bar (see :class:`~detectors.correlation.IncidentCorrelator`): ``floor``
+        units, or more while this wallet's own payments of that size would bring one within
+        ``span_s`` by chance more often than ``chance``.
+
+        A wallet whose customers pay 1% of it several times a day pays one during any half hour
+        of a panic, and two wallets frozen by chance then freeze it, and the fleet after it.
+        The rate is that of the wallet's ordinary payments (not a market maker) in the learned
+        history before the span (not the incident's own), faster while the last hour brought
+        them faster than usual (a withdrawal surge); the bar is then above all but the
+        ``chance * seen / (span_s * surge)`` largest of them. On a wallet whose whales take 1%
+        a few times a week it stays at ``floor``.
+
+        >>> from datetime import UTC, datetime, timedelta
+        >>> from drainwatch.config import WalletConfig
+        >>> from drainwatch.events import Direction, Transfer
+        >>> wallet = WalletConfig(chain="eth", address="HOT", label="eth-hot",
+        ...                       opening_balance=Decimal("2000"))
+        >>> state, detector = WalletState(wallet, "ETH"), VelocityDetector()
+        >>> t0 = datetime(2025, 3, 1, tzinfo=UTC)
+        >>> def pay(hours, amount, to):
+        ...     t = Transfer.create(chain="eth", wallet="HOT", direction=Direction.OUT,
+        ...         counterparty=to, asset="ETH", amount=Decimal(amount), decimals=0,
+        ...         tx_hash=f"{to}-{hours}", position=0, time=t0 + timedelta(hours=hours))
+        ...     state.prepare(t)
+        ...     detector.learn_with_state(t, state)
+        ...     state.apply(t)
+        ...     return t
+        >>> for day in range(14):  # a whale of 12 ETH every other day
+        ...     _ = pay(24 * day, 12 if day % 2 else 3, f"customer-{day}")
+        >>> t = pay(24 * 14, 1, "someone")
+        >>> detector.watch_bar(t, state, 10, 1800.0, 0.05)  # stays at the floor
+        10
+        >>> for hour in range(24 * 14, 24 * 21, 2):  # now 12 ETH every two hours
+        ...     _ = pay(hour, 12, f"customer-{hour}")
+        >>> t = pay(24 * 21, 1, "someone")
+        >>> detector.watch_bar(t, state, 10, 1800.0, 0.05)  # above what customers pay
+        13
+        """
+        if chance <= 0:
+            return floor
+        history = self._history_for(transfer, self.single_min_history_s)
+        if history is None:
+            return floor
+        now = transfer.epoch
+        factor: int = 10 ** (state.scale - history.scale)  # the history's is never finer
+        span_start, hour_start = now - span_s, now - 3600
+        sizes: list[int] = []
+        in_hour = 0
+        for when, units in history.ordinary(span_start):
+            if units * factor >= floor:
+                sizes.append(units)
+                in_hour += when >= hour_start
+        if not sizes:
+            return floor
+        seen_s = max(min(now - history.first_time, self._history_s), 86400.0)
+        rate = len(sizes) / seen_s
+        usual = max(rate * (3600 - span_s), 1.0) if span_s < 3600 else 1.0
+        surge = max(1.0, in_hour / usual)
+        allowed = int(chance * seen_s / (span_s * surge))
+        if len(sizes) <= allowed:
+            return floor
+        return heapq.nlargest(allowed + 1, sizes)[-1] * factor + 1
+
     def _in_payout_batch(
         self, transfer: TransferView, fast: Window, ref: int, state: WalletState
     ) -> bool:

@@ -97,6 +97,30 @@ def test_two_frozen_wallets_freeze_a_wallet_that_only_warned_and_lower_the_bar()
     assert [(a.detector, a.freeze) for a in lowered] == [("correlation", True)]
 
 
+def test_the_lowered_bar_stays_above_what_a_wallets_customers_often_pay() -> None:
+    # HOT3's customers take 2% of it to new addresses four times a day: in any half hour of an
+    # incident one may come by chance. The lowered bar (1%) is then above what they pay.
+    engine = DetectionEngine(fleet())
+    minutes_before = 9 * 24 * 60
+    for i in range(9 * 4):
+        minute = -minutes_before + 360 * i
+        engine.process(transfer(f"CUSTOMER{i}", 20, wallet="HOT3", minutes=minute))
+        engine.process(
+            transfer("DEPOSITS", 20, wallet="HOT3", direction=Direction.IN, minutes=minute + 1)
+        )
+    engine.process(transfer("0xbad", 400, wallet="0xE0", chain="ethereum", asset="ETH", minutes=0))
+    assert any(a.freeze for a in engine.process(transfer("T9", 400, wallet="HOT2", minutes=1)))
+    assert engine.correlator is not None
+    assert engine.correlator.lowered(at(2).timestamp())
+    # What its customers pay raises nothing, as on any other day ...
+    assert engine.process(transfer("NEWCUSTOMER", 15, wallet="HOT3", minutes=8)) == []
+    # ... but more than any of them paid freezes it (and, a third wallet frozen, the fleet).
+    alerts = engine.process(transfer("T3", 25, wallet="HOT3", minutes=9))
+    watched = [a for a in alerts if a.wallet == "HOT3" and a.freeze]
+    assert [a.detector for a in watched] == ["correlation"]
+    assert watched[0].summary.startswith("2.5% of nem-hot3 sent to a new address while")
+
+
 def test_an_approved_withdrawal_is_no_loss_to_an_open_incident() -> None:
     # With the ledger feed, two wallets drained by unapproved transfers lower the bar; a third
     # wallet's customer withdrawal of 1.5% to a new address, which the exchange approved, is
