@@ -82,6 +82,7 @@ __all__ = ["DetectionEngine", "HeldState", "default_detectors"]
 
 _NOBODY: frozenset[str] = frozenset()
 _ROUTES_MAX = 65536
+_SURGE_WINDOWS_S = (3600, 86400)
 """Distinct (chain, address, asset) routes remembered; beyond it they are looked up each time."""
 
 Clock = Callable[[], datetime]
@@ -220,6 +221,8 @@ class DetectionEngine:
         self.correlator: IncidentCorrelator | None = correlator or None
         self._shadow = frozenset(config.detection.shadow)
         windows = set(config.detection.window_s)
+        if self.correlator is not None:
+            windows.update(_SURGE_WINDOWS_S)  # a wallet's own surge (see _surging)
         for detector in self.detectors:
             windows.update(getattr(detector, "windows_s", ()))
         self._windows_s = tuple(sorted(windows))
@@ -261,9 +264,12 @@ class DetectionEngine:
         ]
         self._outflows_only = all(getattr(d, "outflows_only", False) for d in self.detectors)
         # Detectors whose freezes stand for their own wallet only: they do not open an incident
-        # or lower the bar for the others (see BaselineDetector.drives_incidents).
+        # or lower the bar for the others (see BaselineDetector.drives_incidents). So do the
+        # lowered bar's own freezes: one of them (a 1% payment while two wallets are frozen)
+        # does not make a third frozen wallet, which freezes the fleet.
         self._local = frozenset(
-            d.name for d in self.detectors if not getattr(d, "drives_incidents", True)
+            {"correlation"}
+            | {d.name for d in self.detectors if not getattr(d, "drives_incidents", True)}
         )
 
     def wallet(self, chain: str, address: str) -> WalletConfig | None:
@@ -571,12 +577,25 @@ class DetectionEngine:
         incident_id: str | None = None
         others: list[str] = []
         correlator = self.correlator
-        level = (
-            0 if approved else max(self._level(f.detector, f.freeze, f.severity) for f in findings)
+        level = max(self._level(f.detector, f.freeze, f.severity) for f in findings)
+        surging = (
+            not approved
+            and correlator is not None
+            and level >= 1
+            and self._surging(correlator, state)
         )
+        # What the findings count as in the incident, when not what their alerts say.
+        counted: int | None = None
+        if approved:
+            counted = level = 0
+        elif surging:
+            # Its own customers are withdrawing in a crowd: what it shows is theirs as likely
+            # as a thief's, and counts one level less in the incident (a freeze stands for
+            # itself, a warning does not join it).
+            counted = level = level - 1
         if correlator is not None and level >= 1:
             incident_id, others = correlator.observe(wallet.key, now, level)
-            if incident_id is not None and level == 1 and correlator.lowered(now):
+            if incident_id is not None and level == 1 and not surging and correlator.lowered(now):
                 top = max(findings, key=lambda f: (f.severity.rank, f.score))
                 told = top.described()
                 upgraded = replace(
@@ -590,7 +609,11 @@ class DetectionEngine:
         alerts = [
             alert
             for finding in findings
-            if (alert := self._alert(wallet, transfer, finding, detected_at, incident_id))
+            if (
+                alert := self._alert(
+                    wallet, transfer, finding, detected_at, incident_id, counted=counted
+                )
+            )
             is not None
         ]
         if correlator is not None:
@@ -619,6 +642,25 @@ class DetectionEngine:
                 detected_at=detected_at,
             )
         return alerts if emit else []
+
+    @staticmethod
+    def _surging(correlator: IncidentCorrelator, state: WalletState) -> bool:
+        """Whether the wallet is in a withdrawal surge of its own: its last hour holds at
+        least ``surge_min`` payments that are not mid-size payments to new addresses (a
+        drain's), and ``surge_ratio`` times the last day's hourly average of them.
+
+        In a market-wide panic every wallet pays out several times its usual, and two of them
+        freeze within minutes by chance (a whale, three customers' 2% withdrawals at once):
+        that is no attack on the exchange, and must not freeze the others.
+        """
+        if correlator.surge_ratio <= 0:
+            return False
+        hour, day = state.window(_SURGE_WINDOWS_S[0]), state.window(_SURGE_WINDOWS_S[1])
+        in_hour = hour.count - hour.mid_count
+        in_day = day.count - day.mid_count
+        return in_hour >= correlator.surge_min and (
+            in_hour * _SURGE_WINDOWS_S[1] >= correlator.surge_ratio * in_day * _SURGE_WINDOWS_S[0]
+        )
 
     def _others(self, key: str, now: float, shown: int = 4) -> str:
         """The incident's other wallets, for words: "eth-hot-1, btc-hot-2 and 3 more are".
@@ -745,7 +787,11 @@ class DetectionEngine:
         if self.owns(key) or "rule_incident_member" in metrics:
             return []
         froze = alert.freeze or "would_freeze" in metrics or "freeze_suppressed" in metrics
-        if "rule_correlated" in metrics:
+        if "incident_level" in metrics:
+            # Counted otherwise than it reads where it was made: a ledger-approved outflow, a
+            # wallet in a withdrawal surge of its own (see _alerts).
+            level = int(metrics["incident_level"])
+        elif "rule_correlated" in metrics:
             level = 1  # a warning the incident made a freeze
         else:
             level = self._level(alert.detector, froze, alert.severity)
@@ -978,11 +1024,14 @@ class DetectionEngine:
         finding: Finding,
         detected_at: datetime | None,
         incident_id: str | None = None,
+        *,
+        counted: int | None = None,
     ) -> Alert | None:
         now = transfer.epoch
         key = (wallet.key, finding.detector)
         last = self._emitted.get(key)
-        extra: dict[str, str] = {}
+        # Another replica counts the alert in the incident as it was counted here.
+        extra = {} if counted is None else {"incident_level": str(counted)}
         freeze = finding.freeze
         severity = finding.severity
         if last is not None:

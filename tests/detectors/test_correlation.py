@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Final
 
@@ -121,14 +121,63 @@ def test_the_lowered_bar_stays_above_what_a_wallets_customers_often_pay() -> Non
     assert watched[0].summary.startswith("2.5% of nem-hot3 sent to a new address while")
 
 
+def test_the_lowered_bars_own_freezes_do_not_freeze_the_fleet() -> None:
+    # Two wallets frozen lower the bar; a 1.5% payment of a third freezes it by that bar, but
+    # is no third wallet frozen on its own evidence: the fleet (HOT1, HOT4) is not frozen.
+    # HOT1's own drain is, and then the fleet is.
+    config = fleet().model_copy(update={"wallets": (*fleet().wallets, wallet("HOT4"))})
+    engine = DetectionEngine(config)
+    engine.process(transfer("0xbad", 400, wallet="0xE0", chain="ethereum", asset="ETH", minutes=0))
+    engine.process(transfer("T9", 400, wallet="HOT2", minutes=1))
+    watched = engine.process(transfer("T2", 15, wallet="HOT3", minutes=2))
+    assert [(a.wallet, a.detector, a.freeze) for a in watched] == [("HOT3", "correlation", True)]
+    drained = engine.process(transfer("T1", 400, wallet="HOT1", minutes=3))
+    assert {a.wallet for a in drained if a.freeze} == {"HOT1", "HOT4"}
+
+
+def surge(send: Callable[[Transfer], object], hot: str, *, until: float) -> None:
+    """A day of ``hot``'s customers taking 0.1% each twice an hour, then 30 in the last hour
+    before ``until`` (minutes): a withdrawal surge of its own."""
+    for i in range(46):
+        send(transfer(f"{hot}-C{i}", 1, wallet=hot, minutes=until - 24 * 60 + 30 * i))
+    for i in range(30):
+        send(transfer(f"{hot}-P{i}", 1, wallet=hot, minutes=until - 60 + 2 * i))
+
+
+@pytest.mark.parametrize("replicated", [False, True])
+def test_wallets_in_a_withdrawal_surge_of_their_own_lower_no_bar(replicated: bool) -> None:
+    # A market-wide panic: HOT1 and HOT2 pay out fifteen times their usual, and each freezes
+    # (a whale of 40%). Two freezes would lower the bar for every wallet (and a third freeze
+    # the fleet), but a surging wallet's freeze stands for itself: HOT3's 1.5% to a new address
+    # raises nothing, as on any day. With two replicas, the one that holds HOT3 alone reads the
+    # freezes off the alerts topic and counts them as they were counted where they were made.
+    if replicated:
+        replicas = Replicas(fleet(), keys("HOT3"))
+        send: Callable[[Transfer], Sequence[Alert]] = replicas.send
+    else:
+        engine = DetectionEngine(fleet())
+        send = engine.process
+    surge(send, "HOT1", until=0)
+    surge(send, "HOT2", until=1)
+    first = send(transfer("WHALE1", 400, wallet="HOT1", minutes=0))
+    second = send(transfer("WHALE2", 400, wallet="HOT2", minutes=1))
+    frozen = [a for a in (*first, *second) if a.freeze]
+    assert {a.wallet for a in frozen} == {"HOT1", "HOT2"}
+    assert all(a.metrics.get("incident_level") == "1" for a in frozen)
+    assert send(transfer("NEWCUSTOMER", 15, wallet="HOT3", minutes=8)) == []
+
+
 def test_an_approved_withdrawal_is_no_loss_to_an_open_incident() -> None:
     # With the ledger feed, two wallets drained by unapproved transfers lower the bar; a third
     # wallet's customer withdrawal of 1.5% to a new address, which the exchange approved, is
     # what the ledger vouches for: a warning that says so, not a freeze, and the wallet does not
     # join the incident (to be frozen with it when a third wallet warns or freezes).
     engine = DetectionEngine(fleet(), reconcile=True)
-    engine.process(transfer("0xbad", 400, wallet="0xE0", chain="ethereum", asset="ETH", minutes=0))
-    assert any(a.freeze for a in engine.process(transfer("T9", 400, wallet="HOT2", minutes=1)))
+    topic = engine.process(
+        transfer("0xbad", 400, wallet="0xE0", chain="ethereum", asset="ETH", minutes=0)
+    )
+    topic += engine.process(transfer("T9", 400, wallet="HOT2", minutes=1))
+    assert any(a.freeze for a in topic)
     correlator = engine.correlator
     assert correlator is not None
     assert correlator.lowered(at(2).timestamp())
@@ -140,6 +189,14 @@ def test_an_approved_withdrawal_is_no_loss_to_an_open_incident() -> None:
     assert alerts[0].summary.endswith("; matches an approved withdrawal, so not frozen")
     assert alerts[0].incident_id is None
     assert correlator.incident_of("nem:HOT3", at(9).timestamp()) is None
+    # Another replica, reading the alerts topic, counts the warning as this one did.
+    reader = DetectionEngine(fleet(), reconcile=True, owns=lambda key: False)
+    for alert in [*topic, *alerts]:
+        reader.process_alert(alert)
+    assert alerts[0].metrics["incident_level"] == "0"
+    assert reader.correlator is not None
+    assert reader.correlator.lowered(at(8).timestamp())
+    assert reader.correlator.incident_of("nem:HOT3", at(9).timestamp()) is None
     # The next one, which nobody approved, is frozen (the ledger), and with three wallets frozen
     # on, so is the fleet (HOT1).
     later = engine.process(transfer("OTHER", 15, wallet="HOT3", minutes=9))
