@@ -82,8 +82,9 @@ __all__ = ["DetectionEngine", "HeldState", "default_detectors"]
 
 _NOBODY: frozenset[str] = frozenset()
 _ROUTES_MAX = 65536
-_SURGE_WINDOWS_S = (3600, 86400)
 """Distinct (chain, address, asset) routes remembered; beyond it they are looked up each time."""
+_SURGE_WINDOWS_S = (3600, 86400)
+"""The hour and the day a wallet's own withdrawal surge is judged on (see ``_surging``)."""
 
 Clock = Callable[[], datetime]
 
