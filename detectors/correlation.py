@@ -19,9 +19,9 @@ once ``min_frozen`` wallets have been frozen on:
   frozen at once, one alert each (the Phemex and KuCoin pattern: dozens of hot wallets
   across chains emptied within minutes).
 
-The engine tells it what a finding counts as: the lowered bar's own freezes, and those of a
-wallet in a withdrawal surge of its own (``surge_ratio``), count as warnings, and such a
-wallet's warnings not at all: in a market-wide panic two wallets freeze within minutes by chance.
+The engine tells it what a finding counts as: the lowered bar's own freezes count as warnings
+(one of them is no third wallet frozen on its own evidence), and a ledger-approved outflow's
+findings not at all.
 
 Times are event times and need not come in order: "within ``window_s``" holds both ways, so a
 detector that reads one partition hours ahead of another, or another replica's alert late, does
@@ -76,11 +76,6 @@ class IncidentCorrelator:
         watch_chance: ... unless the wallet's own payments of that size to ordinary addresses
             come within ``window_s`` more often than this (a chance per incident): then the bar
             is above all but that many of them (0: always ``watch_share``).
-        surge_ratio: A wallet whose last hour holds this many times the last day's hourly
-            average of payments (not counting mid-size ones to new addresses: a drain's), and
-            at least ``surge_min`` of them, is in a withdrawal surge of its own: its findings
-            count one level less here (its freeze stands for itself and lowers no bar, its
-            warning joins no incident). The engine works it out; 0 turns it off.
     """
 
     def __init__(
@@ -92,8 +87,6 @@ class IncidentCorrelator:
         fleet_frozen: int = 3,
         watch_share: Decimal = Decimal("0.01"),
         watch_chance: float = 0.01,
-        surge_ratio: int = 2,
-        surge_min: int = 12,
     ) -> None:
         self.window_s = window_s
         self.min_wallets = min_wallets
@@ -102,8 +95,6 @@ class IncidentCorrelator:
         self._fleet_done: str | None = None
         self.watch_share = watch_share
         self.watch_chance = watch_chance
-        self.surge_ratio = surge_ratio
-        self.surge_min = surge_min
         self._recent: dict[str, tuple[float, float, int]] = {}
         """wallet key -> (first abnormal time in this spell, last time, highest level)."""
         self._incident: _Incident | None = None

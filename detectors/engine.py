@@ -83,8 +83,6 @@ __all__ = ["DetectionEngine", "HeldState", "default_detectors"]
 _NOBODY: frozenset[str] = frozenset()
 _ROUTES_MAX = 65536
 """Distinct (chain, address, asset) routes remembered; beyond it they are looked up each time."""
-_SURGE_WINDOWS_S = (3600, 86400)
-"""The hour and the day a wallet's own withdrawal surge is judged on (see ``_surging``)."""
 
 Clock = Callable[[], datetime]
 
@@ -222,8 +220,6 @@ class DetectionEngine:
         self.correlator: IncidentCorrelator | None = correlator or None
         self._shadow = frozenset(config.detection.shadow)
         windows = set(config.detection.window_s)
-        if self.correlator is not None:
-            windows.update(_SURGE_WINDOWS_S)  # a wallet's own surge (see _surging)
         for detector in self.detectors:
             windows.update(getattr(detector, "windows_s", ()))
         self._windows_s = tuple(sorted(windows))
@@ -578,25 +574,16 @@ class DetectionEngine:
         incident_id: str | None = None
         others: list[str] = []
         correlator = self.correlator
-        level = max(self._level(f.detector, f.freeze, f.severity) for f in findings)
-        surging = (
-            not approved
-            and correlator is not None
-            and level >= 1
-            and self._surging(correlator, state)
-        )
-        # What the findings count as in the incident, when not what their alerts say.
+        # What the findings count as in the incident, when not what their alerts say (another
+        # replica reads it off them).
         counted: int | None = None
         if approved:
             counted = level = 0
-        elif surging:
-            # Its own customers are withdrawing in a crowd: what it shows is theirs as likely
-            # as a thief's, and counts one level less in the incident (a freeze stands for
-            # itself, a warning does not join it).
-            counted = level = level - 1
+        else:
+            level = max(self._level(f.detector, f.freeze, f.severity) for f in findings)
         if correlator is not None and level >= 1:
             incident_id, others = correlator.observe(wallet.key, now, level)
-            if incident_id is not None and level == 1 and not surging and correlator.lowered(now):
+            if incident_id is not None and level == 1 and correlator.lowered(now):
                 top = max(findings, key=lambda f: (f.severity.rank, f.score))
                 told = top.described()
                 upgraded = replace(
@@ -643,25 +630,6 @@ class DetectionEngine:
                 detected_at=detected_at,
             )
         return alerts if emit else []
-
-    @staticmethod
-    def _surging(correlator: IncidentCorrelator, state: WalletState) -> bool:
-        """Whether the wallet is in a withdrawal surge of its own: its last hour holds at
-        least ``surge_min`` payments that are not mid-size payments to new addresses (a
-        drain's), and ``surge_ratio`` times the last day's hourly average of them.
-
-        In a market-wide panic every wallet pays out several times its usual, and two of them
-        freeze within minutes by chance (a whale, three customers' 2% withdrawals at once):
-        that is no attack on the exchange, and must not freeze the others.
-        """
-        if correlator.surge_ratio <= 0:
-            return False
-        hour, day = state.window(_SURGE_WINDOWS_S[0]), state.window(_SURGE_WINDOWS_S[1])
-        in_hour = hour.count - hour.mid_count
-        in_day = day.count - day.mid_count
-        return in_hour >= correlator.surge_min and (
-            in_hour * _SURGE_WINDOWS_S[1] >= correlator.surge_ratio * in_day * _SURGE_WINDOWS_S[0]
-        )
 
     def _others(self, key: str, now: float, shown: int = 4) -> str:
         """The incident's other wallets, for words: "eth-hot-1, btc-hot-2 and 3 more are".
@@ -789,8 +757,8 @@ class DetectionEngine:
             return []
         froze = alert.freeze or "would_freeze" in metrics or "freeze_suppressed" in metrics
         if "incident_level" in metrics:
-            # Counted otherwise than it reads where it was made: a ledger-approved outflow, a
-            # wallet in a withdrawal surge of its own (see _alerts).
+            # Counted otherwise than it reads where it was made: a ledger-approved outflow (see
+            # _alerts).
             level = int(metrics["incident_level"])
         elif "rule_correlated" in metrics:
             level = 1  # a warning the incident made a freeze

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Final
 
@@ -133,38 +133,6 @@ def test_the_lowered_bars_own_freezes_do_not_freeze_the_fleet() -> None:
     assert [(a.wallet, a.detector, a.freeze) for a in watched] == [("HOT3", "correlation", True)]
     drained = engine.process(transfer("T1", 400, wallet="HOT1", minutes=3))
     assert {a.wallet for a in drained if a.freeze} == {"HOT1", "HOT4"}
-
-
-def surge(send: Callable[[Transfer], object], hot: str, *, until: float) -> None:
-    """A day of ``hot``'s customers taking 0.1% each twice an hour, then 30 in the last hour
-    before ``until`` (minutes): a withdrawal surge of its own."""
-    for i in range(46):
-        send(transfer(f"{hot}-C{i}", 1, wallet=hot, minutes=until - 24 * 60 + 30 * i))
-    for i in range(30):
-        send(transfer(f"{hot}-P{i}", 1, wallet=hot, minutes=until - 60 + 2 * i))
-
-
-@pytest.mark.parametrize("replicated", [False, True])
-def test_wallets_in_a_withdrawal_surge_of_their_own_lower_no_bar(replicated: bool) -> None:
-    # A market-wide panic: HOT1 and HOT2 pay out fifteen times their usual, and each freezes
-    # (a whale of 40%). Two freezes would lower the bar for every wallet (and a third freeze
-    # the fleet), but a surging wallet's freeze stands for itself: HOT3's 1.5% to a new address
-    # raises nothing, as on any day. With two replicas, the one that holds HOT3 alone reads the
-    # freezes off the alerts topic and counts them as they were counted where they were made.
-    if replicated:
-        replicas = Replicas(fleet(), keys("HOT3"))
-        send: Callable[[Transfer], Sequence[Alert]] = replicas.send
-    else:
-        engine = DetectionEngine(fleet())
-        send = engine.process
-    surge(send, "HOT1", until=0)
-    surge(send, "HOT2", until=1)
-    first = send(transfer("WHALE1", 400, wallet="HOT1", minutes=0))
-    second = send(transfer("WHALE2", 400, wallet="HOT2", minutes=1))
-    frozen = [a for a in (*first, *second) if a.freeze]
-    assert {a.wallet for a in frozen} == {"HOT1", "HOT2"}
-    assert all(a.metrics.get("incident_level") == "1" for a in frozen)
-    assert send(transfer("NEWCUSTOMER", 15, wallet="HOT3", minutes=8)) == []
 
 
 def test_an_approved_withdrawal_is_no_loss_to_an_open_incident() -> None:
