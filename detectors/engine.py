@@ -574,13 +574,9 @@ class DetectionEngine:
         incident_id: str | None = None
         others: list[str] = []
         correlator = self.correlator
-        # What the findings count as in the incident, when not what their alerts say (another
-        # replica reads it off them).
-        counted: int | None = None
-        if approved:
-            counted = level = 0
-        else:
-            level = max(self._level(f.detector, f.freeze, f.severity) for f in findings)
+        level = (
+            0 if approved else max(self._level(f.detector, f.freeze, f.severity) for f in findings)
+        )
         if correlator is not None and level >= 1:
             incident_id, others = correlator.observe(wallet.key, now, level)
             if incident_id is not None and level == 1 and correlator.lowered(now):
@@ -599,7 +595,7 @@ class DetectionEngine:
             for finding in findings
             if (
                 alert := self._alert(
-                    wallet, transfer, finding, detected_at, incident_id, counted=counted
+                    wallet, transfer, finding, detected_at, incident_id, approved=approved
                 )
             )
             is not None
@@ -994,13 +990,14 @@ class DetectionEngine:
         detected_at: datetime | None,
         incident_id: str | None = None,
         *,
-        counted: int | None = None,
+        approved: bool = False,
     ) -> Alert | None:
         now = transfer.epoch
         key = (wallet.key, finding.detector)
         last = self._emitted.get(key)
-        # Another replica counts the alert in the incident as it was counted here.
-        extra = {} if counted is None else {"incident_level": str(counted)}
+        # An approved outflow's findings count for nothing in the incident (see _alerts): another
+        # replica, which counts an alert by what it reads as, is told so.
+        extra = {"incident_level": "0"} if approved else {}
         freeze = finding.freeze
         severity = finding.severity
         if last is not None:

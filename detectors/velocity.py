@@ -725,7 +725,7 @@ class VelocityDetector:
             # The largest of ``seen`` days of payments comes about once in that time; one that
             # comes once in ``fresh_return_days`` lies ln(fresh_return_days / seen) tail scales
             # above it (exponential tails in log units: customers' log-normal sizes, whales).
-            seen_s = max(min(now - history.first_time, self._history_s), 86400.0)
+            seen_s = self._seen_s(history, now)
             steps = math.log(self.fresh_return_days * 86400 / seen_s)
             # In a withdrawal surge large payments come faster than usual, and the largest of
             # the hour lies higher: ln(rate ratio) tail scales higher.
@@ -1121,25 +1121,16 @@ class VelocityDetector:
         history = self._history_for(transfer, self.single_min_history_s)
         if history is None:
             return count
-        now = transfer.epoch
         num, den = self._large
         # The history's units in the state's scale (the history's is never finer).
-        bar = ref_c * num
         factor = 10 ** (state.scale - history.scale) * den
-        window_start, hour_start = now - self.fast_window_s, now - 3600
-        total = in_hour = 0
-        for when, units in history.ordinary(window_start):
-            if units * factor >= bar:
-                total += 1
-                in_hour += when >= hour_start
-        if total == 0:
+        sizes, seen_s, surge = self._ordinary_rate(
+            history, transfer.epoch, self.fast_window_s, ref_c * num, factor
+        )
+        if not sizes:
             return count
-        seen_s = max(min(now - history.first_time, self._history_s), 86400.0)
-        rate = total / seen_s
-        # The surge: the rest of the hour against its usual, taken as at least one payment (one
-        # large payment in an hour is no surge on a wallet that makes a few a day).
-        usual = max(rate * (3600 - self.fast_window_s), 1.0)
-        lam = rate * self.fast_window_s * max(1.0, in_hour / usual)
+        rate = len(sizes) / seen_s
+        lam = rate * self.fast_window_s * surge
         month = rate * 30 * 86400
         # P(N >= k - 1) for N ~ Poisson(lam), k = count, count + 1, ... (at most 3 more).
         term = math.exp(-lam)
@@ -1202,25 +1193,39 @@ class VelocityDetector:
         history = self._history_for(transfer, self.single_min_history_s)
         if history is None:
             return floor
-        now = transfer.epoch
         factor: int = 10 ** (state.scale - history.scale)  # the history's is never finer
-        span_start, hour_start = now - span_s, now - 3600
-        sizes: list[int] = []
-        in_hour = 0
-        for when, units in history.ordinary(span_start):
-            if units * factor >= floor:
-                sizes.append(units)
-                in_hour += when >= hour_start
+        sizes, seen_s, surge = self._ordinary_rate(history, transfer.epoch, span_s, floor, factor)
         if not sizes:
             return floor
-        seen_s = max(min(now - history.first_time, self._history_s), 86400.0)
-        rate = len(sizes) / seen_s
-        usual = max(rate * (3600 - span_s), 1.0) if span_s < 3600 else 1.0
-        surge = max(1.0, in_hour / usual)
         allowed = int(chance * seen_s / (span_s * surge))
         if len(sizes) <= allowed:
             return floor
         return heapq.nlargest(allowed + 1, sizes)[-1] * factor + 1
+
+    def _ordinary_rate(
+        self, history: _LargePayments, now: float, window_s: float, bar: int, factor: int
+    ) -> tuple[list[int], float, float]:
+        """The ordinary payments of ``history`` (see :meth:`_LargePayments.ordinary`) of at
+        least ``bar`` (``units * factor >= bar``) made before the last ``window_s`` (not the
+        payments being judged), how much history they were made in (see :meth:`_seen_s`), and
+        how many times faster than their rate in it the rest of the last hour brought them (at
+        least 1, the usual taken as at least one payment: one large payment in an hour is no
+        surge on a wallet that makes a few a day).
+        """
+        hour_start = now - 3600
+        sizes: list[int] = []
+        in_hour = 0
+        for when, units in history.ordinary(now - window_s):
+            if units * factor >= bar:
+                sizes.append(units)
+                in_hour += when >= hour_start
+        seen_s = self._seen_s(history, now)
+        usual = max(len(sizes) / seen_s * (3600 - window_s), 1.0)
+        return sizes, seen_s, max(1.0, in_hour / usual)
+
+    def _seen_s(self, history: _LargePayments, now: float) -> float:
+        """How much of the learned history ``history`` covers at ``now`` (at least a day)."""
+        return max(min(now - history.first_time, self._history_s), 86400.0)
 
     def _in_payout_batch(
         self, transfer: TransferView, fast: Window, ref: int, state: WalletState
