@@ -29,7 +29,7 @@ True
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Final, Protocol, TypeVar, runtime_checkable
@@ -579,6 +579,11 @@ class WalletState:
     there are.
     """
 
+    peers: Sequence[WalletState] = ()
+    """The states of this wallet's assets, this one too, when the engine keeps several: a thief
+    may test with one asset and drain another (CoinDCX, 2025: 1 USDT, then USDC an hour later).
+    They share one list, which a snapshot of the wallet's states carries."""
+
     def __init__(
         self,
         wallet: WalletConfig,
@@ -724,6 +729,34 @@ class WalletState:
         if self.now - seen.time >= self.new_destination_age_s and self._outgrows(seen.paid, units):
             return None
         return seen
+
+    def peer_first_seen(self, address: str) -> tuple[WalletState, FirstSeen] | None:
+        """The earliest first payment to ``address`` that another asset's state of this wallet
+        still remembers as recent (within its ``new_destination_age_s``), and that state.
+
+        >>> from datetime import UTC, datetime
+        >>> from drainwatch.config import WalletConfig
+        >>> from drainwatch.events import Direction, Transfer
+        >>> w = WalletConfig(chain="solana", address="HOT", label="sol-hot")
+        >>> usdt, usdc = WalletState(w, "USDT"), WalletState(w, "USDC")
+        >>> usdt.peers = usdc.peers = [usdt, usdc]
+        >>> t = Transfer.create(chain="solana", wallet="HOT", direction=Direction.OUT,
+        ...     counterparty="X", asset="USDT", amount=1, decimals=0, tx_hash="h1", position=0,
+        ...     time=datetime(2025, 7, 18, 21, 7, tzinfo=UTC))
+        >>> usdt.prepare(t); usdt.apply(t)
+        True
+        >>> peer, seen = usdc.peer_first_seen("X")
+        >>> peer.asset, seen.units, usdt.peer_first_seen("X"), usdc.peer_first_seen("Y")
+        ('USDT', 1, None, None)
+        """
+        found: tuple[WalletState, FirstSeen] | None = None
+        for peer in self.peers:
+            if peer is self:
+                continue
+            seen = peer._first_seen.get(address)
+            if seen is not None and (found is None or seen.time < found[1].time):
+                found = (peer, seen)
+        return found
 
     def _outgrows(self, paid: Paid, units: int | None) -> bool:
         return units is not None and outgrows(paid, self.now, units, self.outgrown_factor)

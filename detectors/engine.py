@@ -294,7 +294,15 @@ class DetectionEngine:
                 new_destination_age_s=self.new_destination_age_s,
             )
             self._states[key] = state
+            self._link_peers(wallet.chain, wallet.address)
         return state
+
+    def _link_peers(self, chain: str, address: str) -> None:
+        """Give the states of one wallet's assets one shared :attr:`WalletState.peers` list."""
+        group = [s for (c, a, _), s in self._states.items() if c == chain and a == address]
+        if len(group) > 1:
+            for state in group:
+                state.peers = group
 
     def _not_covered(self, entries: list[WalletConfig], asset: str) -> None:
         """Say once that a watched wallet moves an asset none of its entries covers: a config
@@ -392,6 +400,8 @@ class DetectionEngine:
         self._states = {
             k: v for k, v in self._states.items() if wallet_key(k[0], k[1]) not in keys
         } | held.states
+        for chain, address in {(c, a) for c, a, _ in held.states}:
+            self._link_peers(chain, address)  # a snapshot from before peers were kept
         self._emitted = {k: v for k, v in self._emitted.items() if k[0] not in keys} | held.emitted
         self._routes.clear()
         wallets = self._held(keys)

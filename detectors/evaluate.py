@@ -267,6 +267,9 @@ def _token_fleet(
     return tuple(out)
 
 
+_CROSS_THIEF = f"0x{0xC0FFEE:040x}"
+"""The cross-asset-test thief's address (one for both assets)."""
+
 DRAIN_DAY = 17.5
 """The day of the file most drains start on (at 15:00 UTC)."""
 DRAIN_DAYS = (7.0, 18.5)
@@ -480,6 +483,23 @@ def scenarios(quick: bool = False, drain_day: float = DRAIN_DAY) -> list[Scenari
                     (0, "USDT"): (one(at, "burst", 0.25, 4, 90),),
                     (1, "ETH"): (one(at + DAY, "burst", 0.25, 3, 90),),
                     (1, "USDT"): (one(at + DAY + 600, "fresh_fanout", 0.02, 30, 20),),
+                },
+            ),
+            days,
+            panic_days=(9, 14),
+        ),
+        Scenario(
+            "cross-asset-test",
+            "the CoinDCX pattern: a tiny USDT test, 62 min later 6 ETH transfers of ~2.5% "
+            "from the same address to the same new one, then 4 of ~5% of its USDT",
+            _token_fleet(
+                3,
+                {
+                    (2, "USDT"): (
+                        one(at, "test_then_drain", 0.0, 0, thief=_CROSS_THIEF),
+                        one(at + 4200, "burst", 0.05, 4, 60, thief=_CROSS_THIEF),
+                    ),
+                    (2, "ETH"): (one(at + 3720, "burst", 0.025, 6, 60, thief=_CROSS_THIEF),),
                 },
             ),
             days,

@@ -89,8 +89,12 @@ higher one:
   ``fresh_young_pair_s`` (1 h), each at least the floor and ``fresh_factor`` times the largest
   ordinary payment before the hour, freezes (whales come alone; a drain in spaced ~1.5% steps
   on a wallet in its second week does not);
-* **test then drain**: a tiny first transfer to a new address, then within ``test_window_s`` a
-  transfer of ``test_drain_share`` to it: freeze;
+* **test then drain**: a tiny first transfer to a new address, then within ``test_window_s``
+  (1 h) a transfer of ``test_drain_share`` to it: freeze. The test may come in another asset of
+  the same wallet, then within ``peer_test_window_s`` (3 h): CoinDCX's thief sent 1 USDT at
+  21:07 UTC and drained USDC and USDT from 22:09. (Customers pay an address a little and later
+  much in one asset: within 6 h instead of 1, 7 more false freezes on the blind replay's seed 0.
+  In another asset they did not.);
 * **cold wallet**: a cold wallet paying any address that is neither listed nor a configured
   counterparty: freeze.
 
@@ -134,6 +138,7 @@ from typing import Final
 from detectors.base import (
     Description,
     Finding,
+    FirstSeen,
     HeldWallets,
     Outflow,
     WalletState,
@@ -452,6 +457,7 @@ class VelocityDetector:
         total_warn_share: Decimal = Decimal("0.20"),
         fanout_min_share: Decimal = Decimal("0.01"),
         test_window_s: int = 3600,
+        peer_test_window_s: int = 3 * 3600,
         test_max_share: Decimal = Decimal("0.001"),
         test_drain_share: Decimal = Decimal("0.015"),
         min_rate_span_s: int = 60,
@@ -506,6 +512,7 @@ class VelocityDetector:
         self.total_warn_share = total_warn_share
         self.fanout_min_share = fanout_min_share
         self.test_window_s = test_window_s
+        self.peer_test_window_s = peer_test_window_s
         self.test_max_share = test_max_share
         self.test_drain_share = test_drain_share
         self.min_rate_span_s = min_rate_span_s
@@ -874,18 +881,36 @@ class VelocityDetector:
                     score = _ratio(to_dest_day, ref_b, float(self.bleed_freeze_share))
                     fired.append((level, score, "slow_bleed"))
 
-            if (
-                seen is not None
-                and now - seen.time <= self.test_window_s
-                and seen.units * self._test_max[1] <= ref_c * self._test_max[0]
-                and _reaches(units, ref_c, self._test_drain)
-            ):
+            if _reaches(units, ref_c, self._test_drain) and self._tested(state, dest, seen, ref_c):
                 score = max(1.0, _ratio(units, ref_c, float(self.test_drain_share)))
                 fired.append((2, score, "test_then_drain"))
 
         if not fired:
             return None
         return self._finding(transfer, state, units, fired)
+
+    def _tested(
+        self, state: WalletState, dest: str, seen: FirstSeen | None, ref: int
+    ) -> str | None:
+        """The tiny test ``dest`` had within ``test_window_s`` in this asset, or within
+        ``peer_test_window_s`` in another of the wallet's
+        (:attr:`~detectors.base.WalletState.peers`), if any ("1 USDT").
+
+        Tiny is at most ``test_max_share`` of the balance of the asset it came in (``ref``, the
+        reference balance, for this one).
+        """
+        num, den = self._test_max
+        if seen is not None:
+            if seen.time >= state.now - self.test_window_s and seen.units * den <= ref * num:
+                return f"{state.to_decimal_string(seen.units)} {state.asset}"
+        elif state.peers:
+            found = state.peer_first_seen(dest)
+            if found is not None:
+                peer, test = found
+                horizon = state.now - self.peer_test_window_s
+                if test.time >= horizon and test.units * den <= peer.balance_units() * num:
+                    return f"{peer.to_decimal_string(test.units)} {peer.asset}"
+        return None
 
     def _total(  # noqa: PLR0917 - what judge() already worked out
         self,
@@ -1407,9 +1432,10 @@ class VelocityDetector:
             f"{f'in {describe_duration(span)}' if span >= 1 else 'at once'} "
             f"to {n_dest} {what}{'es' if n_dest != 1 else ''}"
         )
-        seen = state.first_seen(dest, units)
-        if "test_then_drain" in rules and seen is not None:
-            summary += f" (after a {state.to_decimal_string(seen.units)} {state.asset} test)"
+        if "test_then_drain" in rules:
+            ref_c = state.reference_units(state.window(self.concentration_window_s))
+            test = self._tested(state, dest, state.first_seen(dest, units), ref_c)
+            summary += f" (after a {test} test)" if test else ""
         if "familiar_crowd" in rules and max(f[0] for f in fired) == 0:
             summary += " (no heavier than its busy hours this week)"
         elif "familiar_size" in rules and max(f[0] for f in fired) == 0:

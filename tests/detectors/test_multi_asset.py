@@ -7,6 +7,7 @@ and label; the address is one wallet to freeze.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -16,9 +17,10 @@ from typing import Any
 import orjson
 import pytest
 
-from detectors import run_backtest
+from detectors import DetectionEngine, run_backtest
 from detectors.traffic import DrainSpec, HotWalletSpec, config_toml, generate_traffic, write_jsonl
 from drainwatch.config import Config, ConfigError, loads
+from tests.detectors import factories
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
 DAYS = 10
@@ -132,3 +134,68 @@ def test_a_wallet_listed_twice_must_name_a_different_asset_each_time(
     with pytest.raises(ConfigError, match=reason) as info:
         loads(text, path="multi.toml")
     assert (info.value.line, info.value.key) == (line, key)
+
+
+def _coindcx(test_minutes_before: float, test_asset: str = "USDT") -> list[tuple[bool, str]]:
+    """A wallet paying USDT and USDC from one Solana address: a 1-unit test in ``test_asset`` to
+    a new address, then 2% of the USDC balance to it (too little for any other rule)."""
+    hot = [
+        factories.wallet("SOLHOT", chain="solana", asset=asset, balance="1000000", label=label)
+        for asset, label in (("USDT", "sol-hot-usdt"), ("USDC", "sol-hot-usdc"))
+    ]
+    engine = DetectionEngine(factories.config(*hot))
+    test = factories.transfer(
+        "THIEF", 1, wallet="SOLHOT", chain="solana", asset=test_asset, minutes=0, tx="test"
+    )
+    drain = factories.transfer(
+        "THIEF",
+        20_000,
+        wallet="SOLHOT",
+        chain="solana",
+        asset="USDC",
+        minutes=test_minutes_before,
+        tx="drain",
+    )
+    assert engine.process(test) == []
+    return [(a.freeze, a.summary) for a in engine.process(drain)]
+
+
+def test_a_tiny_test_in_one_asset_then_a_payment_in_another_to_it_freezes_as_test_then_drain() -> (
+    None
+):
+    # CoinDCX, 2025: 1 USDT at 21:07 UTC, the USDC drain from 22:09.
+    assert _coindcx(62) == [
+        (
+            True,
+            "2% of sol-hot-usdc drained at once to 1 new address (after a 1 USDT test); "
+            "980,000 USDC left, at this rate empty in 49 min",
+        )
+    ]
+    # Same asset, the one-hour window: an hour and two minutes is a customer's later payment.
+    assert _coindcx(62, test_asset="USDC") == []
+    assert _coindcx(50, test_asset="USDC")[0][0] is True
+    # Another asset's test counts for three hours.
+    assert _coindcx(179)[0][0] is True
+    assert _coindcx(181) == []
+
+
+def test_the_assets_of_a_wallet_restored_from_a_snapshot_still_see_each_others_tests() -> None:
+    hot = [
+        factories.wallet("SOLHOT", chain="solana", asset=asset, balance="1000000")
+        for asset in ("USDT", "USDC")
+    ]
+    config = factories.config(*hot)
+    saved = DetectionEngine(config)
+    for asset in ("USDC", "USDT"):  # both states exist before the snapshot
+        saved.process(
+            factories.transfer("CUSTOMER", 5, wallet="SOLHOT", chain="solana", asset=asset)
+        )
+    saved.process(
+        factories.transfer("THIEF", 1, wallet="SOLHOT", chain="solana", asset="USDT", minutes=1)
+    )
+    restored = DetectionEngine(config)
+    restored.restore(pickle.loads(pickle.dumps(saved.held_state({hot[0].key}))))
+    drain = factories.transfer(
+        "THIEF", 20_000, wallet="SOLHOT", chain="solana", asset="USDC", minutes=63
+    )
+    assert [a.freeze for a in restored.process(drain)] == [True]
