@@ -191,6 +191,10 @@ class Finding:
     transfer_ids: tuple[str, ...] = ()
     tx_hashes: tuple[str, ...] = ()
     describe: Callable[[], Description] | None = field(default=None, compare=False, repr=False)
+    crowd: bool = False
+    """A freeze on the evidence of mid-size payments to several new addresses, as a withdrawal
+    surge's customers make them: it freezes its wallet and joins it to an incident, but lowers
+    the bar for no other wallet (see :class:`~detectors.correlation.IncidentCorrelator`)."""
 
     def described(self) -> Finding:
         """This finding with its description filled in (itself when it has one)."""

@@ -7,7 +7,8 @@ members carries the same ``incident_id`` (derived from the first member's key an
 first finding, so a replay gives the same id), and the bar for freezing drops for every wallet of
 the exchange while it lasts:
 
-once ``min_frozen`` wallets have been frozen on:
+once ``min_frozen`` wallets have been frozen on within ``window_s``, other than by a crowd's
+evidence (below):
 
 * a member's warning becomes a freeze (``rule_correlated`` in its metrics);
 * a wallet that had only warned is frozen at once, by an alert of its own (the scoring, like the
@@ -15,13 +16,18 @@ once ``min_frozen`` wallets have been frozen on:
 * an outflow to a new address of at least ``watch_share`` of a wallet's balance, which alone would
   raise nothing, freezes that wallet too (more on a wallet whose customers pay that much so often
   that one would come by chance: see ``watch_chance``);
-* once ``fleet_frozen`` wallets have been frozen on, every other hot wallet of the exchange is
-  frozen at once, one alert each (the Phemex and KuCoin pattern: dozens of hot wallets
-  across chains emptied within minutes).
+* once ``fleet_frozen`` wallets have been so frozen on, every other hot wallet of the exchange
+  is frozen at once, one alert each (the Phemex and KuCoin pattern: dozens of hot wallets across
+  chains emptied within minutes).
 
-The engine tells it what a finding counts as: the lowered bar's own freezes count as warnings
-(one of them is no third wallet frozen on its own evidence), and a ledger-approved outflow's
-findings not at all.
+The engine tells it what a finding counts as (``level``): 1 a warning, 2 a freeze on a crowd's
+evidence, 3 any other freeze. A crowd's evidence is mid-size payments to several new addresses,
+as a withdrawal surge's customers make them: on a panic day two or three wallets freeze so by
+chance within the half hour, so such freezes open an incident (one page) but lower no bar. The
+lowered bar's own freezes count as warnings (one of them is no wallet frozen on its own
+evidence), and a ledger-approved outflow's findings not at all. A wallet counts as frozen on
+while its last such freeze is within ``window_s``: a panic's warnings keep a wallet's spell
+open for hours, and a whale frozen on at its start is not drained with the others.
 
 Times are event times and need not come in order: "within ``window_s``" holds both ways, so a
 detector that reads one partition hours ahead of another, or another replica's alert late, does
@@ -32,10 +38,12 @@ not join findings hours apart into an incident.
 (None, [])
 >>> c.observe("btc:B", 300.0, level=1)  # two warnings: a surge, maybe; not an incident
 (None, [])
->>> incident, others = c.observe("eth:A", 600.0, level=2)
+>>> incident, others = c.observe("eth:A", 600.0, level=3)
 >>> incident == c.incident_of("btc:B", 700.0), others, c.lowered(700.0)
 (True, [], False)
->>> c.observe("eth:D", 650.0, level=2)[1]  # a second wallet frozen on: the bar drops
+>>> c.observe("sol:E", 640.0, level=2)[1]  # a crowd's freeze: the bar stays
+[]
+>>> c.observe("eth:D", 650.0, level=3)[1]  # a second wallet frozen on: the bar drops
 ['btc:B', 'tron:C']
 >>> c.lowered(900.0), c.lowered(650.0 + 1800.0 + 1)
 (True, False)
@@ -67,10 +75,12 @@ class IncidentCorrelator:
     Args:
         window_s: Findings on different wallets this close in time belong together.
         min_wallets: Distinct wallets that make an incident.
-        min_frozen: Wallets a detector froze on, within ``window_s``, before the bar drops for
-            the others (one false freeze on a market-wide surge day must not cascade).
-        fleet_frozen: Wallets frozen on within ``window_s`` that freeze every hot wallet of the
-            exchange at once, once per incident (dozens of wallets emptied within minutes).
+        min_frozen: Wallets a detector froze on (level 3), within ``window_s``, before the bar
+            drops for the others (one false freeze on a market-wide surge day must not
+            cascade).
+        fleet_frozen: Wallets frozen on (level 3) within ``window_s`` that freeze every hot
+            wallet of the exchange at once, once per incident (dozens of wallets emptied within
+            minutes).
         watch_share: While an incident is open, an outflow to a new address of this share of the
             balance freezes.
         watch_chance: ... unless the wallet's own payments of that size to ordinary addresses
@@ -97,6 +107,8 @@ class IncidentCorrelator:
         self.watch_chance = watch_chance
         self._recent: dict[str, tuple[float, float, int]] = {}
         """wallet key -> (first abnormal time in this spell, last time, highest level)."""
+        self._struck: dict[str, tuple[float, float]] = {}
+        """wallet key -> (first, last) time of its level-3 findings in this spell."""
         self._incident: _Incident | None = None
         self._frozen: dict[str, float] = {}
         """wallet key -> when a freeze was last requested for it."""
@@ -116,27 +128,25 @@ class IncidentCorrelator:
             return None
         return incident
 
-    def _frozen_near(self, now: float) -> int:
-        return sum(
-            1
-            for first, last, level in self._recent.values()
-            if level >= 2 and self._near(first, last, now)
-        )
+    def _struck_near(self, now: float) -> int:
+        """Wallets frozen on, other than by a crowd's evidence, within ``window_s`` of ``now``."""
+        return sum(1 for first, last in self._struck.values() if self._near(first, last, now))
 
     def lowered(self, now: float) -> bool:
         """Whether the bar is lowered at ``now``: an open incident with ``min_frozen`` frozen."""
         if self._incident is None or self._open(now) is None:  # the first test is the hot path
             return False
-        return self._frozen_near(now) >= self.min_frozen
+        return self._struck_near(now) >= self.min_frozen
 
     def fleet_freeze_due(self, now: float) -> bool:
-        """True once per incident, when ``fleet_frozen`` wallets have been frozen on."""
+        """True once per incident, when ``fleet_frozen`` wallets have been frozen on other than
+        by a crowd's evidence."""
         incident = self._open(now)
         if incident is None:
             return False
         if self._fleet_done == incident.id:
             return False
-        if self._frozen_near(now) < self.fleet_frozen:
+        if self._struck_near(now) < self.fleet_frozen:
             return False
         self._fleet_done = incident.id
         return True
@@ -204,7 +214,8 @@ class IncidentCorrelator:
     def observe(
         self, wallet_key: str, now: float, level: int, incident_id: str | None = None
     ) -> tuple[str | None, list[str]]:
-        """Record an abnormal finding (``level`` 1 warning, 2 freeze) on ``wallet_key``.
+        """Record an abnormal finding (``level`` 1 warning, 2 a crowd's freeze, 3 a freeze) on
+        ``wallet_key``.
 
         Returns the incident id the wallet now belongs to (None when it is alone), and the other
         wallets that joined an incident just now with only warnings, which should be frozen now.
@@ -213,11 +224,15 @@ class IncidentCorrelator:
         out of time order; it passes the ``incident_id`` that replica gave it, which names the
         incident here too when none is open yet, so the replicas' alerts share one id.
         """
-        recent = self._recent
+        recent, struck = self._recent, self._struck
         for key in [k for k, (_, last, _) in recent.items() if now - last > self.window_s]:
             del recent[key]
+            struck.pop(key, None)
         first, last, highest = recent.get(wallet_key, (now, now, 0))
         recent[wallet_key] = (min(first, now), max(last, now), max(highest, level))
+        if level >= 3:
+            first, last = struck.get(wallet_key, (now, now))
+            struck[wallet_key] = (min(first, now), max(last, now))
         incident = self._incident
         if incident is not None and now - incident.last > self.window_s:
             incident = self._incident = None

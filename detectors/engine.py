@@ -585,7 +585,9 @@ class DetectionEngine:
         others: list[str] = []
         correlator = self.correlator
         level = (
-            0 if approved else max(self._level(f.detector, f.freeze, f.severity) for f in findings)
+            0
+            if approved
+            else max(self._level(f.detector, f.freeze, f.severity, f.crowd) for f in findings)
         )
         if correlator is not None and level >= 1:
             incident_id, others = correlator.observe(wallet.key, now, level)
@@ -668,12 +670,13 @@ class DetectionEngine:
             return ()
         return tuple(self.correlator.members(now))
 
-    def _level(self, detector: str, froze: bool, severity: Severity) -> int:
-        """What a finding counts as in the correlator: 2 a freeze, 1 a warning (or the freeze of
-        a detector whose freezes stand for its own wallet only), 0 nothing."""
+    def _level(self, detector: str, froze: bool, severity: Severity, crowd: bool = False) -> int:
+        """What a finding counts as in the correlator (see :class:`IncidentCorrelator`): 3 a
+        freeze, 2 a crowd's freeze (:attr:`Finding.crowd`), 1 a warning or the freeze of a
+        detector whose freezes stand for its own wallet only, 0 nothing."""
         if froze:
-            return 1 if detector in self._local else 2
-        return severity.rank
+            return 1 if detector in self._local else 2 if crowd else 3
+        return 3 if severity is Severity.CRITICAL else severity.rank
 
     def _incident_freezes(
         self,
@@ -763,8 +766,8 @@ class DetectionEngine:
             return []
         froze = alert.freeze or "would_freeze" in metrics or "freeze_suppressed" in metrics
         if "incident_level" in metrics:
-            # Counted otherwise than it reads where it was made: a ledger-approved outflow (see
-            # _alerts).
+            # Counted otherwise than it reads where it was made: a ledger-approved outflow, a
+            # crowd's freeze (see _alerts and _alert).
             level = int(metrics["incident_level"])
         elif "rule_correlated" in metrics:
             level = 1  # a warning the incident made a freeze
@@ -1005,9 +1008,16 @@ class DetectionEngine:
         now = transfer.epoch
         key = (wallet.key, finding.detector)
         last = self._emitted.get(key)
-        # An approved outflow's findings count for nothing in the incident (see _alerts): another
-        # replica, which counts an alert by what it reads as, is told so.
-        extra = {"incident_level": "0"} if approved else {}
+        # An approved outflow's findings count for nothing in the incident (see _alerts), a
+        # crowd's freeze for less than a freeze: another replica, which counts an alert by what
+        # it reads as, is told so.
+        extra = (
+            {"incident_level": "0"}
+            if approved
+            else {"incident_level": "2"}
+            if finding.crowd and finding.freeze
+            else {}
+        )
         freeze = finding.freeze
         severity = finding.severity
         if last is not None:

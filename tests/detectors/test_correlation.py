@@ -39,9 +39,9 @@ def test_incident_id_is_deterministic_and_shared() -> None:
     for _ in range(2):
         c = IncidentCorrelator()
         c.observe("nem:A", 0.0, 1)
-        incident, others = c.observe("eth:B", 100.0, 2)
+        incident, others = c.observe("eth:B", 100.0, 3)
         assert others == []  # one frozen wallet does not lower the bar yet
-        _, others = c.observe("btc:C", 150.0, 2)
+        _, others = c.observe("btc:C", 150.0, 3)
         assert others == ["nem:A"]
         assert incident is not None
         assert c.incident_of("nem:A", 200.0) == incident
@@ -54,9 +54,9 @@ def test_a_finding_read_from_another_replica_names_the_incident_it_opened_there(
     c.observe("nem:A", 100.0, 1)
     # Another replica's freeze, already in an incident there (it saw findings this one did not):
     # the incident opens here under that replica's id, and an earlier finding counts in order.
-    assert c.observe("eth:B", 90.0, 2, incident_id="theirs") == ("theirs", [])
+    assert c.observe("eth:B", 90.0, 3, incident_id="theirs") == ("theirs", [])
     assert c.incident_of("nem:A", 200.0) == "theirs"
-    _, others = c.observe("btc:C", 150.0, 2, incident_id="theirs")
+    _, others = c.observe("btc:C", 150.0, 3, incident_id="theirs")
     assert others == ["nem:A"]
     c.observe("tron:D", 80.0, 1)  # an older finding does not move the incident back in time
     assert c.incident_of("nem:A", 150.0 + 1800.0) == "theirs"
@@ -66,14 +66,31 @@ def test_findings_hours_apart_are_no_incident_in_whatever_order_they_come() -> N
     # A detector catching up reads one partition hours ahead of another: a freeze at 10:00 read
     # after one at 20:00 is not "within 30 minutes" of it.
     c = IncidentCorrelator()
-    c.observe("eth:A", 36_000.0, 2)
-    assert c.observe("eth:B", 0.0, 2) == (None, [])
+    c.observe("eth:A", 36_000.0, 3)
+    assert c.observe("eth:B", 0.0, 3) == (None, [])
     assert not c.lowered(0.0)
-    incident, _ = c.observe("eth:C", 36_100.0, 2)
+    incident, _ = c.observe("eth:C", 36_100.0, 3)
     assert incident is not None
     assert c.incident_of("eth:A", 36_200.0) == incident
     assert c.incident_of("eth:B", 36_200.0) is None
-    assert c.observe("eth:D", 100.0, 2) == (None, [])  # hours before the open incident
+    assert c.observe("eth:D", 100.0, 3) == (None, [])  # hours before the open incident
+
+
+def test_a_wallet_frozen_hours_ago_counts_no_more_though_it_still_warns() -> None:
+    # A panic: a whale's payment froze eth:A at 10:00, and A has warned every 20 minutes since,
+    # which keeps its spell (and so its membership) open. At 12:00 two other wallets freeze:
+    # A is no wallet frozen with them, so the fleet is not frozen; a third at 12:05 does it.
+    c = IncidentCorrelator(window_s=1800)
+    c.observe("eth:A", 0.0, 3)
+    for k in range(1, 7):
+        c.observe("eth:A", 1200.0 * k, 1)
+    c.observe("btc:B", 7200.0, 3)
+    c.observe("tron:C", 7230.0, 3)
+    assert c.lowered(7230.0)  # B and C: two frozen on within the half hour
+    assert not c.fleet_freeze_due(7230.0)
+    assert c.incident_of("eth:A", 7230.0) is not None  # still a member, by its warnings
+    c.observe("sol:D", 7500.0, 3)
+    assert c.fleet_freeze_due(7500.0)
 
 
 def test_two_frozen_wallets_freeze_a_wallet_that_only_warned_and_lower_the_bar() -> None:
@@ -214,6 +231,43 @@ def test_three_wallets_frozen_within_minutes_freeze_the_whole_hot_fleet() -> Non
     # Once per incident: the next drain transfer does not freeze the fleet again.
     again = engine.process(transfer("T4", 300, wallet="HOT3", minutes=5))
     assert not any(a.freeze and a.wallet == "HOT2" for a in again)
+
+
+def test_crowds_freezes_on_three_wallets_are_one_incident_that_lowers_no_bar() -> None:
+    # A panic day: on three wallets, customers each take 2.1% to new addresses within minutes,
+    # which the large-pair and burst rules freeze. That is a crowd's evidence: it lowers the
+    # bar (the third wallet's first such payment is frozen by it), but three such within the
+    # half hour come by chance: the rest of the fleet (HOT2, HOT4) is not frozen.
+    config = fleet().model_copy(update={"wallets": (*fleet().wallets, wallet("HOT4"))})
+    engine = DetectionEngine(config)
+    topic: list[Alert] = []
+    for minute, hot in enumerate(("HOT1", "0xE0", "HOT3")):
+        chain, asset = ("ethereum", "ETH") if hot.startswith("0x") else ("nem", "XEM")
+        for i in range(3):
+            topic += engine.process(
+                transfer(f"C{hot}{i}", 21, wallet=hot, chain=chain, asset=asset, minutes=minute)
+            )
+    crowd = [a for a in topic if a.freeze and a.detector == "velocity"]
+    assert {a.wallet.upper() for a in crowd} == {"HOT1", "0XE0", "HOT3"}
+    assert all({"rule_burst", "rule_large_pair"} & a.metrics.keys() for a in crowd)
+    assert {a.metrics["incident_level"] for a in crowd} == {"2"}
+    assert {a.wallet for a in topic if a.freeze} == {"HOT1", "0xe0", "HOT3"}
+    assert crowd[0].incident_id is None  # alone, it was no incident yet
+    assert len({a.incident_id for a in crowd[1:]} - {None}) == 1
+    correlator = engine.correlator
+    assert correlator is not None
+    assert not correlator.lowered(at(3).timestamp())
+    assert engine.process(transfer("T2", 15, wallet="HOT2", minutes=4)) == []
+    # Another replica counts them as this one did.
+    reader = DetectionEngine(config, owns=lambda key: False)
+    assert [a for alert in topic for a in reader.process_alert(alert)] == []
+    assert reader.correlator is not None
+    assert not reader.correlator.lowered(at(3).timestamp())
+    # Three wallets frozen on one thief's address each (40% at once) do freeze the fleet.
+    drained: list[Alert] = []
+    for minute, hot in enumerate(("HOT1", "HOT3", "HOT2")):
+        drained += engine.process(transfer("THIEF", 400, wallet=hot, minutes=30 + minute))
+    assert "HOT4" in {a.wallet for a in drained if a.freeze}
 
 
 class _RateRule(FixedRule):
