@@ -234,6 +234,8 @@ class DetectionEngine:
             internal.setdefault(chain, set()).add(wallet.address)
         self._internal = {chain: frozenset(addresses) for chain, addresses in internal.items()}
         self._states: dict[tuple[str, str, str], WalletState] = {}
+        self._peers: dict[tuple[str, str], list[WalletState]] = {}
+        """(chain, address) -> the states of that wallet's assets (:attr:`WalletState.peers`)."""
         self._emitted: dict[tuple[str, str], _Emitted] = {}
         self._ledgers = [d for d in self.detectors if isinstance(d, LedgerReconciliation)]
         self._velocity = next((d for d in self.detectors if isinstance(d, VelocityDetector)), None)
@@ -294,15 +296,23 @@ class DetectionEngine:
                 new_destination_age_s=self.new_destination_age_s,
             )
             self._states[key] = state
-            self._link_peers(wallet.chain, wallet.address)
+            group = self._peers.setdefault(key[:2], [])
+            group.append(state)
+            if len(group) > 1:  # one list, shared: the others see this state too
+                for peer in group:
+                    peer.peers = group
         return state
 
-    def _link_peers(self, chain: str, address: str) -> None:
-        """Give the states of one wallet's assets one shared :attr:`WalletState.peers` list."""
-        group = [s for (c, a, _), s in self._states.items() if c == chain and a == address]
-        if len(group) > 1:
-            for state in group:
-                state.peers = group
+    def _link_peers(self) -> None:
+        """Give the states of each wallet's assets one shared :attr:`WalletState.peers` list."""
+        groups: dict[tuple[str, str], list[WalletState]] = {}
+        for (chain, address, _), state in self._states.items():
+            groups.setdefault((chain, address), []).append(state)
+        for group in groups.values():
+            if len(group) > 1:
+                for state in group:
+                    state.peers = group
+        self._peers = groups
 
     def _not_covered(self, entries: list[WalletConfig], asset: str) -> None:
         """Say once that a watched wallet moves an asset none of its entries covers: a config
@@ -400,8 +410,7 @@ class DetectionEngine:
         self._states = {
             k: v for k, v in self._states.items() if wallet_key(k[0], k[1]) not in keys
         } | held.states
-        for chain, address in {(c, a) for c, a, _ in held.states}:
-            self._link_peers(chain, address)  # a snapshot from before peers were kept
+        self._link_peers()
         self._emitted = {k: v for k, v in self._emitted.items() if k[0] not in keys} | held.emitted
         self._routes.clear()
         wallets = self._held(keys)
