@@ -94,7 +94,9 @@ higher one:
   the same wallet, then within ``peer_test_window_s`` (3 h): CoinDCX's thief sent 1 USDT at
   21:07 UTC and drained USDC and USDT from 22:09. (Customers pay an address a little and later
   much in one asset: within 6 h instead of 1, 7 more false freezes on the blind replay's seed 0.
-  In another asset they did not.);
+  Neither generator has customers paid in two assets at one address, so what the rule across
+  assets costs is not measured: a whale who takes a little of the chain's coin for fees, then
+  1.5% of a token, within 3 h, is frozen.);
 * **cold wallet**: a cold wallet paying any address that is neither listed nor a configured
   counterparty: freeze.
 
