@@ -16,14 +16,16 @@ evidence (below):
 * an outflow to a new address of at least ``watch_share`` of a wallet's balance, which alone would
   raise nothing, freezes that wallet too (more on a wallet whose customers pay that much so often
   that one would come by chance: see ``watch_chance``);
-* once ``fleet_frozen`` wallets have been so frozen on, every other hot wallet of the exchange
-  is frozen at once, one alert each (the Phemex and KuCoin pattern: dozens of hot wallets across
-  chains emptied within minutes).
+* once ``fleet_frozen`` wallets have been so frozen on, or ``fleet_heavy`` that each lost at
+  least ``heavy_share`` of its balance, every other hot wallet of the exchange is frozen at once,
+  one alert each (the Phemex and KuCoin pattern: dozens of hot wallets across chains emptied
+  within minutes).
 
 The engine tells it what a finding counts as (``level``): 1 a warning, 2 a freeze on a crowd's
-evidence, 3 any other freeze. A crowd's evidence is mid-size payments to several new addresses,
-as a withdrawal surge's customers make them: on a panic day two or three wallets freeze so by
-chance within the half hour, so such freezes open an incident (one page) but lower no bar. The
+evidence, 3 any other freeze, 4 one of a wallet that lost ``heavy_share`` of its balance. A
+crowd's evidence is mid-size payments to several new addresses, as a withdrawal surge's
+customers make them: on a panic day two or three wallets freeze so by chance within the half
+hour, so such freezes open an incident (one page) but lower no bar. The
 lowered bar's own freezes count as warnings (one of them is no wallet frozen on its own
 evidence), and a ledger-approved outflow's findings not at all. A wallet counts as frozen on
 while its last such freeze is within ``window_s``: a panic's warnings keep a wallet's spell
@@ -86,6 +88,10 @@ class IncidentCorrelator:
         watch_chance: ... unless the wallet's own payments of that size to ordinary addresses
             come within ``window_s`` more often than this (a chance per incident): then the bar
             is above all but that many of them (0: always ``watch_share``).
+        fleet_heavy: Wallets frozen on within ``window_s`` as each lost at least
+            ``heavy_share`` of its balance (level 4) that freeze the fleet too, before a third
+            is frozen (0: off).
+        heavy_share: See ``fleet_heavy``; the engine tells which freezes are so (level 4).
     """
 
     def __init__(
@@ -97,6 +103,8 @@ class IncidentCorrelator:
         fleet_frozen: int = 3,
         watch_share: Decimal = Decimal("0.01"),
         watch_chance: float = 0.01,
+        fleet_heavy: int = 2,
+        heavy_share: Decimal = Decimal("0.5"),
     ) -> None:
         self.window_s = window_s
         self.min_wallets = min_wallets
@@ -105,10 +113,14 @@ class IncidentCorrelator:
         self._fleet_done: str | None = None
         self.watch_share = watch_share
         self.watch_chance = watch_chance
+        self.fleet_heavy = fleet_heavy
+        self.heavy_share = heavy_share
         self._recent: dict[str, tuple[float, float, int]] = {}
         """wallet key -> (first abnormal time in this spell, last time, highest level)."""
         self._struck: dict[str, tuple[float, float]] = {}
         """wallet key -> (first, last) time of its level-3 findings in this spell."""
+        self._gutted: dict[str, tuple[float, float]] = {}
+        """wallet key -> (first, last) time of its level-4 findings in this spell."""
         self._incident: _Incident | None = None
         self._frozen: dict[str, float] = {}
         """wallet key -> when a freeze was last requested for it."""
@@ -128,9 +140,11 @@ class IncidentCorrelator:
             return None
         return incident
 
-    def _struck_near(self, now: float) -> int:
-        """Wallets frozen on, other than by a crowd's evidence, within ``window_s`` of ``now``."""
-        return sum(1 for first, last in self._struck.values() if self._near(first, last, now))
+    def _struck_near(self, now: float, spells: dict[str, tuple[float, float]] | None = None) -> int:
+        """Wallets frozen on, other than by a crowd's evidence, within ``window_s`` of ``now``
+        (of ``spells``: the level-3 ones by default)."""
+        spells = self._struck if spells is None else spells
+        return sum(1 for first, last in spells.values() if self._near(first, last, now))
 
     def lowered(self, now: float) -> bool:
         """Whether the bar is lowered at ``now``: an open incident with ``min_frozen`` frozen."""
@@ -146,7 +160,9 @@ class IncidentCorrelator:
             return False
         if self._fleet_done == incident.id:
             return False
-        if self._struck_near(now) < self.fleet_frozen:
+        if self._struck_near(now) < self.fleet_frozen and not (
+            self.fleet_heavy and self._struck_near(now, self._gutted) >= self.fleet_heavy
+        ):
             return False
         self._fleet_done = incident.id
         return True
@@ -214,8 +230,8 @@ class IncidentCorrelator:
     def observe(
         self, wallet_key: str, now: float, level: int, incident_id: str | None = None
     ) -> tuple[str | None, list[str]]:
-        """Record an abnormal finding (``level`` 1 warning, 2 a crowd's freeze, 3 a freeze) on
-        ``wallet_key``.
+        """Record an abnormal finding (``level`` 1 warning, 2 a crowd's freeze, 3 a freeze, 4 a
+        freeze of a wallet that lost at least ``heavy_share``) on ``wallet_key``.
 
         Returns the incident id the wallet now belongs to (None when it is alone), and the other
         wallets that joined an incident just now with only warnings, which should be frozen now.
@@ -224,15 +240,17 @@ class IncidentCorrelator:
         out of time order; it passes the ``incident_id`` that replica gave it, which names the
         incident here too when none is open yet, so the replicas' alerts share one id.
         """
-        recent, struck = self._recent, self._struck
+        recent, struck, gutted = self._recent, self._struck, self._gutted
         for key in [k for k, (_, last, _) in recent.items() if now - last > self.window_s]:
             del recent[key]
             struck.pop(key, None)
+            gutted.pop(key, None)
         first, last, highest = recent.get(wallet_key, (now, now, 0))
         recent[wallet_key] = (min(first, now), max(last, now), max(highest, level))
-        if level >= 3:
-            first, last = struck.get(wallet_key, (now, now))
-            struck[wallet_key] = (min(first, now), max(last, now))
+        for spells, at_least in ((struck, 3), (gutted, 4)):
+            if level >= at_least:
+                first, last = spells.get(wallet_key, (now, now))
+                spells[wallet_key] = (min(first, now), max(last, now))
         incident = self._incident
         if incident is not None and now - incident.last > self.window_s:
             incident = self._incident = None

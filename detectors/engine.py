@@ -40,6 +40,7 @@ import math
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from detectors.approval import ApprovalView
 from detectors.base import (
@@ -593,10 +594,17 @@ class DetectionEngine:
         incident_id: str | None = None
         others: list[str] = []
         correlator = self.correlator
+        if not approved and any(f.freeze for f in findings):
+            # A freeze is alerted, so described, in any case: how much of the wallet it saw go
+            # tells the incident whether the wallet was emptied.
+            findings = [f.described() if f.freeze else f for f in findings]
         level = (
             0
             if approved
-            else max(self._level(f.detector, f.freeze, f.severity, f.crowd) for f in findings)
+            else max(
+                self._level(f.detector, f.freeze, f.severity, f.crowd, f.metrics.get("share"))
+                for f in findings
+            )
         )
         if correlator is not None and level >= 1:
             incident_id, others = correlator.observe(wallet.key, now, level)
@@ -679,12 +687,27 @@ class DetectionEngine:
             return ()
         return tuple(self.correlator.members(now))
 
-    def _level(self, detector: str, froze: bool, severity: Severity, crowd: bool = False) -> int:
-        """What a finding counts as in the correlator (see :class:`IncidentCorrelator`): 3 a
-        freeze, 2 a crowd's freeze (:attr:`Finding.crowd`), 1 a warning or the freeze of a
+    def _level(
+        self,
+        detector: str,
+        froze: bool,
+        severity: Severity,
+        crowd: bool = False,
+        share: str | None = None,
+    ) -> int:
+        """What a finding counts as in the correlator (see :class:`IncidentCorrelator`): 4 the
+        freeze of a wallet that lost at least its ``heavy_share`` (the finding's ``share``), 3
+        a freeze, 2 a crowd's freeze (:attr:`Finding.crowd`), 1 a warning or the freeze of a
         detector whose freezes stand for its own wallet only, 0 nothing."""
         if froze:
-            return 1 if detector in self._local else 2 if crowd else 3
+            if detector in self._local:
+                return 1
+            if crowd:
+                return 2
+            correlator = self.correlator
+            if correlator and share is not None and Decimal(share) >= correlator.heavy_share:
+                return 4
+            return 3
         return 3 if severity is Severity.CRITICAL else severity.rank
 
     def _incident_freezes(
@@ -781,7 +804,7 @@ class DetectionEngine:
         elif "rule_correlated" in metrics:
             level = 1  # a warning the incident made a freeze
         else:
-            level = self._level(alert.detector, froze, alert.severity)
+            level = self._level(alert.detector, froze, alert.severity, share=metrics.get("share"))
         if level < 1:
             return []
         incident_id, others = correlator.observe(key, now, level, alert.incident_id)

@@ -521,6 +521,13 @@ def scenarios(quick: bool = False, drain_day: float = DRAIN_DAY) -> list[Scenari
             panic_days=(9, 14),
         ),
         Scenario(
+            "many-wallets-huge",
+            "Phemex pattern: 5 wallets on 3 chains, each ~80% at once, 2.5 minutes apart",
+            _fleet(8, drains={i: (one(at + 150 * i, "single", 0.8),) for i in range(5)}),
+            days,
+            panic_days=(9, 14),
+        ),
+        Scenario(
             "many-wallets-small",
             "6 wallets drained in 1.5% steps to one address each, within the same half hour",
             _fleet(

@@ -270,6 +270,28 @@ def test_crowds_freezes_on_three_wallets_are_one_incident_that_lowers_no_bar() -
     assert "HOT4" in {a.wallet for a in drained if a.freeze}
 
 
+@pytest.mark.parametrize(("share", "freezes_fleet"), [(600, True), (400, False)])
+def test_two_wallets_half_emptied_within_minutes_freeze_the_fleet(
+    share: int, freezes_fleet: bool
+) -> None:
+    # Phemex 2025: the thief emptied 80-90% of hot wallet after hot wallet, minutes apart. Two
+    # wallets that each lost half or more are frozen with the rest of the fleet at once (HOT2,
+    # HOT3 had sent nothing yet); two that lost 40% (whales of that size come, now and then)
+    # wait for a third.
+    engine = DetectionEngine(fleet())
+    first = engine.process(transfer("T1", share, wallet="HOT1", minutes=0))
+    assert [a.freeze for a in first] == [True]
+    second = engine.process(
+        transfer("0xb", share, wallet="0xE0", chain="ethereum", asset="ETH", minutes=3)
+    )
+    frozen = {a.wallet for a in second if a.freeze}
+    assert frozen == ({"0xe0", "HOT2", "HOT3"} if freezes_fleet else {"0xe0"})
+    # Another replica, reading the two alerts, comes to the same (it holds HOT2 and HOT3).
+    reader = DetectionEngine(fleet(), owns=lambda key: key in {"nem:HOT2", "nem:HOT3"})
+    read = [a for alert in [*first, *second] for a in reader.process_alert(alert)]
+    assert {a.wallet for a in read if a.freeze} == ({"HOT2", "HOT3"} if freezes_fleet else set())
+
+
 class _RateRule(FixedRule):
     """The fixed rule, marked as a rate detector whose freezes stand for their wallet only."""
 
