@@ -29,7 +29,8 @@ True
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Hashable, Iterable, Sequence
+import weakref
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Final, Protocol, TypeVar, runtime_checkable
@@ -583,10 +584,28 @@ class WalletState:
     there are.
     """
 
-    peers: Sequence[WalletState] = ()
-    """The states of this wallet's assets, this one too, when the engine keeps several: a thief
-    may test with one asset and drain another (CoinDCX, 2025: 1 USDT, then USDC an hour later).
-    They share one list, which a snapshot of the wallet's states carries."""
+    _peer_refs: tuple[weakref.ReferenceType[WalletState], ...] = ()
+
+    @property
+    def peers(self) -> list[WalletState]:
+        """The states of this wallet's other assets, as the engine links them
+        (:meth:`link_peers`): a thief may test with one asset and drain another (CoinDCX, 2025:
+        1 USDT, then USDC an hour later)."""
+        return [peer for ref in self._peer_refs if (peer := ref()) is not None]
+
+    def link_peers(self, states: Iterable[WalletState]) -> None:
+        """Know ``states`` (this wallet's, in other assets) as :attr:`peers`.
+
+        Weakly: states that held each other would be cycles, which the backtest, its cycle
+        collector paused, must not leave; and a snapshot does not carry them (the engine links
+        the states it restores again).
+        """
+        self._peer_refs = tuple(weakref.ref(s) for s in states if s is not self)
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        state.pop("_peer_refs", None)
+        return state
 
     def __init__(
         self,
@@ -743,7 +762,7 @@ class WalletState:
         >>> from drainwatch.events import Direction, Transfer
         >>> w = WalletConfig(chain="solana", address="HOT", label="sol-hot")
         >>> usdt, usdc = WalletState(w, "USDT"), WalletState(w, "USDC")
-        >>> usdt.peers = usdc.peers = [usdt, usdc]
+        >>> usdt.link_peers([usdc]); usdc.link_peers([usdt])
         >>> t = Transfer.create(chain="solana", wallet="HOT", direction=Direction.OUT,
         ...     counterparty="X", asset="USDT", amount=1, decimals=0, tx_hash="h1", position=0,
         ...     time=datetime(2025, 7, 18, 21, 7, tzinfo=UTC))
@@ -755,8 +774,6 @@ class WalletState:
         """
         found: tuple[WalletState, FirstSeen] | None = None
         for peer in self.peers:
-            if peer is self:
-                continue
             seen = peer._first_seen.get(address)
             if seen is not None and (found is None or seen.time < found[1].time):
                 found = (peer, seen)

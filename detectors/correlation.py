@@ -117,10 +117,9 @@ class IncidentCorrelator:
         self.heavy_share = heavy_share
         self._recent: dict[str, tuple[float, float, int]] = {}
         """wallet key -> (first abnormal time in this spell, last time, highest level)."""
-        self._struck: dict[str, tuple[float, float]] = {}
-        """wallet key -> (first, last) time of its level-3 findings in this spell."""
-        self._gutted: dict[str, tuple[float, float]] = {}
-        """wallet key -> (first, last) time of its level-4 findings in this spell."""
+        self._struck: dict[int, dict[str, tuple[float, float]]] = {3: {}, 4: {}}
+        """level -> wallet key -> (first, last) time of its findings of at least that level in
+        this spell."""
         self._incident: _Incident | None = None
         self._frozen: dict[str, float] = {}
         """wallet key -> when a freeze was last requested for it."""
@@ -140,10 +139,10 @@ class IncidentCorrelator:
             return None
         return incident
 
-    def _struck_near(self, now: float, spells: dict[str, tuple[float, float]] | None = None) -> int:
-        """Wallets frozen on, other than by a crowd's evidence, within ``window_s`` of ``now``
-        (of ``spells``: the level-3 ones by default)."""
-        spells = self._struck if spells is None else spells
+    def _struck_near(self, now: float, level: int = 3) -> int:
+        """Wallets frozen on, other than by a crowd's evidence (level 3; 4: as they lost
+        ``heavy_share``), within ``window_s`` of ``now``."""
+        spells = self._struck[level]
         return sum(1 for first, last in spells.values() if self._near(first, last, now))
 
     def lowered(self, now: float) -> bool:
@@ -161,7 +160,7 @@ class IncidentCorrelator:
         if self._fleet_done == incident.id:
             return False
         if self._struck_near(now) < self.fleet_frozen and not (
-            self.fleet_heavy and self._struck_near(now, self._gutted) >= self.fleet_heavy
+            self.fleet_heavy and self._struck_near(now, level=4) >= self.fleet_heavy
         ):
             return False
         self._fleet_done = incident.id
@@ -240,14 +239,14 @@ class IncidentCorrelator:
         out of time order; it passes the ``incident_id`` that replica gave it, which names the
         incident here too when none is open yet, so the replicas' alerts share one id.
         """
-        recent, struck, gutted = self._recent, self._struck, self._gutted
+        recent, struck = self._recent, self._struck
         for key in [k for k, (_, last, _) in recent.items() if now - last > self.window_s]:
             del recent[key]
-            struck.pop(key, None)
-            gutted.pop(key, None)
+            for spells in struck.values():
+                spells.pop(key, None)
         first, last, highest = recent.get(wallet_key, (now, now, 0))
         recent[wallet_key] = (min(first, now), max(last, now), max(highest, level))
-        for spells, at_least in ((struck, 3), (gutted, 4)):
+        for at_least, spells in struck.items():
             if level >= at_least:
                 first, last = spells.get(wallet_key, (now, now))
                 spells[wallet_key] = (min(first, now), max(last, now))

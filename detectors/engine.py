@@ -299,21 +299,24 @@ class DetectionEngine:
             self._states[key] = state
             group = self._peers.setdefault(key[:2], [])
             group.append(state)
-            if len(group) > 1:  # one list, shared: the others see this state too
-                for peer in group:
-                    peer.peers = group
+            for peer in group:
+                peer.link_peers(group)
         return state
 
     def _link_peers(self) -> None:
-        """Give the states of each wallet's assets one shared :attr:`WalletState.peers` list."""
+        """Link the states of each wallet's assets as :attr:`WalletState.peers` (after a
+        restore, an adoption or an unpickling: a snapshot does not carry the links)."""
         groups: dict[tuple[str, str], list[WalletState]] = {}
         for (chain, address, _), state in self._states.items():
             groups.setdefault((chain, address), []).append(state)
         for group in groups.values():
-            if len(group) > 1:
-                for state in group:
-                    state.peers = group
+            for state in group:
+                state.link_peers(group)
         self._peers = groups
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._link_peers()
 
     def _not_covered(self, entries: list[WalletConfig], asset: str) -> None:
         """Say once that a watched wallet moves an asset none of its entries covers: a config
@@ -368,6 +371,7 @@ class DetectionEngine:
             adopt(theirs)
         if self.correlator is not None and other.correlator is not None:
             self.correlator.adopt_frozen(other.correlator)
+        self._link_peers()
 
     def held_state(self, keys: Collection[str]) -> HeldState:
         """What this engine knows of the wallets with these bus keys, for a state snapshot.

@@ -908,7 +908,7 @@ class VelocityDetector:
         if seen is not None:
             if seen.time >= state.now - self.test_window_s and seen.units * den <= ref * num:
                 return f"{state.to_decimal_string(seen.units)} {state.asset}"
-        elif state.peers:
+        else:
             found = state.peer_first_seen(dest)
             if found is not None:
                 peer, test = found

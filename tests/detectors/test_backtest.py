@@ -637,6 +637,19 @@ print(summary.freezes, gc.collect())
 """
 
 
+def replay_garbage(config: str, transfers: str, ledger: str, out: Path) -> tuple[int, int]:
+    """Replay in a fresh interpreter with the cycle collector off: (freezes, cyclic garbage)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _CYCLES, config, transfers, ledger, str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    freezes, garbage = map(int, result.stdout.split())
+    return freezes, garbage
+
+
 @pytest.mark.parametrize("ledger", [False, True])
 def test_a_replay_leaves_no_cyclic_garbage(
     scenario: CoincheckScenario, tmp_path: Path, ledger: bool
@@ -645,15 +658,12 @@ def test_a_replay_leaves_no_cyclic_garbage(
     # sound while the replay frees everything by reference counting, alerts and freezes included.
     # In a fresh interpreter: other tests' server threads make garbage of their own meanwhile.
     ledger_arg = str(scenario.ledger_path) if ledger else ""
-    args = [str(scenario.config_path), str(scenario.transfers_path), ledger_arg]
-    result = subprocess.run(
-        [sys.executable, "-c", _CYCLES, *args, str(tmp_path / "alerts.jsonl")],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parents[2],
+    freezes, garbage = replay_garbage(
+        str(scenario.config_path),
+        str(scenario.transfers_path),
+        ledger_arg,
+        tmp_path / "alerts.jsonl",
     )
-    freezes, garbage = map(int, result.stdout.split())
     assert freezes > 0
     assert garbage == 0
 
