@@ -24,7 +24,7 @@ from drainwatch.app import run_pipeline
 from drainwatch.bus import TopicPartition
 from drainwatch.bus.kafka import KafkaBus
 from drainwatch.config import Config, load
-from drainwatch.events import FREEZES, FreezeOrder, decode
+from drainwatch.events import FREEZES, FreezeOrder, TransferStatus, decode
 from tests.harness.configs import anvil_wallets_toml
 from tests.harness.services import AnvilFactory, AnvilService, KafkaService
 from tests.harness.waiting import wait_for
@@ -241,23 +241,30 @@ def test_a_drain_while_the_broker_is_down_is_frozen_once_it_is_back(
     timeline_path = Path(cfg.alerts.timeline_path)
     logs = stage_logs(procs, tmp_path)
 
-    def recorded() -> int:
+    def recorded(status: TransferStatus | None = None) -> list[tuple[str, str]]:
+        """(tx hash, status) of each recorded transfer, of one status or all."""
         if not timeline_path.exists():
-            return 0
+            return []
         timeline = Timeline(str(timeline_path))
         try:
-            return len(timeline.transfers())
+            rows = [
+                (r.transfer.tx_hash.lower(), r.transfer.status.value) for r in timeline.transfers()
+            ]
         finally:
             timeline.close()
+        return [r for r in rows if status is None or r[1] == status.value]
+
+    def confirmed() -> int:
+        return len(recorded(TransferStatus.CONFIRMED))
 
     try:
-        for i in range(6):
-            send(anvil, hot, fresh_address(i), 5 * ETH)
-        wait_for(lambda: recorded() >= 6, 90, "the ordinary withdrawals recorded", context=logs)
+        sent = [send(anvil, hot, fresh_address(i), 5 * ETH).lower() for i in range(6)]
+        wait_for(lambda: confirmed() >= 6, 90, "the ordinary withdrawals recorded", context=logs)
         kafka.kill()
         attacker = fresh_address(999)
-        send(anvil, hot, attacker, 1)
+        sent.append(send(anvil, hot, attacker, 1).lower())
         big = send(anvil, hot, attacker, 2_000 * ETH)
+        sent.append(big)
         time.sleep(5.0)
         assert not killswitch.store.is_frozen(CHAIN, hot)
         kafka.start()
@@ -274,7 +281,13 @@ def test_a_drain_while_the_broker_is_down_is_frozen_once_it_is_back(
         if not kafka.running:
             kafka.start()
     assert_one_freeze(killswitch, hot, big, timeline_path)
-    assert recorded() == 8  # the watched wallet's transfers, each once
+    # The watched wallet's transactions, each confirmed once. The watcher may also have caught
+    # one in the pool in the instant before anvil mined it: that sighting is its own record (a
+    # transfer's key is its id and status), never a retraction.
+    rows = recorded()
+    assert sorted(tx for tx, _ in recorded(TransferStatus.CONFIRMED)) == sorted(sent), rows
+    assert {tx for tx, status in rows if status == TransferStatus.PENDING} <= set(sent), rows
+    assert all(status != TransferStatus.RETRACTED for _, status in rows), rows
 
 
 def test_drain_on_anvil_is_frozen_through_kafka_with_one_process_per_stage(
