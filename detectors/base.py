@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import bisect
 import weakref
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Collection, Hashable, Iterable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Final, Protocol, TypeVar, runtime_checkable
@@ -753,9 +753,12 @@ class WalletState:
             return None
         return seen
 
-    def peer_first_seen(self, address: str) -> tuple[WalletState, FirstSeen] | None:
+    def peer_first_seen(
+        self, address: str, skip: Collection[str] = ()
+    ) -> tuple[WalletState, FirstSeen] | None:
         """The earliest first payment to ``address`` that another asset's state of this wallet
-        still remembers as recent (within its ``new_destination_age_s``), and that state.
+        still remembers as recent (within its ``new_destination_age_s``), and that state; the
+        assets in ``skip`` are not looked at.
 
         >>> from datetime import UTC, datetime
         >>> from drainwatch.config import WalletConfig
@@ -771,9 +774,13 @@ class WalletState:
         >>> peer, seen = usdc.peer_first_seen("X")
         >>> peer.asset, seen.units, usdt.peer_first_seen("X"), usdc.peer_first_seen("Y")
         ('USDT', 1, None, None)
+        >>> usdc.peer_first_seen("X", skip={"USDT"}) is None
+        True
         """
         found: tuple[WalletState, FirstSeen] | None = None
         for peer in self.peers:
+            if peer.asset in skip:
+                continue
             seen = peer._first_seen.get(address)
             if seen is not None and (found is None or seen.time < found[1].time):
                 found = (peer, seen)

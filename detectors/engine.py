@@ -126,7 +126,7 @@ def _approved(finding: Finding) -> Finding:
 def default_detectors(config: Config, reconcile: bool = False) -> list[Detector]:
     """The detectors live mode and the backtest both run, with the config's thresholds."""
     return [
-        VelocityDetector.from_config(config.detection),
+        VelocityDetector.from_config(config.detection, config.chains),
         BaselineDetector(),
         LedgerReconciliation(
             active=reconcile,

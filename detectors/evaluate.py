@@ -599,10 +599,12 @@ def scenarios(quick: bool = False, drain_day: float = DRAIN_DAY) -> list[Scenari
 def variants() -> list[Scenario]:
     """Fleets no default was tuned on (``drainwatch evaluate --variants``), no drain in them:
     made in the fourteenth session, after the defaults, to see how the false freezes and
-    warnings hold on traffic shaped otherwise than the scenarios', as a hidden replay's may be.
+    warnings hold on traffic shaped otherwise than the scenarios', as a hidden replay's may be
+    (``token-gas`` in the twenty-sixth, to measure what the test-then-drain rule across assets
+    cost; it no longer takes the chain's coin for a test of a token since).
 
     >>> len(variants()), variants()[0].name
-    (10, 'quiet')
+    (11, 'quiet')
     """
     fleet = _fleet(6)
 
@@ -638,6 +640,16 @@ def variants() -> list[Scenario]:
         ("cycle-10min", "payouts in batches every 10 minutes", _fleet(6, payout_cycle_s=600)),
         ("busy-10k", "10,000 withdrawals a day", _fleet(2, withdrawals_per_day=10000)),
         ("whales-10pw", "ten whales a week", _fleet(6, whales_per_week=10)),
+        (
+            "token-gas",
+            "3 wallets paying ETH and USDT from one address each, ten USDT whales a week; a tenth "
+            "of the USDT payments to new addresses (customers' and whales') come 1-90 min after "
+            "$5-100 of ETH for fees to the same address (added in the 26th session)",
+            tuple(
+                replace(w, gas_share=0.1, whales_per_week=10) if w.asset == "USDT" else w
+                for w in _token_fleet(3, {})
+            ),
+        ),
     ]
     return [
         _drain_free(name, f"variant, no drain: {about}", wallets, 101 + number)

@@ -128,6 +128,13 @@ class HotWalletSpec:
     withdrawal_fee_share: float = 0.0
     """A fixed withdrawal fee, as a share of the working balance, taken from each payment: the
     ledger approves the amount asked for, the transfer pays it less the fee."""
+    gas_share: float = 0.0
+    """The share of this asset's withdrawals to an address it never paid before (customers' and
+    whales') that a withdrawal of ``gas_asset`` from the same address to the same receiver comes
+    1-90 minutes before: a customer moving a token to a new wallet of their own first takes a
+    little of the chain's coin ($5-100) to pay its fees. ``gas_asset`` must be another listed
+    wallet entry of this address, simulated in the same run."""
+    gas_asset: str = "ETH"
 
 
 @dataclass
@@ -219,10 +226,14 @@ def generate_traffic(
     """
     traffic = Traffic()
     panics = tuple(sorted({*panic_days, *(() if panic_day is None else (panic_day,))}))
+    gas: list[tuple[float, HotWalletSpec, str]] = []
     for index, spec in enumerate(wallets):
         # A simulation, not cryptography: a seeded, reproducible generator is the point.
         rng = random.Random(f"{seed}:{index}")  # noqa: S311
-        _simulate(spec, start, days, rng, panics=panics, traffic=traffic)
+        # Its own numbers, so that traffic without fee withdrawals is drawn as it always was.
+        gas_rng = random.Random(f"{seed}:{index}:gas")  # noqa: S311
+        _simulate(spec, start, days, rng, panics=panics, traffic=traffic, gas=(gas_rng, gas))
+    _pay_gas(wallets, start, random.Random(f"{seed}:gas"), gas, traffic)  # noqa: S311
     traffic.transfers.sort(key=lambda row: row["ts"])
     traffic.ledger.sort(key=lambda row: row["ts"])
     return traffic
@@ -236,6 +247,7 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
     *,
     panics: tuple[int, ...],
     traffic: Traffic,
+    gas: tuple[random.Random, list[tuple[float, HotWalletSpec, str]]],
 ) -> None:
     scale = 10**spec.decimals
     target = int(spec.balance * scale)
@@ -315,6 +327,7 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
         )
 
     fee = int(target * spec.withdrawal_fee_share)
+    paid: set[str] = set()  # receivers already paid, with gas_share
 
     def pay_out(t: float, receiver: str, units: int) -> int:
         """An approved withdrawal asked for at ``t``: sent at once, or in the next batch, less
@@ -327,6 +340,10 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
             approve(t, receiver, units)
         sent = max(units - fee, 1) if fee else units
         emit(t, spec.address, receiver, sent)
+        if spec.gas_share > 0 and receiver not in paid:
+            paid.add(receiver)
+            if gas[0].random() < spec.gas_share:
+                gas[1].append((t, spec, receiver))
         return sent
 
     def customer() -> str:
@@ -396,6 +413,51 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
 
 def _one(t: float) -> float:
     return 1.0
+
+
+def _pay_gas(
+    wallets: Sequence[HotWalletSpec],
+    start: datetime,
+    rng: random.Random,
+    requests: list[tuple[float, HotWalletSpec, str]],
+    traffic: Traffic,
+) -> None:
+    """Each of ``requests`` (a withdrawal at ``t`` from a wallet entry to a new receiver): a
+    withdrawal of the entry's ``gas_asset`` worth $5-100 to that receiver from the same address,
+    1-90 minutes before, approved in the ledger as every withdrawal is. Too small to matter to the
+    coin's simulated balance, which does not see it."""
+    coins = {(w.chain, w.address, w.asset): w for w in wallets}
+    for number, (t, spec, receiver) in enumerate(requests):
+        coin = coins.get((spec.chain, spec.address, spec.gas_asset))
+        if coin is None or coin.usd_price is None:
+            raise ValueError(f"{spec.label}: no priced {spec.gas_asset} entry of its address")
+        at = max(t - rng.uniform(60, 5400), 0)
+        usd = Decimal(str(round(rng.uniform(5, 100), 2)))
+        units = int(usd / coin.usd_price * 10**coin.decimals)
+        amount = format_units(units, coin.decimals)
+        moment = start + timedelta(seconds=int(at))
+        traffic.transfers.append(
+            {
+                "ts": _iso(moment),
+                "chain": coin.chain,
+                "asset": coin.asset,
+                "tx_hash": _hexhash(rng),
+                "from": coin.address,
+                "to": receiver,
+                "amount": amount,
+                "usd_value": float(usd),
+            }
+        )
+        traffic.ledger.append(
+            {
+                "ts": _iso(moment - timedelta(seconds=int(rng.uniform(5, 240)))),
+                "chain": coin.chain,
+                "asset": coin.asset,
+                "to": receiver,
+                "amount": amount,
+                "withdrawal_id": f"{coin.label}-gas-{number + 1}",
+            }
+        )
 
 
 def write_jsonl(path: Path, rows: Iterable[Row]) -> Path:

@@ -357,3 +357,30 @@ def test_a_withdrawal_fee_is_taken_from_the_payment_not_the_approval() -> None:
     paid = [r for r in traffic.transfers if r["from"] == "HOT" and r["to"] not in ("COLD",)]
     assert len(paid) > 100
     assert all((r["to"], Decimal(r["amount"]) + 10) in approved for r in paid)
+
+
+def test_customers_taking_a_token_to_a_new_address_may_first_take_coin_for_its_fees() -> None:
+    eth = replace(HOT, chain="ethereum", asset="ETH", address="0xhot", cold_address="0xcold")
+    eth = replace(
+        eth, label="eth-hot", balance=Decimal(20000), decimals=18, usd_price=Decimal(3000)
+    )
+    usdt = replace(eth, asset="USDT", label="usdt-hot", balance=Decimal(10**7), decimals=6)
+    usdt = replace(usdt, usd_price=Decimal(1), gas_share=0.5)
+    plain = generate_traffic([eth, replace(usdt, gas_share=0.0)], START, days=2, seed=5)
+    traffic = generate_traffic([eth, usdt], START, days=2, seed=5)
+    before = {r["tx_hash"] for r in plain.transfers}
+    # Everything else is drawn as without it.
+    assert before <= {r["tx_hash"] for r in traffic.transfers}
+    gas = [r for r in traffic.transfers if r["tx_hash"] not in before]
+    assert all(r["asset"] == "ETH" and r["from"] == "0xhot" for r in gas)
+    assert all(5 <= r["usd_value"] <= 100 for r in gas)
+    first_usdt: dict[str, datetime] = {}
+    for r in traffic.transfers:
+        if r["asset"] == "USDT" and r["from"] == "0xhot":
+            first_usdt.setdefault(r["to"], datetime.fromisoformat(r["ts"]))
+    waits = [(first_usdt[r["to"]] - datetime.fromisoformat(r["ts"])).total_seconds() for r in gas]
+    assert all(59 <= wait <= 5400 for wait in waits)
+    # About half the new receivers; each with its approval.
+    assert 0.4 < len(gas) / len(first_usdt) < 0.6
+    approved = {(a["to"], a["amount"]) for a in traffic.ledger if a["asset"] == "ETH"}
+    assert all((r["to"], r["amount"]) in approved for r in gas)

@@ -19,7 +19,7 @@ import pytest
 
 from detectors import DetectionEngine, run_backtest
 from detectors.traffic import DrainSpec, HotWalletSpec, config_toml, generate_traffic, write_jsonl
-from drainwatch.config import Config, ConfigError, loads
+from drainwatch.config import ChainConfig, Config, ConfigError, loads
 from tests.detectors import factories
 from tests.detectors.test_backtest import replay_garbage
 
@@ -137,22 +137,34 @@ def test_a_wallet_listed_twice_must_name_a_different_asset_each_time(
     assert (info.value.line, info.value.key) == (line, key)
 
 
-def _coindcx(test_minutes_before: float, test_asset: str = "USDT") -> list[tuple[bool, str]]:
-    """A wallet paying USDT and USDC from one Solana address: a 1-unit test in ``test_asset`` to
-    a new address, then 2% of the USDC balance to it (too little for any other rule)."""
+def _coindcx(
+    test_minutes_before: float,
+    test_asset: str = "USDT",
+    *,
+    chain: str = "solana",
+    coin: str = "SOL",
+    chains: dict[str, ChainConfig] | None = None,
+) -> list[tuple[bool, str]]:
+    """A wallet paying USDT, USDC and ``coin`` from one address on ``chain``: a 1-unit test in
+    ``test_asset`` to a new address, then 2% of the USDC balance to it (too little for any other
+    rule)."""
     hot = [
-        factories.wallet("SOLHOT", chain="solana", asset=asset, balance="1000000", label=label)
-        for asset, label in (("USDT", "sol-hot-usdt"), ("USDC", "sol-hot-usdc"))
+        factories.wallet("SOLHOT", chain=chain, asset=asset, balance="1000000", label=label)
+        for asset, label in (
+            ("USDT", "sol-hot-usdt"),
+            ("USDC", "sol-hot-usdc"),
+            (coin, f"sol-hot-{coin.lower()}"),
+        )
     ]
-    engine = DetectionEngine(factories.config(*hot))
+    engine = DetectionEngine(factories.config(*hot).model_copy(update={"chains": chains or {}}))
     test = factories.transfer(
-        "THIEF", 1, wallet="SOLHOT", chain="solana", asset=test_asset, minutes=0, tx="test"
+        "THIEF", 1, wallet="SOLHOT", chain=chain, asset=test_asset, minutes=0, tx="test"
     )
     drain = factories.transfer(
         "THIEF",
         20_000,
         wallet="SOLHOT",
-        chain="solana",
+        chain=chain,
         asset="USDC",
         minutes=test_minutes_before,
         tx="drain",
@@ -178,6 +190,19 @@ def test_a_tiny_test_in_one_asset_then_a_payment_in_another_to_it_freezes_as_tes
     # Another asset's test counts for three hours.
     assert _coindcx(179)[0][0] is True
     assert _coindcx(181) == []
+
+
+def test_a_little_of_the_chains_coin_before_a_token_is_money_for_fees_not_a_test() -> None:
+    # A customer moving USDC to a new wallet of their own first takes some SOL for its fees.
+    assert _coindcx(30, test_asset="SOL") == []
+    # A chain the detector does not know: its coin is a test like any other asset ...
+    assert _coindcx(30, test_asset="GLMR", chain="moonbeam", coin="GLMR")[0][0] is True
+    # ... until the config names it the chain's native coin.
+    moonbeam = ChainConfig(kind="evm", rpc=("http://127.0.0.1:9",), native_symbol="GLMR")
+    glmr = _coindcx(
+        30, test_asset="GLMR", chain="moonbeam", coin="GLMR", chains={"moonbeam": moonbeam}
+    )
+    assert glmr == []
 
 
 def test_the_assets_of_a_wallet_restored_from_a_snapshot_still_see_each_others_tests() -> None:
