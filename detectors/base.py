@@ -250,10 +250,11 @@ class Outflow:
         return self.source.tx_hash
 
 
-Paid = tuple[float, int, int, float, int]
+Paid = tuple[float, int, int, float, int, int]
 """What a wallet paid one destination: (last payment's time, largest payment before the current
-day, largest payment of the current day, when the current day began, sum of the current day).
-A "day" runs from the first payment after the previous one ended."""
+day, largest payment of the current day, when the current day began, sum of the current day,
+largest sum of a day before the current one). A "day" runs from the first payment after the
+previous one ended."""
 
 _DAY_S: Final = 86400.0
 
@@ -263,38 +264,40 @@ _Kept = Paid | tuple[float, int]
 
 
 def _kept(paid: Paid) -> _Kept:
-    last, before, peak, since, total = paid
+    last, before, peak, since, total, _ = paid
     return (since, total) if before == 0 and last == since and peak == total else paid
 
 
 def _paid(kept: _Kept) -> Paid:
     if len(kept) == 2:
         since, units = kept
-        return (since, 0, units, since, units)
+        return (since, 0, units, since, units, 0)
     return kept
 
 
 def paid_first(now: float, units: int) -> Paid:
     """The record of a destination paid ``units`` for the first time at ``now``."""
-    return (now, 0, units, now, units)
+    return (now, 0, units, now, units, 0)
 
 
 def paid_more(paid: Paid, now: float, units: int) -> Paid:
     """``paid`` after one more payment of ``units`` at ``now``.
 
     >>> paid_more(paid_more(paid_first(0.0, 5), 60.0, 7), 90000.0, 3)
-    (90000.0, 7, 3, 90000.0, 3)
+    (90000.0, 7, 3, 90000.0, 3, 12)
     """
-    last, before, peak, since, total = paid
+    last, before, peak, since, total, before_day = paid
     if now - since >= _DAY_S:
-        return (max(last, now), max(before, peak), units, now, units)
-    return (max(last, now), before, max(peak, units), since, total + units)
+        return (max(last, now), max(before, peak), units, now, units, max(before_day, total))
+    return (max(last, now), before, max(peak, units), since, total + units, before_day)
 
 
 def outgrows(paid: Paid, now: float, units: int, factor: int) -> bool:
     """Whether paying ``units`` at ``now`` takes the destination's day beyond ``factor`` times
-    the largest payment it had before that day (a familiar address vouches for payments like
-    those it had, not for many times as much, at once or spread over the day).
+    the largest payment it had before that day, and beyond ``factor`` times its largest day
+    before (a familiar address vouches for payments like those it had, not for many times as
+    much, at once or spread over the day; an address many customers are paid to, another
+    exchange's shared deposit address, has days of many payments).
 
     >>> warmed = paid_first(0.0, 5)  # a customer-sized withdrawal...
     >>> outgrows(warmed, 3 * 86400.0, 100, 20), outgrows(warmed, 3 * 86400.0, 101, 20)
@@ -302,11 +305,17 @@ def outgrows(paid: Paid, now: float, units: int, factor: int) -> bool:
     >>> bleed = paid_more(warmed, 3 * 86400.0, 40)  # ...then 40 at a time, days later
     >>> outgrows(bleed, 3 * 86400.0 + 1200, 40, 20), outgrows(bleed, 3 * 86400.0 + 2400, 61, 20)
     (False, True)
+    >>> hub = paid_first(0.0, 5)
+    >>> for minute in range(1, 100):  # a hundred payments of 5 in a day...
+    ...     hub = paid_more(hub, minute * 60.0, 5)
+    >>> outgrows(hub, 2 * 86400.0, 10_000, 20), outgrows(hub, 2 * 86400.0, 10_001, 20)
+    (False, True)
     """
-    _, before, peak, since, total = paid
+    _, before, peak, since, total, before_day = paid
     if now - since >= _DAY_S:
-        before, total = max(before, peak), 0
-    return factor > 0 and total + units > factor * before
+        before, before_day, total = max(before, peak), max(before_day, total), 0
+    day = total + units
+    return factor > 0 and day > factor * before and day > factor * before_day
 
 
 class FirstSeen:
@@ -565,7 +574,9 @@ class WalletState:
             "mid-size": larger than nearly every customer withdrawal.
         outgrown_factor: A destination first paid long ago is familiar only for payments like
             those it had: a payment that takes its day's total beyond this many times the largest
-            payment it had before that day makes it new again (first seen now), so a
+            payment it had before that day, and this many times its largest day before (another
+            exchange's shared deposit address has days of many payments), makes it new again
+            (first seen now), so a
             customer-sized payment days before a drain does not make the thief's address
             familiar, whether the drain comes at once or bleeds. 0 turns this off. (10 also made
             a whale's reused address new for a payment 17 times its last, and added 12% to the
@@ -741,7 +752,7 @@ class WalletState:
         beginning of time (only that it is familiar is kept), and one not paid for
         ``remember_s`` is forgotten: it counts as new again. So does one paid long ago when
         ``units`` takes its day beyond ``outgrown_factor`` times the largest payment it had
-        before that day (see :func:`outgrows`).
+        before that day and its largest day (see :func:`outgrows`).
         """
         seen = self._first_seen.get(address)
         if seen is None:
@@ -866,9 +877,10 @@ class WalletState:
             paid = first_seen.pop(address).paid
             earlier = familiar.get(address)
             if earlier is not None:  # a destination new again keeps the most it had before
-                _, before_then, peak_then, _, _ = _paid(earlier)
-                last, before, peak, since, total = paid
-                paid = (last, max(before, before_then, peak_then), peak, since, total)
+                _, before_then, peak_then, _, total_then, day_then = _paid(earlier)
+                last, before, peak, since, total, before_day = paid
+                before = max(before, before_then, peak_then)
+                paid = (last, before, peak, since, total, max(before_day, day_then, total_then))
             familiar[address] = _kept(paid)
         if now >= self._forget_at:
             # A sixth of the memory span at a time (the scan is over every familiar address): a
@@ -989,8 +1001,8 @@ class WalletState:
 
 
 def _scaled(paid: Paid, factor: int) -> Paid:
-    last, before, peak, since, total = paid
-    return (last, before * factor, peak * factor, since, total * factor)
+    last, before, peak, since, total, before_day = paid
+    return (last, before * factor, peak * factor, since, total * factor, before_day * factor)
 
 
 @runtime_checkable

@@ -604,7 +604,7 @@ def variants() -> list[Scenario]:
     cost; it no longer takes the chain's coin for a test of a token since).
 
     >>> len(variants()), variants()[0].name
-    (11, 'quiet')
+    (12, 'quiet')
     """
     fleet = _fleet(6)
 
@@ -640,6 +640,13 @@ def variants() -> list[Scenario]:
         ("cycle-10min", "payouts in batches every 10 minutes", _fleet(6, payout_cycle_s=600)),
         ("busy-10k", "10,000 withdrawals a day", _fleet(2, withdrawals_per_day=10000)),
         ("whales-10pw", "ten whales a week", _fleet(6, whales_per_week=10)),
+        (
+            "shared-deposits",
+            "three in ten withdrawals (customers' and whales') go to four other exchanges' shared "
+            "deposit addresses, half of those to one, as on chains with memos (added in the 26th "
+            "session)",
+            changed(shared_share=0.3),
+        ),
         (
             "token-gas",
             "3 wallets paying ETH and USDT from one address each, ten USDT whales a week; a tenth "

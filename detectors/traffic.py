@@ -135,6 +135,11 @@ class HotWalletSpec:
     little of the chain's coin ($5-100) to pay its fees. ``gas_asset`` must be another listed
     wallet entry of this address, simulated in the same run."""
     gas_asset: str = "ETH"
+    shared_share: float = 0.0
+    """The share of customers' and whales' withdrawals that go to other exchanges' shared deposit
+    addresses (four, the first taking half of them), as on chains where a deposit is told apart
+    by a memo or destination tag (XRP, XLM, EOS, TON, ...): a few addresses take many payments a
+    day each, and a panic's share of them together."""
 
 
 @dataclass
@@ -145,6 +150,10 @@ class Traffic:
     ledger: list[Row] = field(default_factory=list)
     malicious: list[Row] = field(default_factory=list)
     """The drain transfers (also in ``transfers``)."""
+
+
+_SHARED_WEIGHTS = (0.5, 0.25, 0.15, 0.1)
+"""How ``shared_share``'s payments spread over the shared deposit addresses."""
 
 
 def _iso(moment: datetime) -> str:
@@ -230,9 +239,10 @@ def generate_traffic(
     for index, spec in enumerate(wallets):
         # A simulation, not cryptography: a seeded, reproducible generator is the point.
         rng = random.Random(f"{seed}:{index}")  # noqa: S311
-        # Its own numbers, so that traffic without fee withdrawals is drawn as it always was.
-        gas_rng = random.Random(f"{seed}:{index}:gas")  # noqa: S311
-        _simulate(spec, start, days, rng, panics=panics, traffic=traffic, gas=(gas_rng, gas))
+        # Its own numbers for the habits that are off by default (gas_share, shared_share), so
+        # that traffic without them is drawn as it always was.
+        side = random.Random(f"{seed}:{index}:gas")  # noqa: S311
+        _simulate(spec, start, days, rng, panics=panics, traffic=traffic, side=side, gas=gas)
     _pay_gas(wallets, start, random.Random(f"{seed}:gas"), gas, traffic)  # noqa: S311
     traffic.transfers.sort(key=lambda row: row["ts"])
     traffic.ledger.sort(key=lambda row: row["ts"])
@@ -247,7 +257,8 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
     *,
     panics: tuple[int, ...],
     traffic: Traffic,
-    gas: tuple[random.Random, list[tuple[float, HotWalletSpec, str]]],
+    side: random.Random,
+    gas: list[tuple[float, HotWalletSpec, str]],
 ) -> None:
     scale = 10**spec.decimals
     target = int(spec.balance * scale)
@@ -342,11 +353,15 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
         emit(t, spec.address, receiver, sent)
         if spec.gas_share > 0 and receiver not in paid:
             paid.add(receiver)
-            if gas[0].random() < spec.gas_share:
-                gas[1].append((t, spec, receiver))
+            if side.random() < spec.gas_share:
+                gas.append((t, spec, receiver))
         return sent
 
+    shared = [f"{spec.address[:8]}DEPOSIT{i}" for i in range(len(_SHARED_WEIGHTS))]
+
     def customer() -> str:
+        if spec.shared_share > 0 and side.random() < spec.shared_share:
+            return side.choices(shared, _SHARED_WEIGHTS)[0]
         if customers and rng.random() < 0.2:
             return rng.choice(customers)
         receiver = _address(rng, spec)
@@ -393,6 +408,8 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
             if units > balance * 0.9:
                 continue
             receiver = rng.choice(whales) if rng.random() < 0.5 else _address(rng, spec)
+            if spec.shared_share > 0 and side.random() < spec.shared_share:
+                receiver = side.choices(shared, _SHARED_WEIGHTS)[0]
             balance -= pay_out(t, receiver, units)
         elif kind == "deposit":
             units = int(target * _share(rng, 0.0006, 0.0001, 0.006))

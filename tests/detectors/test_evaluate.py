@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -384,3 +385,17 @@ def test_customers_taking_a_token_to_a_new_address_may_first_take_coin_for_its_f
     assert 0.4 < len(gas) / len(first_usdt) < 0.6
     approved = {(a["to"], a["amount"]) for a in traffic.ledger if a["asset"] == "ETH"}
     assert all((r["to"], r["amount"]) in approved for r in gas)
+
+
+def test_other_exchanges_shared_deposit_addresses_take_their_share_of_withdrawals() -> None:
+    spec = replace(HOT, balance=Decimal(10**6), shared_share=0.3)
+    traffic = generate_traffic([spec], START, days=2, seed=5)
+    paid = Counter(r["to"] for r in traffic.transfers if r["from"] == "HOT" and r["to"] != "COLD")
+    shared = {to: n for to, n in paid.items() if "DEPOSIT" in to}
+    assert len(shared) == 4
+    assert 0.25 < sum(shared.values()) / sum(paid.values()) < 0.35
+    assert 0.4 < max(shared.values()) / sum(shared.values()) < 0.6  # the first takes half
+    # Without it, no address is paid more than a handful of times.
+    plain = generate_traffic([replace(spec, shared_share=0.0)], START, days=2, seed=5)
+    assert max(Counter(r["to"] for r in plain.transfers if r["from"] == "HOT").values()) < 10
+    assert min(shared.values()) > 40
