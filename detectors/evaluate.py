@@ -641,13 +641,6 @@ def variants() -> list[Scenario]:
         ("busy-10k", "10,000 withdrawals a day", _fleet(2, withdrawals_per_day=10000)),
         ("whales-10pw", "ten whales a week", _fleet(6, whales_per_week=10)),
         (
-            "shared-deposits",
-            "three in ten withdrawals (customers' and whales') go to four other exchanges' shared "
-            "deposit addresses, half of those to one, as on chains with memos (added in the 26th "
-            "session)",
-            changed(shared_share=0.3),
-        ),
-        (
             "token-gas",
             "3 wallets paying ETH and USDT from one address each, ten USDT whales a week; a tenth "
             "of the USDT payments to new addresses (customers' and whales') come 1-90 min after "
@@ -656,6 +649,13 @@ def variants() -> list[Scenario]:
                 replace(w, gas_share=0.1, whales_per_week=10) if w.asset == "USDT" else w
                 for w in _token_fleet(3, {})
             ),
+        ),
+        (
+            "shared-deposits",
+            "three in ten withdrawals (customers' and whales') go to four other exchanges' shared "
+            "deposit addresses, half of those to one, as on chains with memos (added in the 26th "
+            "session)",
+            changed(shared_share=0.3),
         ),
     ]
     return [
