@@ -604,7 +604,7 @@ def variants() -> list[Scenario]:
     cost; it no longer takes the chain's coin for a test of a token since).
 
     >>> len(variants()), variants()[0].name
-    (12, 'quiet')
+    (13, 'quiet')
     """
     fleet = _fleet(6)
 
@@ -656,6 +656,12 @@ def variants() -> list[Scenario]:
             "deposit addresses, half of those to one, as on chains with memos (added in the 26th "
             "session)",
             changed(shared_share=0.3),
+        ),
+        (
+            "shared-deposit-moved",
+            "shared-deposits, and on day 12 at 10:00 the busiest shared address moves to a new "
+            "one (added in the 26th session)",
+            changed(shared_share=0.3, shared_moved_s=12 * DAY + 10 * 3600),
         ),
     ]
     return [

@@ -140,6 +140,9 @@ class HotWalletSpec:
     addresses (four, the first taking half of them), as on chains where a deposit is told apart
     by a memo or destination tag (XRP, XLM, EOS, TON, ...): a few addresses take many payments a
     day each, and a panic's share of them together."""
+    shared_moved_s: float | None = None
+    """From this many seconds after the traffic starts, the busiest shared deposit address is
+    another, never paid before (its exchange moved its deposits to a new address)."""
 
 
 @dataclass
@@ -357,11 +360,14 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
                 gas.append((t, spec, receiver))
         return sent
 
-    shared = [f"{spec.address[:8]}DEPOSIT{i}" for i in range(len(_SHARED_WEIGHTS))]
+    def shared(t: float) -> str:
+        i = side.choices(range(len(_SHARED_WEIGHTS)), _SHARED_WEIGHTS)[0]
+        moved = spec.shared_moved_s is not None and i == 0 and t >= spec.shared_moved_s
+        return f"{spec.address[:8]}DEPOSIT{'MOVED' if moved else i}"
 
-    def customer() -> str:
+    def customer(t: float) -> str:
         if spec.shared_share > 0 and side.random() < spec.shared_share:
-            return side.choices(shared, _SHARED_WEIGHTS)[0]
+            return shared(t)
         if customers and rng.random() < 0.2:
             return rng.choice(customers)
         receiver = _address(rng, spec)
@@ -400,7 +406,7 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
             units = int(target * _share(rng, 0.0005 * boost, 0.0001, spec.customer_cap))
             if units > balance * 0.9 or units <= 0:
                 continue  # the exchange queues it until the next top-up
-            receiver = customer()
+            receiver = customer(t)
             balance -= pay_out(t, receiver, units)
         elif kind == "whale":
             share = _share(rng, 0.01, 0.005, 0.1) if spec.whale_tail else rng.uniform(0.005, 0.03)
@@ -409,7 +415,7 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
                 continue
             receiver = rng.choice(whales) if rng.random() < 0.5 else _address(rng, spec)
             if spec.shared_share > 0 and side.random() < spec.shared_share:
-                receiver = side.choices(shared, _SHARED_WEIGHTS)[0]
+                receiver = shared(t)
             balance -= pay_out(t, receiver, units)
         elif kind == "deposit":
             units = int(target * _share(rng, 0.0006, 0.0001, 0.006))

@@ -47,7 +47,10 @@ higher one:
   times a month; a wallet whose whales take a few a week keeps the pair;
 * **slow bleed**: one new address paid at least ``bleed_min_count`` times within
   ``bleed_window_s``, together ``bleed_warn_share`` / ``bleed_freeze_share`` (default 4 times,
-  1.5% / 2.5% in 24 h);
+  1.5% / 2.5% in 24 h); it and the repeat rule warn instead of freezing when the address is paid
+  as another exchange's shared deposit address is (deposits told apart by memos): at least
+  ``shared_min_count`` (10) payments whose median is under ``shared_size_ratio`` (2x) the
+  wallet's usual payment, together under ``shared_max_share`` (10%) (``rule_shared_address``);
 * **total outflow**: everything external that left within ``window_s`` reached
   ``total_*_share`` (default 20% / 30%), or ``total_long_freeze_share`` within
   ``concentration_window_s`` (default 40% in 1 h), new addresses or not, leaving out what went
@@ -509,6 +512,9 @@ class VelocityDetector:
         total_crowd_min_count: int = 30,
         repeat_freeze_share: Decimal = Decimal("0.01"),
         repeat_min_count: int = 3,
+        shared_min_count: int = 10,
+        shared_size_ratio: int = 2,
+        shared_max_share: Decimal = Decimal("0.10"),
         fresh_floor_share: Decimal = Decimal("0.01"),
         fresh_factor: Decimal = Decimal("1.5"),
         fresh_history_days: int = 28,
@@ -574,6 +580,10 @@ class VelocityDetector:
         self._total_long = _fraction(total_long_freeze_share)
         self.repeat_freeze_share = repeat_freeze_share
         self.repeat_min_count = repeat_min_count
+        self.shared_min_count = shared_min_count
+        self.shared_size_ratio = shared_size_ratio
+        self.shared_max_share = shared_max_share
+        self._shared_max = _fraction(shared_max_share)
         self.fresh_floor_share = fresh_floor_share
         self.fresh_factor = fresh_factor
         self.fresh_history_days = fresh_history_days
@@ -889,7 +899,8 @@ class VelocityDetector:
                 # customer (or a whale) paying one fresh address twice in an hour is seen,
                 # thrice that much is not.
                 score = max(1.0, _ratio(to_dest, ref_c, float(self.repeat_freeze_share)))
-                fired.append((2, score, "repeat"))
+                level = 1 if self._shared(transfer, state, paid, units, fired) else 2
+                fired.append((level, score, "repeat"))
             if self.large_fresh and seen is None and _reaches(units, ref_c, self._fresh_floor):
                 self._large_fresh(transfer, state, conc, units, fired)
 
@@ -916,6 +927,8 @@ class VelocityDetector:
                 ref_b = state.reference_units(state.window(self.bleed_window_s))
                 if _reaches(to_dest_day, ref_b, self._bleed_warn):
                     level = 2 if _reaches(to_dest_day, ref_b, self._bleed_freeze) else 1
+                    if level == 2 and self._shared(transfer, state, paid, units, fired):
+                        level = 1
                     score = _ratio(to_dest_day, ref_b, float(self.bleed_freeze_share))
                     fired.append((level, score, "slow_bleed"))
 
@@ -926,6 +939,40 @@ class VelocityDetector:
         if not fired:
             return None
         return self._finding(transfer, state, units, fired)
+
+    def _shared(
+        self,
+        transfer: TransferView,
+        state: WalletState,
+        paid: list[Outflow] | None,
+        units: int,
+        fired: list[tuple[int, float, str]],
+    ) -> bool:
+        """Whether a new address the repeat or bleed rule would freeze on is paid as another
+        exchange's shared deposit address is, one it was not paid before (where a deposit is
+        told apart by a memo or tag): at least ``shared_min_count`` payments within
+        ``bleed_window_s`` whose median is under ``shared_size_ratio`` times the wallet's usual
+        payment (many customers paying what customers pay), together under ``shared_max_share``
+        of the balance. Then the rule warns (``rule_shared_address``): a thief who bleeds the
+        wallet in customer-sized steps takes a hundred of them for 5%.
+        """
+        if self.shared_min_count <= 0:
+            return False
+        horizon = state.watermark - self.bleed_window_s
+        sizes = [o.units for o in paid or () if o.time > horizon]
+        sizes.append(units)
+        if len(sizes) < self.shared_min_count:
+            return False
+        cadence = self._cadence.get((transfer.chain, transfer.wallet, transfer.asset))
+        usual = cadence.usual_payment(state.scale) if cadence is not None else 0
+        if usual <= 0 or median_high(sizes) >= self.shared_size_ratio * usual:
+            return False
+        ref = state.reference_units(state.window(self.bleed_window_s))
+        if _reaches(sum(sizes), ref, self._shared_max):
+            return False
+        if all(f[2] != "shared_address" for f in fired):
+            fired.append((0, 0.0, "shared_address"))
+        return True
 
     def _tested(
         self, state: WalletState, dest: str, seen: FirstSeen | None, ref: int
@@ -1476,6 +1523,10 @@ class VelocityDetector:
             ref_c = state.reference_units(state.window(self.concentration_window_s))
             test = self._tested(state, dest, state.first_seen(dest, units), ref_c)
             summary += f" (after a {test} test)" if test else ""
+        if "shared_address" in rules and max(f[0] for f in fired) < 2:
+            summary += (
+                " (many customer-sized payments, as to another exchange's shared deposit address)"
+            )
         if "familiar_crowd" in rules and max(f[0] for f in fired) == 0:
             summary += " (no heavier than its busy hours this week)"
         elif "familiar_size" in rules and max(f[0] for f in fired) == 0:

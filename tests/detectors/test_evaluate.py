@@ -399,3 +399,14 @@ def test_other_exchanges_shared_deposit_addresses_take_their_share_of_withdrawal
     plain = generate_traffic([replace(spec, shared_share=0.0)], START, days=2, seed=5)
     assert max(Counter(r["to"] for r in plain.transfers if r["from"] == "HOT").values()) < 10
     assert min(shared.values()) > 40
+
+
+def test_the_busiest_shared_deposit_address_can_move_to_a_new_one() -> None:
+    spec = replace(HOT, balance=Decimal(10**6), shared_share=0.3, shared_moved_s=86400)
+    traffic = generate_traffic([spec], START, days=2, seed=5)
+    moved_at = (START + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    old = [r["ts"] for r in traffic.transfers if r["to"] == "HOTDEPOSIT0"]
+    new = [r["ts"] for r in traffic.transfers if r["to"] == "HOTDEPOSITMOVED"]
+    assert len(old) > 50
+    assert len(new) > 50
+    assert max(old) < moved_at <= min(new)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
+from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
@@ -13,7 +14,7 @@ from detectors import DetectionEngine
 from detectors.base import Finding, WalletState
 from detectors.velocity import VelocityDetector, _Cadence, _LargePayments
 from drainwatch.config import DetectionConfig, WalletConfig
-from drainwatch.events import Direction, Severity, Transfer
+from drainwatch.events import Alert, Direction, Severity, Transfer
 from tests.detectors import factories
 from tests.detectors.factories import transfer, wallet
 
@@ -1117,3 +1118,38 @@ def test_another_exchanges_shared_deposit_address_stays_familiar_on_a_panic_day(
             alerts = engine.process(factories.transfer("EXCHANGE", 100, minutes=minutes))
             said += [(day, a.severity.value, a.summary) for a in alerts if day > 0]
     assert [s for s in said if s[1] != "info"] == []
+
+
+def _new_address_paid_like_customers(step: Callable[[random.Random], int]) -> list[Alert]:
+    """A day and a half of ten customers an hour (300-700 of a 1,000,000 wallet, each to a new
+    address), then eight hours in which one new address is also paid ten times an hour,
+    ``step`` each; the alerts of those eight hours."""
+    engine = DetectionEngine(factories.config(factories.wallet(balance="1000000")))
+    rng = random.Random(1)
+    said: list[Alert] = []
+    for hour in range(44):
+        for i in range(10):
+            minutes = hour * 60 + i * 6
+            engine.process(
+                factories.transfer(f"C{hour}-{i}", rng.randint(300, 700), minutes=minutes)
+            )
+            if hour >= 36:
+                paid = factories.transfer("SHARED", step(rng), minutes=minutes + 1)
+                said += engine.process(paid)
+    return said
+
+
+def test_a_new_address_many_customers_are_paid_to_is_warned_of_not_frozen() -> None:
+    # Another exchange's new shared deposit address (deposits told apart by memos): its payments
+    # are customers' sizes, and together they pass the bleed rule's 2.5% of the wallet.
+    shared = _new_address_paid_like_customers(lambda rng: rng.randint(300, 700))
+    assert not any(a.freeze for a in shared)
+    bleed = [a for a in shared if "rule_slow_bleed" in a.metrics]
+    assert bleed
+    assert bleed[-1].severity is Severity.WARNING
+    assert "rule_shared_address" in bleed[-1].metrics
+    assert "another exchange's shared deposit address" in bleed[-1].summary
+    # A thief's steps five times a customer's to one address freeze as before.
+    thief = _new_address_paid_like_customers(lambda rng: 5 * rng.randint(300, 700))
+    assert any(a.freeze for a in thief)
+    assert all("rule_shared_address" not in a.metrics for a in thief)
