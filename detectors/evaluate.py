@@ -604,7 +604,7 @@ def variants() -> list[Scenario]:
     cost; it no longer takes the chain's coin for a test of a token since).
 
     >>> len(variants()), variants()[0].name
-    (13, 'quiet')
+    (14, 'quiet')
     """
     fleet = _fleet(6)
 
@@ -662,6 +662,12 @@ def variants() -> list[Scenario]:
             "shared-deposits, and on day 12 at 10:00 the busiest shared address moves to a new "
             "one (added in the 26th session)",
             changed(shared_share=0.3, shared_moved_s=12 * DAY + 10 * 3600),
+        ),
+        (
+            "whale-tests",
+            "half the whales paying a fresh address first send it a test of 0.001-0.01% 2-30 "
+            "min before (added in the 26th session)",
+            changed(whale_test_share=0.5),
         ),
     ]
     return [

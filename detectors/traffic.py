@@ -140,6 +140,10 @@ class HotWalletSpec:
     addresses (four, the first taking half of them), as on chains where a deposit is told apart
     by a memo or destination tag (XRP, XLM, EOS, TON, ...): a few addresses take many payments a
     day each, and a panic's share of them together."""
+    whale_test_share: float = 0.0
+    """The share of whales' payments to a fresh address that a test payment to it (0.001-0.01%
+    of the working balance) comes 2-30 minutes before, as people moving a large sum check the
+    address first."""
     shared_moved_s: float | None = None
     """From this many seconds after the traffic starts, the busiest shared deposit address is
     another, never paid before (its exchange moved its deposits to a new address)."""
@@ -413,9 +417,13 @@ def _simulate(  # noqa: PLR0915 - one event loop reads best as one function
             units = int(target * share)
             if units > balance * 0.9:
                 continue
-            receiver = rng.choice(whales) if rng.random() < 0.5 else _address(rng, spec)
+            fresh = rng.random() >= 0.5
+            receiver = _address(rng, spec) if fresh else rng.choice(whales)
             if spec.shared_share > 0 and side.random() < spec.shared_share:
                 receiver = shared(t)
+            elif fresh and spec.whale_test_share > 0 and side.random() < spec.whale_test_share:
+                test = int(target * side.uniform(0.00001, 0.0001))
+                balance -= pay_out(t - side.uniform(120, 1800), receiver, test)
             balance -= pay_out(t, receiver, units)
         elif kind == "deposit":
             units = int(target * _share(rng, 0.0006, 0.0001, 0.006))

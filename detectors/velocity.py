@@ -99,7 +99,10 @@ higher one:
   much in one asset: within 6 h instead of 1, 7 more false freezes on the blind replay's seed 0.)
   A little of the chain's coin (``fee_coins``: ETH on Ethereum, TRX on Tron, ...) is not a test
   of a token: customers moving a token to a new wallet of their own take some coin for its fees
-  first, and the ``token-gas`` variant's whales were frozen 3 times in 2.1 wallet-months for it;
+  first, and the ``token-gas`` variant's whales were frozen 3 times in 2.1 wallet-months for it.
+  Whales who test a fresh address themselves before paying it are frozen (the ``whale-tests``
+  variant: 2.1 false freezes a wallet-month): without a ledger they are a thief's test and first
+  transfer;
 * **cold wallet**: a cold wallet paying any address that is neither listed nor a configured
   counterparty: freeze.
 

@@ -410,3 +410,17 @@ def test_the_busiest_shared_deposit_address_can_move_to_a_new_one() -> None:
     assert len(old) > 50
     assert len(new) > 50
     assert max(old) < moved_at <= min(new)
+
+
+def test_whales_may_test_a_fresh_address_before_paying_it() -> None:
+    spec = replace(HOT, balance=Decimal(10**8), whales_per_week=70.0, whale_test_share=1.0)
+    traffic = generate_traffic([spec], START, days=3, seed=5)
+    paid: dict[str, list[tuple[datetime, int]]] = {}
+    for r in traffic.transfers:
+        if r["from"] == "HOT" and r["to"] != "COLD":
+            paid.setdefault(r["to"], []).append((datetime.fromisoformat(r["ts"]), int(r["amount"])))
+    whales = [p for p in paid.values() if any(units >= 5 * 10**5 for _, units in p)]
+    tested = [p for p in whales if len(p) == 2 and p[0][1] <= 10**4]
+    assert len(tested) >= 5  # about half the whales' payments go to fresh addresses
+    for (test_at, _), (paid_at, _) in tested:
+        assert 120 <= (paid_at - test_at).total_seconds() <= 1800
