@@ -871,6 +871,7 @@ class VelocityDetector:
         ):
             # A new destination. What it received while new, in the hour and in the day:
             paid = state.new_outflows_to(dest)
+            shared: bool | None = None  # paid as a shared deposit address is (asked once)
             to_dest, count = units, 1
             to_dest_day, count_day = units, 1
             if paid:
@@ -902,8 +903,8 @@ class VelocityDetector:
                 # customer (or a whale) paying one fresh address twice in an hour is seen,
                 # thrice that much is not.
                 score = max(1.0, _ratio(to_dest, ref_c, float(self.repeat_freeze_share)))
-                level = 1 if self._shared(transfer, state, paid, units, fired) else 2
-                fired.append((level, score, "repeat"))
+                shared = self._shared(transfer, state, paid, units, (count_day, to_dest_day), fired)
+                fired.append((1 if shared else 2, score, "repeat"))
             if self.large_fresh and seen is None and _reaches(units, ref_c, self._fresh_floor):
                 self._large_fresh(transfer, state, conc, units, fired)
 
@@ -930,7 +931,10 @@ class VelocityDetector:
                 ref_b = state.reference_units(state.window(self.bleed_window_s))
                 if _reaches(to_dest_day, ref_b, self._bleed_warn):
                     level = 2 if _reaches(to_dest_day, ref_b, self._bleed_freeze) else 1
-                    if level == 2 and self._shared(transfer, state, paid, units, fired):
+                    if level == 2 and shared is None:
+                        day = (count_day, to_dest_day)
+                        shared = self._shared(transfer, state, paid, units, day, fired)
+                    if shared:
                         level = 1
                     score = _ratio(to_dest_day, ref_b, float(self.bleed_freeze_share))
                     fired.append((level, score, "slow_bleed"))
@@ -943,12 +947,13 @@ class VelocityDetector:
             return None
         return self._finding(transfer, state, units, fired)
 
-    def _shared(
+    def _shared(  # noqa: PLR0917 - what judge() already worked out
         self,
         transfer: TransferView,
         state: WalletState,
         paid: list[Outflow] | None,
         units: int,
+        day: tuple[int, int],
         fired: list[tuple[int, float, str]],
     ) -> bool:
         """Whether a new address the repeat or bleed rule would freeze on is paid as another
@@ -958,23 +963,26 @@ class VelocityDetector:
         payment (many customers paying what customers pay), together under ``shared_max_share``
         of the balance. Then the rule warns (``rule_shared_address``): a thief who bleeds the
         wallet in customer-sized steps takes a hundred of them for 5%.
+
+        ``day`` is what :meth:`judge` counted of them: the payments within ``bleed_window_s``
+        (this one too) and their sum. Asked once per transfer, when one of the two would freeze.
         """
-        if self.shared_min_count <= 0:
+        count, total = day
+        if self.shared_min_count <= 0 or count < self.shared_min_count:
+            return False
+        cadence = self._cadence.get((transfer.chain, transfer.wallet, transfer.asset))
+        usual = cadence.usual_payment(state.scale) if cadence is not None else 0
+        if usual <= 0:
             return False
         horizon = state.watermark - self.bleed_window_s
         sizes = [o.units for o in paid or () if o.time > horizon]
         sizes.append(units)
-        if len(sizes) < self.shared_min_count:
-            return False
-        cadence = self._cadence.get((transfer.chain, transfer.wallet, transfer.asset))
-        usual = cadence.usual_payment(state.scale) if cadence is not None else 0
-        if usual <= 0 or median_high(sizes) >= self.shared_size_ratio * usual:
+        if median_high(sizes) >= self.shared_size_ratio * usual:
             return False
         ref = state.reference_units(state.window(self.bleed_window_s))
-        if _reaches(sum(sizes), ref, self._shared_max):
+        if _reaches(total, ref, self._shared_max):
             return False
-        if all(f[2] != "shared_address" for f in fired):
-            fired.append((0, 0.0, "shared_address"))
+        fired.append((0, 0.0, "shared_address"))
         return True
 
     def _tested(
