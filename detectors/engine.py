@@ -220,6 +220,7 @@ class DetectionEngine:
             correlator = IncidentCorrelator()
         self.correlator: IncidentCorrelator | None = correlator or None
         self._shadow = frozenset(config.detection.shadow)
+        self._fleet_policy = config.detection.fleet_freeze
         windows = set(config.detection.window_s)
         for detector in self.detectors:
             windows.update(getattr(detector, "windows_s", ()))
@@ -743,13 +744,20 @@ class DetectionEngine:
         self, correlator: IncidentCorrelator, now: float, but: str | None = None
     ) -> set[str]:
         """Every hot wallet not frozen yet (but ``but``), once the fleet freeze is due."""
-        if not correlator.fleet_freeze_due(now):
+        if not self._fleet_allowed() or not correlator.fleet_freeze_due(now):
             return set()
         return {
             w.key
             for w in self.config.wallets
             if w.role == "hot" and w.key != but and not correlator.is_frozen(w.key, now)
         }
+
+    def _fleet_allowed(self) -> bool:
+        """Whether an incident may freeze the hot fleet now (``[detection] fleet_freeze``)."""
+        policy = self._fleet_policy
+        return policy == "always" or (
+            policy == "without-ledger" and not any(ledger.active for ledger in self._ledgers)
+        )
 
     def take_over(self) -> list[Alert]:
         """Freeze what an open incident owes the wallets this engine owns, after a rebuild.
@@ -766,7 +774,9 @@ class DetectionEngine:
         if correlator is None or not self._states:
             return []
         now = max(state.now for state in self._states.values())
-        hot = {w.key for w in self.config.wallets if w.role == "hot"}
+        hot = (
+            {w.key for w in self.config.wallets if w.role == "hot"} if self._fleet_allowed() else ()
+        )
         keys = sorted({w.key for w in self.config.wallets if self.owns(w.key)})
         incident_id, owed = correlator.owed(keys, hot, now)
         if incident_id is None or not owed:

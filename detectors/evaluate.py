@@ -592,6 +592,18 @@ def scenarios(quick: bool = False, drain_day: float = DRAIN_DAY) -> list[Scenari
             cold_wallets=False,
             ledger=True,
         ),
+        Scenario(
+            "many-wallets+ledger",
+            "many-wallets with the ledger feed: 6 wallets of 8 on 3 chains, 3 transfers of ~30% "
+            "each, minutes apart, none approved",
+            _fleet(
+                8,
+                drains={i: (one(at + 150 * i, "burst", 0.3, 3, 90),) for i in range(6)},
+            ),
+            days,
+            panic_days=(9, 14),
+            ledger=True,
+        ),
     ]
     return result
 

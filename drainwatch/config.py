@@ -256,6 +256,14 @@ class DetectionConfig(_Model):
     can."""
     shadow: tuple[str, ...] = ()
     """Detectors that evaluate and alert but never request a freeze."""
+    fleet_freeze: Literal["always", "without-ledger", "never"] = "always"
+    """When an incident freezes every hot wallet of the exchange at once, before the others lose
+    anything (three wallets frozen on within 30 minutes, or two half emptied: the Phemex and
+    KuCoin pattern). ``always`` (default), with a ledger feed too: the ledger freezes each
+    wallet only at its first unapproved outflow, which in such a drain can be a third of the
+    wallet. ``without-ledger``: not while a ledger feed is on, so that no wallet the thief never
+    touches is frozen (operators can still ``POST /v1/freeze-all``). ``never``: the incident
+    pages once and lowers the bar, but freezes only the wallets with evidence of their own."""
     snapshot_interval_s: int = Field(default=300, ge=0)
     """How often a detector saves what it knows of each transfers partition it holds, with the
     offset it committed there, in ``<state_dir>/snapshots`` (0: never): the next holder of the

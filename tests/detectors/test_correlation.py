@@ -233,6 +233,53 @@ def test_three_wallets_frozen_within_minutes_freeze_the_whole_hot_fleet() -> Non
     assert not any(a.freeze and a.wallet == "HOT2" for a in again)
 
 
+@pytest.mark.parametrize(
+    ("policy", "ledger", "fleet_frozen"),
+    [
+        ("always", True, True),
+        ("without-ledger", True, False),
+        ("without-ledger", False, True),
+        ("never", False, False),
+    ],
+)
+def test_the_fleet_freeze_follows_the_exchanges_policy(
+    policy: str, ledger: bool, fleet_frozen: bool
+) -> None:
+    # Three wallets drained within minutes by payments no approval explains (or, without a
+    # ledger, by the velocity rules). HOT2 has sent nothing: whether the incident freezes it
+    # too is [detection] fleet_freeze's to say, and with a ledger feed "without-ledger" waits
+    # for HOT2's own first unapproved payment.
+    config = fleet().model_copy(
+        update={"detection": DetectionConfig.model_validate({"fleet_freeze": policy})}
+    )
+    engine = DetectionEngine(config, reconcile=ledger)
+    engine.process(transfer("T1", 400, wallet="HOT1", minutes=0))
+    engine.process(transfer("0xb", 400, wallet="0xE0", chain="ethereum", asset="ETH", minutes=2))
+    alerts = engine.process(transfer("T3", 400, wallet="HOT3", minutes=4))
+    assert "HOT3" in {a.wallet for a in alerts if a.freeze}
+    assert ("HOT2" in {a.wallet for a in alerts if a.freeze}) is fleet_frozen
+    assert alerts[0].incident_id is not None  # one incident, one page, in every policy
+    correlator = engine.correlator
+    assert correlator is not None
+    assert correlator.lowered(at(4).timestamp())  # and the bar is lowered for the others
+    if not fleet_frozen:
+        # With a ledger, a wallet not frozen with the fleet is frozen at its own first
+        # unapproved payment, however small; without one, 0.5% is under the lowered bar.
+        later = engine.process(transfer("T5", 5, wallet="HOT2", minutes=6))
+        assert any(a.freeze and a.wallet == "HOT2" for a in later) is ledger
+    # After a restart, the rebuilt engine owes the incident's wallets what the policy says.
+    rebuilt = DetectionEngine(config, reconcile=ledger)
+    rebuilt.replay(
+        [
+            transfer("T1", 400, wallet="HOT1", minutes=0),
+            transfer("0xb", 400, wallet="0xE0", chain="ethereum", asset="ETH", minutes=2),
+            transfer("T3", 400, wallet="HOT3", minutes=4),
+        ]
+    )
+    owed = {a.wallet for a in rebuilt.take_over()}
+    assert ("HOT2" in owed) is fleet_frozen
+
+
 def test_crowds_freezes_on_three_wallets_are_one_incident_that_lowers_no_bar() -> None:
     # A panic day: on three wallets, customers each take 2.1% to new addresses within minutes,
     # which the large-pair and burst rules freeze. That is a crowd's evidence: it lowers the
