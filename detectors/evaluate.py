@@ -293,6 +293,8 @@ def scenarios(quick: bool = False, drain_day: float = DRAIN_DAY) -> list[Scenari
     at = drain_day * DAY + 3 * 3600
     surge_at = 14 * DAY + 12 * 3600  # inside the panic of day 14 (08:00-16:00)
     one = DrainSpec
+    # Phemex/KuCoin: 6 wallets of 8, 3 transfers of ~30% each, minutes apart.
+    many = _fleet(8, drains={i: (one(at + 150 * i, "burst", 0.3, 3, 90),) for i in range(6)})
     result = [
         _coincheck(),
         Scenario(
@@ -466,10 +468,7 @@ def scenarios(quick: bool = False, drain_day: float = DRAIN_DAY) -> list[Scenari
         Scenario(
             "many-wallets",
             "Phemex/KuCoin pattern: 6 wallets on 3 chains, 3 transfers of ~30% each, minutes apart",
-            _fleet(
-                8,
-                drains={i: (one(at + 150 * i, "burst", 0.3, 3, 90),) for i in range(6)},
-            ),
+            many,
             days,
             panic_days=(9, 14),
         ),
@@ -596,10 +595,7 @@ def scenarios(quick: bool = False, drain_day: float = DRAIN_DAY) -> list[Scenari
             "many-wallets+ledger",
             "many-wallets with the ledger feed: 6 wallets of 8 on 3 chains, 3 transfers of ~30% "
             "each, minutes apart, none approved",
-            _fleet(
-                8,
-                drains={i: (one(at + 150 * i, "burst", 0.3, 3, 90),) for i in range(6)},
-            ),
+            many,
             days,
             panic_days=(9, 14),
             ledger=True,
