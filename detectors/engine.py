@@ -221,6 +221,8 @@ class DetectionEngine:
         self.correlator: IncidentCorrelator | None = correlator or None
         self._shadow = frozenset(config.detection.shadow)
         self._fleet_policy = config.detection.fleet_freeze
+        until = config.detection.learn_until
+        self._learn_until = until.timestamp() if until is not None else -math.inf
         windows = set(config.detection.window_s)
         for detector in self.detectors:
             windows.update(getattr(detector, "windows_s", ()))
@@ -452,6 +454,11 @@ class DetectionEngine:
                 ledger.counts_flags = True
         return counted
 
+    def _learn_only(self, transfer: TransferView) -> list[Alert]:
+        """Count a transfer from before ``[detection] learn_until`` as a state rebuild does."""
+        self.replay((transfer,))
+        return []
+
     def _route(self, chain: str, address: str, asset: str) -> WalletState | None:
         """The state a transfer of ``asset`` at ``address`` on ``chain`` counts in, if watched."""
         route_key = (chain, address, asset)
@@ -495,6 +502,8 @@ class DetectionEngine:
             return []
         if state.has_applied(transfer.dedup_key):
             return []
+        if transfer.epoch < self._learn_until and emit:
+            return self._learn_only(transfer)
         state.prepare(transfer)
         if self._outflows_only and transfer.direction is Direction.IN:
             # No detector reads inflows: they only move the balance.
