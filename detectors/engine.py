@@ -223,6 +223,9 @@ class DetectionEngine:
         self._fleet_policy = config.detection.fleet_freeze
         until = config.detection.learn_until
         self._learn_until = until.timestamp() if until is not None else -math.inf
+        self._learning = False
+        """Judging a transfer from before ``learn_until``: the correlator hears of its findings,
+        nothing else does."""
         windows = set(config.detection.window_s)
         for detector in self.detectors:
             windows.update(getattr(detector, "windows_s", ()))
@@ -455,8 +458,21 @@ class DetectionEngine:
         return counted
 
     def _learn_only(self, transfer: TransferView) -> list[Alert]:
-        """Count a transfer from before ``[detection] learn_until`` as a state rebuild does."""
-        self.replay((transfer,))
+        """Count a transfer from before ``[detection] learn_until`` as a state rebuild does,
+        except that nothing is remembered as said: no alert went out before go-live, so none
+        holds back a live one (a cooldown would let a thief's first live transfers pass). So in
+        a rebuild after a restart too."""
+        ledgers = self._ledgers
+        counted = [ledger.counts_flags for ledger in ledgers]
+        self._learning = True
+        for ledger in ledgers:
+            ledger.counts_flags = False  # the history's approvals may not be in the ledger
+        try:
+            self.process(transfer, emit=False)
+        finally:
+            self._learning = False
+            for ledger, counts in zip(ledgers, counted, strict=True):
+                ledger.counts_flags = counts
         return []
 
     def _route(self, chain: str, address: str, asset: str) -> WalletState | None:
@@ -502,7 +518,7 @@ class DetectionEngine:
             return []
         if state.has_applied(transfer.dedup_key):
             return []
-        if transfer.epoch < self._learn_until and emit:
+        if transfer.epoch < self._learn_until and not self._learning:
             return self._learn_only(transfer)
         state.prepare(transfer)
         if self._outflows_only and transfer.direction is Direction.IN:
@@ -633,6 +649,8 @@ class DetectionEngine:
                     summary=told.summary + "; other wallets are losing value too",
                 )
                 findings = [upgraded if f is top else f for f in findings]
+        if self._learning:
+            return []
         alerts = [
             alert
             for finding in findings

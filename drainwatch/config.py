@@ -267,12 +267,13 @@ class DetectionConfig(_Model):
     pages once and lowers the bar, but freezes only the wallets with evidence of their own."""
     learn_until: AwareDatetime | None = None
     """Transfers from before this instant are learned from (balances, windows, destinations,
-    baselines, large payments, cooldowns, incidents) but raise no alert and freeze nothing: a
-    new deployment whose watchers start at a ``start_block`` weeks back judges from its first
-    live transfer on with each wallet's history learned, instead of alerting on the history
-    (and freezing with no history: a wallet's first week). A transfer a detector would have
-    frozen on is not learned as normal. Unset: every transfer is judged. A TOML datetime with
-    an offset (``2026-12-07T00:00:00Z``)."""
+    baselines, large payments, incidents) but raise no alert and freeze nothing: a new
+    deployment whose watchers start at a ``start_block`` weeks back judges from its first live
+    transfer on with each wallet's history learned, instead of alerting on the history (and
+    freezing with no history: a wallet's first week). A transfer a detector would have frozen
+    on is not learned as normal, and since nothing was said, no cooldown holds a live alert
+    back. Unset: every transfer is judged. A TOML datetime with an offset
+    (``2026-12-07T00:00:00Z``)."""
     snapshot_interval_s: int = Field(default=300, ge=0)
     """How often a detector saves what it knows of each transfers partition it holds, with the
     offset it committed there, in ``<state_dir>/snapshots`` (0: never): the next holder of the

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,56 @@ def test_drain_on_anvil_is_frozen_through_the_embedded_bus(
     assert_one_freeze(killswitch, hot, big, Path(cfg.alerts.timeline_path))
     recorded = {t.transfer.tx_hash for t in Timeline(cfg.alerts.timeline_path).transfers()}
     assert {*ordinary, big} <= recorded
+
+
+def test_history_before_go_live_is_learned_and_only_a_live_drain_frozen(
+    anvil_factory: AnvilFactory, killswitch: KillSwitch, tmp_path: Path
+) -> None:
+    # Going live (docs/operations.md): the watcher starts at a block before the wallet's
+    # history, and [detection] learn_until is the moment drainwatch goes live. The history holds
+    # a drain (a test, then most of the wallet to one new address): it is read, learned from and
+    # kept in the timeline, but alerts nothing and freezes nothing. The same drain after the
+    # moment is frozen.
+    node = anvil_factory()
+    hot, cold = accounts(node)
+    wallets = anvil_wallets_toml(tmp_path, node, hot, cold, chain=CHAIN)  # from the next block
+    history_ordinary, history_big = drain(node, hot)
+    last = node.rpc("eth_getBlockByNumber", ["latest", False])
+    go_live = datetime.fromtimestamp(int(last["timestamp"], 16) + 1, UTC)
+    node.rpc("evm_increaseTime", [60])  # the live blocks come a minute after the moment
+    path = tmp_path / "drainwatch.toml"
+    path.write_text(
+        wallets
+        + f"""
+[detection]
+learn_until = {go_live.isoformat()}
+
+[alerts]
+timeline_path = "{tmp_path / "timeline.sqlite3"}"
+killswitch_url = "{killswitch.url}"
+killswitch_token = "{killswitch.token}"
+"""
+    )
+    cfg = load(path)
+    timeline = Timeline(str(cfg.alerts.timeline_path))
+
+    def recorded() -> set[str]:
+        return {t.transfer.tx_hash for t in timeline.transfers()}
+
+    with pipeline_running(cfg):
+        wait_for(lambda: {*history_ordinary, history_big} <= recorded(), 30, "the history")
+        assert not killswitch.store.frozen()
+        assert not [r.alert for r in timeline.alerts()]
+        attacker = fresh_address(1999)
+        send(node, hot, attacker, 1)
+        live_big = send(node, hot, attacker, 1_000 * ETH)
+        wait_for(lambda: killswitch.store.is_frozen(CHAIN, hot), 30, "the live drain's freeze")
+    freezing = [r.alert for r in timeline.alerts() if r.alert.freeze]
+    assert len(freezing) == 1
+    assert freezing[0].tx_hashes[-1] == live_big  # the live test and the live drain
+    # Every alert is of a live transfer; the history is only evidence in their windows.
+    assert all(r.alert.time >= go_live for r in timeline.alerts())
+    timeline.close()
 
 
 def start_stage(stage: str, config: Path, logs: Path) -> subprocess.Popen[bytes]:
