@@ -30,7 +30,7 @@ from alerts.killswitch import HookRecord
 from detectors import DetectionEngine, SnapshotStore, fingerprint, message_digest
 from detectors.wire import read_transfer
 from drainwatch.bus import Bus, BusError, EmbeddedBus, Message, Producer, TopicPartition
-from drainwatch.config import Config
+from drainwatch.config import Config, learning_notice
 from drainwatch.events import (
     ALERTS,
     FREEZES,
@@ -618,6 +618,19 @@ def balance_blind(config: Config) -> list[str]:
     ]
 
 
+def _warn_before_detecting(config: Config) -> None:
+    """Say what a detector starting with this config cannot know or will not judge."""
+    for label in balance_blind(config):
+        log.warning(
+            "%s: no opening_balance and its Bitcoin chain has no start_block, so its balance "
+            "is unknown: its first outflow will read as all of it and freeze it; set either",
+            label,
+        )
+    notice = learning_notice(config.detection, datetime.now(UTC))
+    if notice is not None:
+        log.warning("%s", notice)
+
+
 def run_pipeline(
     config: Config,
     stage: str = "all",
@@ -641,12 +654,7 @@ def run_pipeline(
                 )
             )
     if "detect" in wanted:
-        for label in balance_blind(config):
-            log.warning(
-                "%s: no opening_balance and its Bitcoin chain has no start_block, so its balance "
-                "is unknown: its first outflow will read as all of it and freeze it; set either",
-                label,
-            )
+        _warn_before_detecting(config)
         detecting = detect_loop(config, bus)
         loops["detect"] = detecting
         threads.append(threading.Thread(target=detecting.run, args=(stop,), name="detect"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +15,13 @@ from rich.console import Console
 
 from alerts.cli import incidents_app
 from drainwatch.cli_errors import fail
-from drainwatch.config import ConfigError, load, require_live_chains, unwatched_wallets
+from drainwatch.config import (
+    ConfigError,
+    learning_notice,
+    load,
+    require_live_chains,
+    unwatched_wallets,
+)
 from drainwatch.errors import DrainwatchError
 from drainwatch.ops.cli import grafana_app
 
@@ -289,6 +296,9 @@ def check_config(config: ConfigOption = Path("drainwatch.toml")) -> None:
     except ConfigError as exc:
         raise fail(str(exc)) from exc
     typer.echo(f"{config}: ok, {len(cfg.wallets)} wallets on {len(cfg.chains)} live chains")
+    notice = learning_notice(cfg.detection, datetime.now(UTC))
+    if notice is not None:
+        typer.echo(notice)
     unwatched = unwatched_wallets(cfg)
     if unwatched:
         chains = sorted({w.chain for _, w in unwatched})

@@ -26,6 +26,7 @@ import os
 import re
 import tomllib
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -655,6 +656,32 @@ def loads(text: str, path: str = "<string>") -> Config:
         if isinstance(cause, _KeyError):
             loc, msg = (*loc, *cause.loc), cause.reason
         raise ConfigError(path, line_of(index, loc) or 1, dotted_key(loc), msg) from exc
+
+
+def learning_notice(detection: DetectionConfig, now: datetime) -> str | None:
+    """What ``[detection] learn_until`` means at ``now``, for the operator (None when unset).
+
+    A moment still to come is said loudly: until then the detectors judge nothing, which is right
+    while the watchers backfill before a planned go-live and fails open if the date is a typo.
+
+    >>> d = DetectionConfig(learn_until=datetime(2026, 12, 7, tzinfo=UTC))
+    >>> learning_notice(d, datetime(2026, 12, 8, tzinfo=UTC))
+    'transfers before 2026-12-07T00:00:00Z are learned from, not judged ([detection] learn_until)'
+    >>> learning_notice(d, datetime(2026, 12, 6, 23, tzinfo=UTC)).split(": ")
+    ['[detection] learn_until is 2026-12-07T00:00:00Z, 1.0 h from now',
+     'until then no transfer raises an alert or freezes a wallet']
+    """
+    until = detection.learn_until
+    if until is None:
+        return None
+    moment = until.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if until <= now:
+        return f"transfers before {moment} are learned from, not judged ([detection] learn_until)"
+    hours = (until - now).total_seconds() / 3600
+    return (
+        f"[detection] learn_until is {moment}, {hours:.1f} h from now: until then no transfer "
+        "raises an alert or freezes a wallet"
+    )
 
 
 def unwatched_wallets(config: Config) -> list[tuple[int, WalletConfig]]:

@@ -100,3 +100,31 @@ def test_check_config_names_the_wallets_a_live_run_would_not_watch(tmp_path: Pat
         "not watched live (no [chains.*] table for bitcoin, nem; fine for a backtest): "
         "btc-hot, nem-hot"
     )
+
+
+@pytest.mark.parametrize(
+    ("moment", "starts", "ends"),
+    [
+        (
+            "2020-01-01T00:00:00Z",
+            "transfers before 2020-01-01T00:00:00Z are learned from, not judged",
+            "([detection] learn_until)",
+        ),
+        (
+            "2999-01-01T09:00:00+09:00",  # said in UTC
+            "[detection] learn_until is 2999-01-01T00:00:00Z, ",
+            " h from now: until then no transfer raises an alert or freezes a wallet",
+        ),
+    ],
+)
+def test_check_config_says_until_when_history_is_only_learned(
+    tmp_path: Path, moment: str, starts: str, ends: str
+) -> None:
+    # A go-live moment still to come is right during a backfill, and fails open as a typo.
+    config = tmp_path / "live.toml"
+    config.write_text(f"{LIVE}\n[detection]\nlearn_until = {moment}\n")
+    result = CliRunner().invoke(app, ["check-config", "--config", str(config)])
+    assert result.exit_code == 0
+    line = result.output.splitlines()[1]
+    assert line.startswith(starts)
+    assert line.endswith(ends)
