@@ -42,6 +42,7 @@ from drainwatch.events import (
     Transfer,
 )
 from drainwatch.metrics import (
+    LEARN_UNTIL,
     LEDGER_LATEST_APPROVAL,
     REBUILDS_TOTAL,
     SNAPSHOT_FAILURES_TOTAL,
@@ -407,6 +408,8 @@ def detect_loop(config: Config, bus: Bus, engine: DetectionEngine | None = None)
     different replicas is one incident, and freezes only its own wallets on it.
     """
     engine = engine or DetectionEngine(config)
+    if config.detection.learn_until is not None:
+        LEARN_UNTIL.set(config.detection.learn_until.timestamp())
     # Which approval each payment used up, told to and learned from the other replicas.
     engine.share_approval_uses()
     transfers = topic_name(config.bus.topic_prefix, TRANSFERS)

@@ -119,6 +119,12 @@ LEDGER_LATEST_APPROVAL = Gauge(
     "series before the first). With a ledger feed a payment no approval explains freezes its "
     "wallet, so a feed that stops freezes every hot wallet at its next payment.",
 )
+LEARN_UNTIL = Gauge(
+    "drainwatch_detect_learn_until_timestamp_seconds",
+    "[detection] learn_until of a detector (no series when unset): transfers before it are "
+    "learned from and judged for nothing, so while it is ahead of the clock nothing is alerted "
+    "or frozen.",
+)
 CONSUMER_LAG_MESSAGES = Gauge(
     "drainwatch_bus_consumer_lag_messages",
     "Messages on a partition that a stage's consumer has not read yet.",

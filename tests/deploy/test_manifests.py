@@ -267,7 +267,7 @@ def test_prometheus_config_and_rules_pass_promtool() -> None:
         check=False,
     )
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 7 rules found" in rules.stdout
+    assert "SUCCESS: 8 rules found" in rules.stdout
 
 
 _LEDGER_QUIET_TEST = """
@@ -318,19 +318,57 @@ tests:
 """
 
 
-def test_the_ledger_quiet_rule_fires_only_while_the_wallets_pay_without_approvals(
-    tmp_path: Path,
-) -> None:
+def _promtool_test_rules(test: Path, text: str) -> None:
+    """Run ``text`` (a rules unit test naming ``{rules}``) through ``promtool test rules``."""
     from tests.harness.prometheus import prometheus_binary
 
     promtool = str(Path(prometheus_binary()).with_name("promtool"))
     rules = DEPLOY / "prometheus" / "rules" / "drainwatch.yml"
-    test = tmp_path / "ledger-quiet.test.yml"
-    test.write_text(_LEDGER_QUIET_TEST.format(rules=json.dumps(str(rules))))
+    test.write_text(text.format(rules=json.dumps(str(rules))))
     result = subprocess.run(
         [promtool, "test", "rules", str(test)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_ledger_quiet_rule_fires_only_while_the_wallets_pay_without_approvals(
+    tmp_path: Path,
+) -> None:
+    _promtool_test_rules(tmp_path / "ledger-quiet.test.yml", _LEDGER_QUIET_TEST)
+
+
+_NOT_JUDGING_TEST = """
+rule_files: [{rules}]
+evaluation_interval: 1m
+tests:
+  # learn_until is 30 minutes after the start: for 10 minutes, then until it passes, the rule
+  # fires, saying how long is left; after the moment it is quiet.
+  - interval: 1m
+    input_series:
+      - series: 'drainwatch_detect_learn_until_timestamp_seconds{{job="drainwatch-detect"}}'
+        values: '1800x60'
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: DrainwatchNotJudging
+        exp_alerts: []
+      - eval_time: 15m
+        alertname: DrainwatchNotJudging
+        exp_alerts:
+          - exp_labels: {{severity: warning}}
+            exp_annotations:
+              summary: >-
+                the detectors judge nothing for 15m 0s more ([detection] learn_until): no
+                alert, no freeze until then
+      - eval_time: 31m
+        alertname: DrainwatchNotJudging
+        exp_alerts: []
+"""
+
+
+def test_the_not_judging_rule_fires_while_learn_until_is_ahead_of_the_clock(
+    tmp_path: Path,
+) -> None:
+    _promtool_test_rules(tmp_path / "not-judging.test.yml", _NOT_JUDGING_TEST)
 
 
 def test_dockerfile_installs_the_package_and_runs_as_a_non_root_user() -> None:

@@ -127,3 +127,19 @@ def test_the_detect_stage_exports_the_time_of_the_latest_approval_it_read(
         REGISTRY.get_sample_value("drainwatch_ledger_latest_approval_timestamp_seconds")
         == made[0].timestamp()
     )
+
+
+def test_the_detect_stage_exports_its_go_live_moment(tmp_path: Path) -> None:
+    # Prometheus's DrainwatchNotJudging compares it with the clock: until then nothing is judged.
+    cfg = loads(
+        f'state_dir = "{tmp_path / "state"}"\n[[wallets]]\nchain = "eth"\n'
+        f'address = "0x{"11" * 20}"\nlabel = "eth-hot"\n'
+        "[detection]\nlearn_until = 2030-01-01T09:00:00+09:00\n"
+    )
+    bus = EmbeddedBus(":memory:")
+    bus.ensure_topics(default_topics(cfg.bus.topic_prefix, 1))
+    detect_loop(cfg, bus).close()
+    assert (
+        REGISTRY.get_sample_value("drainwatch_detect_learn_until_timestamp_seconds")
+        == datetime(2030, 1, 1, tzinfo=UTC).timestamp()
+    )
