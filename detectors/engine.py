@@ -801,6 +801,8 @@ class DetectionEngine:
         if correlator is None or not self._states:
             return []
         now = max(state.now for state in self._states.values())
+        if now < self._learn_until:
+            return []  # the incident is history from before go-live: it called for nothing
         hot = (
             {w.key for w in self.config.wallets if w.role == "hot"} if self._fleet_allowed() else ()
         )

@@ -54,6 +54,23 @@ def test_a_drain_before_go_live_is_learned_from_not_alerted_on() -> None:
     assert any(a.freeze for t in history for a in judged.process(t))
 
 
+def test_an_incident_in_the_history_freezes_nothing_when_a_detector_starts() -> None:
+    # Three wallets drained within minutes just before go-live: a detector that starts after
+    # the watchers backfilled them rebuilds the incident, and owes it nothing (take_over).
+    config = Config(
+        wallets=(wallet("HOT1"), wallet("HOT2"), wallet("HOT3"), wallet("HOT4")),
+        detection=DetectionConfig(learn_until=at(10)),
+    )
+    history = [transfer(f"T{i}", 400, wallet=f"HOT{i}", minutes=2 * i) for i in (1, 2, 3)]
+    started = DetectionEngine(config)
+    started.replay(history)
+    assert started.take_over() == []
+    # Without learn_until the same rebuild makes up for the fleet freeze it missed (HOT4).
+    judged = DetectionEngine(Config(wallets=config.wallets, detection=DetectionConfig()))
+    judged.replay(history)
+    assert {a.wallet for a in judged.take_over()} == {"HOT4"}
+
+
 def test_after_go_live_a_drain_is_judged_as_without_it(tmp_path: Path) -> None:
     # Two weeks of generated traffic and a drain on day 10; go-live on day 4. No alert comes
     # before it, and from a day after it (when no cooldown or warning episode of the history's
