@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -444,35 +445,39 @@ class DetectionEngine:
         been processed live. Returns how many transfers were counted.
         """
         counted = 0
-        # The approvals of the replayed hours are not replayed with them: the ledger would flag
-        # every payment, so it does not count those toward trusting a destination.
-        for ledger in self._ledgers:
-            ledger.counts_flags = False
-        try:
+        with self._flags_not_counted():
             for transfer in transfers:
                 self.process(transfer, emit=False)
                 counted += 1
-        finally:
-            for ledger in self._ledgers:
-                ledger.counts_flags = True
         return counted
+
+    @contextmanager
+    def _flags_not_counted(self) -> Iterator[None]:
+        """Payments the ledger flags meanwhile do not count toward trusting their destination:
+        the approvals of replayed hours are not replayed with them, and a history from before
+        go-live may have none in the ledger, so it would flag every payment. The ledger counts
+        as it did before on the way out (a rebuild may judge history before go-live)."""
+        ledgers = self._ledgers
+        counted = [ledger.counts_flags for ledger in ledgers]
+        for ledger in ledgers:
+            ledger.counts_flags = False
+        try:
+            yield
+        finally:
+            for ledger, counts in zip(ledgers, counted, strict=True):
+                ledger.counts_flags = counts
 
     def _learn_only(self, transfer: TransferView) -> list[Alert]:
         """Count a transfer from before ``[detection] learn_until`` as a state rebuild does,
         except that nothing is remembered as said: no alert went out before go-live, so none
         holds back a live one (a cooldown would let a thief's first live transfers pass). So in
         a rebuild after a restart too."""
-        ledgers = self._ledgers
-        counted = [ledger.counts_flags for ledger in ledgers]
         self._learning = True
-        for ledger in ledgers:
-            ledger.counts_flags = False  # the history's approvals may not be in the ledger
         try:
-            self.process(transfer, emit=False)
+            with self._flags_not_counted():
+                self.process(transfer, emit=False)
         finally:
             self._learning = False
-            for ledger, counts in zip(ledgers, counted, strict=True):
-                ledger.counts_flags = counts
         return []
 
     def _route(self, chain: str, address: str, asset: str) -> WalletState | None:
