@@ -20,7 +20,13 @@ higher one:
   ``burst_warn_share`` / ``burst_freeze_share`` within ``window_s`` (default 3% / 6% in 20 min);
   a freeze only when they are at least ``burst_crowd_share`` (a fifth) of the window's
   outflows, a warning otherwise: a withdrawal surge is a crowd that holds a few large ones
-  (a warning this wallet's customers gave this week is info, below);
+  (a warning this wallet's customers gave this week is info, below). Nor does it freeze when
+  that many mid-size payments among the window's come by chance more often than once in
+  ``1 / burst_chance`` (1,000) windows, at the share of the day's earlier payments that are
+  mid-size against today's balance (the binomial tail; from ``burst_min_history``, 50, payments
+  in the day): in a panic a falling balance makes customers' usual sizes mid-size shares, and
+  they come in proportion to the crowd, while a drain adds them to the usual payments (a
+  new address paid mid-size twice in the window is no crowd's, and keeps the freeze);
 * **sustained**: at least ``sustained_min_count`` (8) mid-size payments to new addresses within
   ``concentration_window_s`` (1 h), together ``sustained_freeze_share`` (5%) of the balance
   without the largest of them, freeze when they are sudden (payments of that size now make
@@ -404,6 +410,41 @@ def _fraction(share: Decimal) -> tuple[int, int]:
     return numerator, denominator
 
 
+def _binomial_tail(n: int, k: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p).
+
+    >>> round(_binomial_tail(10, 3, 0.05), 4)
+    0.0115
+    >>> _binomial_tail(5, 0, 0.5), _binomial_tail(5, 6, 0.5)
+    (1.0, 0.0)
+    >>> _binomial_tail(5000, 1000, 0.2) > 0.4  # a panic's thousands of payments
+    True
+    """
+    if k <= 0:
+        return 1.0
+    if k > n or p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    # The terms from k up, each from the one before: pmf(i + 1) = pmf(i) (n - i) / (i + 1) p / q;
+    # the first in logarithms, so that thousands of payments neither overflow nor underflow.
+    q = 1.0 - p
+    log_first = (
+        math.lgamma(n + 1)
+        - math.lgamma(k + 1)
+        - math.lgamma(n - k + 1)
+        + k * math.log(p)
+        + (n - k) * math.log(q)
+    )
+    term, total, ratio = math.exp(log_first), 0.0, p / q
+    for i in range(k, n + 1):
+        total += term
+        if term <= total * 1e-17:
+            break
+        term *= (n - i) / (i + 1) * ratio
+    return min(1.0, total)
+
+
 def _reaches(amount: int, reference: int, fraction: tuple[int, int]) -> bool:
     """Exact ``amount / reference >= fraction``; an unknown (zero) reference counts as reached."""
     if reference <= 0:
@@ -496,6 +537,8 @@ class VelocityDetector:
         burst_warn_share: Decimal = Decimal("0.03"),
         burst_freeze_share: Decimal = Decimal("0.06"),
         burst_crowd_share: Decimal = Decimal("0.2"),
+        burst_chance: float = 1e-3,
+        burst_min_history: int = 50,
         sustained_min_count: int = 8,
         sustained_freeze_share: Decimal = Decimal("0.05"),
         sustained_ratio: int = 3,
@@ -573,6 +616,8 @@ class VelocityDetector:
         self._burst_freeze = _fraction(burst_freeze_share)
         self.burst_crowd_share = burst_crowd_share
         self._burst_crowd = _fraction(burst_crowd_share)
+        self.burst_chance = burst_chance
+        self.burst_min_history = burst_min_history
         self.sustained_min_count = sustained_min_count
         self.sustained_freeze_share = sustained_freeze_share
         self._sustained = _fraction(sustained_freeze_share)
@@ -919,6 +964,8 @@ class VelocityDetector:
                     ):
                         # A crowd of customers that happens to hold a few large ones (a
                         # withdrawal surge) is not a burst: the mid-size ones must stand out.
+                        level = 1
+                    if level == 2 and not self._burst_unlikely(state, window, dest):
                         level = 1
                     score = _ratio(mid_total, ref_w, float(self.burst_freeze_share))
                     if level == 1 and self._familiar(transfer, now, score, "burst", fired):
@@ -1369,6 +1416,41 @@ class VelocityDetector:
         small = sum(1 for o in fast.items if not _reaches(o.units, ref, large))
         in_hour = state.window(self.concentration_window_s).count + 1
         return small >= _BATCH_MIN_SMALL and 3 * (fast.count + 1) >= in_hour
+
+    def _burst_unlikely(self, state: WalletState, window: Window, dest: str) -> bool:
+        """Whether the window's mid-size payments to new addresses, with the one being judged,
+        are more than this wallet's customers make among that many payments but once in
+        ``1 / burst_chance`` windows.
+
+        The chance is the binomial tail at the share of the payments of the day before the window
+        that were mid-size against today's balance (a low balance in a panic makes customers'
+        usual sizes mid-size shares, of the day's payments as of the window's); with a Laplace
+        prior, and only once the day held ``burst_min_history`` payments (a young wallet keeps
+        the rule as it is). A panic's customers bring mid-size ones in proportion to their
+        number; a drain brings them among the usual number of payments.
+        """
+        if self.burst_chance <= 0:
+            return True
+        # Customers do not pay one new address twice in a window, mid-size: a thief may.
+        paid = {dest}
+        for outflow in window.items:
+            if outflow.mid:
+                if outflow.counterparty in paid:
+                    return True
+                paid.add(outflow.counterparty)
+        day = state.window(self.bleed_window_s)
+        horizon, is_midsize = window.horizon, state.is_midsize
+        before = mid_before = 0
+        for outflow in day.items:
+            if outflow.time > horizon:
+                break
+            before += 1
+            if outflow.new and is_midsize(outflow.units):
+                mid_before += 1
+        if before < self.burst_min_history:
+            return True
+        share = (mid_before + 1) / (before + 2)
+        return _binomial_tail(window.count + 1, window.mid_count + 1, share) < self.burst_chance
 
     def _sustained_burst(
         self,

@@ -148,6 +148,58 @@ def test_a_burst_inside_a_crowd_of_customers_warns(customers: int, frozen: bool)
     assert not any(r is not None and r.freeze for r in results[:-1])
 
 
+def mid_size_day(mid_every: int) -> tuple[WalletState, float]:
+    """A day of 200 withdrawals to fresh addresses, 0.1% each, or every ``mid_every``-th 0.6%
+    (mid-size: in a panic a low balance makes customers' usual sizes so), each refilled, then
+    seven more customers in seven minutes; returns the minute after them."""
+    state = make_state()
+    detector = VelocityDetector()
+    for i in range(200):
+        amount = 6 if mid_every and i % mid_every == 0 else 1
+        judge(state, detector, transfer(f"C{i}", amount, minutes=6 * i))
+        judge(state, detector, transfer(f"D{i}", amount, minutes=6 * i + 1, direction=Direction.IN))
+    for i in range(7):
+        judge(state, detector, transfer(f"E{i}", 1, minutes=1200 + i))
+    return state, 1207.0
+
+
+@pytest.mark.parametrize(("mid_every", "frozen"), [(0, True), (5, False)])
+def test_a_burst_no_rarer_than_the_days_mid_size_customers_warns(
+    mid_every: int, frozen: bool
+) -> None:
+    # Then eight payments of 0.8% to new addresses in four minutes: 6.4%, eight of the window's
+    # fifteen payments (above a fifth). Eight or more of fifteen come by chance once in 240
+    # windows where a fifth of the day's payments were mid-size (the binomial tail), and never
+    # where none were.
+    state, minute = mid_size_day(mid_every)
+    detector = VelocityDetector()
+    results = [
+        judge(state, detector, transfer(f"T{i}", 8, minutes=minute + i / 2)) for i in range(8)
+    ]
+    last = results[-1]
+    assert last is not None
+    assert last.metrics["rule_burst"] == "1"
+    assert last.freeze is frozen
+    assert not any(r is not None and r.freeze for r in results[:-1])
+
+
+def test_a_burst_to_one_address_is_no_crowd_however_many_mid_size_customers() -> None:
+    # The same eight payments after the same day, to one new address: customers do not pay
+    # one new address mid-size twice in minutes. (The single-address and repeat rules, which
+    # would freeze it first, and the slow-bleed rule are set aside here.)
+    state, minute = mid_size_day(5)
+    detector = VelocityDetector(
+        single_freeze_share=Decimal("0.5"), repeat_min_count=99, bleed_min_count=99
+    )
+    results = [
+        judge(state, detector, transfer("THIEF", 8, minutes=minute + i / 2)) for i in range(8)
+    ]
+    last = results[-1]
+    assert last is not None
+    assert last.metrics["rule_burst"] == "1"
+    assert last.freeze
+
+
 def test_a_second_large_payment_to_another_new_address_within_minutes_freezes() -> None:
     state, detector = make_state(), VelocityDetector()
     first = judge(state, detector, transfer("A", 12, minutes=0))  # 1.2%: a whale, perhaps
