@@ -12,9 +12,11 @@ higher one:
   ``single_min_history_s`` (7 days) of history, what it received must also reach
   ``fresh_factor`` (1.5x) times the largest ordinary payment the large-fresh rule has learned
   to freeze (a wallet whose whales have taken 6% warns up to 9%; one whose whales stop at 3%
-  keeps the 5%); a warning of it is info when the wallet paid as much to one ordinary address
-  more than a day ago within ``fresh_history_days`` (``rule_familiar_size``: a wallet whose
-  customers take 3% several times a week is not paged at every one of them);
+  keeps the 5%), unless the address had two payments in the hour and all but the largest reach
+  ``large_share`` (1%) of the balance (a whale's payment comes alone; Zaif's thief paid one
+  address 8% and then 24%); a warning of it is info when the wallet paid as much to one
+  ordinary address more than a day ago within ``fresh_history_days`` (``rule_familiar_size``: a
+  wallet whose customers take 3% several times a week is not paged at every one of them);
 * **burst of mid-size transfers**: at least ``burst_min_count`` transfers to new addresses, each at
   least ``midsize_share`` of the balance (larger than nearly every customer withdrawal), together
   ``burst_warn_share`` / ``burst_freeze_share`` within ``window_s`` (default 3% / 6% in 20 min);
@@ -917,7 +919,7 @@ class VelocityDetector:
             # A new destination. What it received while new, in the hour and in the day:
             paid = state.new_outflows_to(dest)
             shared: bool | None = None  # paid as a shared deposit address is (asked once)
-            to_dest, count = units, 1
+            to_dest, count, largest = units, 1, units
             to_dest_day, count_day = units, 1
             if paid:
                 conc_horizon = conc.horizon
@@ -926,6 +928,7 @@ class VelocityDetector:
                     if outflow.time > conc_horizon:
                         to_dest += outflow.units
                         count += 1
+                        largest = max(largest, outflow.units)
                     if outflow.time > bleed_horizon:
                         to_dest_day += outflow.units
                         count_day += 1
@@ -936,7 +939,13 @@ class VelocityDetector:
                     learned = self._learned_bar(
                         transfer, state, self.single_min_history_s, tail=False
                     )
-                    if learned is not None and to_dest < learned:
+                    if (
+                        learned is not None
+                        and to_dest < learned
+                        and not _reaches(to_dest - largest, ref_c, self._large)
+                    ):
+                        # (A whale's payment comes alone: a second large one to the same new
+                        # address within the hour is not what whales do.)
                         level = 1
                 if level == 1 and self._paid_as_much(transfer, state, to_dest):
                     level = 0

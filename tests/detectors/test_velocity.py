@@ -652,6 +652,23 @@ def test_the_single_address_rule_makes_way_for_whales_larger_than_it(
     assert above.freeze
 
 
+@pytest.mark.parametrize(("first", "frozen"), [(20000, True), (5000, False)])
+def test_two_large_payments_to_one_new_address_within_the_hour_are_no_whale(
+    first: int, frozen: bool
+) -> None:
+    # Whales have taken up to 6% to fresh addresses, so 7% to one address warns when it comes
+    # alone (above). 2% and then 5% to one new address half an hour apart is no whale's way
+    # (Zaif's thief paid 8% and then 24% to one address): freeze. With 0.5% first, it is a
+    # customer's small payment before a large one: the 5.5% warns, as alone.
+    state, detector, minute = whales_then_customers((10000, 14000, 20000, 28000, 40000, 60000))
+    before = judge_and_learn(state, detector, transfer("T", first, minutes=minute))
+    assert before is None or not before.freeze
+    second = judge_and_learn(state, detector, transfer("T", 50000, minutes=minute + 30))
+    assert second is not None
+    assert second.metrics["rule_single"] == "1"
+    assert second.freeze is frozen
+
+
 def test_a_single_address_warning_no_larger_than_an_ordinary_payment_is_info() -> None:
     # Whales took up to 6% to fresh addresses on the first day. Two days later 5.5% to one more
     # is what this wallet does: info, not a page. 6.5% is larger than any: a warning; and
