@@ -66,11 +66,15 @@ higher one:
   ``known_counterparties``, more than a day ago, each payment up to ``regular_trust_factor``,
   2x, the largest of those: an unlisted cold wallet's sweeps, a market maker); it freezes only when
   sudden (the last ``window_s`` at least ``total_sudden_ratio``, 3x, an equal stretch of the rest
-  of the hour) and not a crowd, and warns otherwise: a withdrawal surge goes on for hours, and
-  at its start it is a crowd (at least ``total_crowd_min_count``, 30, payments in the window whose
-  median is under ``total_crowd_ratio``, 2x, the median of the rest of the hour's: many customers
-  paying what customers pay; on a wallet that pays in batches, whose hour holds nothing before
-  the batch, 2x its usual payment, the median of its last 24 wallet-hours' medians);
+  of the hour), not one payment to a new address (without the largest such, ``total_warn_share``
+  is still reached in the window or the hour, unless that payment took ``total_alone_share``,
+  half, of the balance: one large payment to a new address is the size rules' to judge, and
+  they know the wallet's whales) and not a crowd, and warns otherwise: a withdrawal surge goes
+  on for hours, and at its start it is a crowd (at least ``total_crowd_min_count``, 30, payments
+  in the window whose median is under ``total_crowd_ratio``, 2x, the median of the rest of the
+  hour's: many customers paying what customers pay; on a wallet that pays in batches, whose hour
+  holds nothing before the batch, 2x its usual payment, the median of its last 24 wallet-hours'
+  medians);
 * **familiar crowds**: a warning of the total rule that is not a freeze because the outflow is
   like the hour's or a crowd's, or of the burst rule that does not freeze, is info when an hour
   12 hours to ``crowd_memory_s`` (7 days) before saw one of that rule at least
@@ -558,6 +562,7 @@ class VelocityDetector:
         total_sudden_ratio: int = 3,
         total_crowd_ratio: int = 2,
         total_crowd_min_count: int = 30,
+        total_alone_share: Decimal = Decimal("0.5"),
         repeat_freeze_share: Decimal = Decimal("0.01"),
         repeat_min_count: int = 3,
         shared_min_count: int = 10,
@@ -614,6 +619,8 @@ class VelocityDetector:
         self.total_sudden_ratio = total_sudden_ratio
         self.total_crowd_ratio = total_crowd_ratio
         self.total_crowd_min_count = total_crowd_min_count
+        self.total_alone_share = total_alone_share
+        self._total_alone = _fraction(total_alone_share)
         self._burst_warn = _fraction(burst_warn_share)
         self._burst_freeze = _fraction(burst_freeze_share)
         self.burst_crowd_share = burst_crowd_share
@@ -903,6 +910,10 @@ class VelocityDetector:
 
         # (level, score, rule) per rule that fired; level 1 = warning, 2 = freeze.
         fired: list[tuple[int, float, str]] = []
+        seen = state.first_seen(dest, units)
+        new = dest not in state.known and (
+            seen is None or now - seen.time < state.new_destination_age_s
+        )
         total = window.total + units
         total_c = conc.total + units
         if _reaches(total, ref_w, self._total_warn) or _reaches(total_c, ref_c, self._total_long):
@@ -910,12 +921,11 @@ class VelocityDetector:
             # maker's payouts) is not part of a drain: the rule counts the rest.
             trusted_w, trusted_c = self._trusted(transfer, state, window, conc, units)
             totals = (total - trusted_w, total_c - trusted_c)
-            self._total(transfer, state, window, conc, units, totals, (ref_w, ref_c), fired)
+            self._total(
+                transfer, state, (window, conc), (units, new), totals, (ref_w, ref_c), fired
+            )
 
-        seen = state.first_seen(dest, units)
-        if dest not in state.known and (
-            seen is None or now - seen.time < state.new_destination_age_s
-        ):
+        if new:
             # A new destination. What it received while new, in the hour and in the day:
             paid = state.new_outflows_to(dest)
             shared: bool | None = None  # paid as a shared deposit address is (asked once)
@@ -1069,16 +1079,16 @@ class VelocityDetector:
         self,
         transfer: TransferView,
         state: WalletState,
-        window: Window,
-        conc: Window,
-        units: int,
+        windows: tuple[Window, Window],
+        payment: tuple[int, bool],
         totals: tuple[int, int],
         refs: tuple[int, int],
         fired: list[tuple[int, float, str]],
     ) -> None:
         """The total-outflow rule on ``totals`` (of the last ``window_s`` and of the hour, this
         payment included, trusted counterparties left out) against the balances ``refs`` at
-        their starts."""
+        their starts; ``payment`` is this one's units and whether its destination is new."""
+        (window, conc), (units, new) = windows, payment
         (total, total_c), (ref_w, ref_c) = totals, refs
         reaches_w = _reaches(total, ref_w, self._total_warn)
         reaches_c = _reaches(total_c, ref_c, self._total_long)
@@ -1090,6 +1100,10 @@ class VelocityDetector:
         top = 2 if self._sudden(total, total_c - total) else 1
         if top == 2 and self._crowd(window, conc, units, self._batching(transfer), state.scale):
             top = 1
+        if top == 2 and self._one_payment(window, conc, units if new else 0, totals, refs):
+            # A single large payment to a new address is the size rules' to judge: they know
+            # this wallet's whales, and this rule does not.
+            top = 1
         score_w = _ratio(total, ref_w, float(self.total_freeze_share)) if reaches_w else 0.0
         score_c = _ratio(total_c, ref_c, float(self.total_long_freeze_share)) if reaches_c else 0.0
         if top == 1 and self._familiar(transfer, state.now, max(score_w, score_c), "total", fired):
@@ -1099,6 +1113,44 @@ class VelocityDetector:
             fired.append((level, score_w, "total"))
         if reaches_c:
             fired.append((top, score_c, "total"))
+
+    @staticmethod
+    def _largest_new(window: Window, conc: Window, units: int) -> tuple[int, int]:
+        """The largest payment to a new destination in ``window`` and in ``conc``, ``units``
+        (this one, or 0 when its destination is not new) among them."""
+        largest_w = largest_c = units
+        horizon = window.horizon
+        for outflow in conc.items:
+            if outflow.new:
+                largest_c = max(largest_c, outflow.units)
+                if outflow.time > horizon and outflow.units > largest_w:
+                    largest_w = outflow.units
+        return largest_w, largest_c
+
+    def _one_payment(
+        self,
+        window: Window,
+        conc: Window,
+        new_units: int,
+        totals: tuple[int, int],
+        refs: tuple[int, int],
+    ) -> bool:
+        """Whether the total rule's outflow is one payment to a new address and little else:
+        without the largest such payment of each window (this one, ``new_units``, among them)
+        neither reaches ``total_warn_share`` (as for the learned baseline, one payment is not a
+        rate), and that payment took less than ``total_alone_share`` of the balance. A large
+        payment to a familiar destination (a vault's sweep three times its usual) stays this
+        rule's: no other judges it."""
+        largest_w, largest_c = self._largest_new(window, conc, new_units)
+        (total, total_c), (ref_w, ref_c) = totals, refs
+        if _reaches(largest_w, ref_w, self._total_alone) or _reaches(
+            largest_c, ref_c, self._total_alone
+        ):
+            return False  # half the wallet in one payment: freeze before the treasury refills it
+        return not (
+            _reaches(total - largest_w, ref_w, self._total_warn)
+            or _reaches(total_c - largest_c, ref_c, self._total_warn)
+        )
 
     def _familiar(
         self,

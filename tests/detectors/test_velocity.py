@@ -669,6 +669,27 @@ def test_two_large_payments_to_one_new_address_within_the_hour_are_no_whale(
     assert second.freeze is frozen
 
 
+@pytest.mark.parametrize(("amount", "frozen"), [(320000, False), (510000, True)])
+def test_one_whale_sized_payment_is_not_a_total_outflow(amount: int, frozen: bool) -> None:
+    # Whales have taken up to 35% to fresh addresses. 32% more to a fresh address in one payment
+    # is 32% of the balance in 20 minutes, but one payment: the size rules judge it (they know
+    # the whales) and it is not frozen. Half the balance or more in one payment is frozen
+    # anyway. 25% ten minutes later to another fresh address makes it several payments (57%,
+    # 25% without the largest): the total rule freezes.
+    whales = (100000, 150000, 200000, 250000, 300000, 350000)
+    state, detector, minute = whales_then_customers(whales)
+    first = judge_and_learn(state, detector, transfer("W", amount, minutes=minute))
+    assert first is not None
+    assert first.metrics["rule_total"] == "1"
+    assert first.freeze is frozen
+    if frozen:
+        return
+    second = judge_and_learn(state, detector, transfer("V", 250000, minutes=minute + 10))
+    assert second is not None
+    assert second.freeze
+    assert second.metrics["rule_total"] == "1"
+
+
 def test_a_single_address_warning_no_larger_than_an_ordinary_payment_is_info() -> None:
     # Whales took up to 6% to fresh addresses on the first day. Two days later 5.5% to one more
     # is what this wallet does: info, not a page. 6.5% is larger than any: a warning; and
