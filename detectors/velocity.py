@@ -149,7 +149,7 @@ import copy
 import heapq
 import math
 from collections import Counter, deque
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from statistics import median_high
@@ -449,6 +449,13 @@ def _binomial_tail(n: int, k: int, p: float) -> float:
             break
         term *= (n - i) / (i + 1) * ratio
     return min(1.0, total)
+
+
+def _midsize_now(outflows: Iterable[Outflow], state: WalletState) -> int:
+    """How many of ``outflows`` went to a destination new then and are mid-size against the
+    balance now (a low balance makes customers' usual sizes mid-size shares)."""
+    is_midsize = state.is_midsize
+    return sum(1 for o in outflows if o.new and is_midsize(o.units))
 
 
 def _reaches(amount: int, reference: int, fraction: tuple[int, int]) -> bool:
@@ -921,9 +928,7 @@ class VelocityDetector:
             # maker's payouts) is not part of a drain: the rule counts the rest.
             trusted_w, trusted_c = self._trusted(transfer, state, window, conc, units)
             totals = (total - trusted_w, total_c - trusted_c)
-            self._total(
-                transfer, state, (window, conc), (units, new), totals, (ref_w, ref_c), fired
-            )
+            self._total(transfer, state, window, conc, units, new, totals, (ref_w, ref_c), fired)
 
         if new:
             # A new destination. What it received while new, in the hour and in the day:
@@ -1079,16 +1084,17 @@ class VelocityDetector:
         self,
         transfer: TransferView,
         state: WalletState,
-        windows: tuple[Window, Window],
-        payment: tuple[int, bool],
+        window: Window,
+        conc: Window,
+        units: int,
+        new: bool,
         totals: tuple[int, int],
         refs: tuple[int, int],
         fired: list[tuple[int, float, str]],
     ) -> None:
         """The total-outflow rule on ``totals`` (of the last ``window_s`` and of the hour, this
         payment included, trusted counterparties left out) against the balances ``refs`` at
-        their starts; ``payment`` is this one's units and whether its destination is new."""
-        (window, conc), (units, new) = windows, payment
+        their starts; ``new`` is whether this payment's destination is new."""
         (total, total_c), (ref_w, ref_c) = totals, refs
         reaches_w = _reaches(total, ref_w, self._total_warn)
         reaches_c = _reaches(total_c, ref_c, self._total_long)
@@ -1500,17 +1506,10 @@ class VelocityDetector:
                     return True
                 paid.add(outflow.counterparty)
         day = state.window(self.bleed_window_s)
-        horizon, is_midsize = window.horizon, state.is_midsize
-        before = mid_before = 0
-        for outflow in day.items:
-            if outflow.time > horizon:
-                break
-            before += 1
-            if outflow.new and is_midsize(outflow.units):
-                mid_before += 1
+        before = day.count - window.count  # the window is the last of the day's outflows
         if before < self.burst_min_history:
             return True
-        share = (mid_before + 1) / (before + 2)
+        share = (_midsize_now(day.items[:before], state) + 1) / (before + 2)
         return _binomial_tail(window.count + 1, window.mid_count + 1, share) < self.burst_chance
 
     def _sustained_burst(
@@ -1542,7 +1541,7 @@ class VelocityDetector:
         # payments that they make of the day's. Sized against today's balance for both: at a
         # busy hour the balance runs low, and customers' usual sizes become mid-size shares.
         is_midsize = state.is_midsize
-        day_mid = 1 + sum(1 for o in day.items if o.new and is_midsize(o.units))
+        day_mid = 1 + _midsize_now(day.items, state)
         # One pass over the hour: its payments of a mid-size now, and the largest of those
         # counted in ``total`` (mid-size when paid).
         hour_mid, largest = 1, units
