@@ -193,9 +193,11 @@ class Finding:
     tx_hashes: tuple[str, ...] = ()
     describe: Callable[[], Description] | None = field(default=None, compare=False, repr=False)
     crowd: bool = False
-    """A freeze on the evidence of mid-size payments to several new addresses, as a withdrawal
-    surge's customers make them: it freezes its wallet and joins it to an incident, but lowers
-    the bar for no other wallet (see :class:`~detectors.correlation.IncidentCorrelator`)."""
+    """On the evidence of many payments (mid-size ones to several new addresses, or a rate), as a
+    withdrawal surge's customers make them. A freeze so freezes its wallet and joins it to an
+    incident, but lowers the bar for no other wallet; a warning so joins the incident, but is
+    not made a freeze, nor its wallet frozen, when the bar drops (see
+    :class:`~detectors.correlation.IncidentCorrelator`)."""
 
     def described(self) -> Finding:
         """This finding with its description filled in (itself when it has one)."""

@@ -444,6 +444,7 @@ class BaselineDetector:
             score=ratio / freeze_ratio,
             summary="",
             describe=describe,
+            crowd=not freeze,  # a rate; its freezes stand for their own wallet (above)
         )
 
     def adopt(self, other: BaselineDetector) -> None:

@@ -10,9 +10,10 @@ the exchange while it lasts:
 once ``min_frozen`` wallets have been frozen on within ``window_s``, other than by a crowd's
 evidence (below):
 
-* a member's warning becomes a freeze (``rule_correlated`` in its metrics);
-* a wallet that had only warned is frozen at once, by an alert of its own (the scoring, like the
-  kill switch, counts freezes per wallet);
+* a member's warning becomes a freeze (``rule_correlated`` in its metrics), unless it is a
+  crowd's;
+* a wallet that had only warned, and not only of a crowd, is frozen at once, by an alert of its
+  own (the scoring, like the kill switch, counts freezes per wallet);
 * an outflow to a new address of at least ``watch_share`` of a wallet's balance, which alone would
   raise nothing, freezes that wallet too (more on a wallet whose customers pay that much so often
   that one would come by chance: see ``watch_chance``);
@@ -25,7 +26,11 @@ The engine tells it what a finding counts as (``level``): 1 a warning, 2 a freez
 evidence, 3 any other freeze, 4 one of a wallet that lost ``heavy_share`` of its balance. A
 crowd's evidence is mid-size payments to several new addresses, as a withdrawal surge's
 customers make them: on a panic day two or three wallets freeze so by chance within the half
-hour, so such freezes open an incident (one page) but lower no bar. The
+hour, so such freezes open an incident (one page) but lower no bar. A warning on a crowd's
+evidence (``crowd``; the baseline's rates are one too) makes its wallet a member, but neither
+it nor its wallet is frozen when the bar drops: on a panic day every wallet warns so, and two
+wallets run down by their customers froze on their own evidence within the half hour (blind
+replay, seed 0: five wallets frozen with them). The
 lowered bar's own freezes count as warnings (one of them is no wallet frozen on its own
 evidence), and a ledger-approved outflow's findings not at all. A wallet counts as frozen on
 while its last such freeze is within ``window_s``: a panic's warnings keep a wallet's spell
@@ -45,8 +50,12 @@ not join findings hours apart into an incident.
 (True, [], False)
 >>> c.observe("sol:E", 640.0, level=2)[1]  # a crowd's freeze: the bar stays
 []
+>>> c.observe("ltc:F", 645.0, level=1, crowd=True)[1]  # a crowd's warning
+[]
 >>> c.observe("eth:D", 650.0, level=3)[1]  # a second wallet frozen on: the bar drops
 ['btc:B', 'tron:C']
+>>> c.incident_of("ltc:F", 700.0) == incident  # a member all the same
+True
 >>> c.lowered(900.0), c.lowered(650.0 + 1800.0 + 1)
 (True, False)
 """
@@ -117,9 +126,9 @@ class IncidentCorrelator:
         self.heavy_share = heavy_share
         self._recent: dict[str, tuple[float, float, int]] = {}
         """wallet key -> (first abnormal time in this spell, last time, highest level)."""
-        self._struck: dict[int, dict[str, tuple[float, float]]] = {3: {}, 4: {}}
+        self._struck: dict[int, dict[str, tuple[float, float]]] = {1: {}, 3: {}, 4: {}}
         """level -> wallet key -> (first, last) time of its findings of at least that level in
-        this spell."""
+        this spell (1: on the wallet's own evidence, not a crowd's)."""
         self._incident: _Incident | None = None
         self._frozen: dict[str, float] = {}
         """wallet key -> when a freeze was last requested for it."""
@@ -208,15 +217,17 @@ class IncidentCorrelator:
             if not self.is_frozen(key, now)
             and (
                 (fleet and key in hot)
-                or (
-                    lowered
-                    and key in incident.members
-                    and key in self._recent
-                    and self._recent[key][2] < 2
-                )
+                or (lowered and key in incident.members and self._only_warned(key, now))
             )
         ]
         return incident.id, owed
+
+    def _only_warned(self, wallet_key: str, now: float) -> bool:
+        """Whether the wallet warned within ``window_s`` of ``now``, not only of a crowd, and
+        was not frozen on: what the lowered bar freezes."""
+        recent = self._recent.get(wallet_key)
+        own = self._struck[1].get(wallet_key)
+        return recent is not None and recent[2] < 2 and own is not None and self._near(*own, now)
 
     def adopt_frozen(self, other: IncidentCorrelator) -> None:
         """Also remember the freezes ``other`` was told of (its wallets, none of them ours)."""
@@ -227,10 +238,17 @@ class IncidentCorrelator:
         self._frozen[wallet_key] = max(now, self._frozen.get(wallet_key, now))
 
     def observe(
-        self, wallet_key: str, now: float, level: int, incident_id: str | None = None
+        self,
+        wallet_key: str,
+        now: float,
+        level: int,
+        incident_id: str | None = None,
+        *,
+        crowd: bool = False,
     ) -> tuple[str | None, list[str]]:
         """Record an abnormal finding (``level`` 1 warning, 2 a crowd's freeze, 3 a freeze, 4 a
-        freeze of a wallet that lost at least ``heavy_share``) on ``wallet_key``.
+        freeze of a wallet that lost at least ``heavy_share``) on ``wallet_key``; ``crowd``: a
+        warning on a crowd's evidence.
 
         Returns the incident id the wallet now belongs to (None when it is alone), and the other
         wallets that joined an incident just now with only warnings, which should be frozen now.
@@ -246,8 +264,9 @@ class IncidentCorrelator:
                 spells.pop(key, None)
         first, last, highest = recent.get(wallet_key, (now, now, 0))
         recent[wallet_key] = (min(first, now), max(last, now), max(highest, level))
+        own = level >= 3 or (level == 1 and not crowd)
         for at_least, spells in struck.items():
-            if level >= at_least:
+            if level >= at_least and (at_least > 1 or own):
                 first, last = spells.get(wallet_key, (now, now))
                 spells[wallet_key] = (min(first, now), max(last, now))
         incident = self._incident
@@ -273,6 +292,9 @@ class IncidentCorrelator:
         to_freeze = sorted(
             k
             for k in incident.members
-            if k in near and k != wallet_key and not self.is_frozen(k, now) and near[k][2] < 2
+            if k in near
+            and k != wallet_key
+            and not self.is_frozen(k, now)
+            and self._only_warned(k, now)
         )
         return incident.id, to_freeze

@@ -633,17 +633,22 @@ class DetectionEngine:
             # A freeze is alerted, so described, in any case: how much of the wallet it saw go
             # tells the incident whether the wallet was emptied.
             findings = [f.described() if f.freeze else f for f in findings]
-        level = (
-            0
+        levels = (
+            [0]
             if approved
-            else max(
+            else [
                 self._level(f.detector, f.freeze, f.severity, f.crowd, f.metrics.get("share"))
                 for f in findings
-            )
+            ]
+        )
+        level = max(levels)
+        # Warnings on a crowd's evidence only: a member, but no freeze when the bar drops.
+        crowd = level == 1 and all(
+            f.crowd for f, lv in zip(findings, levels, strict=True) if lv == 1
         )
         if correlator is not None and level >= 1:
-            incident_id, others = correlator.observe(wallet.key, now, level)
-            if incident_id is not None and level == 1 and correlator.lowered(now):
+            incident_id, others = correlator.observe(wallet.key, now, level, crowd=crowd)
+            if incident_id is not None and level == 1 and not crowd and correlator.lowered(now):
                 top = max(findings, key=lambda f: (f.severity.rank, f.score))
                 told = top.described()
                 upgraded = replace(
@@ -855,7 +860,9 @@ class DetectionEngine:
             level = self._level(alert.detector, froze, alert.severity, share=metrics.get("share"))
         if level < 1:
             return []
-        incident_id, others = correlator.observe(key, now, level, alert.incident_id)
+        incident_id, others = correlator.observe(
+            key, now, level, alert.incident_id, crowd="incident_crowd" in metrics
+        )
         keys = sorted({*others, *self._fleet(correlator, now, but=key)})
         cause = _Cause(alert.id, alert.time, now, alert.transfer_ids, alert.tx_hashes)
         return self._incident_freezes(
@@ -1089,13 +1096,15 @@ class DetectionEngine:
         key = (wallet.key, finding.detector)
         last = self._emitted.get(key)
         # An approved outflow's findings count for nothing in the incident (see _alerts), a
-        # crowd's freeze for less than a freeze: another replica, which counts an alert by what
-        # it reads as, is told so.
+        # crowd's freeze for less than a freeze, a crowd's warning for less than a warning:
+        # another replica, which counts an alert by what it reads as, is told so.
         extra = (
             {"incident_level": "0"}
             if approved
             else {"incident_level": "2"}
             if finding.crowd and finding.freeze
+            else {"incident_crowd": "1"}
+            if finding.crowd
             else {}
         )
         freeze = finding.freeze

@@ -75,8 +75,9 @@ _Key = tuple[str, str]
 """A wallet: (chain slug case-folded, address)."""
 _Position = tuple[int, int, int]
 """Where an alert or a finding comes in the sequential run: line, move in the line, order."""
-_Finding = tuple[_Position, str, float, int]
-"""(position, wallet key, event time, level) of a finding shown to the correlator."""
+_Finding = tuple[_Position, str, float, int, bool]
+"""(position, wallet key, event time, level, a crowd's warning) of a finding shown to the
+correlator."""
 
 ROUND_LINES = 25_000
 """Lines in the first round; later rounds grow while the snapshots cost over 2% of a round."""
@@ -112,11 +113,17 @@ class _RecordingCorrelator(IncidentCorrelator):
         self.seen: list[_Finding] = []
 
     def observe(
-        self, wallet_key: str, now: float, level: int, incident_id: str | None = None
+        self,
+        wallet_key: str,
+        now: float,
+        level: int,
+        incident_id: str | None = None,
+        *,
+        crowd: bool = False,
     ) -> tuple[str | None, list[str]]:
         line, move = self.position
-        self.seen.append(((line, move, len(self.seen)), wallet_key, now, level))
-        return super().observe(wallet_key, now, level, incident_id)
+        self.seen.append(((line, move, len(self.seen)), wallet_key, now, level, crowd))
+        return super().observe(wallet_key, now, level, incident_id, crowd=crowd)
 
 
 @dataclass
@@ -471,10 +478,10 @@ def _serve(  # noqa: PLR0917
 
 def _incident_forms(correlator: IncidentCorrelator, findings: list[_Finding], stop: int) -> bool:
     """Show ``findings`` (sorted) to ``correlator`` up to line ``stop``; True if one forms."""
-    for position, wallet_key, now, level in findings:
+    for position, wallet_key, now, level, crowd in findings:
         if position[0] >= stop:
             break
-        incident, _ = correlator.observe(wallet_key, now, level)
+        incident, _ = correlator.observe(wallet_key, now, level, crowd=crowd)
         if incident is not None:
             return True
     return False

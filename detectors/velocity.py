@@ -399,8 +399,8 @@ _MIDSIZE_RULES = frozenset({"burst", "large_fresh", "large_pair", "large_fresh_p
 _HOUR_RULES = frozenset({"large_fresh", "large_fresh_pair", "sustained"})
 """Of those, the rules that look back an hour (the others look at 20 or 5 minutes)."""
 _CROWD_RULES = frozenset({"burst", "large_pair", "sustained"})
-"""Rules on mid-size payments to several new addresses: a freeze on them alone is a crowd's
-(:attr:`~detectors.base.Finding.crowd`)."""
+"""Rules on mid-size payments to several new addresses: a freeze or a warning on them alone is a
+crowd's (:attr:`~detectors.base.Finding.crowd`)."""
 
 
 _SEVERITY_OF_LEVEL: Final = (Severity.INFO, Severity.WARNING, Severity.CRITICAL)
@@ -1607,7 +1607,7 @@ class VelocityDetector:
             score=score,
             summary="",
             describe=lambda: self._describe(transfer, state, units, fired),
-            crowd=level == 2 and all(f[2] in _CROWD_RULES for f in fired if f[0] == 2),
+            crowd=level > 0 and all(f[2] in _CROWD_RULES for f in fired if f[0] == level),
         )
 
     def _describe(

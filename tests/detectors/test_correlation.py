@@ -114,6 +114,50 @@ def test_two_frozen_wallets_freeze_a_wallet_that_only_warned_and_lower_the_bar()
     assert [(a.detector, a.freeze) for a in lowered] == [("correlation", True)]
 
 
+@pytest.mark.parametrize("crowd", [False, True])
+def test_a_crowds_warning_makes_a_member_that_the_lowered_bar_does_not_freeze(crowd: bool) -> None:
+    # A panic: nem:A warns of its customers' mid-size payments (a crowd's evidence), nem:B of
+    # something else; two wallets run down by their customers then freeze on their own evidence
+    # within the half hour. A is a member of the incident, but only B is frozen with it.
+    c = IncidentCorrelator()
+    c.observe("nem:A", 0.0, 1, crowd=crowd)
+    c.observe("nem:B", 60.0, 1)
+    c.observe("eth:C", 100.0, 3)
+    incident, others = c.observe("btc:D", 150.0, 3)
+    assert c.lowered(150.0)
+    assert c.incident_of("nem:A", 200.0) == incident
+    frozen = ["nem:B"] if crowd else ["nem:A", "nem:B"]
+    assert others == frozen
+    # A replica that takes the two over owes the same.
+    assert c.owed(["nem:A", "nem:B"], (), 200.0) == (incident, frozen)
+    # A warning of A's own evidence, later in the incident, makes it one to freeze.
+    c.observe("nem:A", 300.0, 1)
+    assert c.owed(["nem:A"], (), 320.0) == (incident, ["nem:A"])
+
+
+@pytest.mark.parametrize(("amount", "frozen"), [(8, False), (30, True)])
+def test_a_wallet_that_warned_of_a_crowd_is_not_frozen_with_the_incident(
+    amount: int, frozen: bool
+) -> None:
+    engine = DetectionEngine(fleet())
+    # HOT1 pays 0.8% each to four new addresses in 3 minutes (a burst: a crowd's evidence), or
+    # 3% to one (a single address: its own).
+    first = [
+        a
+        for i in range(4 if amount == 8 else 1)
+        for a in engine.process(transfer(f"C{i}", amount, wallet="HOT1", minutes=i))
+    ]
+    assert [(a.severity.value, a.freeze) for a in first] == [("warning", False)]
+    assert ("incident_crowd" in first[0].metrics) is not frozen
+    engine.process(transfer("0xbad", 400, wallet="0xE0", chain="ethereum", asset="ETH", minutes=5))
+    alerts = engine.process(transfer("T9", 400, wallet="HOT2", minutes=6))
+    assert ("HOT1" in {a.wallet for a in alerts if a.freeze}) is frozen
+    if not frozen:
+        # Nor is the crowd's next warning made a freeze while the bar is lowered.
+        more = engine.process(transfer("C9", amount, wallet="HOT1", minutes=8))
+        assert not any(a.freeze for a in more)
+
+
 def test_the_lowered_bar_stays_above_what_a_wallets_customers_often_pay() -> None:
     # HOT3's customers take 2% of it to new addresses four times a day: in any half hour of an
     # incident one may come by chance. The lowered bar (1%) is then above what they pay.
@@ -536,6 +580,27 @@ def test_a_replica_taking_over_a_dead_ones_wallets_freezes_what_the_incident_owe
     assert sorted(a.wallet for a in owed) == ["HOT1", "HOT2"]
     assert all(a.freeze and a.incident_id == alerts[-1].incident_id for a in owed)
     assert survivor.take_over() == []  # once
+
+
+@pytest.mark.parametrize(("amount", "owed"), [(8, []), (30, ["HOT1"])])
+def test_a_replica_taking_over_a_wallet_owes_no_freeze_for_a_crowds_warning(
+    amount: int, owed: list[str]
+) -> None:
+    # HOT1's replica warns of a burst of its customers' mid-size payments (or of 3% to one new
+    # address) and dies; two of the other replica's wallets are frozen on before it takes HOT1
+    # over. It read the warning off the alerts topic as a crowd's: it owes HOT1 no freeze then,
+    # and one for a warning of HOT1's own evidence.
+    first = keys("HOT1")
+    replicas = Replicas(fleet(), first, share=True)
+    for i in range(4 if amount == 8 else 1):
+        replicas.send(transfer(f"C{i}", amount, wallet="HOT1", minutes=i))
+    survivor = replicas.engines[1]
+    survivor.process(
+        transfer("0xbad", 400, wallet="0xE0", chain="ethereum", asset="ETH", minutes=5)
+    )
+    assert survivor.process(transfer("T9", 400, wallet="HOT2", minutes=6))
+    first.clear()  # the survivor holds every wallet now
+    assert [a.wallet for a in survivor.take_over()] == owed
 
 
 def test_a_rebuild_decides_nothing_for_other_wallets_and_take_over_makes_up_for_it() -> None:
