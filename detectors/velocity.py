@@ -69,7 +69,9 @@ higher one:
   of the hour), not one payment to a new address (without the largest such, ``total_warn_share``
   is still reached in the window or the hour, unless that payment took ``total_alone_share``,
   half, of the balance: one large payment to a new address is the size rules' to judge, and
-  they know the wallet's whales) and not a crowd, and warns otherwise: a withdrawal surge goes
+  they know the wallet's whales), nor to a whale's own address (one paid at least half as much
+  more than a day before: whales come back to it, a thief's address is fresh), and not a
+  crowd, and warns otherwise: a withdrawal surge goes
   on for hours, and at its start it is a crowd (at least ``total_crowd_min_count``, 30, payments
   in the window whose median is under ``total_crowd_ratio``, 2x, the median of the rest of the
   hour's: many customers paying what customers pay; on a wallet that pays in batches, whose hour
@@ -315,6 +317,10 @@ class _LargePayments:
     def _ordinary(self, before: float = math.inf) -> Iterator[int]:
         """The units of :meth:`ordinary`."""
         return (u for _, u in self.ordinary(before))
+
+    def paid_before(self, dest: str, moment: float, at_least: int) -> bool:
+        """Whether ``dest`` got a payment of at least ``at_least`` units before ``moment``."""
+        return any(t < moment and u >= at_least and d == dest for t, u, d in self.items)
 
     def high_before(self, moment: float) -> int:
         """The largest ordinary payment (see :meth:`_ordinary`) made before ``moment``."""
@@ -1106,9 +1112,12 @@ class VelocityDetector:
         top = 2 if self._sudden(total, total_c - total) else 1
         if top == 2 and self._crowd(window, conc, units, self._batching(transfer), state.scale):
             top = 1
-        if top == 2 and self._one_payment(window, conc, units if new else 0, totals, refs):
+        if top == 2 and self._one_payment(
+            self._largest_single(transfer, state, window, conc, new), totals, refs
+        ):
             # A single large payment to a new address is the size rules' to judge: they know
-            # this wallet's whales, and this rule does not.
+            # this wallet's whales, and this rule does not. One to a whale's own address, paid
+            # as much before, is a whale's.
             top = 1
         score_w = _ratio(total, ref_w, float(self.total_freeze_share)) if reaches_w else 0.0
         score_c = _ratio(total_c, ref_c, float(self.total_long_freeze_share)) if reaches_c else 0.0
@@ -1120,35 +1129,53 @@ class VelocityDetector:
         if reaches_c:
             fired.append((top, score_c, "total"))
 
-    @staticmethod
-    def _largest_new(window: Window, conc: Window, units: int) -> tuple[int, int]:
-        """The largest payment to a new destination in ``window`` and in ``conc``, ``units``
-        (this one, or 0 when its destination is not new) among them."""
-        largest_w = largest_c = units
-        horizon = window.horizon
+    def _returning(
+        self, history: _LargePayments | None, scale: int, dest: str, time: float, units: int
+    ) -> bool:
+        """Whether ``dest`` got at least half of ``units`` (at ``scale``) from the wallet more
+        than a day before ``time``, within ``fresh_history_days``: a whale paying its own
+        address again (blind replay: 4.4 then 7.7 BTC, 190 then 210 BNB, days apart). A
+        thief's address is fresh, and a drain's own first payment, minutes or hours old, does
+        not count."""
+        if history is None:
+            return False
+        factor: int = 10 ** (scale - history.scale)  # the history's is never finer
+        return history.paid_before(dest, time - 86400, -(-units // (2 * factor)))
+
+    def _largest_single(
+        self, transfer: TransferView, state: WalletState, window: Window, conc: Window, new: bool
+    ) -> tuple[int, int]:
+        """The largest payment in ``window`` and in ``conc`` (this one among them, ``new``
+        whether its destination is new) that is one payment for the size rules to judge: to a
+        new destination, or to a whale's own address (:meth:`_returning`); 0 when none is."""
+        history = self._fresh.get((transfer.chain, transfer.wallet, transfer.asset))
+        scale, units = state.scale, state.units
+
+        def single(dest: str, time: float, amount: int, is_new: bool) -> bool:
+            return is_new or self._returning(history, scale, dest, time, amount)
+
+        largest_c = units if single(transfer.counterparty, state.now, units, new) else 0
+        largest_w, horizon = largest_c, window.horizon
         for outflow in conc.items:
-            if outflow.new:
-                largest_c = max(largest_c, outflow.units)
-                if outflow.time > horizon and outflow.units > largest_w:
-                    largest_w = outflow.units
+            amount, recent = outflow.units, outflow.time > horizon
+            if amount <= largest_c and (amount <= largest_w or not recent):
+                continue  # no larger than what was found, whatever it is
+            if single(outflow.counterparty, outflow.time, amount, outflow.new):
+                largest_c = max(largest_c, amount)
+                if recent:
+                    largest_w = max(largest_w, amount)
         return largest_w, largest_c
 
     def _one_payment(
-        self,
-        window: Window,
-        conc: Window,
-        new_units: int,
-        totals: tuple[int, int],
-        refs: tuple[int, int],
+        self, largest: tuple[int, int], totals: tuple[int, int], refs: tuple[int, int]
     ) -> bool:
-        """Whether the total rule's outflow is one payment to a new address and little else:
-        without the largest such payment of each window (this one, ``new_units``, among them)
-        neither reaches ``total_warn_share`` (as for the learned baseline, one payment is not a
-        rate), and that payment took less than ``total_alone_share`` of the balance. A large
-        payment to a familiar destination (a vault's sweep three times its usual) stays this
-        rule's: no other judges it."""
-        largest_w, largest_c = self._largest_new(window, conc, new_units)
-        (total, total_c), (ref_w, ref_c) = totals, refs
+        """Whether the total rule's outflow is one payment to a new address (or a whale's own)
+        and little else: without the ``largest`` such payment of each window
+        (:meth:`_largest_single`) neither reaches ``total_warn_share`` (as for the learned
+        baseline, one payment is not a rate), and that payment took less than
+        ``total_alone_share`` of the balance. A large payment to a familiar destination (a
+        vault's sweep three times its usual) stays this rule's: no other judges it."""
+        (largest_w, largest_c), (total, total_c), (ref_w, ref_c) = largest, totals, refs
         if _reaches(largest_w, ref_w, self._total_alone) or _reaches(
             largest_c, ref_c, self._total_alone
         ):

@@ -690,6 +690,20 @@ def test_one_whale_sized_payment_is_not_a_total_outflow(amount: int, frozen: boo
     assert second.metrics["rule_total"] == "1"
 
 
+@pytest.mark.parametrize(("to", "frozen"), [("WHALE5", False), ("WHALE1", True)])
+def test_a_whale_paying_its_own_address_again_is_not_a_total_outflow(to: str, frozen: bool) -> None:
+    # Whales took 10-35% to their own addresses two days ago. 33% to WHALE5 again (it got 35%)
+    # is one payment to a whale's own address: not a total outflow. To WHALE1, which got 15%,
+    # it is more than twice what that address ever got: the total rule freezes. (Within a day
+    # of its first payment an address is new: the size rules judge it, and they know whales.)
+    whales = (100000, 150000, 200000, 250000, 300000, 350000)
+    state, detector, minute = whales_then_customers(whales)
+    finding = judge_and_learn(state, detector, transfer(to, 330000, minutes=minute))
+    assert finding is not None
+    assert finding.metrics["rule_total"] == "1"
+    assert finding.freeze is frozen
+
+
 def test_a_single_address_warning_no_larger_than_an_ordinary_payment_is_info() -> None:
     # Whales took up to 6% to fresh addresses on the first day. Two days later 5.5% to one more
     # is what this wallet does: info, not a page. 6.5% is larger than any: a warning; and
