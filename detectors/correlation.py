@@ -28,9 +28,9 @@ crowd's evidence is mid-size payments to several new addresses, as a withdrawal 
 customers make them: on a panic day two or three wallets freeze so by chance within the half
 hour, so such freezes open an incident (one page) but lower no bar. A warning on a crowd's
 evidence (``crowd``; the baseline's rates are one too) makes its wallet a member, but neither
-it nor its wallet is frozen when the bar drops: on a panic day every wallet warns so, and two
-wallets run down by their customers froze on their own evidence within the half hour (blind
-replay, seed 0: five wallets frozen with them). The
+it nor its wallet is frozen when the bar drops: on a panic day every wallet warns so, and when
+two froze on their own evidence within the half hour (blind replay, seed 0: one its customers
+had run down, one on a customer's test and payment), five wallets were frozen with them. The
 lowered bar's own freezes count as warnings (one of them is no wallet frozen on its own
 evidence), and a ledger-approved outflow's findings not at all. A wallet counts as frozen on
 while its last such freeze is within ``window_s``: a panic's warnings keep a wallet's spell
@@ -128,7 +128,7 @@ class IncidentCorrelator:
         """wallet key -> (first abnormal time in this spell, last time, highest level)."""
         self._struck: dict[int, dict[str, tuple[float, float]]] = {1: {}, 3: {}, 4: {}}
         """level -> wallet key -> (first, last) time of its findings of at least that level in
-        this spell (1: on the wallet's own evidence, not a crowd's)."""
+        this spell (1: any finding on the wallet's own evidence, not a crowd's)."""
         self._incident: _Incident | None = None
         self._frozen: dict[str, float] = {}
         """wallet key -> when a freeze was last requested for it."""
