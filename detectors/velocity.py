@@ -21,7 +21,9 @@ higher one:
   least ``midsize_share`` of the balance (larger than nearly every customer withdrawal), together
   ``burst_warn_share`` / ``burst_freeze_share`` within ``window_s`` (default 3% / 6% in 20 min);
   a freeze only when they are at least ``burst_crowd_share`` (a fifth) of the window's
-  outflows, a warning otherwise: a withdrawal surge is a crowd that holds a few large ones
+  outflows and, without the largest of them, still reach ``burst_warn_share`` (one large
+  payment and two customers' are no burst: the size rules judge that payment), a warning
+  otherwise: a withdrawal surge is a crowd that holds a few large ones
   (a warning this wallet's customers gave this week is info, below). Nor does it freeze when
   that many mid-size payments among the window's come by chance more often than once in
   ``1 / burst_chance`` (1,000) windows, at the share of the day's earlier payments that are
@@ -997,6 +999,8 @@ class VelocityDetector:
                         level = 1
                     if level == 2 and not self._burst_unlikely(state, window, dest):
                         level = 1
+                    if level == 2 and self._one_large(window, units, mid_total, ref_w):
+                        level = 1
                     score = _ratio(mid_total, ref_w, float(self.burst_freeze_share))
                     if level == 1 and self._familiar(transfer, now, score, "burst", fired):
                         level = 0
@@ -1510,6 +1514,14 @@ class VelocityDetector:
         small = sum(1 for o in fast.items if not _reaches(o.units, ref, large))
         in_hour = state.window(self.concentration_window_s).count + 1
         return small >= _BATCH_MIN_SMALL and 3 * (fast.count + 1) >= in_hour
+
+    def _one_large(self, window: Window, units: int, mid_total: int, ref_w: int) -> bool:
+        """Whether the burst is one large payment and customers: without the largest of its
+        mid-size payments (``units``, the one judged, among them) the rest is under
+        ``burst_warn_share``. That payment is the size rules' to judge, as for the total rule
+        (a whale's 3.9% and two customers' 1% made a 6% burst on the blind replay)."""
+        largest = max(units, max((o.units for o in window.items if o.mid), default=0))
+        return not _reaches(mid_total - largest, ref_w, self._burst_warn)
 
     def _burst_unlikely(self, state: WalletState, window: Window, dest: str) -> bool:
         """Whether the window's mid-size payments to new addresses, with the one being judged,

@@ -130,6 +130,23 @@ def test_burst_to_a_few_new_addresses_freezes_but_wide_fanout_does_not() -> None
     ] * 60
 
 
+@pytest.mark.parametrize(("amounts", "frozen"), [((45, 8, 8), False), ((25, 20, 20), True)])
+def test_one_large_payment_and_two_customers_are_no_burst(
+    amounts: tuple[int, ...], frozen: bool
+) -> None:
+    # Three mid-size payments to new addresses, 6 minutes apart, 6.1% together: but without the
+    # largest (4.5%, which the single-address rule judges) only 1.6% is left, under the burst's
+    # warning share (3%): it warns. 2.5%, 2% and 2% are a burst (4% without the largest).
+    state, detector = make_state(), VelocityDetector()
+    results = [
+        judge(state, detector, transfer(f"T{i}", a, minutes=6 * i)) for i, a in enumerate(amounts)
+    ]
+    last = results[-1]
+    assert last is not None
+    assert last.metrics["rule_burst"] == "1"
+    assert last.freeze is frozen
+
+
 @pytest.mark.parametrize(("customers", "frozen"), [(0, True), (40, False)])
 def test_a_burst_inside_a_crowd_of_customers_warns(customers: int, frozen: bool) -> None:
     state, detector = make_state(), VelocityDetector()
