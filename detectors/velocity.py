@@ -997,9 +997,11 @@ class VelocityDetector:
                         # A crowd of customers that happens to hold a few large ones (a
                         # withdrawal surge) is not a burst: the mid-size ones must stand out.
                         level = 1
-                    if level == 2 and not self._burst_unlikely(state, window, dest):
-                        level = 1
+                    # One large payment among customers' is asked first: it reads only the
+                    # window, the chance reads the day.
                     if level == 2 and self._one_large(window, units, mid_total, ref_w):
+                        level = 1
+                    if level == 2 and not self._burst_unlikely(state, window, dest):
                         level = 1
                     score = _ratio(mid_total, ref_w, float(self.burst_freeze_share))
                     if level == 1 and self._familiar(transfer, now, score, "burst", fired):
