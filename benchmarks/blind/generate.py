@@ -178,8 +178,9 @@ class Incident:
 class World:
     """Market-wide state shared by every wallet: prices, activity, panic days, the output."""
 
-    def __init__(self, seed: int, days: int) -> None:
+    def __init__(self, seed: int, days: int, whale_withdrawals: float = 4) -> None:
         self.seed, self.days, self.end = seed, days, days * DAY
+        self.whale_withdrawals = whale_withdrawals
         rng = rng_for(seed, "world")
         self.panics = [
             (int(self.day(d) * DAY + h * HOUR), int(length * HOUR), peak)
@@ -303,7 +304,7 @@ class Sim:
         if self.mm_on:
             self.repeat("mm_out", 6 * HOUR, 14 * HOUR)
             self.repeat("mm_in", 8 * HOUR, 16 * HOUR)
-        for kind, per_month in (("whale_out", 4), ("whale_in", 3)):
+        for kind, per_month in (("whale_out", world.whale_withdrawals), ("whale_in", 3)):
             for _ in range(poisson(rng, per_month * world.days / 30)):
                 self.push(rng.randrange(world.end), "big", kind)
         for t in range(0, world.end, 15 * MIN):
@@ -580,10 +581,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--days", type=int, default=28)
+    parser.add_argument(
+        "--whale-withdrawals",
+        type=float,
+        default=4,
+        help="whale withdrawals a month per entry (default 4; 0: traffic as DESIGN.md names it)",
+    )
     args = parser.parse_args()
     if args.days < 12:
         parser.error("--days must be at least 12 (7 learning days, then the incidents)")
-    world = World(args.seed, args.days)
+    world = World(args.seed, args.days, args.whale_withdrawals)
     sims = build_wallets(world)
     incs = plan_incidents(world, sims)
     for sim in sims.values():
