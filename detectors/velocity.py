@@ -34,9 +34,12 @@ higher one:
 * **sustained**: at least ``sustained_min_count`` (8) mid-size payments to new addresses within
   ``concentration_window_s`` (1 h), together ``sustained_freeze_share`` (5%) of the balance
   without the largest of them, freeze when they are sudden (payments of that size now make
-  ``sustained_ratio``, 3x, the share of the hour's payments that they make of the day's) and
-  not a crowd (the hour holds at most ``sustained_crowd_ratio``, 2x, the day's hourly average
-  of payments): a drain of ~0.8% every 8 minutes, too slow for the burst rule, under 1% each;
+  ``sustained_ratio``, 3x, the share of the hour's payments that they make of the rest of the
+  day's) and not a crowd (the hour's other payments are at most ``sustained_crowd_ratio``, 2x,
+  the day's hourly average of payments, and 2x what that hour of the day held on the last
+  days, the median of up to a week, from the third: a drain's own payments make no crowd,
+  and a panic that began hours ago has raised the day's average too): a drain of ~0.8% every
+  8 minutes, too slow for the burst rule, under 1% each;
 * **large pair**: a second payment of at least ``large_share`` (1%) of the balance at the
   hour's start to another new address within ``fast_window_s`` (5 min), or a third of at least
   1% of the balance at the fast window's start (never less than ``large_hour_floor``, 3/4, of
@@ -151,6 +154,7 @@ from __future__ import annotations
 
 import copy
 import heapq
+import itertools
 import math
 from collections import Counter, deque
 from collections.abc import Collection, Iterable, Iterator, Mapping
@@ -357,6 +361,9 @@ class _Cadence:
     for a wallet that sends each hour's at once."""
     medians: deque[int] = field(default_factory=lambda: deque(maxlen=_USUAL_HOURS))
     """The median payment of each of the last learned wallet-hours, at ``scale``."""
+    counts: deque[int] = field(default_factory=lambda: deque(maxlen=_COUNT_HOURS))
+    """How many payments each of the last wallet-hours before ``hour_start`` held, the empty
+    ones too, the latest last."""
 
     def add(self, time: float, units: int, scale: int) -> None:
         """Count a payment of ``units`` at ``scale`` in the current wallet-hour."""
@@ -371,6 +378,10 @@ class _Cadence:
     def roll(self, now: float, span_s: float) -> None:
         """Learn the wallet-hour that ended (if it had enough payments) and start ``now``'s."""
         times = self.times
+        if self.hour_start > -math.inf:
+            self.counts.append(len(times))
+            empty = int((now - now % 3600 - self.hour_start) // 3600) - 1
+            self.counts.extend(itertools.repeat(0, min(empty, _COUNT_HOURS)))
         if len(times) >= _BATCH_MIN_COUNT:
             share = busiest_total(times, [1.0] * len(times), span_s) / len(times)
             weight = 1.0 if self.hours == 0 else _BATCH_FADING
@@ -386,6 +397,25 @@ class _Cadence:
         its busiest fast window of an hour held on average ``share`` of the hour's payments."""
         return share > 0 and self.hours >= _BATCH_MIN_HOURS and self.batching >= share
 
+    def usual_count(self, now: float) -> int | None:
+        """How many payments the hour of the day of ``now`` usually holds: the median of that
+        hour on each of the last days (up to a week), or ``None`` before ``_COUNT_MIN_DAYS``
+        of them. A day's panic is one of seven."""
+        hour = now - now % 3600
+        counts, seen = self.counts, []
+        for back in range(1, _COUNT_HOURS // 24 + 1):
+            then = hour - back * 86400
+            if then == self.hour_start:
+                seen.append(len(self.times))
+            elif then > self.hour_start:
+                seen.append(0)
+            else:
+                at = int((self.hour_start - then) // 3600)
+                if at > len(counts):
+                    break
+                seen.append(counts[-at])
+        return median_high(seen) if len(seen) >= _COUNT_MIN_DAYS else None
+
     def usual_payment(self, scale: int) -> int:
         """The median of the learned hours' median payments, at ``scale``: what the wallet's
         customers usually take."""
@@ -398,6 +428,10 @@ _BATCH_MIN_SMALL: Final = 2
 """Payments under ``large_share`` (customers) a fast window needs to be a payout batch."""
 _BATCH_FADING: Final = 0.05
 _BATCH_MIN_HOURS: Final = 24
+_COUNT_HOURS: Final = 7 * 24
+"""Wallet-hours whose payments are counted (a week)."""
+_COUNT_MIN_DAYS: Final = 3
+"""Days an hour of the day needs behind it to have a usual count."""
 _USUAL_HOURS: Final = 24
 """Wallet-hours whose median payments make a batching wallet's usual payment."""
 
@@ -1008,7 +1042,7 @@ class VelocityDetector:
                         level = 0
                     fired.append((level, score, "burst"))
                 self._large_pair(transfer, state, units, ref_c, fired)
-                self._sustained_burst(state, conc, units, ref_c, fired)
+                self._sustained_burst(transfer, state, conc, (units, ref_c), fired)
 
             if count_day >= self.bleed_min_count:
                 ref_b = state.reference_units(state.window(self.bleed_window_s))
@@ -1555,10 +1589,10 @@ class VelocityDetector:
 
     def _sustained_burst(
         self,
+        transfer: TransferView,
         state: WalletState,
         conc: Window,
-        units: int,
-        ref_c: int,
+        sizes: tuple[int, int],
         fired: list[tuple[int, float, str]],
     ) -> None:
         """Mid-size payments to new addresses kept up for an hour (a drain too slow for the
@@ -1569,14 +1603,23 @@ class VelocityDetector:
         count = conc.mid_count + 1
         if self.sustained_min_count <= 0 or count < self.sustained_min_count:
             return
+        units, ref_c = sizes
         total = conc.mid_total + units
         if not _reaches(total, ref_c, self._sustained):
             return
         day = state.window(self.bleed_window_s)
         hour_count, day_count = conc.count + 1, day.count + 1
-        # Not a crowd: the hour holds at most sustained_crowd_ratio times the day's hourly average
-        # of payments (a panic's customers come many times as fast as usual, and larger).
-        if hour_count * self.bleed_window_s > self.sustained_crowd_ratio * day_count * 3600:
+        # Not a crowd: the hour's other payments are at most sustained_crowd_ratio times the
+        # day's hourly average of payments (a panic's customers come many times as fast as
+        # usual, and larger; a drain's own payments are no crowd).
+        others = hour_count - count
+        if others * self.bleed_window_s > self.sustained_crowd_ratio * day_count * 3600:
+            return
+        # Nor at most that ratio times what this hour of the day usually holds: a panic that
+        # began hours ago has raised the day's average too.
+        cadence = self._cadence.get((transfer.chain, transfer.wallet, transfer.asset))
+        usual = None if cadence is None else cadence.usual_count(state.now)
+        if usual is not None and others > self.sustained_crowd_ratio * usual:
             return
         # Sudden: payments of a mid-size now make sustained_ratio times the share of the hour's
         # payments that they make of the day's. Sized against today's balance for both: at a
@@ -1591,7 +1634,9 @@ class VelocityDetector:
                 hour_mid += is_midsize(o.units)
                 if o.mid and o.units > largest:
                     largest = o.units
-        if hour_mid * day_count < self.sustained_ratio * day_mid * hour_count:
+        # Against the rest of the day: a drain's own payments do not make its hour usual.
+        rest_count, rest_mid = day_count - hour_count, day_mid - hour_mid + 1
+        if hour_mid * rest_count < self.sustained_ratio * rest_mid * hour_count:
             return
         # One payment is not a rate: without the largest (a whale among customers), the rest
         # must reach the share too.

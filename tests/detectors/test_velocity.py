@@ -302,6 +302,74 @@ def test_mid_size_payments_inside_a_crowd_of_customers_do_not_freeze_as_sustaine
     assert not any(f is not None and f.metrics.get("rule_sustained") for f in found)
 
 
+def customer_slots(
+    state: WalletState,
+    detector: VelocityDetector,
+    minute: float,
+    slots: int,
+    customers: int,
+    drain: int = 0,
+) -> tuple[list[Finding | None], float]:
+    """``slots`` slots of 8 minutes, each with ``customers`` customers (0.1-0.3% of a 1,000,000
+    wallet, each refilled) and, with ``drain``, one payment of ``drain`` to a fresh address at
+    its seventh minute; the findings of those payments, and the minute after the slots."""
+    found = []
+    for _ in range(slots):
+        for i in range(customers):
+            amount = 1000 + 500 * (i % 5)
+            t = minute + i * 7 / customers
+            to = f"C{minute}-{i}"
+            judge_and_learn(state, detector, transfer(to, amount, minutes=t))
+            judge_and_learn(
+                state, detector, transfer(f"D{to}", amount, minutes=t + 0.1, direction=Direction.IN)
+            )
+        if drain:
+            found.append(
+                judge_and_learn(state, detector, transfer(f"T{minute}", drain, minutes=minute + 7))
+            )
+        minute += 8
+    return found, minute
+
+
+def test_a_drains_own_payments_make_no_crowd() -> None:
+    # A day of one customer every 16 minutes, then 0.8% to a fresh address every 8 minutes
+    # among the same customers: with the drain's payments the hour holds twice the day's
+    # hourly average, but its other payments do not (the sustained rule's crowd test).
+    state, detector = make_state(wallet(balance="1000000")), VelocityDetector()
+    minute = 0.0
+    for _ in range(90):
+        _, minute = customer_slots(state, detector, minute, 1, 1)
+        minute += 8  # and a slot without: one every 16 minutes
+    drained = []
+    for _ in range(8):
+        more, minute = customer_slots(state, detector, minute, 1, 1, drain=8000)
+        drained += more
+        more, minute = customer_slots(state, detector, minute, 1, 0, drain=8000)
+        drained += more
+    first = next(k for k, f in enumerate(drained) if f is not None and f.freeze)
+    assert first == 7  # the eighth: 6.4% in the hour
+    frozen = drained[first]
+    assert frozen is not None
+    assert frozen.metrics["rule_sustained"] == "1"
+
+
+@pytest.mark.parametrize(("days_before", "frozen"), [(1, True), (4, False)])
+def test_a_panic_that_began_hours_ago_is_a_crowd_against_the_usual_hour(
+    days_before: int, frozen: bool
+) -> None:
+    # Customers three every 8 minutes (22.5 an hour), then a panic at 7 every 8 minutes (52.5
+    # an hour) for eight hours: the day's hourly average has risen to about 34, so the ninth
+    # hour's 52.5 are no crowd against it. Then customers' mid-size payments come too (0.8%,
+    # one a slot; a panic runs balances down). After four days the same hour usually held 22.5:
+    # a crowd, no sustained freeze. After one day there is no usual hour to ask.
+    state, detector = make_state(wallet(balance="1000000")), VelocityDetector()
+    _, minute = customer_slots(state, detector, 0.0, days_before * 180, 3)
+    _, minute = customer_slots(state, detector, minute, 60, 7)
+    found, _ = customer_slots(state, detector, minute, 10, 7, drain=8000)
+    sustained = [f for f in found if f is not None and f.metrics.get("rule_sustained")]
+    assert bool(sustained) is frozen
+
+
 def test_total_outflow_to_known_addresses_freezes_at_thirty_percent() -> None:
     state = make_state(wallet(balance="1000", known=("MM1", "MM2", "MM3", "MM4")))
     detector = VelocityDetector()
@@ -1223,6 +1291,26 @@ def test_a_wallets_usual_payment_is_kept_at_the_states_scale() -> None:
     cadence.roll(7200.0, 300)
     assert list(cadence.medians) == [60, 70]
     assert cadence.usual_payment(1) == 70  # median_high of two
+
+
+def test_a_wallets_usual_count_is_that_hour_on_the_last_days_empty_hours_too() -> None:
+    # Five payments at 10:00 each day (twenty on day 3, a panic), nothing else.
+    cadence, hour = _Cadence(), 3600.0
+
+    def pay(day: int, count: int) -> None:
+        for k in range(count):
+            now = day * 86400 + 10 * hour + k
+            if now >= cadence.hour_start + hour:
+                cadence.roll(now, 300)
+            cadence.add(now, 1, 0)
+
+    for day in range(4):
+        pay(day, 20 if day == 3 else 5)
+    # Of 5, 5, 5 and 20 (day 3's hour, still open, as it stands): median_high 5.
+    assert cadence.usual_count(4 * 86400 + 10 * hour) == 5
+    assert cadence.usual_count(4 * 86400 + 11 * hour) == 0  # the empty hours are counted
+    assert cadence.usual_count(4 * 86400 + 10 * hour + 59) == 5  # any minute of the hour
+    assert cadence.usual_count(2 * 86400 + 10 * hour + 1800) is None  # two days behind it
 
 
 def test_another_exchanges_shared_deposit_address_stays_familiar_on_a_panic_day() -> None:
