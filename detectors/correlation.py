@@ -20,7 +20,10 @@ evidence (below):
 * once ``fleet_frozen`` wallets have been so frozen on, or ``fleet_heavy`` that each lost at
   least ``heavy_share`` of its balance, every other hot wallet of the exchange is frozen at once,
   one alert each (the Phemex and KuCoin pattern: dozens of hot wallets across chains emptied
-  within minutes).
+  within minutes); in a market-wide withdrawal surge (``surge_wallets`` wallets not frozen on
+  with a crowd's findings within ``window_s``) only the second: on a panic day customers'
+  single large payments froze three wallets within twenty minutes, and the fleet with them,
+  when customers most want their money.
 
 The engine tells it what a finding counts as (``level``): 1 a warning, 2 a freeze on a crowd's
 evidence, 3 any other freeze, 4 one of a wallet that lost ``heavy_share`` of its balance. A
@@ -101,6 +104,9 @@ class IncidentCorrelator:
             ``heavy_share`` of its balance (level 4) that freeze the fleet too, before a third
             is frozen (0: off).
         heavy_share: See ``fleet_heavy``; the engine tells which freezes are so (level 4).
+        surge_wallets: Wallets not frozen on with a crowd's findings (a crowd's freeze or
+            warning) within ``window_s`` that make a market-wide withdrawal surge: then only
+            ``fleet_heavy`` freezes the fleet (0: off).
     """
 
     def __init__(
@@ -114,6 +120,7 @@ class IncidentCorrelator:
         watch_chance: float = 0.01,
         fleet_heavy: int = 2,
         heavy_share: Decimal = Decimal("0.5"),
+        surge_wallets: int = 3,
     ) -> None:
         self.window_s = window_s
         self.min_wallets = min_wallets
@@ -124,6 +131,9 @@ class IncidentCorrelator:
         self.watch_chance = watch_chance
         self.fleet_heavy = fleet_heavy
         self.heavy_share = heavy_share
+        self.surge_wallets = surge_wallets
+        self._crowded: dict[str, tuple[float, float]] = {}
+        """wallet key -> (first, last) time of its crowd's findings in this spell."""
         self._recent: dict[str, tuple[float, float, int]] = {}
         """wallet key -> (first abnormal time in this spell, last time, highest level)."""
         self._struck: dict[int, dict[str, tuple[float, float]]] = {1: {}, 3: {}, 4: {}}
@@ -168,12 +178,26 @@ class IncidentCorrelator:
             return False
         if self._fleet_done == incident.id:
             return False
-        if self._struck_near(now) < self.fleet_frozen and not (
-            self.fleet_heavy and self._struck_near(now, level=4) >= self.fleet_heavy
-        ):
+        heavy = self.fleet_heavy and self._struck_near(now, level=4) >= self.fleet_heavy
+        if not heavy and (self._struck_near(now) < self.fleet_frozen or self._surging(now)):
             return False
         self._fleet_done = incident.id
         return True
+
+    def _surging(self, now: float) -> bool:
+        """Whether ``surge_wallets`` wallets not frozen on had a crowd's findings within
+        ``window_s`` of ``now``: a market-wide withdrawal surge. A wallet being drained makes a
+        crowd's findings too (a thief's payments are many, and mid-size); its own freeze tells
+        what they were."""
+        if not self.surge_wallets:
+            return False
+        near, struck = self._near, self._struck[3]
+        crowding = sum(
+            1
+            for key, (first, last) in self._crowded.items()
+            if near(first, last, now) and not (key in struck and near(*struck[key], now))
+        )
+        return crowding >= self.surge_wallets
 
     def is_frozen(self, wallet_key: str, now: float) -> bool:
         """Whether a freeze was requested for this wallet within ``window_s`` of ``now``."""
@@ -257,14 +281,18 @@ class IncidentCorrelator:
         out of time order; it passes the ``incident_id`` that replica gave it, which names the
         incident here too when none is open yet, so the replicas' alerts share one id.
         """
-        recent, struck = self._recent, self._struck
+        recent, struck, crowded = self._recent, self._struck, self._crowded
         for key in [k for k, (_, last, _) in recent.items() if now - last > self.window_s]:
             del recent[key]
+            crowded.pop(key, None)
             for spells in struck.values():
                 spells.pop(key, None)
         first, last, highest = recent.get(wallet_key, (now, now, 0))
         recent[wallet_key] = (min(first, now), max(last, now), max(highest, level))
         own = level >= 3 or (level == 1 and not crowd)
+        if level == 2 or (level == 1 and crowd):
+            first, last = crowded.get(wallet_key, (now, now))
+            crowded[wallet_key] = (min(first, now), max(last, now))
         for at_least, spells in struck.items():
             if level >= at_least and (at_least > 1 or own):
                 first, last = spells.get(wallet_key, (now, now))

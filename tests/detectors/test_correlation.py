@@ -383,6 +383,43 @@ def test_two_wallets_half_emptied_within_minutes_freeze_the_fleet(
     assert {a.wallet for a in read if a.freeze} == ({"HOT2", "HOT3"} if freezes_fleet else set())
 
 
+@pytest.mark.parametrize(("crowded", "fleet_due"), [(2, True), (3, False)])
+def test_in_a_market_wide_surge_three_wallets_frozen_on_do_not_freeze_the_fleet(
+    crowded: int, fleet_due: bool
+) -> None:
+    # A panic day: wallets warn of their customers' crowds, then three freeze on their own
+    # evidence within half an hour (customers' single large payments: a long tail, balances run
+    # down). With three wallets in a crowd that is a market-wide surge: the bar drops, but
+    # only two wallets that each lost half freeze the fleet.
+    c = IncidentCorrelator(window_s=1800)
+    for k in range(crowded):
+        c.observe(f"eth:W{k}", 300.0, 1, crowd=True)
+    c.observe("btc:B", 600.0, 3)
+    c.observe("bsc:C", 1000.0, 3)
+    c.observe("nem:D", 1800.0, 3)
+    assert c.lowered(1800.0)
+    assert c.fleet_freeze_due(1800.0) is fleet_due
+    if not fleet_due:
+        c.observe("sol:E", 1900.0, 4)
+        assert not c.fleet_freeze_due(1900.0)
+        c.observe("xrp:F", 1950.0, 4)
+        assert c.fleet_freeze_due(1950.0)
+    # Half an hour after the last crowd's finding the surge is over: three freeze the fleet.
+    later = IncidentCorrelator(window_s=1800)
+    for k in range(3):
+        later.observe(f"eth:W{k}", 0.0, 2)  # a crowd's freezes count as a crowd's findings
+    for k, key in enumerate(("btc:B", "bsc:C", "nem:D")):
+        later.observe(key, 1900.0 + 60 * k, 3)
+    assert later.fleet_freeze_due(2020.0)
+    # Drained wallets' own crowd's findings make no surge (a thief's payments are many, and
+    # mid-size): three wallets that warned so and then froze on their own freeze the fleet.
+    drained = IncidentCorrelator(window_s=1800)
+    for k, key in enumerate(("btc:B", "bsc:C", "nem:D")):
+        drained.observe(key, 300.0, 1, crowd=True)
+        drained.observe(key, 600.0 + 60 * k, 3)
+    assert drained.fleet_freeze_due(720.0)
+
+
 class _RateRule(FixedRule):
     """The fixed rule, marked as a rate detector whose freezes stand for their wallet only."""
 
