@@ -23,7 +23,8 @@ evidence (below):
   within minutes); in a market-wide withdrawal surge (``surge_wallets`` wallets not frozen on
   with a crowd's findings within ``window_s``) only the second: on a panic day customers'
   single large payments froze three wallets within twenty minutes, and the fleet with them,
-  when customers most want their money.
+  when customers most want their money (the alert that would have frozen it says so, once:
+  :meth:`IncidentCorrelator.fleet_withheld`).
 
 The engine tells it what a finding counts as (``level``): 1 a warning, 2 a freeze on a crowd's
 evidence, 3 any other freeze, 4 one of a wallet that lost ``heavy_share`` of its balance. A
@@ -127,6 +128,8 @@ class IncidentCorrelator:
         self.min_frozen = min_frozen
         self.fleet_frozen = fleet_frozen
         self._fleet_done: str | None = None
+        self._withheld: str | None = None
+        """The incident whose fleet freeze a surge kept back, once said (:meth:`fleet_withheld`)."""
         self.watch_share = watch_share
         self.watch_chance = watch_chance
         self.fleet_heavy = fleet_heavy
@@ -184,20 +187,34 @@ class IncidentCorrelator:
         self._fleet_done = incident.id
         return True
 
-    def _surging(self, now: float) -> bool:
-        """Whether ``surge_wallets`` wallets not frozen on had a crowd's findings within
-        ``window_s`` of ``now``: a market-wide withdrawal surge. A wallet being drained makes a
-        crowd's findings too (a thief's payments are many, and mid-size); its own freeze tells
-        what they were."""
+    def _surging(self, now: float) -> int:
+        """How many wallets not frozen on had a crowd's findings within ``window_s`` of ``now``,
+        when they are ``surge_wallets`` or more (a market-wide withdrawal surge), else 0. A
+        wallet being drained makes a crowd's findings too (a thief's payments are many, and
+        mid-size); its own freeze tells what they were."""
         if not self.surge_wallets:
-            return False
+            return 0
         near, struck = self._near, self._struck[3]
         crowding = sum(
             1
             for key, (first, last) in self._crowded.items()
             if near(first, last, now) and not (key in struck and near(*struck[key], now))
         )
-        return crowding >= self.surge_wallets
+        return crowding if crowding >= self.surge_wallets else 0
+
+    def fleet_withheld(self, now: float) -> int:
+        """Once per incident: when ``fleet_frozen`` wallets have been frozen on but a market-wide
+        surge keeps the fleet freeze back, how many wallets are crowding (else 0), for the
+        alert that would have frozen the fleet to say so: on call may still freeze it."""
+        incident = self._open(now)
+        if incident is None or incident.id in (self._fleet_done, self._withheld):
+            return 0
+        if self._struck_near(now) < self.fleet_frozen:
+            return 0
+        crowding = self._surging(now)
+        if crowding:
+            self._withheld = incident.id
+        return crowding
 
     def is_frozen(self, wallet_key: str, now: float) -> bool:
         """Whether a freeze was requested for this wallet within ``window_s`` of ``now``."""

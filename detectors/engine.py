@@ -124,6 +124,21 @@ def _approved(finding: Finding) -> Finding:
     )
 
 
+def _fleet_withheld(alerts: list[Alert], crowding: int) -> list[Alert]:
+    """The alerts that would have frozen the fleet, saying why they did not (its first freeze,
+    or its first alert): a market-wide surge keeps the fleet freeze back, on call decides."""
+    said = next((a for a in alerts if a.freeze), alerts[0])
+    told = said.model_copy(
+        update={
+            "summary": f"{said.summary}; the fleet is not frozen: {crowding} other wallets' "
+            "customers are crowding too (a market-wide withdrawal surge); "
+            "POST /v1/freeze-all freezes it",
+            "metrics": {**said.metrics, "fleet_withheld": str(crowding)},
+        }
+    )
+    return [told if a is said else a for a in alerts]
+
+
 def default_detectors(config: Config, reconcile: bool = False) -> list[Detector]:
     """The detectors live mode and the backtest both run, with the config's thresholds."""
     return [
@@ -683,6 +698,10 @@ class DetectionEngine:
             # Several wallets emptied within minutes: freeze the whole hot fleet now rather
             # than wait for each wallet's own first large transfer.
             fleet = self._fleet(correlator, now, but=wallet.key)
+            if not fleet and alerts and self._fleet_allowed():
+                crowding = correlator.fleet_withheld(now)
+                if crowding:
+                    alerts = _fleet_withheld(alerts, crowding)
             alerts += self._incident_freezes(
                 sorted({*others, *fleet}) if fleet else others,
                 _Cause(

@@ -277,6 +277,28 @@ def test_three_wallets_frozen_within_minutes_freeze_the_whole_hot_fleet() -> Non
     assert not any(a.freeze and a.wallet == "HOT2" for a in again)
 
 
+def test_a_fleet_freeze_kept_back_by_a_surge_is_said_once() -> None:
+    # The same three wallets frozen within minutes, while three other wallets (not frozen on)
+    # warn of their customers' crowds: a market-wide surge. HOT2 is not frozen, and the third
+    # wallet's freeze says why, and how on call freezes the fleet all the same; once.
+    engine = DetectionEngine(fleet())
+    assert engine.correlator is not None
+    for k in range(3):
+        engine.correlator.observe(f"tron:CROWD{k}", at(1).timestamp(), 1, crowd=True)
+    engine.process(transfer("T1", 400, wallet="HOT1", minutes=0))
+    engine.process(transfer("0xb", 400, wallet="0xE0", chain="ethereum", asset="ETH", minutes=2))
+    alerts = engine.process(transfer("T3", 400, wallet="HOT3", minutes=4))
+    assert {a.wallet for a in alerts if a.freeze} == {"HOT3"}
+    said = next(a for a in alerts if a.freeze)
+    assert said.metrics["fleet_withheld"] == "3"
+    assert said.summary.endswith(
+        "; the fleet is not frozen: 3 other wallets' customers are crowding too (a market-wide"
+        " withdrawal surge); POST /v1/freeze-all freezes it"
+    )
+    again = engine.process(transfer("T4", 400, wallet="HOT2", minutes=5))
+    assert not any("fleet_withheld" in a.metrics for a in again)
+
+
 @pytest.mark.parametrize(
     ("policy", "ledger", "fleet_frozen"),
     [
@@ -399,6 +421,9 @@ def test_in_a_market_wide_surge_three_wallets_frozen_on_do_not_freeze_the_fleet(
     c.observe("nem:D", 1800.0, 3)
     assert c.lowered(1800.0)
     assert c.fleet_freeze_due(1800.0) is fleet_due
+    # Kept back by the surge, it is said once (fleet_withheld: how many wallets crowd).
+    assert c.fleet_withheld(1800.0) == (0 if fleet_due else 3)
+    assert c.fleet_withheld(1810.0) == 0
     if not fleet_due:
         c.observe("sol:E", 1900.0, 4)
         assert not c.fleet_freeze_due(1900.0)
