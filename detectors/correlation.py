@@ -8,7 +8,7 @@ first finding, so a replay gives the same id), and the bar for freezing drops fo
 the exchange while it lasts:
 
 once ``min_frozen`` wallets have been frozen on within ``window_s``, other than by a crowd's
-evidence (below):
+evidence (below), and not in a market-wide withdrawal surge (below):
 
 * a member's warning becomes a freeze (``rule_correlated`` in its metrics), unless it is a
   crowd's;
@@ -21,10 +21,10 @@ evidence (below):
   least ``heavy_share`` of its balance, every other hot wallet of the exchange is frozen at once,
   one alert each (the Phemex and KuCoin pattern: dozens of hot wallets across chains emptied
   within minutes); in a market-wide withdrawal surge (``surge_wallets`` wallets not frozen on
-  with a crowd's findings within ``window_s``) only the second: on a panic day customers'
-  single large payments froze three wallets within twenty minutes, and the fleet with them,
-  when customers most want their money (the alert that would have frozen it says so, once:
-  :meth:`IncidentCorrelator.fleet_withheld`).
+  with a crowd's findings within ``window_s``) only the second, and the bar does not drop: on a
+  panic day customers' single large payments froze three wallets within twenty minutes, and the
+  fleet with them, when customers most want their money (the alert that would have frozen it
+  says so, once: :meth:`IncidentCorrelator.fleet_withheld`).
 
 The engine tells it what a finding counts as (``level``): 1 a warning, 2 a freeze on a crowd's
 evidence, 3 any other freeze, 4 one of a wallet that lost ``heavy_share`` of its balance. A
@@ -168,10 +168,11 @@ class IncidentCorrelator:
         return sum(1 for first, last in spells.values() if self._near(first, last, now))
 
     def lowered(self, now: float) -> bool:
-        """Whether the bar is lowered at ``now``: an open incident with ``min_frozen`` frozen."""
+        """Whether the bar is lowered at ``now``: an open incident with ``min_frozen`` frozen,
+        outside a market-wide surge."""
         if self._incident is None or self._open(now) is None:  # the first test is the hot path
             return False
-        return self._struck_near(now) >= self.min_frozen
+        return self._struck_near(now) >= self.min_frozen and not self._surging(now)
 
     def fleet_freeze_due(self, now: float) -> bool:
         """True once per incident, when ``fleet_frozen`` wallets have been frozen on other than
