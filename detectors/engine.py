@@ -233,7 +233,7 @@ class DetectionEngine:
         self.warning_episode_s = 2 * cooldown_s if warning_episode_s is None else warning_episode_s
         self.new_destination_age_s = new_destination_age_s
         if correlator is True:
-            correlator = IncidentCorrelator()
+            correlator = IncidentCorrelator(surge_wallets=config.detection.surge_wallets)
         self.correlator: IncidentCorrelator | None = correlator or None
         self._shadow = frozenset(config.detection.shadow)
         self._fleet_policy = config.detection.fleet_freeze

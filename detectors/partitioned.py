@@ -590,7 +590,7 @@ def run_parts(
     """
     length = round_lines or ROUND_LINES
     bar = ProgressBar(path) if progress else None
-    correlator = IncidentCorrelator()
+    correlator = IncidentCorrelator(surge_wallets=config.detection.surge_wallets)
     outcome = Outcome(alerts=[], read=0, watched=0)
     approvals = _Approvals()
     feed = _Ledger(ledger, ledger_lookahead_s) if ledger is not None else None

@@ -266,6 +266,13 @@ class DetectionConfig(_Model):
     wallet. ``without-ledger``: not while a ledger feed is on, so that no wallet the thief never
     touches is frozen (operators can still ``POST /v1/freeze-all``). ``never``: the incident
     pages once and lowers the bar, but freezes only the wallets with evidence of their own."""
+    surge_wallets: int = Field(default=3, ge=0)
+    """Wallets not frozen on whose customers crowd (a crowd's warning or freeze within 30
+    minutes) that make a market-wide withdrawal surge: then wallets frozen on their own
+    evidence neither lower the bar for the others nor freeze the fleet (two half emptied still
+    do), and the alert that would have frozen it says so. A panic's customers freeze wallets on
+    single large payments; freezing the whole exchange then is the costliest false freeze. 0:
+    off (three wallets frozen on freeze the fleet in a panic too)."""
     learn_until: AwareDatetime | None = None
     """Transfers from before this instant are learned from (balances, windows, destinations,
     baselines, large payments, incidents) but raise no alert and freeze nothing: a new

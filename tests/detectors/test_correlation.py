@@ -277,17 +277,24 @@ def test_three_wallets_frozen_within_minutes_freeze_the_whole_hot_fleet() -> Non
     assert not any(a.freeze and a.wallet == "HOT2" for a in again)
 
 
-def test_a_fleet_freeze_kept_back_by_a_surge_is_said_once() -> None:
+@pytest.mark.parametrize("surge_wallets", [3, 0])
+def test_a_fleet_freeze_kept_back_by_a_surge_is_said_once(surge_wallets: int) -> None:
     # The same three wallets frozen within minutes, while three other wallets (not frozen on)
     # warn of their customers' crowds: a market-wide surge. HOT2 is not frozen, and the third
-    # wallet's freeze says why, and how on call freezes the fleet all the same; once.
-    engine = DetectionEngine(fleet())
+    # wallet's freeze says why, and how on call freezes the fleet all the same; once. With
+    # [detection] surge_wallets = 0 the fleet is frozen as outside a surge.
+    detection = DetectionConfig.model_validate({"surge_wallets": surge_wallets})
+    engine = DetectionEngine(fleet().model_copy(update={"detection": detection}))
     assert engine.correlator is not None
     for k in range(3):
         engine.correlator.observe(f"tron:CROWD{k}", at(1).timestamp(), 1, crowd=True)
     engine.process(transfer("T1", 400, wallet="HOT1", minutes=0))
     engine.process(transfer("0xb", 400, wallet="0xE0", chain="ethereum", asset="ETH", minutes=2))
     alerts = engine.process(transfer("T3", 400, wallet="HOT3", minutes=4))
+    if not surge_wallets:
+        assert {a.wallet for a in alerts if a.freeze} == {"HOT3", "HOT2"}
+        assert not any("fleet_withheld" in a.metrics for a in alerts)
+        return
     assert {a.wallet for a in alerts if a.freeze} == {"HOT3"}
     said = next(a for a in alerts if a.freeze)
     assert said.metrics["fleet_withheld"] == "3"
