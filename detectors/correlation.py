@@ -106,8 +106,8 @@ class IncidentCorrelator:
             is frozen (0: off).
         heavy_share: See ``fleet_heavy``; the engine tells which freezes are so (level 4).
         surge_wallets: Wallets not frozen on with a crowd's findings (a crowd's freeze or
-            warning) within ``window_s`` that make a market-wide withdrawal surge: then only
-            ``fleet_heavy`` freezes the fleet (0: off).
+            warning) within ``window_s`` that make a market-wide withdrawal surge: then the bar
+            does not drop and only ``fleet_heavy`` freezes the fleet (0: off).
     """
 
     def __init__(

@@ -131,7 +131,7 @@ def _fleet_withheld(alerts: list[Alert], crowding: int) -> list[Alert]:
     told = said.model_copy(
         update={
             "summary": f"{said.summary}; the fleet is not frozen: {crowding} other wallets' "
-            "customers are crowding too (a market-wide withdrawal surge); "
+            "customers are crowding (a market-wide withdrawal surge); "
             "POST /v1/freeze-all freezes it",
             "metrics": {**said.metrics, "fleet_withheld": str(crowding)},
         }

@@ -299,7 +299,7 @@ def test_a_fleet_freeze_kept_back_by_a_surge_is_said_once(surge_wallets: int) ->
     said = next(a for a in alerts if a.freeze)
     assert said.metrics["fleet_withheld"] == "3"
     assert said.summary.endswith(
-        "; the fleet is not frozen: 3 other wallets' customers are crowding too (a market-wide"
+        "; the fleet is not frozen: 3 other wallets' customers are crowding (a market-wide"
         " withdrawal surge); POST /v1/freeze-all freezes it"
     )
     again = engine.process(transfer("T4", 400, wallet="HOT2", minutes=5))
