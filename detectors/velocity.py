@@ -1615,8 +1615,9 @@ class VelocityDetector:
         others = hour_count - count
         if others * self.bleed_window_s > self.sustained_crowd_ratio * day_count * 3600:
             return
-        # Nor at most that ratio times what this hour of the day usually holds: a panic that
-        # began hours ago has raised the day's average too.
+        # And at most that ratio times what this hour of the day usually holds (learned with
+        # the payout cadence; without it, the day's average alone): a panic that began hours
+        # ago has raised the day's average too.
         cadence = self._cadence.get((transfer.chain, transfer.wallet, transfer.asset))
         usual = None if cadence is None else cadence.usual_count(state.now)
         if usual is not None and others > self.sustained_crowd_ratio * usual:
