@@ -84,6 +84,12 @@ class _Incident:
     last: float = float("-inf")
 
 
+def _extend(spells: dict[str, tuple[float, float]], wallet_key: str, now: float) -> None:
+    """Stretch ``wallet_key``'s spell (first, last time) in ``spells`` to take in ``now``."""
+    first, last = spells.get(wallet_key, (now, now))
+    spells[wallet_key] = (min(first, now), max(last, now))
+
+
 class IncidentCorrelator:
     """Groups abnormal wallets into incidents and lowers the freeze bar while one is open.
 
@@ -309,12 +315,10 @@ class IncidentCorrelator:
         recent[wallet_key] = (min(first, now), max(last, now), max(highest, level))
         own = level >= 3 or (level == 1 and not crowd)
         if level == 2 or (level == 1 and crowd):
-            first, last = crowded.get(wallet_key, (now, now))
-            crowded[wallet_key] = (min(first, now), max(last, now))
+            _extend(crowded, wallet_key, now)
         for at_least, spells in struck.items():
             if level >= at_least and (at_least > 1 or own):
-                first, last = spells.get(wallet_key, (now, now))
-                spells[wallet_key] = (min(first, now), max(last, now))
+                _extend(spells, wallet_key, now)
         incident = self._incident
         if incident is not None and now - incident.last > self.window_s:
             incident = self._incident = None

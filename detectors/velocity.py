@@ -236,6 +236,12 @@ class _LargePayments:
     spread_cache: float | None = None
     """:meth:`spread` until the payments change."""
 
+    def factor(self, scale: int) -> int:
+        """What one of these units is in units of ``scale``: a wallet state's, never coarser
+        than the history's (a state's scale only grows)."""
+        factor: int = 10 ** (scale - self.scale)
+        return factor
+
     def forget(self, horizon: float) -> None:
         """Let the payments before ``horizon`` go."""
         items, paid, regular, stale = self.items, self.paid, self.regular, False
@@ -898,7 +904,7 @@ class VelocityDetector:
             if wanted * den > num:
                 num, den = min(math.ceil(wanted * 1000), self._factor_max_milli), 1000
         high = history.high if before is None else history.high_before(before)
-        learned: int = -(-high * num // den) * 10 ** (state.scale - history.scale)
+        learned: int = -(-high * num // den) * history.factor(state.scale)
         return learned
 
     def _paid_as_much(self, transfer: TransferView, state: WalletState, units: int) -> bool:
@@ -914,7 +920,7 @@ class VelocityDetector:
         history = self._history_for(transfer, self.single_min_history_s)
         if history is None:
             return False
-        factor: int = 10 ** (state.scale - history.scale)  # the history's is never finer
+        factor = history.factor(state.scale)
         if history.high * factor < units:  # the cached largest: most payments stop here
             return False
         return history.high_before(transfer.epoch - 86400) * factor >= units
@@ -1042,7 +1048,7 @@ class VelocityDetector:
                         level = 0
                     fired.append((level, score, "burst"))
                 self._large_pair(transfer, state, units, ref_c, fired)
-                self._sustained_burst(transfer, state, conc, (units, ref_c), fired)
+                self._sustained_burst(transfer, state, conc, ref_c, fired)
 
             if count_day >= self.bleed_min_count:
                 ref_b = state.reference_units(state.window(self.bleed_window_s))
@@ -1179,8 +1185,7 @@ class VelocityDetector:
         not count."""
         if history is None:
             return False
-        factor: int = 10 ** (scale - history.scale)  # the history's is never finer
-        return history.paid_before(dest, time - 86400, -(-units // (2 * factor)))
+        return history.paid_before(dest, time - 86400, -(-units // (2 * history.factor(scale))))
 
     def _largest_single(
         self, transfer: TransferView, state: WalletState, window: Window, conc: Window, new: bool
@@ -1296,7 +1301,7 @@ class VelocityDetector:
         dest = transfer.counterparty
         cutoff = state.now - 86400
         horizon_w, horizon_c = window.horizon, conc.horizon
-        factor = 10 ** (state.scale - history.scale)
+        factor = history.factor(state.scale)
         num, den = self._regular_trust
         in_window = in_conc = 0
         for to, payments in history.tracked.items():
@@ -1425,8 +1430,8 @@ class VelocityDetector:
         if history is None:
             return count
         num, den = self._large
-        # The history's units in the state's scale (the history's is never finer).
-        factor = 10 ** (state.scale - history.scale) * den
+        # The history's units in the state's scale.
+        factor = history.factor(state.scale) * den
         sizes, seen_s, surge = self._ordinary_rate(
             history, transfer.epoch, self.fast_window_s, ref_c * num, factor
         )
@@ -1496,7 +1501,7 @@ class VelocityDetector:
         history = self._history_for(transfer, self.single_min_history_s)
         if history is None:
             return floor
-        factor: int = 10 ** (state.scale - history.scale)  # the history's is never finer
+        factor = history.factor(state.scale)
         sizes, seen_s, surge = self._ordinary_rate(history, transfer.epoch, span_s, floor, factor)
         if not sizes:
             return floor
@@ -1592,7 +1597,7 @@ class VelocityDetector:
         transfer: TransferView,
         state: WalletState,
         conc: Window,
-        sizes: tuple[int, int],
+        ref_c: int,
         fired: list[tuple[int, float, str]],
     ) -> None:
         """Mid-size payments to new addresses kept up for an hour (a drain too slow for the
@@ -1603,7 +1608,7 @@ class VelocityDetector:
         count = conc.mid_count + 1
         if self.sustained_min_count <= 0 or count < self.sustained_min_count:
             return
-        units, ref_c = sizes
+        units = state.units
         total = conc.mid_total + units
         if not _reaches(total, ref_c, self._sustained):
             return
