@@ -178,9 +178,19 @@ class Incident:
 class World:
     """Market-wide state shared by every wallet: prices, activity, panic days, the output."""
 
-    def __init__(self, seed: int, days: int, whale_withdrawals: float = 4) -> None:
+    def __init__(
+        self,
+        seed: int,
+        days: int,
+        whale_withdrawals: float = 4,
+        *,
+        customer_tail: float = 0.01,
+        sigma_scale: float = 1.0,
+        mm_hours: tuple[float, float] = (6, 14),
+    ) -> None:
         self.seed, self.days, self.end = seed, days, days * DAY
-        self.whale_withdrawals = whale_withdrawals
+        self.whale_withdrawals, self.customer_tail = whale_withdrawals, customer_tail
+        self.mm_hours, self.sigma_scale = mm_hours, sigma_scale
         rng = rng_for(seed, "world")
         self.panics = [
             (int(self.day(d) * DAY + h * HOUR), int(length * HOUR), peak)
@@ -230,7 +240,8 @@ class Sim:
         self.chain, self.deposits, self.tick = row[1], row[2], int(row[5])
         self.mm_on, self.asset, self.address, self.cold = row[4] == "mm", asset, row[-2], row[-1]
         _, n_wd, median, sigma = asset_row(row, asset)
-        self.n_wd, self.median, self.sigma = int(n_wd), float(median), float(sigma)
+        self.n_wd, self.median = int(n_wd), float(median)
+        self.sigma = float(sigma) * world.sigma_scale
         daily_usd = self.median * math.exp(self.sigma**2 / 2) * self.n_wd * 1.15
         self.target = round_sig(dec(float(row[3]) * daily_usd) / ASSETS[asset][0], 3)
         self.quantum, self.fee = ASSETS[asset][1], ASSETS[asset][3]
@@ -261,7 +272,7 @@ class Sim:
     def customer_amount(self, t: float, median: float) -> Decimal:
         rng, price = self.rng, float(self.world.price(self.asset, t))
         usd = rng.lognormvariate(math.log(median), self.sigma)
-        if rng.random() < 0.01:
+        if rng.random() < self.world.customer_tail:
             usd *= 5 * rng.paretovariate(1.5)
         usd *= 1.3 if self.world.panic(t) > 1.5 else 1.0
         target_usd = float(self.target) * float(self.world.price(self.asset, 0))
@@ -302,7 +313,8 @@ class Sim:
                 self.push(t, "sweeprun")
                 t += rng.uniform(*every[self.deposits])
         if self.mm_on:
-            self.repeat("mm_out", 6 * HOUR, 14 * HOUR)
+            mm_lo, mm_hi = self.world.mm_hours
+            self.repeat("mm_out", int(mm_lo * HOUR), int(mm_hi * HOUR))
             self.repeat("mm_in", 8 * HOUR, 16 * HOUR)
         for kind, per_month in (("whale_out", world.whale_withdrawals), ("whale_in", 3)):
             for _ in range(poisson(rng, per_month * world.days / 30)):
@@ -587,10 +599,37 @@ def main() -> None:
         default=4,
         help="whale withdrawals a month per entry (default 4; 0: traffic as DESIGN.md names it)",
     )
+    parser.add_argument(
+        "--customer-tail",
+        type=float,
+        default=0.01,
+        help="share of customer requests with the Pareto tail (default 0.01)",
+    )
+    parser.add_argument(
+        "--sigma-scale",
+        type=float,
+        default=1.0,
+        help="multiplies every entry's log-normal sigma of customer sizes (default 1)",
+    )
+    parser.add_argument(
+        "--mm-hours",
+        type=float,
+        nargs=2,
+        default=(6, 14),
+        metavar=("LO", "HI"),
+        help="hours between the market maker's withdrawals, drawn uniformly (default 6 14)",
+    )
     args = parser.parse_args()
     if args.days < 12:
         parser.error("--days must be at least 12 (7 learning days, then the incidents)")
-    world = World(args.seed, args.days, args.whale_withdrawals)
+    world = World(
+        args.seed,
+        args.days,
+        args.whale_withdrawals,
+        customer_tail=args.customer_tail,
+        sigma_scale=args.sigma_scale,
+        mm_hours=tuple(args.mm_hours),
+    )
     sims = build_wallets(world)
     incs = plan_incidents(world, sims)
     for sim in sims.values():
