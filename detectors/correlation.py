@@ -224,8 +224,17 @@ class IncidentCorrelator:
         return crowding
 
     def is_frozen(self, wallet_key: str, now: float) -> bool:
-        """Whether a freeze was requested for this wallet within ``window_s`` of ``now``."""
-        return now - self._frozen.get(wallet_key, float("-inf")) <= self.window_s
+        """Whether a freeze was requested for this wallet within ``window_s`` of ``now``, or
+        since the incident open at ``now`` began: the kill switch holds it frozen (unfreezing
+        takes two approvers, and approvers who unfreeze a wallet in the middle of an incident
+        have judged it), so neither the lowered bar nor the fleet freeze asks again."""
+        at = self._frozen.get(wallet_key)
+        if at is None:
+            return False
+        if now - at <= self.window_s:
+            return True
+        incident = self._incident
+        return incident is not None and at >= incident.first and self._open(now) is incident
 
     def incident_of(self, wallet_key: str, now: float) -> str | None:
         """The open incident ``wallet_key`` belongs to, if any."""

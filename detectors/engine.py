@@ -551,7 +551,11 @@ class DetectionEngine:
             if finding is not None:
                 findings.append(finding)
         correlator = self.correlator
-        if correlator is not None and correlator.lowered(state.now):
+        if (
+            correlator is not None
+            and correlator.lowered(state.now)
+            and not correlator.is_frozen(state.wallet.key, state.now)
+        ):
             watched = self._watch_finding(transfer, state, findings)
             if watched is not None:
                 findings.append(watched)
@@ -663,7 +667,13 @@ class DetectionEngine:
         )
         if correlator is not None and level >= 1:
             incident_id, others = correlator.observe(wallet.key, now, level, crowd=crowd)
-            if incident_id is not None and level == 1 and not crowd and correlator.lowered(now):
+            if (
+                incident_id is not None
+                and level == 1
+                and not crowd
+                and correlator.lowered(now)
+                and not correlator.is_frozen(wallet.key, now)
+            ):
                 top = max(findings, key=lambda f: (f.severity.rank, f.score))
                 told = top.described()
                 upgraded = replace(

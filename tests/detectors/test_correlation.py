@@ -196,6 +196,47 @@ def test_the_lowered_bars_own_freezes_do_not_freeze_the_fleet() -> None:
     assert {a.wallet for a in drained if a.freeze} == {"HOT1", "HOT4"}
 
 
+def test_the_incident_does_not_freeze_again_a_wallet_it_has_frozen() -> None:
+    # Two wallets drained lower the bar, and a 1.5% payment freezes HOT3 by it. The drains go
+    # on for an hour, which keeps the incident open. 45 minutes later HOT3 pays 1.5% to a new
+    # address again: the kill switch still holds it (unfreezing takes two approvers, who would
+    # have judged it), so the lowered bar does not ask again. HOT1, never frozen, is.
+    engine = DetectionEngine(fleet())
+    engine.process(transfer("0xbad", 400, wallet="0xE0", chain="ethereum", asset="ETH", minutes=0))
+    engine.process(transfer("T9", 400, wallet="HOT2", minutes=1))
+    watched = engine.process(transfer("T2", 15, wallet="HOT3", minutes=2))
+    assert [(a.wallet, a.freeze) for a in watched] == [("HOT3", True)]
+    for minute in (15, 30, 45, 60):
+        engine.process(transfer("T9", 20, wallet="HOT2", minutes=minute))
+        engine.process(
+            transfer("0xbad", 20, wallet="0xE0", chain="ethereum", asset="ETH", minutes=minute)
+        )
+    assert engine.correlator is not None
+    assert engine.correlator.lowered(at(61).timestamp())
+    again = engine.process(transfer("T3", 15, wallet="HOT3", minutes=61))
+    assert not any(a.freeze for a in again)
+    first = engine.process(transfer("T4", 15, wallet="HOT1", minutes=62))
+    assert [(a.wallet, a.detector, a.freeze) for a in first] == [("HOT1", "correlation", True)]
+
+
+def test_a_freeze_before_an_incident_holds_the_wallet_only_for_the_window() -> None:
+    # A freeze requested within the half hour holds a wallet; one since the open incident
+    # began holds it while the incident lasts; one before the incident, hours ago, does not.
+    c = IncidentCorrelator(window_s=1800)
+    c.mark_frozen("sol:E", 0.0)
+    c.observe("eth:A", 7200.0, 3)
+    c.mark_frozen("eth:A", 7200.0)
+    c.observe("btc:B", 7300.0, 3)
+    for k in range(1, 4):
+        c.observe("btc:B", 7300.0 + 1200.0 * k, 3)
+    now = 7300.0 + 3600.0
+    assert c.incident_of("eth:A", now) is not None
+    assert c.is_frozen("eth:A", now)  # an hour after its freeze, the incident still open
+    assert not c.is_frozen("sol:E", now)
+    assert c.is_frozen("sol:E", 1000.0)
+    assert not c.is_frozen("eth:A", now + 2 * 3600.0)  # the incident over
+
+
 def test_an_approved_withdrawal_is_no_loss_to_an_open_incident() -> None:
     # With the ledger feed, two wallets drained by unapproved transfers lower the bar; a third
     # wallet's customer withdrawal of 1.5% to a new address, which the exchange approved, is
