@@ -24,13 +24,14 @@ a wallet that pays out in batches (each hour's withdrawals sent at once) sees an
 a minute every hour, and that is its usual; for one that pays as customers ask, the busiest
 window is a few times the average one and the part is under it.
 
-Both tiers speak only when the window stands out from the rest of the last hour too
-(``sudden_ratio``, 3x): a surge lasts for hours, a drain starts from ordinary traffic. And one
+Both tiers speak only when the window, without its largest payment, stands out from the rest of
+the last hour too (``sudden_ratio``, 3x): a surge lasts for hours, a drain starts from ordinary
+traffic, and one customer's large payment in a panic does not make the panic sudden. And one
 payment is not a rate: either tier freezes only when the window's payments other than the
-largest reach its freeze share too, and warns only when they reach its warning share and
-ratio. A single large payment is left to the velocity detector's size rules, which know how
-large this wallet's customers and whales go (a whale's withdrawal made the 20-minute tier warn
-"28x what this hour usually sees" until the twenty-third session).
+largest reach its freeze share too, and warns only when they reach its warning share and ratio.
+A single large payment is left to the velocity detector's size rules, which know how large this
+wallet's customers and whales go (a whale's withdrawal made the 20-minute tier warn "28x what
+this hour usually sees" until the twenty-third session).
 
 Its freezes stand for their own wallet (``drives_incidents = False``): rate findings on several
 wallets at once are what a market-wide panic looks like, so they do not open an incident or lower
@@ -341,18 +342,24 @@ class BaselineDetector:
         return fast if fast is not None else finding
 
     def _is_sudden(self, state: WalletState, window_s: int, units: int) -> bool:
-        """Whether the last ``window_s`` saw ``sudden_ratio`` times the new-address outflow of
-        an equal stretch of the ``recent_window_s`` before them.
+        """Whether the last ``window_s``, without their largest payment to a new address (this
+        one, ``units``, among them), saw ``sudden_ratio`` times the new-address outflow of an
+        equal stretch of the ``recent_window_s`` before them.
 
         A withdrawal surge builds up and lasts for hours: once it has run for a while, a busy
-        stretch is like the stretches before it. A drain starts from ordinary traffic.
+        stretch is like the stretches before it. A drain starts from ordinary traffic. A rate
+        jumps on many payments: one customer's or whale's large payment in a panic made twenty
+        minutes three times the forty before them (the blind replay), and it is the size
+        rules' to judge.
         """
         if self.sudden_ratio <= 0 or window_s >= self.recent_window_s:
             return True
         window = state.window(window_s)
         before = state.window(self.recent_window_s).new_total - window.new_total
         stretches = (self.recent_window_s - window_s) / window_s
-        return window.new_total + units >= self.sudden_ratio * before / stretches
+        largest = max((o.units for o in window.items if o.new), default=0)
+        now = window.new_total + units - max(largest, units)
+        return now >= self.sudden_ratio * before / stretches
 
     def _is_crowd(self, state: WalletState, profile: _Profile, window: Window, units: int) -> bool:
         """Whether the window's payments to new addresses are of the size this wallet usually

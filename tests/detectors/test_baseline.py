@@ -111,6 +111,36 @@ def test_five_busy_minutes_inside_an_hour_long_surge_do_not_freeze() -> None:
     assert any(f and f.freeze for f in sudden)
 
 
+def surge_times(start: float) -> list[float]:
+    """A panic that doubles its pace every twenty minutes up to a payment every 10 s (about
+    60 times the usual value), then holds it for forty minutes: never three times the forty
+    minutes before."""
+    times: list[float] = []
+    for segment, every in enumerate((300, 150, 75, 40, 20, 10, 10, 10)):
+        times += [start + segment * 1200 + k * every for k in range(1200 // every)]
+    return times
+
+
+def test_one_large_payment_in_a_surge_does_not_make_it_sudden() -> None:
+    # In the panic's last minutes one customer takes 20% at once. The twenty minutes around it
+    # hold three times the hour's pace only with it; without it they are the surge's (a rate
+    # jumps on many payments, not one: the size rules judge that one, knowing this wallet's
+    # sizes).
+    detector, state = learned(crowd_size_ratio=0)
+    times = surge_times(96 * 3600)
+    surge = [run(detector, state, t, 700, f"S{i}") for i, t in enumerate(times)]
+    whale = run(detector, state, times[-1] + 5, 200_000, "WHALE")
+    after = [run(detector, state, times[-1] + 10 + i * 10, 700, f"A{i}") for i in range(60)]
+    assert not any(f and f.freeze for f in [*surge, whale, *after])
+    # The same surge, and then that much more spread over ten minutes' payments, is a rate
+    # that jumped.
+    jump, state2 = learned(crowd_size_ratio=0)
+    base = [run(jump, state2, t, 700, f"S{i}") for i, t in enumerate(times)]
+    spread = [run(jump, state2, times[-1] + 5 + i * 10, 4_700, f"B{i}") for i in range(60)]
+    assert not any(f and f.freeze for f in base)
+    assert any(f and f.freeze for f in spread)
+
+
 @pytest.mark.parametrize(("size", "freezes"), [(600, False), (700, False), (1_200, True)])
 def test_a_crowd_of_customer_sized_payments_warns_and_larger_ones_freeze(
     size: int, freezes: bool
