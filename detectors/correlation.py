@@ -180,6 +180,11 @@ class IncidentCorrelator:
             return False
         return self._struck_near(now) >= self.min_frozen and not self._surging(now)
 
+    def lowered_for(self, wallet_key: str, now: float) -> bool:
+        """Whether the lowered bar applies to ``wallet_key`` at ``now``: it is lowered (see
+        :meth:`lowered`) and the wallet is not frozen already (see :meth:`is_frozen`)."""
+        return self.lowered(now) and not self.is_frozen(wallet_key, now)
+
     def fleet_freeze_due(self, now: float) -> bool:
         """True once per incident, when ``fleet_frozen`` wallets have been frozen on other than
         by a crowd's evidence."""
@@ -233,8 +238,8 @@ class IncidentCorrelator:
             return False
         if now - at <= self.window_s:
             return True
-        incident = self._incident
-        return incident is not None and at >= incident.first and self._open(now) is incident
+        incident = self._open(now)
+        return incident is not None and at >= incident.first
 
     def incident_of(self, wallet_key: str, now: float) -> str | None:
         """The open incident ``wallet_key`` belongs to, if any."""

@@ -551,11 +551,7 @@ class DetectionEngine:
             if finding is not None:
                 findings.append(finding)
         correlator = self.correlator
-        if (
-            correlator is not None
-            and correlator.lowered(state.now)
-            and not correlator.is_frozen(state.wallet.key, state.now)
-        ):
+        if correlator is not None and correlator.lowered_for(state.wallet.key, state.now):
             watched = self._watch_finding(transfer, state, findings)
             if watched is not None:
                 findings.append(watched)
@@ -671,8 +667,7 @@ class DetectionEngine:
                 incident_id is not None
                 and level == 1
                 and not crowd
-                and correlator.lowered(now)
-                and not correlator.is_frozen(wallet.key, now)
+                and correlator.lowered_for(wallet.key, now)
             ):
                 top = max(findings, key=lambda f: (f.severity.rank, f.score))
                 told = top.described()
