@@ -64,6 +64,17 @@ higher one:
   as another exchange's shared deposit address is (deposits told apart by memos): at least
   ``shared_min_count`` (10) payments whose median is under ``shared_size_ratio`` (2x) the
   wallet's usual payment, together under ``shared_max_share`` (10%) (``rule_shared_address``);
+* **daily**: payments of at least ``large_share`` (1%) of the balance at the hour's start to new
+  addresses, one after another over ``bleed_window_s`` (24 h), as many as this wallet's own
+  ordinary payments of that size (in the learned history before the day, one more than there
+  were) bring into a day by chance less than ``daily_chance`` (0.02) times a month, and at
+  least ``daily_min_count`` (5) of them (Poisson, as for the large pair): freeze, once the
+  wallet has ``single_min_history_s`` of history and two days of hourly counts, and only on a
+  day that held at most ``daily_busy_ratio`` (1.3x) its usual day's payments, whose last six
+  hours held at most ``daily_busy_hours_ratio`` (1.5x) their share of one. A drain in steps
+  of a customer's size to fresh addresses, a few a day (Mt. Gox's hot wallet was bled for
+  years), adds them to the usual number of payments; a withdrawal surge brings customers'
+  large payments by the dozen, with many more small ones;
 * **total outflow**: everything external that left within ``window_s`` reached
   ``total_*_share`` (default 20% / 30%), or ``total_long_freeze_share`` within
   ``concentration_window_s`` (default 40% in 1 h), new addresses or not, leaving out what went
@@ -453,6 +464,8 @@ crowd's (:attr:`~detectors.base.Finding.crowd`)."""
 
 _SEVERITY_OF_LEVEL: Final = (Severity.INFO, Severity.WARNING, Severity.CRITICAL)
 """A finding's severity by the level of its highest rule (0 info, 1 warning, 2 freeze)."""
+_DAILY_HOURS_S: Final = 6 * 3600
+"""The last hours of the day the daily rule asks to be no busier than usual."""
 _CROWD_QUIET_S = 12 * 3600
 """Heavy outflow within the last 12 hours is the same episode: it does not make itself familiar."""
 _CROWD_HOUR_S = 3600
@@ -611,6 +624,10 @@ class VelocityDetector:
         large_hour_floor: Decimal = Decimal("0.75"),
         bleed_window_s: int = 86400,
         bleed_min_count: int = 4,
+        daily_chance: float = 0.02,
+        daily_min_count: int = 5,
+        daily_busy_ratio: float = 1.3,
+        daily_busy_hours_ratio: float = 1.5,
         bleed_warn_share: Decimal = Decimal("0.015"),
         bleed_freeze_share: Decimal = Decimal("0.025"),
         total_long_freeze_share: Decimal = Decimal("0.40"),
@@ -666,6 +683,10 @@ class VelocityDetector:
         self._large_hour_floor = _fraction(large_hour_floor)
         self.large_pair_count = large_pair_count
         self.large_pair_chance = large_pair_chance
+        self.daily_chance = daily_chance
+        self.daily_min_count = daily_min_count
+        self.daily_busy_ratio = daily_busy_ratio
+        self.daily_busy_hours_ratio = daily_busy_hours_ratio
         self.bleed_window_s = bleed_window_s
         self.bleed_min_count = bleed_min_count
         self.bleed_warn_share = bleed_warn_share
@@ -1024,6 +1045,8 @@ class VelocityDetector:
                 fired.append((1 if shared else 2, score, "repeat"))
             if self.large_fresh and seen is None and _reaches(units, ref_c, self._fresh_floor):
                 self._large_fresh(transfer, state, conc, units, fired)
+            if self.daily_chance > 0 and _reaches(units, ref_c, self._large):
+                self._daily(transfer, state, ref_c, fired)
 
             if state.is_midsize(units):
                 mid_total = window.mid_total + units
@@ -1650,6 +1673,96 @@ class VelocityDetector:
             return
         fired.append((2, _ratio(total, ref_c, float(self.sustained_freeze_share)), "sustained"))
 
+    def _daily(
+        self,
+        transfer: TransferView,
+        state: WalletState,
+        ref_c: int,
+        fired: list[tuple[int, float, str]],
+    ) -> None:
+        """Large payments to new addresses one after another over a day, more of them than
+        this wallet's own rate makes rare, on a day no busier than usual: a drain spread thin
+        over fresh addresses, each step a customer's size (see the module doc)."""
+        counted = self._daily_count(transfer, state, ref_c)
+        if counted is None:
+            return
+        count, per_day = counted
+        if count < self.daily_min_count:
+            return
+        # P(N >= count - 1) for N ~ Poisson(per_day): the day's others besides this one.
+        term = math.exp(-per_day)
+        below = 0.0
+        for i in range(count - 1):
+            below += term
+            term *= per_day / (i + 1)
+        # As many chances a month as such payments come.
+        if per_day * 30 * max(0.0, 1.0 - below) <= self.daily_chance:
+            fired.append((2, count / max(per_day, 1.0), "daily"))
+
+    def _daily_count(
+        self, transfer: TransferView, state: WalletState, ref_c: int
+    ) -> tuple[int, float] | None:
+        """How many payments of at least ``large_share`` of ``ref_c`` went to new addresses
+        in the last ``bleed_window_s`` with this one, and how many a day the wallet's ordinary
+        payments of that size came before it in the learned history (one more than there were,
+        against a quiet wallet's none); ``None`` while the wallet has less than
+        ``single_min_history_s`` of history or two days of hourly counts, and when the day
+        held more than ``daily_busy_ratio`` times its usual day's payments, or its last six
+        hours ``daily_busy_hours_ratio`` times their share of it: a withdrawal surge brings
+        customers' large payments by the dozen, and at its start the day is not busy yet.
+        """
+        key = (transfer.chain, transfer.wallet, transfer.asset)
+        cadence = self._cadence.get(key)
+        history = self._history_for(transfer, self.single_min_history_s)
+        if cadence is None or history is None:
+            return None
+        now, day_s = state.now, self.bleed_window_s
+        # The wallet-hours that ended before the day began, the latest last.
+        recent = int((cadence.hour_start - now + day_s) // 3600) + 1
+        older = list(cadence.counts)[: len(cadence.counts) - max(recent, 0)]
+        if len(older) < 48:
+            return None
+        usual = sum(older) * day_s / (len(older) * 3600)
+        day = state.window(day_s)
+        items = day.items
+        hours = 0
+        horizon = now - _DAILY_HOURS_S
+        for outflow in reversed(items):
+            if outflow.time <= horizon:
+                break
+            hours += 1
+        if (
+            day.count > self.daily_busy_ratio * usual
+            or hours * day_s > self.daily_busy_hours_ratio * usual * _DAILY_HOURS_S
+        ):
+            return None
+        num, den = self._large
+        bar = ref_c * num
+        count = 1 + sum(1 for o in items if o.new and o.units * den >= bar)
+        factor = history.factor(state.scale) * den
+        before = sum(1 for _, units in history.ordinary(now - day_s) if units * factor >= bar)
+        seen_s = max(self._seen_s(history, now) - day_s, float(day_s))
+        return count, (before + 1) * 86400 / seen_s
+
+    def _daily_evidence(self, state: WalletState, conc: Window) -> tuple[list[Outflow], int]:
+        """The day's payments the daily rule counted (the one judged aside), and the balance
+        at the day's start."""
+        day = state.window(self.bleed_window_s)
+        num, den = self._large
+        bar = state.reference_units(conc) * num
+        focus = [o for o in day.evidence(new_only=True) if o.units * den >= bar]
+        return focus, state.reference_units(day)
+
+    def _daily_words(self, transfer: TransferView, state: WalletState, conc: Window) -> str:
+        """What the daily rule counted, against the wallet's usual, for the summary."""
+        counted = self._daily_count(transfer, state, state.reference_units(conc))
+        if counted is None:
+            return ""
+        return (
+            f" ({counted[0]} payments of {self.large_share:%} or more to new addresses within "
+            f"{self.bleed_window_s // 3600} h; it usually makes {counted[1]:.1f} a day)"
+        )
+
     def _large_fresh(
         self,
         transfer: TransferView,
@@ -1702,6 +1815,42 @@ class VelocityDetector:
             crowd=level > 0 and all(f[2] in _CROWD_RULES for f in fired if f[0] == level),
         )
 
+    def _focus(
+        self, state: WalletState, rules: set[str], dest: str, window: Window, conc: Window
+    ) -> tuple[list[Outflow], int, int, str]:
+        """What a finding's summary talks about: the outflows (the one judged aside), the
+        balance they are a share of, how many addresses they went to and what those are. One
+        address when a single-address rule fired."""
+        single_rules = {"single", "test_then_drain", "repeat"}
+        focus: list[Outflow]
+        if "slow_bleed" in rules and not rules & single_rules:
+            bleed = state.window(self.bleed_window_s)
+            return (
+                bleed.evidence(dest, new_only=True),
+                state.reference_units(bleed),
+                1,
+                "new address",
+            )
+        if "daily" in rules and not rules & single_rules:
+            focus, ref = self._daily_evidence(state, conc)
+            return focus, ref, len({o.counterparty for o in focus} | {dest}), "new address"
+        if rules & single_rules:
+            return conc.evidence(dest, new_only=True), state.reference_units(conc), 1, "new address"
+        if rules & _MIDSIZE_RULES:
+            span_w = (
+                window
+                if "burst" in rules
+                else conc
+                if rules & _HOUR_RULES
+                else state.window(self.fast_window_s)
+            )
+            focus = [o for o in span_w.evidence(new_only=True) if o.mid]
+            n_dest = len({o.counterparty for o in focus} | {dest})
+            return focus, state.reference_units(span_w), n_dest, "new address"
+        focus = window.evidence()
+        n_dest = len({o.counterparty for o in focus} | {dest})
+        return focus, state.reference_units(window), n_dest, "address"
+
     def _describe(
         self,
         transfer: TransferView,
@@ -1718,39 +1867,7 @@ class VelocityDetector:
         window = state.window(self.window_s)
         conc = state.window(self.concentration_window_s)
 
-        # What the summary talks about: one address when a single-address rule fired.
-        focus: list[Outflow]
-        single_rules = {"single", "test_then_drain", "repeat"}
-        if "slow_bleed" in rules and not rules & single_rules:
-            bleed = state.window(self.bleed_window_s)
-            focus, ref, n_dest, what = (
-                bleed.evidence(dest, new_only=True),
-                state.reference_units(bleed),
-                1,
-                "new address",
-            )
-        elif rules & single_rules:
-            focus, ref, n_dest, what = (
-                conc.evidence(dest, new_only=True),
-                state.reference_units(conc),
-                1,
-                "new address",
-            )
-        elif rules & _MIDSIZE_RULES:
-            span_w = (
-                window
-                if "burst" in rules
-                else conc
-                if rules & _HOUR_RULES
-                else state.window(self.fast_window_s)
-            )
-            focus = [o for o in span_w.evidence(new_only=True) if o.mid]
-            ref, what = state.reference_units(span_w), "new address"
-            n_dest = len({o.counterparty for o in focus} | {dest})
-        else:
-            focus = window.evidence()
-            ref, what = state.reference_units(window), "address"
-            n_dest = len({o.counterparty for o in focus} | {dest})
+        focus, ref, n_dest, what = self._focus(state, rules, dest, window, conc)
         drained = sum(o.units for o in focus) + units
         first = focus[0].time if focus else now
         span = max(0.0, now - first)
@@ -1772,6 +1889,8 @@ class VelocityDetector:
             summary += (
                 " (many customer-sized payments, as to another exchange's shared deposit address)"
             )
+        if "daily" in rules:
+            summary += self._daily_words(transfer, state, conc)
         if "familiar_crowd" in rules and max(f[0] for f in fired) == 0:
             summary += " (no heavier than its busy hours this week)"
         elif "familiar_size" in rules and max(f[0] for f in fired) == 0:

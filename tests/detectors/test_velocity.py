@@ -810,6 +810,23 @@ def test_a_single_address_warning_no_larger_than_an_ordinary_payment_is_info() -
     assert young.severity is Severity.WARNING
 
 
+def quarter_hours(
+    state: WalletState, detector: VelocityDetector, days: int, large_at: int = 0
+) -> float:
+    """``days`` of customers every 15 minutes (0.1-0.3% to fresh addresses, each refilled by a
+    deposit), every ``large_at``-th of them 1.2% (none when 0), none frozen; returns the
+    minute after the last one."""
+    minute = 0.0
+    for i in range(days * 96):
+        amount = 12000 if large_at and i % large_at == large_at - 1 else 1000 + 500 * (i % 5)
+        finding = judge_and_learn(state, detector, transfer(f"C{i}", amount, minutes=minute))
+        assert finding is None or not finding.freeze
+        back = transfer(f"D{i}", amount, minutes=minute + 1, direction=Direction.IN)
+        judge_and_learn(state, detector, back)
+        minute += 15
+    return minute
+
+
 @pytest.mark.parametrize("chance", [0.05, 0.0])
 def test_a_wallet_whose_customers_often_pay_over_one_percent_needs_a_third_large_payment(
     chance: float,
@@ -820,14 +837,7 @@ def test_a_wallet_whose_customers_often_pay_over_one_percent_needs_a_third_large
     # (off, with large_pair_chance = 0, the pair freezes as on any wallet).
     state = make_state(wallet(balance="1000000"))
     detector = VelocityDetector(large_pair_chance=chance)
-    minute = 0.0
-    for i in range(8 * 24 * 4):
-        amount = 12000 if i % 24 == 23 else 1000 + 500 * (i % 5)
-        finding = judge_and_learn(state, detector, transfer(f"C{i}", amount, minutes=minute))
-        assert finding is None or not finding.freeze
-        back = transfer(f"D{i}", amount, minutes=minute + 1, direction=Direction.IN)
-        judge_and_learn(state, detector, back)
-        minute += 15
+    minute = quarter_hours(state, detector, 8, large_at=24)
     assert judge_and_learn(state, detector, transfer("X1", 15000, minutes=minute)) is None
     second = judge_and_learn(state, detector, transfer("X2", 15000, minutes=minute + 3))
     if chance == 0:
@@ -1362,3 +1372,73 @@ def test_a_new_address_many_customers_are_paid_to_is_warned_of_not_frozen() -> N
     thief = _new_address_paid_like_customers(lambda rng: 5 * rng.randint(300, 700))
     assert any(a.freeze for a in thief)
     assert all("rule_shared_address" not in a.metrics for a in thief)
+
+
+def fresh_bleed(*, chance: float, customers_every: float) -> list[Finding | None]:
+    """Eight days of customers every 15 minutes (0.1-0.3% to fresh addresses, refilled by
+    deposits), one of them a day 1.2%; then a day of the same customers every
+    ``customers_every`` minutes with a thief's 1.5% to a fresh address every three hours.
+    Returns the findings on the thief's payments."""
+    state = make_state(wallet(balance="1000000"))
+    detector = VelocityDetector(daily_chance=chance)
+    minute, i = quarter_hours(state, detector, 8, large_at=96), 8 * 96
+    thefts: list[Finding | None] = []
+    start = minute
+    while minute < start + 24 * 60:
+        i += 1
+        amount = 1000 + 500 * (i % 5)
+        judge_and_learn(state, detector, transfer(f"C{i}", amount, minutes=minute))
+        judge_and_learn(
+            state, detector, transfer(f"D{i}", amount, minutes=minute + 1, direction=Direction.IN)
+        )
+        if (minute - start) % 180 < customers_every:
+            thefts.append(
+                judge_and_learn(
+                    state, detector, transfer(f"T{len(thefts)}", 15000, minutes=minute + 2)
+                )
+            )
+        minute += customers_every
+    return thefts
+
+
+def test_large_payments_to_fresh_addresses_all_day_on_a_quiet_day_freeze() -> None:
+    # The wallet pays one fresh address 1% or more about once a day; eight of them in a day
+    # come by chance far less than once in fifty months.
+    thefts = fresh_bleed(chance=0.02, customers_every=15)
+    frozen = [i for i, f in enumerate(thefts) if f is not None and f.freeze]
+    assert frozen
+    first = thefts[frozen[0]]
+    assert first is not None
+    assert first.metrics["rule_daily"] == "1"
+    assert 4 <= frozen[0] <= 7  # not at the first steps: each alone is a customer's size
+    assert "payments of 1% or more to new addresses within 24 h; it usually makes" in first.summary
+    # Off, nothing else freezes them.
+    assert not any(f is not None and f.freeze for f in fresh_bleed(chance=0, customers_every=15))
+
+
+def test_large_payments_to_fresh_addresses_on_a_busy_day_are_not_the_daily_rules() -> None:
+    # Customers three times as many as usual (a withdrawal surge): their large payments come
+    # by the dozen, and the day's count says nothing.
+    thefts = fresh_bleed(chance=0.02, customers_every=5)
+    assert not any(f is not None and "rule_daily" in f.metrics for f in thefts)
+
+
+@pytest.mark.parametrize("min_count", [4, 5])
+def test_a_quiet_wallet_needs_five_large_payments_to_fresh_addresses_in_a_day(
+    min_count: int,
+) -> None:
+    # Eight days of customers only (0.1-0.3%): a large payment to a fresh address is rare here,
+    # and four in a day would be rarer than the rule's chance; but a quiet wallet's whales come
+    # together on a market's busy day, so the rule asks for five.
+    state = make_state(wallet(balance="1000000"))
+    detector = VelocityDetector(daily_min_count=min_count)
+    minute = quarter_hours(state, detector, 8)
+    large = [
+        judge_and_learn(state, detector, transfer(f"W{k}", 15000, minutes=minute + 300 * k))
+        for k in range(5)
+    ]
+    frozen = [k for k, f in enumerate(large) if f is not None and f.freeze]
+    assert frozen == ([3, 4] if min_count == 4 else [4])
+    last = large[4]
+    assert last is not None
+    assert last.metrics["rule_daily"] == "1"
