@@ -432,6 +432,14 @@ def scenarios(quick: bool = False, drain_day: float = DRAIN_DAY) -> list[Scenari
             panic_days=(9, 14),
         ),
         Scenario(
+            "fresh-bleed",
+            "16 transfers of ~1.2% to fresh addresses, one every ~4 h (under the wallet's whales; "
+            "the fixed rule's 5% in 20 min is never reached)",
+            _fleet(4, drains={3: (one(at, "fresh_fanout", 0.012, 16, 4 * 3600),)}),
+            days,
+            panic_days=(9, 14),
+        ),
+        Scenario(
             "ordinary-sized",
             "customer-sized transfers (~0.15%) to fresh addresses at ~30x the usual rate",
             _fleet(4, drains={0: (one(at, "ordinary_sized", 0.0015, 400, 8),)}),
