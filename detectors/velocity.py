@@ -466,6 +466,8 @@ _SEVERITY_OF_LEVEL: Final = (Severity.INFO, Severity.WARNING, Severity.CRITICAL)
 """A finding's severity by the level of its highest rule (0 info, 1 warning, 2 freeze)."""
 _DAILY_HOURS_S: Final = 6 * 3600
 """The last hours of the day the daily rule asks to be no busier than usual."""
+_DAILY_MIN_HOURS: Final = 48
+"""Wallet-hours before the day the daily rule needs, to know the wallet's usual day."""
 _CROWD_QUIET_S = 12 * 3600
 """Heavy outflow within the last 12 hours is the same episode: it does not make itself familiar."""
 _CROWD_HOUR_S = 3600
@@ -1720,20 +1722,20 @@ class VelocityDetector:
         # The wallet-hours that ended before the day began, the latest last.
         recent = int((cadence.hour_start - now + day_s) // 3600) + 1
         older = list(cadence.counts)[: len(cadence.counts) - max(recent, 0)]
-        if len(older) < 48:
+        if len(older) < _DAILY_MIN_HOURS:
             return None
         usual = sum(older) * day_s / (len(older) * 3600)
         day = state.window(day_s)
         items = day.items
-        hours = 0
+        latest = 0  # payments in the last _DAILY_HOURS_S
         horizon = now - _DAILY_HOURS_S
         for outflow in reversed(items):
             if outflow.time <= horizon:
                 break
-            hours += 1
+            latest += 1
         if (
             day.count > self.daily_busy_ratio * usual
-            or hours * day_s > self.daily_busy_hours_ratio * usual * _DAILY_HOURS_S
+            or latest * day_s > self.daily_busy_hours_ratio * usual * _DAILY_HOURS_S
         ):
             return None
         num, den = self._large
