@@ -68,10 +68,11 @@ higher one:
   addresses, one after another over ``bleed_window_s`` (24 h), as many as this wallet's own
   ordinary payments of that size (in the learned history before the day, one more than there
   were) bring into a day by chance less than ``daily_chance`` (0.02) times a month, and at
-  least ``daily_min_count`` (5) of them (Poisson, as for the large pair): freeze, once the
-  wallet has ``single_min_history_s`` of history and two days of hourly counts, and only on a
-  day that held at most ``daily_busy_ratio`` (1.3x) its usual day's payments, whose last six
-  hours held at most ``daily_busy_hours_ratio`` (1.5x) their share of one. A drain in steps
+  least ``daily_min_count`` (5) of them (Poisson, as for the large pair): freeze; less than
+  ``daily_warn_chance`` (0.5) times a month: warning. Once the wallet has
+  ``single_min_history_s`` of history and two days of hourly counts, and only on a day that
+  held at most ``daily_busy_ratio`` (1.3x) its usual day's payments, whose last six hours
+  held at most ``daily_busy_hours_ratio`` (1.5x) their share of one. A drain in steps
   of a customer's size to fresh addresses, a few a day (Mt. Gox's hot wallet was bled for
   years), adds them to the usual number of payments; a withdrawal surge brings customers'
   large payments by the dozen, with many more small ones;
@@ -627,6 +628,7 @@ class VelocityDetector:
         bleed_window_s: int = 86400,
         bleed_min_count: int = 4,
         daily_chance: float = 0.02,
+        daily_warn_chance: float = 0.5,
         daily_min_count: int = 5,
         daily_busy_ratio: float = 1.3,
         daily_busy_hours_ratio: float = 1.5,
@@ -686,6 +688,7 @@ class VelocityDetector:
         self.large_pair_count = large_pair_count
         self.large_pair_chance = large_pair_chance
         self.daily_chance = daily_chance
+        self.daily_warn_chance = daily_warn_chance
         self.daily_min_count = daily_min_count
         self.daily_busy_ratio = daily_busy_ratio
         self.daily_busy_hours_ratio = daily_busy_hours_ratio
@@ -1698,8 +1701,12 @@ class VelocityDetector:
             below += term
             term *= per_day / (i + 1)
         # As many chances a month as such payments come.
-        if per_day * 30 * max(0.0, 1.0 - below) <= self.daily_chance:
+        monthly = per_day * 30 * max(0.0, 1.0 - below)
+        if monthly <= self.daily_chance:
             fired.append((2, count / max(per_day, 1.0), "daily"))
+        elif monthly <= self.daily_warn_chance:
+            # Rare enough to look at: a bleed's first days, before they are rare enough to stop.
+            fired.append((1, count / max(per_day, 1.0), "daily"))
 
     def _daily_count(
         self, transfer: TransferView, state: WalletState, ref_c: int

@@ -1412,6 +1412,13 @@ def test_large_payments_to_fresh_addresses_all_day_on_a_quiet_day_freeze() -> No
     assert first.metrics["rule_daily"] == "1"
     assert 4 <= frozen[0] <= 7  # not at the first steps: each alone is a customer's size
     assert "payments of 1% or more to new addresses within 24 h; it usually makes" in first.summary
+    # Before it is rare enough to stop, it is rare enough to look at: a warning.
+    warned = {
+        i: f for i, f in enumerate(thefts) if f is not None and f.severity is Severity.WARNING
+    }
+    assert warned
+    assert min(warned) < frozen[0]
+    assert all(f.metrics["rule_daily"] == "1" for f in warned.values())
     # Off, nothing else freezes them.
     assert not any(f is not None and f.freeze for f in fresh_bleed(chance=0, customers_every=15))
 
