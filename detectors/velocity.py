@@ -434,6 +434,16 @@ class _Cadence:
                 seen.append(counts[-at])
         return median_high(seen) if len(seen) >= _COUNT_MIN_DAYS else None
 
+    def usual_day(self, before: float) -> float | None:
+        """How many payments a day the learned wallet-hours that ended by ``before`` held on
+        average (empty ones too), or ``None`` with fewer than ``_DAILY_MIN_HOURS`` of them."""
+        # counts[-i] is the hour that began i hours before hour_start.
+        recent = int((self.hour_start - before) // 3600) + 1
+        older = list(self.counts)[: len(self.counts) - max(recent, 0)]
+        if len(older) < _DAILY_MIN_HOURS:
+            return None
+        return sum(older) * 24 / len(older)
+
     def usual_payment(self, scale: int) -> int:
         """The median of the learned hours' median payments, at ``scale``: what the wallet's
         customers usually take."""
@@ -513,6 +523,22 @@ def _binomial_tail(n: int, k: int, p: float) -> float:
             break
         term *= (n - i) / (i + 1) * ratio
     return min(1.0, total)
+
+
+def _poisson_tail(lam: float, k: int) -> float:
+    """P(N >= k) for N ~ Poisson(lam), as one minus the terms below ``k`` (summed from 0 up).
+
+    >>> round(_poisson_tail(1.0, 2), 4)
+    0.2642
+    >>> _poisson_tail(3.0, 0)  # at least none: certain
+    1.0
+    """
+    term = math.exp(-lam)
+    below = 0.0
+    for i in range(k):
+        below += term
+        term *= lam / (i + 1)
+    return max(0.0, 1.0 - below)
 
 
 def _midsize_now(outflows: Iterable[Outflow], state: WalletState) -> int:
@@ -1469,16 +1495,9 @@ class VelocityDetector:
         lam = rate * self.fast_window_s * surge
         month = rate * 30 * 86400
         # P(N >= k - 1) for N ~ Poisson(lam), k = count, count + 1, ... (at most 3 more).
-        term = math.exp(-lam)
-        below = 0.0
-        for i in range(count - 1):
-            below += term
-            term *= lam / (i + 1)
         for _ in range(3):
-            if month * max(0.0, 1.0 - below) <= self.large_pair_chance:
+            if month * _poisson_tail(lam, count - 1) <= self.large_pair_chance:
                 break
-            below += term
-            term *= lam / count
             count += 1
         return count
 
@@ -1694,19 +1713,14 @@ class VelocityDetector:
         count, per_day = counted
         if count < self.daily_min_count:
             return
-        # P(N >= count - 1) for N ~ Poisson(per_day): the day's others besides this one.
-        term = math.exp(-per_day)
-        below = 0.0
-        for i in range(count - 1):
-            below += term
-            term *= per_day / (i + 1)
-        # As many chances a month as such payments come.
-        monthly = per_day * 30 * max(0.0, 1.0 - below)
+        # The day's others besides this one, with as many chances a month as such payments come.
+        monthly = per_day * 30 * _poisson_tail(per_day, count - 1)
+        score = count / max(per_day, 1.0)
         if monthly <= self.daily_chance:
-            fired.append((2, count / max(per_day, 1.0), "daily"))
+            fired.append((2, score, "daily"))
         elif monthly <= self.daily_warn_chance:
             # Rare enough to look at: a bleed's first days, before they are rare enough to stop.
-            fired.append((1, count / max(per_day, 1.0), "daily"))
+            fired.append((1, score, "daily"))
 
     def _daily_count(
         self, transfer: TransferView, state: WalletState, ref_c: int
@@ -1726,17 +1740,14 @@ class VelocityDetector:
         if cadence is None or history is None:
             return None
         now, day_s = state.now, self.bleed_window_s
-        # The wallet-hours that ended before the day began, the latest last.
-        recent = int((cadence.hour_start - now + day_s) // 3600) + 1
-        older = list(cadence.counts)[: len(cadence.counts) - max(recent, 0)]
-        if len(older) < _DAILY_MIN_HOURS:
+        per_day = cadence.usual_day(now - day_s)
+        if per_day is None:
             return None
-        usual = sum(older) * day_s / (len(older) * 3600)
+        usual = per_day * day_s / 86400  # payments in a usual day's window
         day = state.window(day_s)
-        items = day.items
         latest = 0  # payments in the last _DAILY_HOURS_S
         horizon = now - _DAILY_HOURS_S
-        for outflow in reversed(items):
+        for outflow in reversed(day.items):
             if outflow.time <= horizon:
                 break
             latest += 1
@@ -1745,22 +1756,26 @@ class VelocityDetector:
             or latest * day_s > self.daily_busy_hours_ratio * usual * _DAILY_HOURS_S
         ):
             return None
+        count = 1 + len(self._daily_large(day, ref_c))
         num, den = self._large
         bar = ref_c * num
-        count = 1 + sum(1 for o in items if o.new and o.units * den >= bar)
         factor = history.factor(state.scale) * den
         before = sum(1 for _, units in history.ordinary(now - day_s) if units * factor >= bar)
         seen_s = max(self._seen_s(history, now) - day_s, float(day_s))
         return count, (before + 1) * 86400 / seen_s
 
+    def _daily_large(self, day: Window, ref_c: int) -> list[Outflow]:
+        """The day's payments to new addresses of at least ``large_share`` of ``ref_c``: what
+        the daily rule counts (the one judged aside)."""
+        num, den = self._large
+        bar = ref_c * num
+        return [o for o in day.evidence(new_only=True) if o.units * den >= bar]
+
     def _daily_evidence(self, state: WalletState, conc: Window) -> tuple[list[Outflow], int]:
         """The day's payments the daily rule counted (the one judged aside), and the balance
         at the day's start."""
         day = state.window(self.bleed_window_s)
-        num, den = self._large
-        bar = state.reference_units(conc) * num
-        focus = [o for o in day.evidence(new_only=True) if o.units * den >= bar]
-        return focus, state.reference_units(day)
+        return self._daily_large(day, state.reference_units(conc)), state.reference_units(day)
 
     def _daily_words(self, transfer: TransferView, state: WalletState, conc: Window) -> str:
         """What the daily rule counted, against the wallet's usual, for the summary."""
