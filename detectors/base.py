@@ -521,6 +521,11 @@ class Window:
         """How many external outflows the window holds."""
         return len(self._log.times) - self._start
 
+    def count_after(self, time: float) -> int:
+        """How many outflows of the window came after ``time`` (by bisection: no walk)."""
+        times = self._log.times
+        return len(times) - bisect.bisect_right(times, max(time, self.horizon))
+
     def new_to(self, counterparty: str) -> int:
         """What left in the window to ``counterparty`` while it was a new destination."""
         listed = self._log.by_dest.get(counterparty)

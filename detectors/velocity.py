@@ -1745,12 +1745,7 @@ class VelocityDetector:
             return None
         usual = per_day * day_s / 86400  # payments in a usual day's window
         day = state.window(day_s)
-        latest = 0  # payments in the last _DAILY_HOURS_S
-        horizon = now - _DAILY_HOURS_S
-        for outflow in reversed(day.items):
-            if outflow.time <= horizon:
-                break
-            latest += 1
+        latest = day.count_after(now - _DAILY_HOURS_S)  # payments in the last _DAILY_HOURS_S
         if (
             day.count > self.daily_busy_ratio * usual
             or latest * day_s > self.daily_busy_hours_ratio * usual * _DAILY_HOURS_S
